@@ -1,0 +1,173 @@
+"""The ``lcdask`` command line: it parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lcdask.errors import LcdaskError
+
+log = logging.getLogger("lcdask")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes each record to the current ``sys.stderr`` (which tests and notebooks replace)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _setup_logging(quiet: bool) -> None:
+    """One line per message, ``lcdask: ...``, on stderr; quiet leaves warnings and errors."""
+    for handler in [h for h in log.handlers if isinstance(h, _StderrHandler)]:
+        log.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("lcdask: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+    for noisy in ("distributed", "bokeh", "tornado"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _cluster_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
+    group.add_argument("--workers", type=int, help="worker processes of the local cluster")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lcdask", description="Raw CCD frames to calibrated light curves, on Dask."
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="simulate a night of raw frames with its truth")
+    p.add_argument("out", type=Path, help="folder to write raw/, refcat.parquet and truth/ to")
+    p.add_argument("--frames", type=int, default=50, help="number of light frames")
+    p.add_argument("--size", type=int, default=1024, help="frame size in pixels (square)")
+    p.add_argument("--seed", type=int, default=1, help="random seed")
+    p.add_argument("--jobs", type=int, default=None, help="processes (default: all cores)")
+
+    p = sub.add_parser("ingest", help="read raw FITS frames into RUN/cube.zarr")
+    p.add_argument("frames", nargs="+", help="folders, globs, FITS files or list files")
+    p.add_argument("--out", type=Path, required=True, help="the run directory")
+    p.add_argument(
+        "--utc-offset", type=float, default=None, help="hours local time is ahead of UTC"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing cube")
+    _cluster_args(p)
+
+    p = sub.add_parser("info", help="summarise a run directory or a cube")
+    p.add_argument("run", type=Path)
+
+    p = sub.add_parser("demo", help="simulate a night and run lcdask on it")
+    p.add_argument("--out", type=Path, default=Path("demo-run"), help="where to put it all")
+    p.add_argument("--frames", type=int, default=200)
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=1)
+    _cluster_args(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _build_parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    try:
+        return _COMMANDS[args.command](args)
+    except (LcdaskError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"lcdask {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lcdask {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from lcdask.simulate import SimConfig, simulate_night
+
+    cfg = SimConfig(n_frames=args.frames, size=args.size, seed=args.seed)
+    simulate_night(args.out, cfg, n_workers=args.jobs)
+    print(f"simulated {args.frames} frames of {args.size}x{args.size} in {args.out}")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from lcdask.cluster import dask_client
+    from lcdask.ingest import ingest
+
+    with dask_client(scheduler=args.scheduler, n_workers=args.workers) as client:
+        result = ingest(
+            args.frames,
+            args.out,
+            client=client,
+            utc_offset_h=args.utc_offset,
+            overwrite=args.overwrite,
+        )
+    print(_summary(result.cube_path))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    print(_summary(args.run))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lcdask.cluster import dask_client
+    from lcdask.ingest import ingest
+    from lcdask.simulate import SimConfig, simulate_night
+
+    night = args.out / "night"
+    if not (night / "truth" / "frames.parquet").exists():
+        log.info("simulating %d frames of %dx%d in %s", args.frames, args.size, args.size, night)
+        simulate_night(night, SimConfig(n_frames=args.frames, size=args.size, seed=args.seed))
+    with dask_client(scheduler=args.scheduler, n_workers=args.workers) as client:
+        result = ingest(night / "raw", args.out, client=client, overwrite=True)
+    print(_summary(result.cube_path))
+    return 0
+
+
+def _summary(path: Path) -> str:
+    """A few lines describing a cube: frames per type, shape, times, filters, flags."""
+    import numpy as np
+
+    from lcdask.io.cube import open_cube
+
+    cube = open_cube(path)
+    kinds = cube["frame_type"].to_series().value_counts()
+    lights = cube.where(cube["frame_type"] == "light", drop=True) if "light" in kinds else cube
+    t = lights["time_mjd"].to_numpy()
+    lines = [
+        f"cube {Path(path)}: {cube.sizes['frame']} frames of {cube.sizes['y']}x{cube.sizes['x']}"
+        f" ({cube['raw'].dtype})",
+        "  " + ", ".join(f"{n} {k}" for k, n in kinds.items()),
+        f"  lights from MJD {np.nanmin(t):.5f} to {np.nanmax(t):.5f}"
+        f" ({(np.nanmax(t) - np.nanmin(t)) * 24:.2f} h),"
+        f" filters {sorted(set(lights['filter'].to_numpy().tolist()))},"
+        f" exposures {sorted(set(np.round(lights['exptime_s'].to_numpy(), 3).tolist()))} s",
+    ]
+    n_flagged = int((cube["flags"] != 0).sum())
+    n_skipped = len(json.loads(cube.attrs.get("skipped", "[]")))
+    lines.append(f"  {n_flagged} frames flagged, {n_skipped} files skipped")
+    return "\n".join(lines)
+
+
+_COMMANDS = {"simulate": _simulate, "ingest": _ingest, "info": _info, "demo": _demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Ingest: raw FITS frames into the frame cube ``RUN/cube.zarr``.
+
+Three steps. *Scan* reads every header (in parallel, a batch of files per task), classifies the
+frame and normalises its metadata; frames whose header cannot be used are skipped with a reason.
+*Plan* fixes the cube's frame shape (the most common among lights, after trimming) and pixel type,
+and skips frames of another shape. *Fill* creates the store (metadata only) and maps one task per
+frame over the cluster: each worker reads its file and writes its own chunk, so no pixels travel
+through the scheduler. The store is built under a temporary name and renamed when whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lcdask import __version__
+from lcdask.errors import FrameError, LcdaskError
+from lcdask.flags import FrameFlag
+from lcdask.io import cube as cube_io
+from lcdask.io.atomic import atomic_path
+from lcdask.io.discover import discover_frames
+from lcdask.io.fits import native_dtype, read_frame, read_frame_header
+from lcdask.io.headers import bjd_tdb, normalize_header, parse_section
+
+__all__ = ["IngestResult", "Skipped", "ingest", "plan_cube", "scan_frame"]
+
+log = logging.getLogger("lcdask")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A frame left out of the cube, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What `ingest` made.
+
+    Attributes
+    ----------
+    cube_path : Path
+        The cube store.
+    n_frames : int
+        Frames in the cube (of every type).
+    counts : dict
+        Frames per type.
+    skipped : list of Skipped
+        Frames left out, with reasons.
+    flagged : list of Skipped
+        Frames in the cube with a quality flag, with reasons.
+    timings_s : dict
+        Wall time per step.
+    """
+
+    cube_path: Path
+    n_frames: int
+    counts: dict[str, int]
+    skipped: list[Skipped] = field(default_factory=list)
+    flagged: list[Skipped] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def scan_frame(path: str | Path, *, utc_offset_h: float | None = None) -> dict[str, Any]:
+    """Read and normalise one frame's header.
+
+    Parameters
+    ----------
+    path : str or Path
+        The FITS file.
+    utc_offset_h : float, optional
+        Hours to subtract from header times that are local time (see `normalize_header`).
+
+    Returns
+    -------
+    dict
+        The normalised metadata (`FrameMeta.as_row`) plus ``path``, ``hdu_index``, ``ny``, ``nx``
+        (after trimming) and ``dtype``; or ``{"path": ..., "error": reason}`` for an unusable frame.
+    """
+    try:
+        head = read_frame_header(path)
+        meta = normalize_header(head.header, path=path, utc_offset_h=utc_offset_h)
+        ny, nx = head.shape
+        if meta.trimsec:
+            ys, xs = parse_section(meta.trimsec)
+            ny = len(range(*ys.indices(ny)))
+            nx = len(range(*xs.indices(nx)))
+        dtype = "float32" if meta.biassec else native_dtype(head.header).str
+    except FrameError as exc:
+        return {"path": str(path), "error": str(exc)}
+    except ValueError as exc:  # a malformed section string
+        return {"path": str(path), "error": f"{path}: {exc}"}
+    row = meta.as_row()
+    row.update(path=str(path), hdu_index=head.hdu_index, ny=ny, nx=nx, dtype=dtype)
+    return row
+
+
+def _scan_batch(paths: Sequence[str], utc_offset_h: float | None) -> list[dict[str, Any]]:
+    return [scan_frame(p, utc_offset_h=utc_offset_h) for p in paths]
+
+
+def plan_cube(
+    rows: Sequence[dict[str, Any]],
+) -> tuple[pd.DataFrame, tuple[int, int], str, list[Skipped]]:
+    """Choose the cube's frames, shape and pixel type from scanned headers.
+
+    The shape is the most common among lights (among all frames when there are no lights);
+    frames of another shape are skipped. Frames are ordered by mid-exposure time.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Results of `scan_frame`.
+
+    Returns
+    -------
+    frames : pandas.DataFrame
+        The accepted frames' metadata, one row per frame, in cube order.
+    shape : tuple of int
+        ``(ny, nx)``.
+    dtype : str
+        The pixel type of ``raw``: the frames' common type, or float32 when they differ.
+    skipped : list of Skipped
+        Frames left out, with reasons.
+    """
+    skipped = [Skipped(r["path"], r["error"]) for r in rows if "error" in r]
+    good = [r for r in rows if "error" not in r]
+    if not good:
+        raise LcdaskError("no usable frames: " + "; ".join(s.reason for s in skipped[:5]))
+    lights = [r for r in good if r["frame_type"] == "light"] or good
+    shape = Counter((r["ny"], r["nx"]) for r in lights).most_common(1)[0][0]
+    accepted = []
+    for r in good:
+        if (r["ny"], r["nx"]) == shape:
+            accepted.append(r)
+        else:
+            reason = (
+                f"{r['path']}: frame shape {(r['ny'], r['nx'])} differs from the cube's {shape}"
+            )
+            skipped.append(Skipped(r["path"], reason))
+    frames = pd.DataFrame(accepted).sort_values(["time_mjd", "path"], kind="stable")
+    dtypes = set(frames["dtype"])
+    dtype = dtypes.pop() if len(dtypes) == 1 else "float32"
+    frames = frames.drop(columns=["ny", "nx", "dtype"]).reset_index(drop=True)
+    return frames, shape, np.dtype(dtype).name, skipped
+
+
+def _fill_frame(
+    store: str, index: int, path: str, hdu_index: int, trimsec: str, biassec: str
+) -> tuple[int, int, str]:
+    """Read one frame and write it into the cube; return (index, flags, reason)."""
+    try:
+        image = read_frame(path, hdu_index=hdu_index, trimsec=trimsec, biassec=biassec, dtype=None)
+    except FrameError as exc:
+        return index, int(FrameFlag.UNREADABLE), str(exc)
+    flags, reason = FrameFlag.OK, ""
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        n_bad = int(np.count_nonzero(~np.isfinite(image)))
+        flags, reason = FrameFlag.NONFINITE, f"{path}: {n_bad} NaN or infinite pixels"
+    cube_io.write_frame(store, index, image)
+    return index, int(flags), reason
+
+
+def _map(client, func, *iterables, **kwargs) -> list:
+    """Map over a Dask client (one task per item, retried on a lost worker) or serially."""
+    if client is None:
+        return [func(*args, **kwargs) for args in zip(*iterables, strict=True)]
+    futures = client.map(func, *iterables, pure=False, retries=2, **kwargs)
+    return client.gather(futures)
+
+
+def _batches(items: Sequence[str], size: int) -> list[list[str]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def ingest(
+    inputs: str | Path | Iterable[str | Path],
+    out: str | Path,
+    *,
+    client=None,
+    utc_offset_h: float | None = None,
+    overwrite: bool = False,
+) -> IngestResult:
+    """Ingest raw frames into ``out/cube.zarr``.
+
+    Parameters
+    ----------
+    inputs : str, Path or iterable of them
+        Folders, globs, files or list files (see `discover_frames`).
+    out : str or Path
+        The run directory.
+    client : distributed.Client, optional
+        Cluster to spread the work over; serial in this process when None.
+    utc_offset_h : float, optional
+        For headers whose times are local: hours local time is ahead of UTC.
+    overwrite : bool, optional
+        Replace an existing cube (atomically, once the new one is whole).
+
+    Returns
+    -------
+    IngestResult
+
+    Raises
+    ------
+    LcdaskError
+        If no frame is usable, or the cube exists and ``overwrite`` is False.
+    """
+    out = Path(out)
+    final = out / "cube.zarr"
+    if final.exists() and not overwrite:
+        raise LcdaskError(f"{final} exists; pass overwrite=True (--overwrite) to replace it")
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    paths = [str(p) for p in discover_frames(inputs)]
+    if not paths:
+        raise LcdaskError(f"no FITS files found in {inputs}")
+    batches = _batches(paths, 32)
+    rows = [
+        r for batch in _map(client, _scan_batch, batches, utc_offset_h=utc_offset_h) for r in batch
+    ]
+    frames, shape, dtype, skipped = plan_cube(rows)
+    frames["bjd_tdb"] = _bjd(frames)
+    frames["flags"] = np.zeros(len(frames), np.int32)
+    frames["flag_reason"] = ""
+    timings["scan"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    attrs = {
+        "lcdask_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "inputs": [str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs)],
+        "skipped": [s.__dict__ for s in skipped],
+    }
+    with atomic_path(final) as tmp:
+        cube_io.create_cube(tmp, frames, shape, dtype=dtype, attrs=attrs)
+        results = _map(
+            client,
+            _fill_frame,
+            [str(tmp)] * len(frames),
+            frames.index.tolist(),
+            frames["path"].tolist(),
+            frames["hdu_index"].tolist(),
+            frames["trimsec"].tolist(),
+            frames["biassec"].tolist(),
+        )
+        flagged = []
+        for index, flags, reason in results:
+            if flags:
+                frames.loc[index, ["flags", "flag_reason"]] = [flags, reason]
+                flagged.append(Skipped(frames.loc[index, "path"], reason))
+        if flagged:
+            cube_io.set_frame_values(tmp, "flags", frames.index, frames["flags"].to_numpy())
+            cube_io.set_frame_values(tmp, "flag_reason", frames.index, frames["flag_reason"])
+        cube_io.consolidate(tmp)
+    timings["fill"] = time.perf_counter() - start
+
+    for item in [*skipped, *flagged]:
+        log.warning("%s", item.reason)
+    counts = dict(Counter(frames["frame_type"]))
+    return IngestResult(final, len(frames), counts, skipped, flagged, timings)
+
+
+def _bjd(frames: pd.DataFrame) -> np.ndarray:
+    """Barycentric Julian Date (TDB) of each frame where pointing and site are known, else NaN."""
+    return np.asarray(
+        bjd_tdb(
+            frames["time_mjd"].to_numpy(float),
+            frames["ra_deg"].to_numpy(float),
+            frames["dec_deg"].to_numpy(float),
+            frames["site_lat_deg"].to_numpy(float),
+            frames["site_lon_deg"].to_numpy(float),
+            frames["site_height_m"].to_numpy(float),
+        ),
+        dtype=float,
+    )

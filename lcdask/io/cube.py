@@ -1,0 +1,150 @@
+"""The frame cube: an xarray Dataset in a zarr (v3) store, one frame per chunk.
+
+``raw`` holds the pixels (frame, y, x); per-frame metadata are coordinates on ``frame``. The
+orchestrating layer creates the store with `create_cube` (metadata only), workers fill frames with
+`write_frame`, and `set_frame_values` records per-frame results.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
+
+__all__ = ["consolidate", "create_cube", "open_cube", "set_frame_values", "write_frame"]
+
+RAW_COMPRESSOR = BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
+"""Fast lossless compression: about 0.65x the bytes of camera frames, as fast as a plain write."""
+
+
+def create_cube(
+    path: str | Path,
+    frames: pd.DataFrame,
+    shape: tuple[int, int],
+    *,
+    dtype: np.dtype | str = "float32",
+    attrs: Mapping[str, Any] | None = None,
+    frames_per_chunk: int = 1,
+) -> None:
+    """Create a cube store holding the frame metadata and an empty ``raw`` array.
+
+    Parameters
+    ----------
+    path : str or Path
+        The zarr store to create (it must not exist).
+    frames : pandas.DataFrame
+        One row per frame; every column becomes a coordinate on ``frame``.
+    shape : tuple of int
+        ``(ny, nx)`` of every frame.
+    dtype : numpy dtype or str, optional
+        Type of ``raw``.
+    attrs : mapping, optional
+        Dataset attributes (values that are not JSON scalars are stored as JSON strings).
+    frames_per_chunk : int, optional
+        Frames per chunk of ``raw``.
+    """
+    n_frames = len(frames)
+    ny, nx = shape
+    dtype = np.dtype(dtype)
+    fill = np.nan if dtype.kind == "f" else 0
+    raw = da.full((n_frames, ny, nx), fill, dtype=dtype, chunks=(frames_per_chunk, ny, nx))
+    coords: dict[str, Any] = {"frame": np.arange(n_frames)}
+    for name in frames.columns:
+        values = frames[name].to_numpy()
+        if values.dtype == object or pd.api.types.is_string_dtype(frames[name]):
+            values = np.array([str(v) for v in values], dtype=object)
+        coords[name] = ("frame", values)
+    ds = xr.Dataset({"raw": (("frame", "y", "x"), raw)}, coords=coords)
+    ds.attrs.update(_jsonable(attrs or {}))
+    encoding = {"raw": {"compressors": (RAW_COMPRESSOR,), "fill_value": fill}}
+    ds.to_zarr(path, mode="w-", compute=False, zarr_format=3, encoding=encoding, consolidated=False)
+
+
+def _jsonable(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in attrs.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value
+        else:
+            out[key] = json.dumps(value, default=str)
+    return out
+
+
+def write_frame(path: str | Path, index: int, image: np.ndarray, *, name: str = "raw") -> None:
+    """Write one frame's pixels into the cube.
+
+    Parameters
+    ----------
+    path : str or Path
+        The cube store.
+    index : int
+        Position along ``frame``.
+    image : numpy.ndarray
+        ``(ny, nx)`` pixels, cast to the array's type.
+    name : str, optional
+        The array to write.
+    """
+    array = zarr.open_array(str(Path(path) / name), mode="r+")
+    if image.shape != array.shape[1:]:
+        raise ValueError(
+            f"frame {index}: image shape {image.shape} != cube frame {array.shape[1:]}"
+        )
+    array[index] = image.astype(array.dtype, copy=False)
+
+
+def set_frame_values(path: str | Path, name: str, indices: Sequence[int], values: Sequence) -> None:
+    """Overwrite entries of a per-frame coordinate.
+
+    Parameters
+    ----------
+    path : str or Path
+        The cube store.
+    name : str
+        The coordinate (1-D along ``frame``).
+    indices : sequence of int
+        Frames to set.
+    values : sequence
+        New values, one per index.
+    """
+    array = zarr.open_array(str(Path(path) / name), mode="r+")
+    for index, value in zip(indices, values, strict=True):
+        array[int(index)] = value
+
+
+def consolidate(path: str | Path) -> None:
+    """Consolidate the store's metadata so that opening it reads one document."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "not part of the v3 specification"
+        zarr.consolidate_metadata(str(path))
+
+
+def open_cube(path: str | Path) -> xr.Dataset:
+    """Open a cube lazily.
+
+    Parameters
+    ----------
+    path : str or Path
+        The cube store (``RUN/cube.zarr``) or the run directory holding it.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dask-backed; the per-frame coordinates are loaded.
+    """
+    path = Path(path)
+    if (path / "cube.zarr").is_dir():
+        path = path / "cube.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ds = xr.open_zarr(path, consolidated=None)
+    frame_coords = [name for name, c in ds.coords.items() if c.dims == ("frame",)]
+    return ds.assign_coords({name: ds[name].compute() for name in frame_coords})

@@ -1,0 +1,255 @@
+"""Reading raw FITS frames: find the image HDU, read its header, read its pixels.
+
+Plain, gzip-compressed (``.gz``) and tile-compressed (``.fz``) files are read the same way: the
+first HDU holding a 2-D image is the frame. Overscan subtraction and trimming are applied here, on
+one frame, so that every later stage sees only the light-sensitive area.
+
+These functions open and close their file in one call and hold no handle between calls, so they
+can be sent to Dask workers.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
+from astropy.utils.exceptions import AstropyUserWarning
+
+from lcdask.errors import FrameError
+from lcdask.io.headers import parse_section
+
+__all__ = ["FrameHeader", "native_dtype", "overscan_model", "read_frame", "read_frame_header"]
+
+_IMAGE_HDUS = (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """The header of a frame's image HDU and where the image is.
+
+    Attributes
+    ----------
+    path : str
+        The file.
+    hdu_index : int
+        Index of the first HDU with a 2-D image.
+    header : astropy.io.fits.Header
+        That HDU's header (for a tile-compressed HDU, the header of the image it holds).
+    shape : tuple of int
+        ``(ny, nx)`` of the stored image, before any trimming.
+    """
+
+    path: str
+    hdu_index: int
+    header: fits.Header
+    shape: tuple[int, int]
+
+
+def _open(path: str | Path) -> fits.HDUList:
+    try:
+        return fits.open(path, memmap=False, lazy_load_hdus=False, ignore_missing_simple=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # astropy raises OSError, ValueError, TypeError... on corrupt files
+        raise FrameError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from exc
+
+
+def _image_hdu_index(hdul: fits.HDUList, path: str | Path) -> int:
+    for index, hdu in enumerate(hdul):
+        if isinstance(hdu, _IMAGE_HDUS) and hdu.header.get("NAXIS", 0) == 2:
+            return index
+    raise FrameError(f"{path}: no 2-D image HDU in the file (HDUs: {[h.name for h in hdul]})")
+
+
+def _check_complete(hdul: fits.HDUList, index: int, path: str | Path) -> None:
+    """Raise FrameError when an uncompressed file is shorter than its header says."""
+    if str(path).endswith((".gz", ".fz")):
+        return  # the byte count of compressed files is checked when the data are read
+    info = hdul.fileinfo(index)
+    if info is None:
+        return
+    needed = info["datLoc"] + info["datSpan"]
+    size = os.path.getsize(path)
+    # The last 2880-byte block may legitimately be unpadded in files from some writers.
+    if size < needed - 2880 + 1:
+        raise FrameError(f"{path}: truncated file ({size} bytes, the header needs {needed})")
+
+
+def read_frame_header(path: str | Path) -> FrameHeader:
+    """Read the header of a frame's image HDU, without reading its pixels.
+
+    Parameters
+    ----------
+    path : str or Path
+        A FITS file (``.fits``, ``.fit``, ``.fts``, optionally ``.gz``; or ``.fz``).
+
+    Returns
+    -------
+    FrameHeader
+
+    Raises
+    ------
+    FrameError
+        If the file is not FITS, has no 2-D image HDU, or is shorter than its header says.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (VerifyWarning, AstropyUserWarning))
+        hdul = _open(path)
+        try:
+            index = _image_hdu_index(hdul, path)
+            header = hdul[index].header.copy()
+            _check_complete(hdul, index, path)
+        finally:
+            hdul.close()
+    shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+    return FrameHeader(path=str(path), hdu_index=index, header=header, shape=shape)
+
+
+def overscan_model(overscan: np.ndarray, *, along: str, order: int | None = None) -> np.ndarray:
+    """Model the overscan level along the readout direction.
+
+    The strip is reduced by a median across its width, one level per row (``along="y"``) or per
+    column. By default that per-row median is the model (as ccdproc's ``subtract_overscan``
+    does): it follows the fast bias transients that some controllers show at the start of the
+    readout (the Lowell 42" frames settle over their first 15 rows), at the cost of about
+    ``1.25 sigma_read / sqrt(width)`` of noise per row. With ``order`` a Legendre polynomial is
+    fitted instead (IRAF ``ccdproc``'s approach), with two passes of 3-sigma rejection.
+
+    Parameters
+    ----------
+    overscan : numpy.ndarray
+        The overscan strip, 2-D.
+    along : {"y", "x"}
+        ``"y"`` when the strip is a block of columns (one level per row), ``"x"`` for rows.
+    order : int, optional
+        Polynomial order of a smooth fit; None for the per-row median, 0 for one constant level.
+
+    Returns
+    -------
+    numpy.ndarray
+        One level per row (``along="y"``) or per column.
+    """
+    if along not in ("y", "x"):
+        raise ValueError(f"along must be 'y' or 'x', not {along!r}")
+    level = np.median(overscan, axis=1 if along == "y" else 0).astype(np.float64)
+    if order is None:
+        return level
+    if order <= 0 or level.size <= order + 1:
+        return np.full(level.shape, np.median(level))
+    t = np.linspace(-1.0, 1.0, level.size)
+    keep = np.ones(level.size, bool)
+    for _ in range(2):
+        coef = np.polynomial.legendre.legfit(t[keep], level[keep], order)
+        resid = level - np.polynomial.legendre.legval(t, coef)
+        mad = 1.4826 * np.median(np.abs(resid[keep] - np.median(resid[keep])))
+        if mad == 0:
+            break
+        keep = np.abs(resid) < 3 * mad
+    return np.polynomial.legendre.legval(t, coef)
+
+
+def native_dtype(header: fits.Header) -> np.dtype:
+    """The numpy dtype that holds a FITS image's physical values exactly.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+        The image header (BITPIX, BZERO, BSCALE).
+
+    Returns
+    -------
+    numpy.dtype
+        ``uint16`` for BITPIX 16 with BZERO 32768 (the usual camera frame), the signed integer of
+        BITPIX for BZERO 0, ``uint32`` for BITPIX 32 with BZERO 2**31, and float32 otherwise
+        (float data, or integers with a scale).
+    """
+    bitpix = int(header.get("BITPIX", -32))
+    bzero = float(header.get("BZERO", 0) or 0)
+    bscale = float(header.get("BSCALE", 1) or 1)
+    if bitpix > 0 and bscale == 1:
+        if bzero == 0:
+            return np.dtype({8: "uint8", 16: "int16", 32: "int32", 64: "int64"}[bitpix])
+        if (bitpix, bzero) == (16, 32768):
+            return np.dtype("uint16")
+        if (bitpix, bzero) == (32, 2**31):
+            return np.dtype("uint32")
+    return np.dtype("float32")
+
+
+def read_frame(
+    path: str | Path,
+    *,
+    hdu_index: int | None = None,
+    trimsec: str = "",
+    biassec: str = "",
+    overscan_order: int | None = None,
+    dtype: np.dtype | str | None = "float32",
+) -> np.ndarray:
+    """Read a frame's pixels, overscan-subtracted and trimmed.
+
+    Parameters
+    ----------
+    path : str or Path
+        The FITS file.
+    hdu_index : int, optional
+        Index of the image HDU; found when not given.
+    trimsec, biassec : str, optional
+        FITS sections (1-based, inclusive, ``"[x1:x2,y1:y2]"``). When ``biassec`` is given the
+        overscan model (see `overscan_model`) is subtracted; when ``trimsec`` is given the image is
+        cut to it.
+    overscan_order : int, optional
+        Order of a smooth overscan fit along the strip; None (default) for the per-row median.
+    dtype : numpy dtype, str or None, optional
+        Type of the result; None keeps the file's physical type (float32 once an overscan is
+        subtracted).
+
+    Returns
+    -------
+    numpy.ndarray
+        2-D image.
+
+    Raises
+    ------
+    FrameError
+        If the file cannot be read whole or has no image.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (VerifyWarning, AstropyUserWarning))
+        hdul = _open(path)
+        try:
+            index = _image_hdu_index(hdul, path) if hdu_index is None else hdu_index
+            hdu = hdul[index]
+            expected = (int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]))
+            try:
+                data = hdu.data
+            except Exception as exc:
+                raise FrameError(
+                    f"{path}: pixel data unreadable ({type(exc).__name__}: {exc})"
+                ) from exc
+            if data is None or data.shape != expected:
+                got = None if data is None else data.shape
+                raise FrameError(f"{path}: truncated pixel data (shape {got}, header {expected})")
+            image = np.array(data, dtype=data.dtype.newbyteorder("="))
+        finally:
+            hdul.close()
+    if biassec:
+        image = image.astype(np.float32)
+        ys, xs = parse_section(biassec)
+        strip = image[ys, xs]
+        along = "y" if strip.shape[0] >= strip.shape[1] else "x"
+        level = overscan_model(strip, along=along, order=overscan_order).astype(np.float32)
+        if along == "y" and strip.shape[0] == image.shape[0]:
+            image = image - level[:, None]
+        elif along == "x" and strip.shape[1] == image.shape[1]:
+            image = image - level[None, :]
+        else:  # a strip that does not span the image gives one level
+            image = image - np.float32(np.median(level))
+    if trimsec:
+        ys, xs = parse_section(trimsec)
+        image = image[ys, xs]
+    return np.ascontiguousarray(image, dtype=dtype or image.dtype)

@@ -1,0 +1,67 @@
+"""Shared fixtures: real data folders, small FITS factories, a local Dask cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    """Path of a real data set in ../shared/data, or skip when the folder is absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data {name} not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def c14_frames() -> Path:
+    """asteroid2713_c14: 25 lights, 5 darks, 10 bias in one folder."""
+    return shared_data("asteroid2713_c14") / "frames"
+
+
+@pytest.fixture(scope="session")
+def lowell_dir() -> Path:
+    """asteroid5945_lowell42: bias/, flat/, science/ with overscan and string-valued WCS keys."""
+    return shared_data("asteroid5945_lowell42")
+
+
+def write_fits(
+    path: Path,
+    data: np.ndarray | None = None,
+    *,
+    shape: tuple[int, int] = (40, 50),
+    imagetyp: str = "Light Frame",
+    date_obs: str | None = "2024-05-01T03:00:00.000",
+    exptime: float | None = 30.0,
+    seed: int = 0,
+    **keys,
+) -> np.ndarray:
+    """Write a small uint16 camera-like FITS frame and return its pixel values."""
+    if data is None:
+        data = np.random.default_rng(seed).integers(900, 1200, size=shape).astype(np.uint16)
+    hdu = fits.PrimaryHDU(data)
+    hdu.header["IMAGETYP"] = imagetyp
+    if date_obs is not None:
+        hdu.header["DATE-OBS"] = date_obs
+    if exptime is not None:
+        hdu.header["EXPTIME"] = exptime
+    for key, value in keys.items():
+        hdu.header[key.replace("_", "-") if key == "DATE_AVG" else key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hdu.writeto(path, overwrite=True)
+    return data
+
+
+@pytest.fixture(scope="module")
+def dask_local_client():
+    """A real LocalCluster of two worker processes, one thread each."""
+    from lcdask.cluster import dask_client
+
+    with dask_client(n_workers=2, dashboard=False) as client:
+        yield client
