@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,7 +102,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from lcdask.simulate import SimConfig, simulate_night
 
     cfg = SimConfig(n_frames=args.frames, size=args.size, seed=args.seed)
-    simulate_night(args.out, cfg, n_workers=args.jobs)
+    simulate_night(args.out, cfg, n_workers=args.jobs or os.cpu_count() or 1)
     print(f"simulated {args.frames} frames of {args.size}x{args.size} in {args.out}")
     return 0
 
@@ -135,7 +136,8 @@ def _demo(args: argparse.Namespace) -> int:
     night = args.out / "night"
     if not (night / "truth" / "frames.parquet").exists():
         log.info("simulating %d frames of %dx%d in %s", args.frames, args.size, args.size, night)
-        simulate_night(night, SimConfig(n_frames=args.frames, size=args.size, seed=args.seed))
+        cfg = SimConfig(n_frames=args.frames, size=args.size, seed=args.seed)
+        simulate_night(night, cfg, n_workers=os.cpu_count() or 1)
     with dask_client(scheduler=args.scheduler, n_workers=args.workers) as client:
         result = ingest(night / "raw", args.out, client=client, overwrite=True)
     print(_summary(result.cube_path))

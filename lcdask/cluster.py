@@ -42,6 +42,9 @@ def dask_client(
     """
     from distributed import Client, LocalCluster
 
+    # Worker start-up and shut-down chatter is not the user's business; problems still show.
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+
     if scheduler:
         client = Client(scheduler)
         try:

@@ -58,7 +58,7 @@ def write_fits(
     return data
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def dask_local_client():
     """A real LocalCluster of two worker processes, one thread each."""
     from lcdask.cluster import dask_client

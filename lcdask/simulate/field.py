@@ -1,0 +1,342 @@
+"""The star field of the night: field stars, close pairs, bright stars, variables and movers.
+
+Positions are laid out in the pixel frame of the true WCS before any drift (`NightGeometry`), over
+the detector plus a margin (10% of the side + the drift + 32 px), and turned into RA/Dec through
+that WCS: the truth tables carry only RA/Dec.
+
+- Field stars: r from ``mag_bright`` to ``mag_faint`` with dN/dm ~ 10^(0.3 m), normalised to
+  ``stars_per_deg2_r20`` stars per deg^2 brighter than r = 20 (6000/deg^2: about 2000 stars
+  brighter than r = 20 in a 2048 x 2048 px frame at 1"/px); uniform positions.
+- Colours g - r: 80% from N(0.55, 0.15) (F/G/K disc stars), 20% uniform 0.8-1.5 (K/M), clipped to
+  0.2-1.5.
+- The target (``is_target``, role ``target``) near the centre with the transit; an eclipsing binary
+  and a pulsator; all three isolated (no other star within max(8 FWHM, 20 px)).
+- ``n_saturated_stars`` stars of r 9-11.5 inside the frame; ``n_close_pairs`` pairs 1-3 FWHM apart.
+- Movers: ``n_slow_movers`` moving 1-3 FWHM and ``n_fast_movers`` moving 30-300 px over the
+  sequence (over 10 min for shorter sequences), with their whole track inside the frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from lcdask.simulate.conditions import NightGeometry
+from lcdask.simulate.config import SimConfig
+from lcdask.simulate.tan import pixel_to_world
+
+STAR_COLUMNS = (
+    "star_id",
+    "ra",
+    "dec",
+    "mag",
+    "g_mag",
+    "kind",
+    "is_target",
+    "role",
+    "pair_id",
+    "var_type",
+    "period_d",
+    "t0_mjd",
+    "depth",
+    "depth2",
+    "duration_d",
+    "ingress_d",
+    "amplitude",
+)
+MOVER_COLUMNS = (
+    "star_id",
+    "ra0",
+    "dec0",
+    "t0_mjd",
+    "rate_ra_arcsec_h",
+    "rate_dec_arcsec_h",
+    "mag",
+    "g_mag",
+    "speed",
+)
+
+
+def luminosity_function_sample(
+    rng: np.random.Generator, n: int, mag_bright: float, mag_faint: float
+) -> np.ndarray:
+    """Draw ``n`` magnitudes from dN/dm ~ 10^(0.3 m) between ``mag_bright`` and ``mag_faint``."""
+    lo, hi = 10.0 ** (0.3 * mag_bright), 10.0 ** (0.3 * mag_faint)
+    return np.log10(lo + rng.uniform(0.0, 1.0, n) * (hi - lo)) / 0.3
+
+
+def expected_star_count(cfg: SimConfig, area_deg2: float) -> float:
+    """Expected number of field stars in ``area_deg2`` for the configured luminosity function."""
+    frac = 10.0 ** (0.3 * (cfg.mag_faint - 20.0)) - 10.0 ** (0.3 * (cfg.mag_bright - 20.0))
+    return cfg.stars_per_deg2_r20 * area_deg2 * frac
+
+
+def draw_colours(rng: np.random.Generator, n: int) -> np.ndarray:
+    """g - r colours with a realistic spread (0.2-1.5)."""
+    red = rng.uniform(0.0, 1.0, n) < 0.2
+    colour = np.where(red, rng.uniform(0.8, 1.5, n), rng.normal(0.55, 0.15, n))
+    return np.clip(colour, 0.2, 1.5)
+
+
+def field_margin_px(cfg: SimConfig) -> float:
+    """Margin around the detector over which stars are laid out (and the refcat extends)."""
+    return 0.1 * cfg.size + cfg.drift_px_total + 4.0 * cfg.jitter_px + 32.0
+
+
+def _empty_var() -> dict[str, object]:
+    return {
+        "var_type": "",
+        "period_d": np.nan,
+        "t0_mjd": np.nan,
+        "depth": 0.0,
+        "depth2": 0.0,
+        "duration_d": 0.0,
+        "ingress_d": 0.0,
+        "amplitude": 0.0,
+    }
+
+
+def _track_clearance(
+    xm: float, ym: float, dx: float, dy: float, points: list[tuple[float, float]]
+) -> float:
+    """Smallest distance from the segment (xm -+ dx, ym -+ dy) to any of ``points``."""
+    seg = np.array([2 * dx, 2 * dy])
+    start = np.array([xm - dx, ym - dy])
+    best = np.inf
+    for p in points:
+        rel = np.asarray(p) - start
+        u = np.clip(rel @ seg / max(seg @ seg, 1e-12), 0.0, 1.0)
+        best = min(best, float(np.hypot(*(rel - u * seg))))
+    return best
+
+
+def make_stars(
+    cfg: SimConfig,
+    geom: NightGeometry,
+    time_mjd: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Draw the star field, the variables and the movers.
+
+    Parameters
+    ----------
+    cfg
+        The configuration.
+    geom
+        The night geometry (its drift-free true WCS lays out the field).
+    time_mjd
+        Mid-exposure times of the light frames (the variables and movers are timed on them).
+    rng
+        The night's star-field stream.
+
+    Returns
+    -------
+    stars, movers : pandas.DataFrame
+        ``stars.parquet`` (movers included with kind ``moving`` at their t0 position) and
+        ``movers.parquet``.
+    """
+    size = cfg.size
+    nominal_fwhm = cfg.seeing_fwhm_arcsec / cfg.pixel_scale_arcsec
+    t = np.asarray(time_mjd, dtype=float)
+    half_exp = 0.5 * cfg.exptime_s / 86400.0
+    t_start, t_end = t[0] - half_exp, t[-1] + half_exp
+    span = t_end - t_start
+    t_mid = 0.5 * (t_start + t_end)
+    rows: list[dict[str, object]] = []
+
+    def add(x, y, mag, colour, role, var=None, pair_id=-1, kind="stable", target=False):
+        rows.append(
+            {
+                "x": float(x),
+                "y": float(y),
+                "mag": float(mag),
+                "g_mag": float(mag + colour),
+                "kind": kind,
+                "is_target": target,
+                "role": role,
+                "pair_id": pair_id,
+                **(var or _empty_var()),
+            }
+        )
+
+    # --- variables: target with transit, eclipsing binary, pulsator (isolated)
+    special_xy: list[tuple[float, float]] = []
+
+    def place(lo: float, hi: float) -> tuple[float, float]:
+        for _ in range(1000):
+            x, y = rng.uniform(lo * size, hi * size, 2)
+            if all(np.hypot(x - a, y - b) > 12 * nominal_fwhm for a, b in special_xy):
+                break
+        special_xy.append((float(x), float(y)))
+        return float(x), float(y)
+
+    duration = min(cfg.transit_duration_h / 24.0, 0.5 * span)
+    x, y = place(0.4, 0.6)
+    add(
+        x,
+        y,
+        cfg.target_mag,
+        float(draw_colours(rng, 1)[0]),
+        "target",
+        {
+            "var_type": "transit",
+            "period_d": float(rng.uniform(2.0, 5.0)),
+            "t0_mjd": t_mid,
+            "depth": cfg.transit_depth,
+            "depth2": 0.0,
+            "duration_d": duration,
+            "ingress_d": 0.12 * duration,
+            "amplitude": 0.0,
+        },
+        kind="variable",
+        target=True,
+    )
+    eb_duration = min(3.0 / 24.0, 0.4 * span)
+    x, y = place(0.2, 0.8)
+    add(
+        x,
+        y,
+        rng.uniform(14.0, 15.5),
+        float(draw_colours(rng, 1)[0]),
+        "eclipsing",
+        {
+            "var_type": "eclipsing",
+            "period_d": float(rng.uniform(0.6, 1.5)),
+            "t0_mjd": t_start + 0.3 * span,
+            "depth": cfg.eclipse_depth,
+            "depth2": 0.3 * cfg.eclipse_depth,
+            "duration_d": eb_duration,
+            "ingress_d": 0.5 * eb_duration,
+            "amplitude": 0.0,
+        },
+        kind="variable",
+    )
+    period = float(np.clip(span / 1.5, 0.03, 0.2))
+    x, y = place(0.2, 0.8)
+    add(
+        x,
+        y,
+        rng.uniform(13.5, 15.5),
+        float(draw_colours(rng, 1)[0]),
+        "pulsator",
+        {
+            "var_type": "pulsator",
+            "period_d": period,
+            "t0_mjd": t_start + float(rng.uniform(0.0, period)),
+            "depth": 0.0,
+            "depth2": 0.0,
+            "duration_d": 0.0,
+            "ingress_d": 0.0,
+            "amplitude": cfg.pulsator_amplitude,
+        },
+        kind="variable",
+    )
+    iso_radius = max(8.0 * nominal_fwhm, 20.0)
+
+    # --- bright (saturated) stars and close pairs, inside the frame
+    for _ in range(cfg.n_saturated_stars):
+        xy = rng.uniform(0.05 * size, 0.95 * size, 2)
+        add(xy[0], xy[1], rng.uniform(9.0, 11.5), float(draw_colours(rng, 1)[0]), "bright")
+    for pair in range(cfg.n_close_pairs):
+        xy = rng.uniform(0.1 * size, 0.9 * size, 2)
+        m1 = rng.uniform(14.0, 17.0)
+        sep = rng.uniform(1.0, 3.0) * nominal_fwhm
+        ang = rng.uniform(0.0, 2.0 * np.pi)
+        add(xy[0], xy[1], m1, float(draw_colours(rng, 1)[0]), "close_pair", pair_id=pair)
+        add(
+            xy[0] + sep * np.cos(ang),
+            xy[1] + sep * np.sin(ang),
+            m1 + rng.uniform(0.0, 2.0),
+            float(draw_colours(rng, 1)[0]),
+            "close_pair",
+            pair_id=pair,
+        )
+
+    # --- field stars over the detector plus margin
+    margin = field_margin_px(cfg)
+    side_deg = (size + 2 * margin) * cfg.pixel_scale_arcsec / 3600.0
+    n_field = int(rng.poisson(expected_star_count(cfg, side_deg**2)))
+    fx = rng.uniform(-margin, size - 1 + margin, n_field)
+    fy = rng.uniform(-margin, size - 1 + margin, n_field)
+    fmag = luminosity_function_sample(rng, n_field, cfg.mag_bright, cfg.mag_faint)
+    fcol = draw_colours(rng, n_field)
+    for x, y, m, c in zip(fx, fy, fmag, fcol, strict=True):
+        add(x, y, m, c, "field")
+
+    # --- movers, whole track inside the frame
+    span_h = max(span * 24.0, 1.0 / 6.0)
+    mover_rows = []
+    for speed, count in (("slow", cfg.n_slow_movers), ("fast", cfg.n_fast_movers)):
+        for _ in range(count):
+            if speed == "slow":
+                dist = rng.uniform(1.0, 3.0) * nominal_fwhm
+            else:
+                dist = rng.uniform(30.0, max(30.0, min(300.0, 0.5 * size)))
+            ang = rng.uniform(0.0, 2.0 * np.pi)
+            # the whole track (over max(sequence, 10 min)) stays inside the frame
+            lo = 0.1 * size + 0.5 * dist
+            hi = max(lo + 1.0, size - 1 - 0.1 * size - 0.5 * dist)
+            dx, dy = 0.5 * dist * np.cos(ang), 0.5 * dist * np.sin(ang)
+            for _ in range(200):  # keep the track clear of the (isolated) variables
+                xm, ym = rng.uniform(lo, hi, 2)
+                if _track_clearance(xm, ym, dx, dy, special_xy) > iso_radius:
+                    break
+            mag = rng.uniform(15.5, 19.0)
+            colour = rng.uniform(0.4, 0.8)
+            ra, dec = pixel_to_world(
+                np.array([xm, xm - dx, xm + dx]),
+                np.array([ym, ym - dy, ym + dy]),
+                *geom.reference_wcs(),
+            )
+            dra = (np.mod(ra[2] - ra[1] + 180.0, 360.0) - 180.0) * np.cos(np.deg2rad(dec[0]))
+            ddec = dec[2] - dec[1]
+            track_h = span_h
+            mover_rows.append(
+                {
+                    "ra0": float(ra[0]),
+                    "dec0": float(dec[0]),
+                    "t0_mjd": t_mid,
+                    "rate_ra_arcsec_h": float(dra * 3600.0 / track_h),
+                    "rate_dec_arcsec_h": float(ddec * 3600.0 / track_h),
+                    "mag": float(mag),
+                    "g_mag": float(mag + colour),
+                    "speed": speed,
+                }
+            )
+
+    stars = pd.DataFrame(rows)
+    # isolate the variables: drop every other star (both members of a close pair) near them
+    near = np.zeros(len(stars), dtype=bool)
+    for a, b in special_xy:
+        near |= np.hypot(stars["x"] - a, stars["y"] - b).to_numpy() <= iso_radius
+    near &= ~stars["role"].isin(["target", "eclipsing", "pulsator"]).to_numpy()
+    bad_pairs = set(stars.loc[near & (stars["pair_id"] >= 0).to_numpy(), "pair_id"])
+    near |= stars["pair_id"].isin(bad_pairs).to_numpy() & (stars["pair_id"] >= 0).to_numpy()
+    stars = stars[~near].reset_index(drop=True)
+    ra, dec = pixel_to_world(stars["x"].to_numpy(), stars["y"].to_numpy(), *geom.reference_wcs())
+    stars = stars.drop(columns=["x", "y"])
+    stars.insert(0, "dec", dec)
+    stars.insert(0, "ra", ra)
+    movers = pd.DataFrame(mover_rows, columns=[c for c in MOVER_COLUMNS if c != "star_id"])
+    first_mover = len(stars) + 1
+    stars.insert(0, "star_id", np.arange(1, len(stars) + 1, dtype=np.int64))
+    movers.insert(0, "star_id", np.arange(first_mover, first_mover + len(movers), dtype=np.int64))
+    mover_stars = pd.DataFrame(
+        {
+            "star_id": movers["star_id"],
+            "ra": movers["ra0"],
+            "dec": movers["dec0"],
+            "mag": movers["mag"],
+            "g_mag": movers["g_mag"],
+            "kind": "moving",
+            "is_target": False,
+            "role": "mover",
+            "pair_id": -1,
+            **_empty_var(),
+        }
+    )
+    stars = pd.concat([stars, mover_stars], ignore_index=True) if len(movers) else stars
+    stars = stars[list(STAR_COLUMNS)].astype(
+        {"star_id": np.int64, "pair_id": np.int64, "is_target": bool, "kind": str, "role": str}
+    )
+    return stars.reset_index(drop=True), movers[list(MOVER_COLUMNS)].reset_index(drop=True)
