@@ -1,0 +1,791 @@
+"""Reference catalogs: SDSS and Gaia DR3 through astroquery, local files, and an on-disk cache.
+
+Every catalog comes back as a `pandas.DataFrame` in one schema:
+
+=============  ===================================================================================
+``id``         the catalog's own identifier (int64 for SDSS ``objID`` and Gaia ``source_id``)
+``ra, dec``    ICRS degrees (float64)
+``<band>``     magnitude in a band (float64, NaN when missing): SDSS ``u g r i z`` (PSF
+               magnitudes, AB within 0.04 mag), Gaia ``G BP RP`` (Vega), or whatever a file holds
+``<band>_err`` its 1-sigma error
+``source``     where the row came from: ``sdss-dr17``, ``gaia-dr3``, ``file:<name>``
+=============  ===================================================================================
+
+Other columns (Gaia ``pmra``, ``pmdec``; extra columns of a file) may follow. The query's
+provenance is in ``DataFrame.attrs["catalog"]``.
+
+Online queries are cached under ``cache_dir`` as Parquet files keyed by the catalog, the centre
+(rounded to 0.001 deg) and the radius; the query circle is enlarged a little so that a rerun with a
+slightly different field reuses the file. Any cached query whose circle covers the requested one
+is a hit. ``offline=True`` uses only the cache and raises `CatalogError` otherwise, saying how to
+supply a local file instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lcdask.errors import LcdaskError
+from lcdask.io.atomic import atomic_path
+
+__all__ = [
+    "GAIA_BANDS",
+    "SDSS_BANDS",
+    "CatalogError",
+    "FieldCircle",
+    "default_cache_dir",
+    "field_radius",
+    "gaia_adql",
+    "load_catalog",
+    "normalise_catalog",
+    "query_gaia",
+    "query_sdss",
+    "sdss_sql",
+]
+
+SDSS_BANDS = ("u", "g", "r", "i", "z")
+GAIA_BANDS = ("G", "BP", "RP")
+CENTRE_STEP_DEG = 0.001
+RADIUS_STEP_DEG = 0.001
+_META_KEY = b"lcdask.catalog"
+_MAG_PER_LN = 2.5 / math.log(10.0)
+
+_HOW_TO_SUPPLY = (
+    "give a local catalog file instead (lcdask run --catalog FILE, or "
+    "lcdask.catalogs.load_catalog(path, columns={...})): FITS, ECSV, CSV or Parquet with ra, dec "
+    "(degrees) and magnitude columns such as r and r_err"
+)
+
+
+class CatalogError(LcdaskError):
+    """No usable reference catalog: service failed, offline without a cache, or a bad file."""
+
+
+@dataclass(frozen=True)
+class FieldCircle:
+    """A circle on the sky covering a set of frames.
+
+    Attributes
+    ----------
+    ra, dec : float
+        Centre (ICRS degrees).
+    radius_deg : float
+        Radius (degrees).
+    """
+
+    ra: float
+    dec: float
+    radius_deg: float
+
+
+# --------------------------------------------------------------------------------------------
+# geometry
+
+
+def _unit(ra_deg: Any, dec_deg: Any) -> np.ndarray:
+    ra = np.deg2rad(np.asarray(ra_deg, dtype=float))
+    dec = np.deg2rad(np.asarray(dec_deg, dtype=float))
+    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
+
+
+def _separation_deg(ra1: Any, dec1: Any, ra2: Any, dec2: Any) -> np.ndarray:
+    """Angular separation (degrees), accurate at all distances (Vincenty)."""
+    ra1, dec1, ra2, dec2 = (np.deg2rad(np.asarray(v, dtype=float)) for v in (ra1, dec1, ra2, dec2))
+    dra = ra2 - ra1
+    num = np.hypot(
+        np.cos(dec2) * np.sin(dra),
+        np.cos(dec1) * np.sin(dec2) - np.sin(dec1) * np.cos(dec2) * np.cos(dra),
+    )
+    den = np.sin(dec1) * np.sin(dec2) + np.cos(dec1) * np.cos(dec2) * np.cos(dra)
+    return np.rad2deg(np.arctan2(num, den))
+
+
+def _wcs_corners(wcs: Any, shape: tuple[int, int] | None) -> np.ndarray:
+    if shape is not None:
+        ny, nx = shape
+    elif getattr(wcs, "pixel_shape", None) is not None:
+        nx, ny = wcs.pixel_shape
+    elif getattr(wcs, "array_shape", None) is not None:
+        ny, nx = wcs.array_shape
+    else:
+        raise ValueError(
+            "field_radius needs the image size of each WCS: set wcs.pixel_shape = (nx, ny) "
+            "or pass shape=(ny, nx)"
+        )
+    x = np.array([-0.5, nx - 0.5, nx - 0.5, -0.5, (nx - 1) / 2])
+    y = np.array([-0.5, -0.5, ny - 0.5, ny - 0.5, (ny - 1) / 2])
+    ra, dec = wcs.pixel_to_world_values(x, y)
+    return np.column_stack([ra, dec])
+
+
+def field_radius(
+    wcs_list_or_corners: Any,
+    *,
+    shape: tuple[int, int] | None = None,
+    margin_arcmin: float = 1.0,
+) -> FieldCircle:
+    """The smallest practical circle (centre and radius) covering every frame, plus a margin.
+
+    Parameters
+    ----------
+    wcs_list_or_corners : sequence of astropy.wcs.WCS, array_like or SkyCoord
+        Either the frames' WCS (their image size from ``pixel_shape`` or ``shape``), or sky
+        points to cover: an array of (ra, dec) degrees of shape ``(..., 2)`` (e.g. the corners of
+        every frame, ``(n_frames, 4, 2)``), or a `~astropy.coordinates.SkyCoord`.
+    shape : (int, int), optional
+        ``(ny, nx)`` of every frame, when the WCS objects do not carry it.
+    margin_arcmin : float
+        Added to the radius: pointing drift, and catalog stars just outside a frame whose light
+        reaches it.
+
+    Returns
+    -------
+    FieldCircle
+        Centre (the normalised mean direction of the points) and radius (degrees).
+    """
+    if margin_arcmin < 0:
+        raise ValueError(f"margin_arcmin must be >= 0, got {margin_arcmin!r}")
+    items = wcs_list_or_corners
+    if hasattr(items, "pixel_to_world_values"):
+        items = [items]
+    if hasattr(items, "ra") and hasattr(items, "dec"):  # SkyCoord
+        icrs = items.icrs
+        points = np.column_stack([np.ravel(icrs.ra.deg), np.ravel(icrs.dec.deg)])
+    elif isinstance(items, Sequence) and items and hasattr(items[0], "pixel_to_world_values"):
+        points = np.concatenate([_wcs_corners(w, shape) for w in items])
+    else:
+        arr = np.asarray(items, dtype=float)
+        if arr.ndim < 1 or arr.shape[-1] != 2 or arr.size == 0:
+            raise TypeError(
+                "field_radius takes a list of astropy WCS, a SkyCoord, or an array of (ra, dec) "
+                f"degrees of shape (..., 2); got {type(wcs_list_or_corners).__name__}"
+                f"{' of shape ' + str(arr.shape) if arr.ndim else ''}"
+            )
+        points = arr.reshape(-1, 2)
+    points = points[np.isfinite(points).all(axis=1)]
+    if points.size == 0:
+        raise ValueError("field_radius got no finite sky positions")
+    mean = _unit(points[:, 0], points[:, 1]).mean(axis=0)
+    norm = np.linalg.norm(mean)
+    if norm < 1e-9:
+        raise ValueError("the frames cover the whole sky; no circle is useful")
+    mean /= norm
+    ra_c = float(np.rad2deg(np.arctan2(mean[1], mean[0])) % 360.0)
+    dec_c = float(np.rad2deg(np.arcsin(np.clip(mean[2], -1.0, 1.0))))
+    radius = float(np.max(_separation_deg(ra_c, dec_c, points[:, 0], points[:, 1])))
+    return FieldCircle(ra_c, dec_c, radius + margin_arcmin / 60.0)
+
+
+# --------------------------------------------------------------------------------------------
+# schema
+
+
+_RA_NAMES = ("ra", "ra_deg", "raj2000", "ra_icrs", "alpha_j2000", "_raj2000", "radeg", "alpha")
+_DEC_NAMES = ("dec", "dec_deg", "dej2000", "decj2000", "de_icrs", "delta_j2000", "_dej2000",
+              "dedeg", "decdeg", "delta")  # fmt: skip
+_ID_NAMES = ("id", "objid", "source_id", "sourceid", "objectid", "object_id", "name")
+_BAND_PATTERNS = (
+    # (magnitude regex, error template); the band is group 1
+    (r"^psfMag_(\w+)$", ("psfMagErr_{b}",)),
+    (r"^phot_(g|bp|rp)_mean_mag$", ()),  # Gaia: errors from flux_over_error
+    (r"^(\w+)mag$", ("e_{b}mag", "{b}mag_err", "e{b}mag")),  # VizieR style: rmag, e_rmag
+    (r"^(\w+)_mag$", ("{b}_mag_err", "{b}_magerr", "e_{b}_mag", "{b}_err")),
+)
+
+
+def _clean_mag(values: Any) -> np.ndarray:
+    """Magnitudes as float64 with sentinels (-9999, 99, ...) and non-finite values as NaN."""
+    mag = np.array(pd.to_numeric(pd.Series(np.asarray(values).ravel()), errors="coerce"), float)
+    mag[~np.isfinite(mag) | (mag < -50.0) | (mag > 50.0)] = np.nan
+    return mag
+
+
+def _clean_err(values: Any) -> np.ndarray:
+    err = np.array(pd.to_numeric(pd.Series(np.asarray(values).ravel()), errors="coerce"), float)
+    err[~np.isfinite(err) | (err <= 0.0) | (err > 50.0)] = np.nan
+    return err
+
+
+def _angle_deg(values: pd.Series, *, hours: bool) -> np.ndarray:
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all() or not (
+        values.dtype == object or pd.api.types.is_string_dtype(values)
+    ):
+        return numeric.to_numpy(float)
+    from astropy.coordinates import Angle
+
+    text = values.astype(str).str.strip()
+    unit = "hourangle" if hours and text.str.contains(r"[:h ]", regex=True).any() else "deg"
+    return Angle(text.to_numpy(), unit=unit).deg
+
+
+def _find(columns: Sequence[str], names: Sequence[str]) -> str | None:
+    lower = {c.lower(): c for c in columns}
+    for n in names:
+        if n in lower:
+            return lower[n]
+    return None
+
+
+def normalise_catalog(
+    table: pd.DataFrame,
+    *,
+    source: str,
+    columns: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """Bring a catalog table into the lcdask schema (see the module docstring).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The catalog as read.
+    source : str
+        Value of the ``source`` column.
+    columns : dict, optional
+        lcdask name -> column name in ``table``, e.g. ``{"ra": "RAJ2000", "dec": "DEJ2000",
+        "r": "rmag", "r_err": "e_rmag", "id": "Seq"}``. Names not given are recognised from
+        common spellings: ``ra``/``RAJ2000``/``RA_ICRS``..., SDSS ``psfMag_r``/``psfMagErr_r``,
+        Gaia ``phot_g_mean_mag`` (error from ``phot_g_mean_flux_over_error``), VizieR
+        ``rmag``/``e_rmag``, and columns already called ``r``/``r_err``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``id`` (when found), ``ra``, ``dec``, band and ``_err`` columns, ``source``, then the
+        remaining columns of ``table``.
+    """
+    columns = dict(columns or {})
+    missing = sorted({v for v in columns.values() if v not in table.columns})
+    if missing:
+        raise CatalogError(
+            f"catalog columns {missing} named in the column mapping are not in {source}; "
+            f"its columns are {list(table.columns)}"
+        )
+    used: set[str] = set(columns.values())
+    out: dict[str, Any] = {}
+
+    id_col = columns.get("id") or _find(table.columns, _ID_NAMES)
+    ra_col = columns.get("ra") or _find(table.columns, _RA_NAMES)
+    dec_col = columns.get("dec") or _find(table.columns, _DEC_NAMES)
+    if ra_col is None or dec_col is None:
+        raise CatalogError(
+            f"cannot find the ra/dec columns of {source} (columns: {list(table.columns)}); "
+            'name them, e.g. columns={"ra": "RAJ2000", "dec": "DEJ2000"}'
+        )
+    used |= {c for c in (id_col, ra_col, dec_col) if c}
+    if id_col is not None:
+        ids = table[id_col]
+        as_int = pd.to_numeric(ids, errors="coerce")
+        if as_int.notna().all() and pd.api.types.is_integer_dtype(ids.dtype):
+            out["id"] = ids.to_numpy().astype(np.int64)
+        else:
+            out["id"] = ids.astype(str).to_numpy()
+    ra = _angle_deg(table[ra_col], hours=True)
+    dec = _angle_deg(table[dec_col], hours=False)
+    out["ra"] = np.mod(ra, 360.0)
+    out["dec"] = dec
+    if np.any(np.abs(dec[np.isfinite(dec)]) > 90.0):
+        raise CatalogError(f"{source}: dec column {dec_col!r} has values beyond +-90 degrees")
+
+    bands: dict[str, tuple[str, str | None]] = {}
+    # explicit mapping first
+    for name, col in columns.items():
+        if name in ("id", "ra", "dec") or name.endswith("_err"):
+            continue
+        bands[name] = (col, columns.get(f"{name}_err"))
+    # then recognised spellings
+    for col in table.columns:
+        if col in used:
+            continue
+        for pattern, err_templates in _BAND_PATTERNS:
+            match = re.match(pattern, str(col), flags=re.IGNORECASE if "phot" in pattern else 0)
+            if not match:
+                continue
+            band = match.group(1)
+            if pattern.startswith("^phot"):
+                band = band.upper()
+                err = f"phot_{band.lower()}_mean_flux_over_error"
+                if band not in bands:
+                    bands[band] = (col, err if err in table.columns else None)
+                break
+            err_col = next(
+                (t.format(b=band) for t in err_templates if t.format(b=band) in table.columns),
+                None,
+            )
+            if band not in bands:
+                bands[band] = (col, err_col)
+            break
+    # plain band columns: 'r' with 'r_err' (the lcdask schema itself, the simulator's refcat)
+    for col in table.columns:
+        if col in used or col.endswith("_err") or col in bands:
+            continue
+        if f"{col}_err" in table.columns and pd.api.types.is_numeric_dtype(table[col]):
+            bands[col] = (col, f"{col}_err")
+    for band, (mag_col, err_col) in bands.items():
+        out[band] = _clean_mag(table[mag_col])
+        used.add(mag_col)
+        if err_col is None:
+            out[f"{band}_err"] = np.full(len(table), np.nan)
+        elif err_col.endswith("flux_over_error"):
+            foe = pd.to_numeric(table[err_col], errors="coerce").to_numpy(float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[f"{band}_err"] = _clean_err(_MAG_PER_LN / foe)
+            used.add(err_col)
+        else:
+            out[f"{band}_err"] = _clean_err(table[err_col])
+            used.add(err_col)
+    out["source"] = np.full(len(table), source, dtype=object)
+    result = pd.DataFrame(out)
+    extra = [c for c in table.columns if c not in used and c not in result.columns]
+    for c in extra:
+        result[c] = table[c].to_numpy()
+    result = result[np.isfinite(result["ra"]) & np.isfinite(result["dec"])]
+    return result.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# local files
+
+
+def _read_astropy(path: Path, fmt: str) -> pd.DataFrame:
+    from astropy import units as u
+    from astropy.table import Table
+
+    table = Table.read(path, format=fmt)
+    for name in table.colnames:
+        unit = getattr(table[name], "unit", None)
+        if unit is not None and unit.physical_type == "angle" and unit != u.deg:
+            table[name] = table[name].quantity.to_value(u.deg)
+    return _read_astropy_table(table)
+
+
+def load_catalog(
+    path: str | os.PathLike[str],
+    *,
+    columns: dict[str, str] | None = None,
+    format: str | None = None,
+    source: str | None = None,
+) -> pd.DataFrame:
+    """Read a local reference catalog (FITS, ECSV, CSV or Parquet) into the lcdask schema.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file. The format comes from its extension (``.fits .fit .fts`` (optionally
+        ``.gz``), ``.ecsv``, ``.csv .txt``, ``.parquet .pq``) unless ``format`` is given.
+    columns : dict, optional
+        lcdask name -> file column, e.g. ``{"ra": "RAJ2000", "dec": "DEJ2000", "r": "rmag",
+        "r_err": "e_rmag"}``; see `normalise_catalog` for the names recognised without it.
+    format : {"fits", "ecsv", "csv", "parquet"}, optional
+        Override the format.
+    source : str, optional
+        The ``source`` column (default ``file:<file name>``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The catalog in the lcdask schema; ``attrs["catalog"]`` records the path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"reference catalog file {path} does not exist")
+    name = path.name.lower()
+    if format is None:
+        if name.endswith((".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")):
+            format = "fits"
+        elif name.endswith(".ecsv"):
+            format = "ecsv"
+        elif name.endswith((".csv", ".txt", ".csv.gz")):
+            format = "csv"
+        elif name.endswith((".parquet", ".pq")):
+            format = "parquet"
+        else:
+            raise CatalogError(
+                f"cannot tell the format of {path} from its extension; pass "
+                "format='fits', 'ecsv', 'csv' or 'parquet'"
+            )
+    try:
+        if format == "fits":
+            table = _read_astropy(path, "fits")
+        elif format == "ecsv":
+            table = _read_astropy(path, "ascii.ecsv")
+        elif format == "csv":
+            table = pd.read_csv(path, comment="#", skipinitialspace=True)
+        elif format == "parquet":
+            table = pd.read_parquet(path)
+        else:
+            raise ValueError(f"format must be 'fits', 'ecsv', 'csv' or 'parquet', got {format!r}")
+    except (OSError, ValueError, KeyError) as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith("format must"):
+            raise
+        raise CatalogError(f"cannot read reference catalog {path} as {format}: {exc}") from exc
+    result = normalise_catalog(table, source=source or f"file:{path.name}", columns=columns)
+    result.attrs["catalog"] = {"catalog": "file", "path": str(path), "format": format}
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# cache
+
+
+def default_cache_dir() -> Path:
+    """``$LCDASK_CACHE_DIR/catalogs``, else ``$XDG_CACHE_HOME/lcdask/catalogs`` (``~/.cache``)."""
+    root = os.environ.get("LCDASK_CACHE_DIR")
+    if root:
+        return Path(root) / "catalogs"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "lcdask" / "catalogs"
+
+
+def _query_circle(ra: float, dec: float, radius_deg: float) -> tuple[float, float, float]:
+    """Rounded centre and a radius (rounded up) that still covers the requested circle."""
+    ra_q = round(round((ra % 360.0) / CENTRE_STEP_DEG) * CENTRE_STEP_DEG, 6) % 360.0
+    dec_q = round(round(dec / CENTRE_STEP_DEG) * CENTRE_STEP_DEG, 6)
+    shift = float(_separation_deg(ra, dec, ra_q, dec_q))
+    radius_q = math.ceil((radius_deg + shift) / RADIUS_STEP_DEG + 1e-9) * RADIUS_STEP_DEG
+    return ra_q, dec_q, round(radius_q, 6)
+
+
+def _cache_name(catalog: str, ra: float, dec: float, radius: float) -> str:
+    return f"{catalog}_ra{ra:08.4f}_dec{dec:+08.4f}_r{radius:.4f}.parquet"
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        return json.loads(meta[_META_KEY])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _cache_lookup(
+    cache_dir: Path, catalog: str, ra: float, dec: float, radius_deg: float
+) -> pd.DataFrame | None:
+    if not cache_dir.is_dir():
+        return None
+    best: tuple[float, Path, dict[str, Any]] | None = None
+    for path in sorted(cache_dir.glob(f"{catalog}_*.parquet")):
+        meta = _read_meta(path)
+        if meta is None or meta.get("catalog") != catalog:
+            continue
+        sep = float(_separation_deg(ra, dec, meta["ra"], meta["dec"]))
+        if sep + radius_deg <= meta["radius_deg"] + 1e-9 and (
+            best is None or meta["radius_deg"] < best[0]
+        ):
+            best = (meta["radius_deg"], path, meta)
+    if best is None:
+        return None
+    _, path, meta = best
+    table = pd.read_parquet(path)
+    inside = _separation_deg(ra, dec, table["ra"], table["dec"]) <= radius_deg
+    table = table[np.asarray(inside)].reset_index(drop=True)
+    table.attrs["catalog"] = {**meta, "cache_file": str(path), "cache_hit": True}
+    return table
+
+
+def _cache_store(cache_dir: Path, table: pd.DataFrame, meta: dict[str, Any]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = cache_dir / _cache_name(meta["catalog"], meta["ra"], meta["dec"], meta["radius_deg"])
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    arrow = arrow.replace_schema_metadata(
+        {**(arrow.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()}
+    )
+    with atomic_path(path) as tmp:
+        pq.write_table(arrow, tmp)
+    return path
+
+
+def _cached_query(
+    catalog: str,
+    ra: float,
+    dec: float,
+    radius_deg: float,
+    *,
+    cache_dir: str | os.PathLike[str] | None,
+    offline: bool,
+    run_query: Any,
+    service: str,
+) -> pd.DataFrame:
+    if not (np.isfinite(ra) and np.isfinite(dec) and -90.0 <= dec <= 90.0):
+        raise ValueError(
+            f"the catalog centre must be finite with -90 <= dec <= 90, got {ra}, {dec}"
+        )
+    if not (0.0 < radius_deg <= 10.0):
+        raise ValueError(f"radius_deg must be within (0, 10] degrees, got {radius_deg!r}")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    hit = _cache_lookup(cache, catalog, ra, dec, radius_deg)
+    if hit is not None:
+        return hit
+    if offline:
+        raise CatalogError(
+            f"offline, and no cached {catalog} catalog in {cache} covers ra={ra:.5f}, "
+            f"dec={dec:+.5f}, radius={radius_deg:.4f} deg; run once with network access "
+            f"(offline=False) to fill the cache, or {_HOW_TO_SUPPLY}"
+        )
+    ra_q, dec_q, radius_q = _query_circle(ra, dec, radius_deg)
+    try:
+        table, query_text = run_query(ra_q, dec_q, radius_q)
+    except CatalogError:
+        raise
+    except Exception as exc:  # network and service failures of every kind
+        raise CatalogError(
+            f"the {catalog} query at ra={ra_q}, dec={dec_q}, radius={radius_q} deg to {service} "
+            f"failed ({type(exc).__name__}: {exc}); retry later, run offline from a cache, or "
+            f"{_HOW_TO_SUPPLY}"
+        ) from exc
+    meta = {
+        "catalog": catalog,
+        "service": service,
+        "query": query_text,
+        "ra": ra_q,
+        "dec": dec_q,
+        "radius_deg": radius_q,
+        "query_time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "n_rows": len(table),
+        "versions": _versions(),
+    }
+    path = _cache_store(cache, table, meta)
+    inside = _separation_deg(ra, dec, table["ra"], table["dec"]) <= radius_deg
+    table = table[np.asarray(inside)].reset_index(drop=True)
+    table.attrs["catalog"] = {**meta, "cache_file": str(path), "cache_hit": False}
+    return table
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("lcdask", "astroquery", "astropy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _empty_catalog(bands: Sequence[str], source: str) -> pd.DataFrame:
+    data: dict[str, Any] = {"id": np.zeros(0, np.int64), "ra": [], "dec": []}
+    for b in bands:
+        data[b] = np.zeros(0)
+        data[f"{b}_err"] = np.zeros(0)
+    data["source"] = np.zeros(0, dtype=object)
+    return pd.DataFrame(data).astype({"ra": float, "dec": float})
+
+
+# --------------------------------------------------------------------------------------------
+# SDSS
+
+
+def sdss_sql(ra: float, dec: float, radius_deg: float) -> str:
+    """The SkyServer SQL of `query_sdss`: clean primary point sources with PSF magnitudes.
+
+    Parameters
+    ----------
+    ra, dec : float
+        Centre (degrees).
+    radius_deg : float
+        Radius (degrees).
+
+    Returns
+    -------
+    str
+        SQL for SkyServer's ``x_sql``/``x_results`` search.
+    """
+    mags = ", ".join(f"p.psfMag_{b}, p.psfMagErr_{b}" for b in SDSS_BANDS)
+    return (
+        f"SELECT p.objID AS objid, p.ra, p.dec, {mags} "
+        f"FROM dbo.fGetNearbyObjEq({ra:.6f}, {dec:.6f}, {radius_deg * 60.0:.4f}) AS n "
+        "JOIN PhotoPrimary AS p ON p.objID = n.objID "
+        "WHERE p.type = 6 AND p.clean = 1"
+    )
+
+
+def query_sdss(
+    ra: float,
+    dec: float,
+    radius_deg: float,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    offline: bool = False,
+    timeout: float = 120.0,
+    data_release: int = 17,
+) -> pd.DataFrame:
+    """SDSS photometric stars around a position, through `astroquery.sdss.SDSS`.
+
+    Primary, clean (``clean = 1``) point sources (``type = 6``) with PSF magnitudes
+    ``u g r i z`` and their errors; SDSS's -9999 sentinels become NaN. SDSS covers about a third
+    of the sky: outside its footprint the result is empty, not an error.
+
+    Parameters
+    ----------
+    ra, dec : float
+        Centre (ICRS degrees).
+    radius_deg : float
+        Radius (degrees), e.g. ``field_radius(...).radius_deg``.
+    cache_dir : str or Path, optional
+        Cache folder (default `default_cache_dir`).
+    offline : bool
+        Use only the cache; `CatalogError` when it has no covering query.
+    timeout : float
+        Seconds to wait for SkyServer.
+    data_release : int
+        SDSS data release.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The catalog in the lcdask schema (``source`` = ``sdss-dr<N>``).
+    """
+    catalog = f"sdss-dr{data_release}"
+
+    def run(ra_q: float, dec_q: float, radius_q: float) -> tuple[pd.DataFrame, str]:
+        from astroquery.sdss import SDSS
+
+        sql = sdss_sql(ra_q, dec_q, radius_q)
+        result = SDSS.query_sql(sql, timeout=timeout, data_release=data_release, cache=False)
+        if result is None or len(result) == 0:
+            return _empty_catalog(SDSS_BANDS, catalog), sql
+        return normalise_catalog(result.to_pandas(), source=catalog), sql
+
+    return _cached_query(
+        catalog, ra, dec, radius_deg, cache_dir=cache_dir, offline=offline, run_query=run,
+        service=f"SDSS SkyServer DR{data_release} (astroquery.sdss)",
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Gaia
+
+
+def gaia_adql(ra: float, dec: float, radius_deg: float, *, mag_limit: float, max_rows: int) -> str:
+    """The ADQL of `query_gaia` (Gaia DR3 sources in a cone, brightest first).
+
+    Parameters
+    ----------
+    ra, dec, radius_deg : float
+        The cone (degrees).
+    mag_limit : float
+        Faintest G magnitude.
+    max_rows : int
+        Row limit (``TOP``).
+
+    Returns
+    -------
+    str
+        ADQL for the Gaia archive's TAP service.
+    """
+    return (
+        f"SELECT TOP {int(max_rows)} source_id, ra, dec, pmra, pmdec, "
+        "phot_g_mean_mag, phot_g_mean_flux_over_error, "
+        "phot_bp_mean_mag, phot_bp_mean_flux_over_error, "
+        "phot_rp_mean_mag, phot_rp_mean_flux_over_error "
+        "FROM gaiadr3.gaia_source "
+        f"WHERE 1 = CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra:.6f}, {dec:.6f}, "
+        f"{radius_deg:.6f})) AND phot_g_mean_mag < {mag_limit:.2f} "
+        "ORDER BY phot_g_mean_mag"
+    )
+
+
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Temporarily set the default socket timeout (astroquery's TAP client takes none)."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def query_gaia(
+    ra: float,
+    dec: float,
+    radius_deg: float,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    offline: bool = False,
+    timeout: float = 120.0,
+    mag_limit: float = 21.0,
+    max_rows: int = 200_000,
+) -> pd.DataFrame:
+    """Gaia DR3 sources around a position, through `astroquery.gaia` (synchronous TAP job).
+
+    Columns ``G``, ``BP``, ``RP`` (Vega magnitudes) with errors ``1.0857 / flux_over_error``,
+    and the proper motions ``pmra``, ``pmdec`` (mas/yr; positions are at epoch 2016.0).
+
+    Parameters
+    ----------
+    ra, dec : float
+        Centre (ICRS degrees).
+    radius_deg : float
+        Radius (degrees).
+    cache_dir : str or Path, optional
+        Cache folder (default `default_cache_dir`).
+    offline : bool
+        Use only the cache.
+    timeout : float
+        Socket timeout (s) while the query runs; the process-wide default timeout is set for its
+        duration, as astroquery's TAP client has no timeout of its own.
+    mag_limit : float
+        Faintest G magnitude.
+    max_rows : int
+        Row limit of the query (brightest first).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The catalog in the lcdask schema (``source`` = ``gaia-dr3``).
+    """
+    catalog = "gaia-dr3"
+
+    def run(ra_q: float, dec_q: float, radius_q: float) -> tuple[pd.DataFrame, str]:
+        adql = gaia_adql(ra_q, dec_q, radius_q, mag_limit=mag_limit, max_rows=max_rows)
+        with _socket_timeout(timeout):
+            from astroquery.gaia import GaiaClass
+
+            gaia = GaiaClass(show_server_messages=False)
+            job = gaia.launch_job(adql, dump_to_file=False)
+            result = job.get_results()
+        if result is None or len(result) == 0:
+            return _empty_catalog(GAIA_BANDS, catalog), adql
+        frame = _read_astropy_table(result)
+        return normalise_catalog(frame, source=catalog), adql
+
+    return _cached_query(
+        catalog, ra, dec, radius_deg, cache_dir=cache_dir, offline=offline, run_query=run,
+        service="ESA Gaia archive TAP, gaiadr3.gaia_source (astroquery.gaia)",
+    )  # fmt: skip
+
+
+def _read_astropy_table(table: Any) -> pd.DataFrame:
+    """An astropy Table as a DataFrame: masked numbers as NaN, bytes as str, 1-d columns only."""
+    data: dict[str, Any] = {}
+    for name in table.colnames:
+        col = table[name]
+        if col.ndim > 1:
+            continue
+        mask = np.ma.getmaskarray(col)
+        arr = np.asarray(col)
+        if arr.dtype.kind == "S":
+            arr = arr.astype(str)
+        if mask.any() and arr.dtype.kind in "iuf":
+            arr = np.where(mask, np.nan, arr.astype(float))
+        data[name] = arr
+    return pd.DataFrame(data)
