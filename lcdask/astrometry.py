@@ -1,0 +1,1594 @@
+"""Plate solving: from a frame's detections to its WCS, with one interface and three solvers.
+
+Every solver has ``solve(detections, image_shape, *, wcs_guess=None, catalog=None)`` and returns an
+`AstrometrySolution` (the WCS, the number of matched stars, the residual rms, a status and a
+message). A frame that cannot be solved gives ``status == "failed"`` with the reason; solvers never
+raise for a bad frame (they do raise ``ValueError``/``TypeError`` for wrong arguments).
+
+- `AsterismSolver` (built in, offline): matches the frame's brightest detections to a reference
+  catalog near the header pointing by hashing triangles of neighbouring stars into invariants
+  (side ratios, which do not change under rotation, parity flip or scale), votes for the
+  similarity transform, verifies the best hypotheses by counting matched stars, then fits a TAN
+  (and TAN-SIP when there are enough stars) WCS with all matches, iterating.
+- `SolveFieldSolver`: astrometry.net's local ``solve-field`` on an xylist of the detections, with
+  the system's index files or a directory built by `build_index` from a reference catalog.
+- `AstrometryNetWebSolver`: the nova.astrometry.net web service through
+  ``astroquery.astrometry_net`` (``solve_from_source_list``).
+
+`refine_wcs` is the cheap per-frame step of a sequence: from a neighbouring frame's solution it
+predicts the catalog positions, finds the drift (tens of pixels) by voting on offsets, matches
+within a radius and refits (a weighted linear least-squares TAN or TAN-SIP fit, a few ms).
+
+Conventions: detections are a table with ``x``, ``y`` (0-based pixels, numpy convention) and
+``flux`` (and optionally ``snr``, ``flags``), as `lcdask.detect.detect_frame` makes; catalogs
+have ``ra``, ``dec`` (degrees) and a magnitude column (``mag`` by default). WCS objects follow
+astropy: ``wcs.pixel_to_world_values(x, y)`` takes 0-based pixels. Files handed to astrometry.net
+use its FITS 1-based pixel convention (the xylist gets ``x + 1``, ``y + 1``), so that the WCS it
+returns is a standard FITS WCS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+from astropy.wcs import WCS, Sip
+from scipy.spatial import cKDTree
+
+__all__ = [
+    "AsterismSolver",
+    "AstrometryNetWebSolver",
+    "AstrometrySolution",
+    "PlateSolver",
+    "SolveFieldSolver",
+    "build_index",
+    "fit_wcs_linear",
+    "match_catalog",
+    "refine_wcs",
+    "solution_residuals",
+    "wcs_grid_error_px",
+]
+
+_ARCSEC = 1.0 / 3600.0
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+
+# ---------------------------------------------------------------------------------------------
+# The result
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AstrometrySolution:
+    """The outcome of plate solving one frame.
+
+    Attributes
+    ----------
+    wcs : astropy.wcs.WCS or None
+        The celestial WCS (TAN or TAN-SIP), None when the solve failed.
+    n_matches : int
+        Detections matched to catalog stars and used in the final fit.
+    rms_arcsec, rms_px : float
+        Root-mean-square distance between the matched detections (through ``wcs``) and their
+        catalog positions, in arcsec and in pixels; NaN when unknown.
+    status : str
+        ``"ok"`` or ``"failed"``.
+    message : str
+        What was done, or why it failed.
+    solver : str
+        Name of the solver that produced it.
+    """
+
+    wcs: WCS | None
+    n_matches: int
+    rms_arcsec: float
+    rms_px: float
+    status: str
+    message: str
+    solver: str
+
+    @property
+    def ok(self) -> bool:
+        """True when the frame was solved."""
+        return self.status == STATUS_OK and self.wcs is not None
+
+    def as_row(self) -> dict[str, Any]:
+        """Scalars for a per-frame table (the WCS as a header string).
+
+        Returns
+        -------
+        dict
+            ``wcs_header``, ``n_matches``, ``rms_arcsec``, ``rms_px``, ``status``, ``message``,
+            ``solver``.
+        """
+        header = "" if self.wcs is None else self.wcs.to_header(relax=True).tostring()
+        return {
+            "wcs_header": header,
+            "n_matches": int(self.n_matches),
+            "rms_arcsec": float(self.rms_arcsec),
+            "rms_px": float(self.rms_px),
+            "status": self.status,
+            "message": self.message,
+            "solver": self.solver,
+        }
+
+
+def _failed(solver: str, message: str, n_matches: int = 0) -> AstrometrySolution:
+    return AstrometrySolution(
+        wcs=None,
+        n_matches=int(n_matches),
+        rms_arcsec=float("nan"),
+        rms_px=float("nan"),
+        status=STATUS_FAILED,
+        message=message,
+        solver=solver,
+    )
+
+
+@runtime_checkable
+class PlateSolver(Protocol):
+    """What every solver offers: a name and ``solve``."""
+
+    name: str
+
+    def solve(
+        self,
+        detections: pd.DataFrame,
+        image_shape: tuple[int, int],
+        *,
+        wcs_guess: WCS | None = None,
+        catalog: pd.DataFrame | None = None,
+    ) -> AstrometrySolution:
+        """Solve one frame (see the module docstring)."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Small geometry
+# ---------------------------------------------------------------------------------------------
+def _tangent(
+    ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gnomonic standard coordinates (degrees) of (ra, dec) about the tangent point (ra0, dec0)."""
+    ra = np.deg2rad(np.asarray(ra, dtype=float))
+    dec = np.deg2rad(np.asarray(dec, dtype=float))
+    a0, d0 = math.radians(ra0), math.radians(dec0)
+    dra = ra - a0
+    cos_c = math.sin(d0) * np.sin(dec) + math.cos(d0) * np.cos(dec) * np.cos(dra)
+    cos_c = np.where(cos_c > 1e-6, cos_c, np.nan)  # behind the tangent plane
+    xi = np.cos(dec) * np.sin(dra) / cos_c
+    eta = (math.cos(d0) * np.sin(dec) - math.sin(d0) * np.cos(dec) * np.cos(dra)) / cos_c
+    return np.rad2deg(xi), np.rad2deg(eta)
+
+
+def _untangent(
+    xi: np.ndarray, eta: np.ndarray, ra0: float, dec0: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of `_tangent`: (ra, dec) in degrees from standard coordinates in degrees."""
+    xi = np.deg2rad(np.asarray(xi, dtype=float))
+    eta = np.deg2rad(np.asarray(eta, dtype=float))
+    a0, d0 = math.radians(ra0), math.radians(dec0)
+    denom = math.cos(d0) - eta * math.sin(d0)
+    ra = a0 + np.arctan2(xi, denom)
+    dec = np.arctan2(math.sin(d0) + eta * math.cos(d0), np.hypot(xi, denom))
+    return np.mod(np.rad2deg(ra), 360.0), np.rad2deg(dec)
+
+
+def _pixel_scale_deg(wcs: WCS) -> float:
+    """Mean pixel scale (degrees per pixel) of a celestial WCS."""
+    return float(np.sqrt(abs(np.linalg.det(wcs.celestial.pixel_scale_matrix))))
+
+
+def _sep_arcsec(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndarray) -> np.ndarray:
+    r1, d1, r2, d2 = (np.deg2rad(np.asarray(v, dtype=float)) for v in (ra1, dec1, ra2, dec2))
+    sdr, cdr = np.sin(r2 - r1), np.cos(r2 - r1)
+    num = np.hypot(np.cos(d2) * sdr, np.cos(d1) * np.sin(d2) - np.sin(d1) * np.cos(d2) * cdr)
+    den = np.sin(d1) * np.sin(d2) + np.cos(d1) * np.cos(d2) * cdr
+    return np.rad2deg(np.arctan2(num, den)) * 3600.0
+
+
+def _monomials(degree: int, start: int) -> list[tuple[int, int]]:
+    return [(p, d - p) for d in range(start, degree + 1) for p in range(d, -1, -1)]
+
+
+def _design(u: np.ndarray, v: np.ndarray, terms: Sequence[tuple[int, int]]) -> np.ndarray:
+    return np.column_stack([u**p * v**q for p, q in terms]) if terms else np.zeros((len(u), 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting a WCS to matched points
+# ---------------------------------------------------------------------------------------------
+def fit_wcs_linear(
+    x: np.ndarray,
+    y: np.ndarray,
+    ra: np.ndarray,
+    dec: np.ndarray,
+    *,
+    crpix: tuple[float, float] | None = None,
+    sip_degree: int | None = None,
+    weights: np.ndarray | None = None,
+    image_shape: tuple[int, int] | None = None,
+) -> WCS:
+    """Fit a TAN or TAN-SIP WCS to matched pixel and sky positions by linear least squares.
+
+    With the reference pixel held fixed (the image centre by default), the standard coordinates
+    of the stars about a trial tangent point are linear in the CD matrix and the SIP
+    coefficients; the fitted constant term moves the tangent point, and two or three iterations
+    converge. This is exact for TAN (no small-field approximation) and takes about a millisecond.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray
+        0-based pixel positions of the matched detections.
+    ra, dec : numpy.ndarray
+        Their catalog positions (degrees).
+    crpix : tuple of float, optional
+        0-based reference pixel; default the centre of ``image_shape`` or of the points.
+    sip_degree : int, optional
+        Degree of the SIP distortion polynomials (2 or more); None for a pure TAN WCS.
+    weights : numpy.ndarray, optional
+        Least-squares weights (e.g. 1 / centroid variance).
+    image_shape : tuple of int, optional
+        ``(ny, nx)``; sets the default ``crpix``, the grid over which the inverse SIP
+        polynomials are fitted, and ``wcs.pixel_shape``.
+
+    Returns
+    -------
+    astropy.wcs.WCS
+        The fitted WCS (``RA---TAN``/``DEC--TAN``, with ``-SIP`` and forward and inverse SIP
+        polynomials when ``sip_degree`` is given).
+
+    Raises
+    ------
+    ValueError
+        With fewer points than the fit has parameters.
+    """
+    x, y, ra, dec = (np.asarray(v, dtype=float) for v in (x, y, ra, dec))
+    sip = sip_degree if sip_degree is not None and sip_degree >= 2 else None
+    terms = _monomials(sip, 2) if sip else []
+    n_par = 3 + len(terms)
+    if len(x) < n_par + 1:
+        raise ValueError(
+            f"fit_wcs_linear needs more than {n_par} matched stars for sip_degree={sip_degree}, "
+            f"got {len(x)}"
+        )
+    if crpix is None:
+        if image_shape is not None:
+            crpix = ((image_shape[1] - 1) / 2.0, (image_shape[0] - 1) / 2.0)
+        else:
+            crpix = (float(np.mean(x)), float(np.mean(y)))
+    u, v = x - crpix[0], y - crpix[1]
+    # Scale u, v for a well-conditioned design matrix.
+    norm = max(float(np.max(np.abs(np.concatenate([u, v])))), 1.0)
+    un, vn = u / norm, v / norm
+    design = np.column_stack([np.ones_like(u), un, vn, _design(un, vn, terms)])
+    w = np.ones_like(u) if weights is None else np.asarray(weights, dtype=float)
+    sw = np.sqrt(np.clip(w, 0.0, None))
+    # Tangent point: start at the mean of the stars, move it by the fitted constant term.
+    ra0, dec0 = _mean_radec(ra, dec)
+    for _ in range(4):
+        xi, eta = _tangent(ra, dec, ra0, dec0)
+        rhs = np.column_stack([xi * sw, eta * sw])
+        coef = np.linalg.lstsq(design * sw[:, None], rhs, rcond=None)[0]
+        coef_xi, coef_eta = coef[:, 0], coef[:, 1]
+        ra0, dec0 = (float(v[0]) for v in _untangent(coef_xi[:1], coef_eta[:1], ra0, dec0))
+        if math.hypot(coef_xi[0], coef_eta[0]) < 1e-10:
+            break
+    cd = np.array([[coef_xi[1], coef_xi[2]], [coef_eta[1], coef_eta[2]]]) / norm
+    wcs = WCS(naxis=2)
+    wcs.wcs.crpix = [crpix[0] + 1.0, crpix[1] + 1.0]
+    wcs.wcs.crval = [ra0, dec0]
+    wcs.wcs.cd = cd
+    wcs.wcs.cunit = ["deg", "deg"]
+    wcs.wcs.radesys = "ICRS"
+    if not sip:
+        wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    else:
+        wcs.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+        # Forward SIP: CD (f, g) = distortion part of (xi, eta) per monomial.
+        inv = np.linalg.inv(cd)
+        dist = np.vstack([coef_xi[3:], coef_eta[3:]])  # (2, n_terms), in normalised units
+        fg = inv @ dist
+        a = np.zeros((sip + 1, sip + 1))
+        b = np.zeros((sip + 1, sip + 1))
+        for k, (p, q) in enumerate(terms):
+            a[p, q] = fg[0, k] / norm ** (p + q)
+            b[p, q] = fg[1, k] / norm ** (p + q)
+        ap, bp = _inverse_sip(a, b, sip, crpix, image_shape, x, y)
+        wcs.sip = Sip(a, b, ap, bp, wcs.wcs.crpix)
+    if image_shape is not None:
+        wcs.pixel_shape = (int(image_shape[1]), int(image_shape[0]))
+    wcs.wcs.set()
+    return wcs
+
+
+def _mean_radec(ra: np.ndarray, dec: np.ndarray) -> tuple[float, float]:
+    r, d = np.deg2rad(ra), np.deg2rad(dec)
+    vec = np.array([np.cos(d) * np.cos(r), np.cos(d) * np.sin(r), np.sin(d)]).mean(axis=1)
+    return (
+        float(np.mod(np.rad2deg(np.arctan2(vec[1], vec[0])), 360.0)),
+        float(np.rad2deg(np.arctan2(vec[2], np.hypot(vec[0], vec[1])))),
+    )
+
+
+def _inverse_sip(
+    a: np.ndarray,
+    b: np.ndarray,
+    degree: int,
+    crpix: tuple[float, float],
+    image_shape: tuple[int, int] | None,
+    x: np.ndarray,
+    y: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fit the inverse SIP polynomials (AP, BP, one degree higher) on a grid over the image."""
+    if image_shape is not None:
+        gx = np.linspace(0, image_shape[1] - 1, 25)
+        gy = np.linspace(0, image_shape[0] - 1, 25)
+    else:
+        gx = np.linspace(x.min(), x.max(), 25)
+        gy = np.linspace(y.min(), y.max(), 25)
+    gu, gv = (g.ravel() for g in np.meshgrid(gx - crpix[0], gy - crpix[1]))
+    terms = _monomials(degree, 2)
+    f = sum(a[p, q] * gu**p * gv**q for p, q in terms)
+    g = sum(b[p, q] * gu**p * gv**q for p, q in terms)
+    uu, vv = gu + f, gv + g
+    inv_degree = degree + 1
+    inv_terms = _monomials(inv_degree, 1)
+    norm = max(float(np.max(np.abs(np.concatenate([uu, vv])))), 1.0)
+    design = _design(uu / norm, vv / norm, inv_terms)
+    cu = np.linalg.lstsq(design, gu - uu, rcond=None)[0]
+    cv = np.linalg.lstsq(design, gv - vv, rcond=None)[0]
+    ap = np.zeros((inv_degree + 1, inv_degree + 1))
+    bp = np.zeros((inv_degree + 1, inv_degree + 1))
+    for k, (p, q) in enumerate(inv_terms):
+        ap[p, q] = cu[k] / norm ** (p + q)
+        bp[p, q] = cv[k] / norm ** (p + q)
+    return ap, bp
+
+
+def _fit_wcs_astropy(
+    x: np.ndarray,
+    y: np.ndarray,
+    ra: np.ndarray,
+    dec: np.ndarray,
+    sip_degree: int | None,
+    image_shape: tuple[int, int] | None,
+) -> WCS:
+    from astropy.coordinates import SkyCoord
+    from astropy.wcs.utils import fit_wcs_from_points
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wcs = fit_wcs_from_points(
+            (np.asarray(x, dtype=float), np.asarray(y, dtype=float)),
+            SkyCoord(ra, dec, unit="deg"),
+            proj_point="center",
+            projection="TAN",
+            sip_degree=sip_degree,
+        )
+    if image_shape is not None:
+        wcs.pixel_shape = (int(image_shape[1]), int(image_shape[0]))
+    return wcs
+
+
+def _fit(
+    fitter: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    ra: np.ndarray,
+    dec: np.ndarray,
+    sip_degree: int | None,
+    weights: np.ndarray | None,
+    image_shape: tuple[int, int] | None,
+) -> WCS:
+    if fitter == "astropy":
+        return _fit_wcs_astropy(x, y, ra, dec, sip_degree, image_shape)
+    return fit_wcs_linear(
+        x, y, ra, dec, sip_degree=sip_degree, weights=weights, image_shape=image_shape
+    )
+
+
+def _check_fitter(fitter: str) -> None:
+    if fitter not in ("linear", "astropy"):
+        raise ValueError(f"fitter must be 'linear' or 'astropy', got {fitter!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+def _detection_arrays(
+    detections: pd.DataFrame, *, drop_flags: int = 2 | 16
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x, y, flux, centroid weight of usable detections, brightest first."""
+    if not isinstance(detections, pd.DataFrame):
+        raise TypeError(f"detections must be a pandas DataFrame, got {type(detections).__name__}")
+    missing = {"x", "y", "flux"} - set(detections.columns)
+    if missing:
+        raise ValueError(f"detections lack the columns {sorted(missing)} (need x, y, flux)")
+    table = detections
+    if "flags" in table.columns and drop_flags:
+        table = table[(table["flags"].to_numpy() & drop_flags) == 0]
+    x = table["x"].to_numpy(dtype=float)
+    y = table["y"].to_numpy(dtype=float)
+    flux = table["flux"].to_numpy(dtype=float)
+    good = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux) & (flux > 0)
+    if "snr" in table.columns:
+        snr = table["snr"].to_numpy(dtype=float)
+        snr = np.where(np.isfinite(snr) & (snr > 0), snr, 1.0)
+    else:
+        snr = np.sqrt(np.clip(flux, 1.0, None))
+    # Centroid error ~ 2 px / (S/N) for seeing-limited stars, in quadrature with a floor of
+    # 0.1 px for the catalog's own errors and the systematics of bright stars.
+    weight = 1.0 / ((2.0 / snr) ** 2 + 0.1**2)
+    order = np.argsort(-flux[good], kind="stable")
+    return x[good][order], y[good][order], flux[good][order], weight[good][order]
+
+
+def _catalog_arrays(
+    catalog: pd.DataFrame, mag_column: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ra, dec, mag of the catalog, brightest first (rows without a magnitude last)."""
+    if not isinstance(catalog, pd.DataFrame):
+        raise TypeError(f"catalog must be a pandas DataFrame, got {type(catalog).__name__}")
+    missing = {"ra", "dec"} - set(catalog.columns)
+    if missing:
+        raise ValueError(f"catalog lacks the columns {sorted(missing)} (need ra, dec)")
+    ra = catalog["ra"].to_numpy(dtype=float)
+    dec = catalog["dec"].to_numpy(dtype=float)
+    if mag_column in catalog.columns:
+        mag = catalog[mag_column].to_numpy(dtype=float)
+    else:
+        mag = np.zeros(len(ra))
+    good = np.isfinite(ra) & np.isfinite(dec)
+    ra, dec, mag = ra[good], dec[good], mag[good]
+    order = np.argsort(np.where(np.isfinite(mag), mag, np.inf), kind="stable")
+    return ra[order], dec[order], mag[order]
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching and residuals
+# ---------------------------------------------------------------------------------------------
+def _mutual_match(
+    px: np.ndarray, py: np.ndarray, qx: np.ndarray, qy: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (i, j) of mutual nearest neighbours of points p and q closer than ``radius``."""
+    if len(px) == 0 or len(qx) == 0:
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+    tree_q = cKDTree(np.column_stack([qx, qy]))
+    dist, j = tree_q.query(np.column_stack([px, py]), distance_upper_bound=radius)
+    ok = np.isfinite(dist)
+    i = np.nonzero(ok)[0]
+    j = j[ok]
+    # Keep, for every q, only its nearest p.
+    order = np.lexsort((dist[ok], j))
+    j_sorted = j[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = j_sorted[1:] != j_sorted[:-1]
+    keep = order[first]
+    return i[keep], j[keep]
+
+
+def match_catalog(
+    detections: pd.DataFrame,
+    wcs: WCS,
+    catalog: pd.DataFrame,
+    *,
+    radius_arcsec: float = 2.0,
+) -> pd.DataFrame:
+    """Match detections to catalog stars through a WCS (mutual nearest neighbours).
+
+    Parameters
+    ----------
+    detections : pandas.DataFrame
+        With ``x``, ``y`` (0-based pixels).
+    wcs : astropy.wcs.WCS
+        The frame's solution.
+    catalog : pandas.DataFrame
+        With ``ra``, ``dec`` (degrees).
+    radius_arcsec : float, optional
+        Largest separation of a match.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``det_index``, ``cat_index`` (row positions in the inputs), ``sep_arcsec``; empty when
+        nothing matches.
+    """
+    x = detections["x"].to_numpy(dtype=float)
+    y = detections["y"].to_numpy(dtype=float)
+    empty = pd.DataFrame(
+        {"det_index": np.zeros(0, int), "cat_index": np.zeros(0, int), "sep_arcsec": []}
+    )
+    if len(x) == 0 or len(catalog) == 0:
+        return empty
+    ra, dec = wcs.pixel_to_world_values(x, y)
+    ra0, dec0 = _mean_radec(np.asarray(ra), np.asarray(dec))
+    xi_d, eta_d = _tangent(ra, dec, ra0, dec0)
+    xi_c, eta_c = _tangent(catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float), ra0, dec0)
+    ok_c = np.isfinite(xi_c)
+    idx_c = np.nonzero(ok_c)[0]
+    i, j = _mutual_match(
+        xi_d * 3600, eta_d * 3600, xi_c[ok_c] * 3600, eta_c[ok_c] * 3600, radius_arcsec
+    )
+    sep = np.hypot(xi_d[i] - xi_c[idx_c[j]], eta_d[i] - eta_c[idx_c[j]]) * 3600
+    return pd.DataFrame({"det_index": i, "cat_index": idx_c[j], "sep_arcsec": sep})
+
+
+def solution_residuals(
+    wcs: WCS, x: np.ndarray, y: np.ndarray, ra: np.ndarray, dec: np.ndarray
+) -> np.ndarray:
+    """Separations (arcsec) between the WCS positions of pixels and their catalog positions.
+
+    Parameters
+    ----------
+    wcs : astropy.wcs.WCS
+        A celestial WCS.
+    x, y : numpy.ndarray
+        0-based pixel positions.
+    ra, dec : numpy.ndarray
+        Catalog positions (degrees).
+
+    Returns
+    -------
+    numpy.ndarray
+        One separation per point.
+    """
+    r, d = wcs.pixel_to_world_values(np.asarray(x, float), np.asarray(y, float))
+    return _sep_arcsec(r, d, ra, dec)
+
+
+def wcs_grid_error_px(
+    wcs: WCS, reference: WCS, image_shape: tuple[int, int], *, n_grid: int = 16
+) -> float:
+    """RMS distance (in ``reference`` pixels) between two WCSs over a grid of pixel positions.
+
+    Each grid pixel is taken to the sky through ``wcs`` and back to pixels through
+    ``reference``.
+
+    Parameters
+    ----------
+    wcs, reference : astropy.wcs.WCS
+        The solution and the truth.
+    image_shape : tuple of int
+        ``(ny, nx)``.
+    n_grid : int, optional
+        Grid points per axis.
+
+    Returns
+    -------
+    float
+        RMS pixel distance.
+    """
+    gx, gy = np.meshgrid(
+        np.linspace(0, image_shape[1] - 1, n_grid), np.linspace(0, image_shape[0] - 1, n_grid)
+    )
+    ra, dec = wcs.pixel_to_world_values(gx.ravel(), gy.ravel())
+    rx, ry = reference.world_to_pixel_values(ra, dec)
+    return float(np.sqrt(np.mean((rx - gx.ravel()) ** 2 + (ry - gy.ravel()) ** 2)))
+
+
+def _significant(n_matches: int, n_random: float, min_matches: int) -> bool:
+    """True when ``n_matches`` is well above the ``n_random`` matches expected by chance."""
+    return n_matches >= max(min_matches, n_random + 5.0 * math.sqrt(n_random) + 3.0)
+
+
+def _iterate_fit(
+    solver: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    weight: np.ndarray,
+    cat_ra: np.ndarray,
+    cat_dec: np.ndarray,
+    wcs: WCS,
+    image_shape: tuple[int, int],
+    *,
+    radii_px: Sequence[float],
+    sip_degree: int | None,
+    min_matches_sip: int,
+    min_matches: int,
+    fitter: str,
+    final_fitter: str,
+    max_fit_stars: int,
+    clip_sigma: float = 4.0,
+) -> AstrometrySolution:
+    """Match all detections to the catalog through ``wcs`` and refit, shrinking the radius."""
+    ny, nx = image_shape
+    n_matches = 0
+    ii = jj = np.zeros(0, dtype=int)
+    for step, radius in enumerate(radii_px):
+        last = step == len(radii_px) - 1
+        with warnings.catch_warnings():
+            # SIP inverses extrapolated to stars far off the frame may not converge: harmless.
+            warnings.simplefilter("ignore", UserWarning)
+            cx, cy = wcs.world_to_pixel_values(cat_ra, cat_dec)
+        cx, cy = np.asarray(cx, float), np.asarray(cy, float)
+        inside = np.isfinite(cx) & (cx > -radius) & (cx < nx - 1 + radius)
+        inside &= (cy > -radius) & (cy < ny - 1 + radius)
+        idx = np.nonzero(inside)[0]
+        ii, j = _mutual_match(x, y, cx[idx], cy[idx], radius)
+        jj = idx[j]
+        n_matches = len(ii)
+        if n_matches < min_matches:
+            return _failed(
+                solver,
+                f"only {n_matches} detections matched the catalog within {radius:.2g} px "
+                f"(need {min_matches})",
+                n_matches,
+            )
+        # The brightest matches carry the fit; the faint ones add noise and time.
+        if len(ii) > max_fit_stars:
+            keep = np.argsort(-weight[ii], kind="stable")[:max_fit_stars]
+            ii, jj = ii[keep], jj[keep]
+        sip = sip_degree if (sip_degree and len(ii) >= min_matches_sip) else None
+        use = fitter if not last else final_fitter
+        if use == "astropy":
+            # An unweighted fit: leave out the faint stars (S/N < 10) when enough bright remain.
+            bright = weight[ii] >= 1.0 / (0.2**2 + 0.1**2)
+            if bright.sum() >= max(2 * min_matches, 20):
+                ii, jj = ii[bright], jj[bright]
+            sip = sip_degree if (sip_degree and len(ii) >= min_matches_sip) else None
+        w = weight[ii]
+        try:
+            new = _fit(use, x[ii], y[ii], cat_ra[jj], cat_dec[jj], sip, w, image_shape)
+            # Reject outliers (wrong matches, blends) once and refit.
+            res = solution_residuals(new, x[ii], y[ii], cat_ra[jj], cat_dec[jj])
+            scale = _pixel_scale_deg(new) * 3600
+            res_px = res / scale
+            # Distances of a 2-D Gaussian scatter: median = 1.177 sigma.
+            sigma = float(np.median(res_px)) / 1.177 + 1e-3
+            good = res_px < clip_sigma * sigma
+            if good.sum() >= min_matches and good.sum() < len(ii):
+                ii, jj, w = ii[good], jj[good], w[good]
+                sip = sip_degree if (sip_degree and len(ii) >= min_matches_sip) else None
+                new = _fit(use, x[ii], y[ii], cat_ra[jj], cat_dec[jj], sip, w, image_shape)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            return _failed(solver, f"WCS fit failed: {exc}", n_matches)
+        wcs = new
+        if last:
+            # Chance matches: detections x catalog surface density x match area.
+            density = len(idx) / ((nx + 2 * radius) * (ny + 2 * radius))
+            n_random = len(x) * density * math.pi * radius**2
+            if not _significant(n_matches, n_random, min_matches):
+                return _failed(
+                    solver,
+                    f"{n_matches} matches within {radius:.2g} px are not significant "
+                    f"({n_random:.1f} expected by chance)",
+                    n_matches,
+                )
+    res = solution_residuals(wcs, x[ii], y[ii], cat_ra[jj], cat_dec[jj])
+    rms = float(np.sqrt(np.mean(res**2)))
+    scale = _pixel_scale_deg(wcs) * 3600
+    kind = "TAN-SIP" if wcs.sip is not None else "TAN"
+    return AstrometrySolution(
+        wcs=wcs,
+        n_matches=len(ii),
+        rms_arcsec=rms,
+        rms_px=rms / scale,
+        status=STATUS_OK,
+        message=f"{kind} fit to {len(ii)} stars, rms {rms:.3f} arcsec",
+        solver=solver,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Triangle asterisms
+# ---------------------------------------------------------------------------------------------
+def _triangles(points: np.ndarray, k: int) -> np.ndarray:
+    """Index triples (n, 3) of the triangles each point makes with pairs of its k neighbours."""
+    n = len(points)
+    if n < 3:
+        return np.zeros((0, 3), dtype=int)
+    k = min(k, n - 1)
+    _, nbr = cKDTree(points).query(points, k=k + 1)
+    a_idx, b_idx = np.triu_indices(k, 1)
+    tri = np.column_stack(
+        [
+            np.repeat(np.arange(n), len(a_idx)),
+            nbr[:, 1:][:, a_idx].ravel(),
+            nbr[:, 1:][:, b_idx].ravel(),
+        ]
+    )
+    tri.sort(axis=1)
+    return np.unique(tri, axis=0)
+
+
+def _triangle_invariants(
+    points: np.ndarray, tri: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Invariants, ordered vertices, orientation sign and longest side of each triangle.
+
+    The invariants are (shortest / longest, middle / longest side): unchanged by translation,
+    rotation, scale and mirroring. Vertices are ordered by the length of the side opposite them
+    (shortest first), which makes the correspondence between two matching triangles.
+    """
+    p = points[tri]  # (n, 3, 2)
+    opp = np.stack(
+        [
+            np.hypot(*(p[:, 1] - p[:, 2]).T),
+            np.hypot(*(p[:, 0] - p[:, 2]).T),
+            np.hypot(*(p[:, 0] - p[:, 1]).T),
+        ],
+        axis=1,
+    )
+    order = np.argsort(opp, axis=1)
+    sides = np.take_along_axis(opp, order, axis=1)
+    verts = np.take_along_axis(tri, order, axis=1)
+    longest = sides[:, 2]
+    inv = np.column_stack([sides[:, 0] / longest, sides[:, 1] / longest])
+    q = points[verts]
+    cross = (q[:, 1, 0] - q[:, 0, 0]) * (q[:, 2, 1] - q[:, 0, 1]) - (q[:, 1, 1] - q[:, 0, 1]) * (
+        q[:, 2, 0] - q[:, 0, 0]
+    )
+    return inv, verts, np.sign(cross), longest
+
+
+@dataclass(frozen=True)
+class AsterismSolver:
+    """Built-in solver: triangle-asterism matching to a reference catalog near the pointing.
+
+    Parameters
+    ----------
+    n_detections : int
+        Brightest detections used to build triangles.
+    n_catalog : int, optional
+        Brightest catalog stars used to build triangles; default scaled from ``n_detections`` by
+        the ratio of the search area (field plus pointing error) to the field.
+    n_neighbours : int
+        Each star makes triangles with pairs of its ``n_neighbours`` nearest neighbours (the
+        catalog side uses 1.6 times as many, since it holds stars the frame may not show).
+    max_pointing_error_arcmin : float
+        Largest distance of the true field centre from the guessed one.
+    scale_tolerance : float
+        Largest relative error of the guessed pixel scale.
+    invariant_tolerance : float
+        Radius of the match in triangle-invariant space.
+    verify_radius_px : float
+        Radius within which a transformed detection counts as matched when verifying.
+    min_matches : int
+        Matched stars needed to accept a hypothesis and a final solution.
+    sip_degree : int or None
+        SIP degree of the final fit (None for TAN); SIP is used only with at least
+        ``min_matches_sip`` matches.
+    min_matches_sip : int
+        Matches needed before fitting SIP terms.
+    fitter : {"astropy", "linear"}
+        Final fit: astropy's ``fit_wcs_from_points`` or `fit_wcs_linear` (weighted, faster).
+    mag_column : str
+        Catalog magnitude column used to pick the brightest stars.
+    max_fit_stars : int
+        Use at most this many (brightest) matches in a fit.
+    """
+
+    n_detections: int = 40
+    n_catalog: int | None = None
+    n_neighbours: int = 5
+    max_pointing_error_arcmin: float = 8.0
+    scale_tolerance: float = 0.15
+    invariant_tolerance: float = 0.015
+    verify_radius_px: float = 4.0
+    min_matches: int = 6
+    sip_degree: int | None = 2
+    min_matches_sip: int = 100
+    fitter: str = "astropy"
+    mag_column: str = "mag"
+    max_fit_stars: int = 400
+    name: str = "asterism"
+
+    def __post_init__(self) -> None:
+        _check_fitter(self.fitter)
+        if self.n_detections < 4:
+            raise ValueError(f"n_detections must be >= 4, got {self.n_detections}")
+        if not 0 < self.scale_tolerance < 1:
+            raise ValueError(f"scale_tolerance must be in (0, 1), got {self.scale_tolerance}")
+
+    def solve(
+        self,
+        detections: pd.DataFrame,
+        image_shape: tuple[int, int],
+        *,
+        wcs_guess: WCS | None = None,
+        catalog: pd.DataFrame | None = None,
+    ) -> AstrometrySolution:
+        """Solve one frame against ``catalog`` near ``wcs_guess`` (see the class docstring).
+
+        Parameters
+        ----------
+        detections : pandas.DataFrame
+            The frame's detections (``x``, ``y``, ``flux``; ``snr``, ``flags`` when present).
+        image_shape : tuple of int
+            ``(ny, nx)`` of the frame.
+        wcs_guess : astropy.wcs.WCS
+            The header WCS: its centre and pixel scale are the starting point; its rotation and
+            parity are not used.
+        catalog : pandas.DataFrame
+            Reference stars (``ra``, ``dec``, ``mag_column``).
+
+        Returns
+        -------
+        AstrometrySolution
+            ``status == "failed"`` with the reason when no hypothesis verifies.
+        """
+        if wcs_guess is None or catalog is None:
+            raise ValueError("AsterismSolver.solve needs wcs_guess (the header WCS) and a catalog")
+        x, y, _, weight = _detection_arrays(detections)
+        if len(x) < self.min_matches:
+            return _failed(self.name, f"only {len(x)} usable detections")
+        cat_ra, cat_dec, _ = _catalog_arrays(catalog, self.mag_column)
+        ny, nx = image_shape
+        cx0, cy0 = (nx - 1) / 2.0, (ny - 1) / 2.0
+        try:
+            ra0, dec0 = (float(v) for v in wcs_guess.pixel_to_world_values(cx0, cy0))
+            scale0 = _pixel_scale_deg(wcs_guess)
+        except Exception as exc:  # a broken header WCS is a bad frame, not a crash
+            return _failed(self.name, f"unusable header WCS: {exc}")
+        if not (np.isfinite(ra0) and np.isfinite(dec0) and scale0 > 0):
+            return _failed(self.name, "unusable header WCS (no centre or scale)")
+
+        # Catalog in "guess pixels": standard coordinates divided by the guessed scale.
+        xi, eta = _tangent(cat_ra, cat_dec, ra0, dec0)
+        qx, qy = xi / scale0, eta / scale0
+        half_diag = 0.5 * math.hypot(nx, ny) * (1 + self.scale_tolerance)
+        search = half_diag + self.max_pointing_error_arcmin / 60.0 / scale0
+        region = np.isfinite(qx) & (np.hypot(qx, qy) < search)
+        q_idx = np.nonzero(region)[0]
+        if len(q_idx) < self.min_matches:
+            return _failed(
+                self.name,
+                f"only {len(q_idx)} catalog stars within {search * scale0 * 60:.1f} arcmin of "
+                "the header pointing",
+            )
+        n_det = min(self.n_detections, len(x))
+        p = np.column_stack([x[:n_det] - cx0, y[:n_det] - cy0])
+        # Match the catalog's surface density to the detections': the number of catalog stars
+        # taken scales with the area the catalog covers in the search region (a catalog may
+        # cover less than the whole circle), estimated from the occupied cells of a grid.
+        cell = max(nx, ny) / 8.0
+        cells = np.unique(np.floor(np.column_stack([qx[q_idx], qy[q_idx]]) / cell), axis=0)
+        area_ratio = max(len(cells) * cell * cell / (nx * ny), 1.0)
+        tiers = (self.n_catalog,) if self.n_catalog else (1.2, 2.0, 0.7, 3.0)
+        best: tuple[int, np.ndarray, np.ndarray] | None = None
+        q_sel = q_idx
+        for tier in tiers:
+            n_cat = int(tier) if self.n_catalog else round(tier * n_det * area_ratio)
+            sel = q_idx[: max(n_cat, 3)]  # the catalog is sorted brightest first
+            q = np.column_stack([qx[sel], qy[sel]])
+            found = self._best_hypothesis(p, q)
+            if found is not None and (best is None or found[0] > best[0]):
+                best, q_sel = found, sel
+            if best is not None and best[0] >= max(12, 0.3 * n_det):
+                break
+        if best is None:
+            return _failed(self.name, "no triangle asterism of the detections matched the catalog")
+        n_verified, i_match, j_match = best
+        n_random = n_det * len(q_sel) / (area_ratio * nx * ny) * math.pi * self.verify_radius_px**2
+        if not _significant(n_verified, n_random, self.min_matches):
+            return _failed(
+                self.name,
+                f"best asterism hypothesis matched only {n_verified} of {n_det} stars "
+                f"({n_random:.1f} expected by chance)",
+                n_verified,
+            )
+        # First WCS from the verified matches, then iterate with all detections.
+        try:
+            wcs = fit_wcs_linear(
+                x[:n_det][i_match],
+                y[:n_det][i_match],
+                cat_ra[q_sel][j_match],
+                cat_dec[q_sel][j_match],
+                image_shape=image_shape,
+            )
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            return _failed(self.name, f"initial WCS fit failed: {exc}", n_verified)
+        near = q_idx  # catalog stars near the field only
+        return _iterate_fit(
+            self.name,
+            x,
+            y,
+            weight,
+            cat_ra[near],
+            cat_dec[near],
+            wcs,
+            image_shape,
+            radii_px=(self.verify_radius_px, 2.0, 1.5),
+            sip_degree=self.sip_degree,
+            min_matches_sip=self.min_matches_sip,
+            min_matches=self.min_matches,
+            fitter="linear",
+            final_fitter=self.fitter,
+            max_fit_stars=self.max_fit_stars,
+        )
+
+    def _best_hypothesis(
+        self, p: np.ndarray, q: np.ndarray
+    ) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """Vote on similarity transforms from matched triangles; verify the most voted."""
+        tri_p = _triangles(p, self.n_neighbours)
+        tri_q = _triangles(q, round(self.n_neighbours * 1.6))
+        if len(tri_p) == 0 or len(tri_q) == 0:
+            return None
+        inv_p, vp, sp, lp = _triangle_invariants(p, tri_p)
+        inv_q, vq, sq, lq = _triangle_invariants(q, tri_q)
+        keep_p = inv_p[:, 0] > 0.1  # nearly degenerate (collinear) triangles are unstable
+        keep_q = inv_q[:, 0] > 0.1
+        inv_p, vp, sp, lp = inv_p[keep_p], vp[keep_p], sp[keep_p], lp[keep_p]
+        inv_q, vq, sq, lq = inv_q[keep_q], vq[keep_q], sq[keep_q], lq[keep_q]
+        if len(inv_p) == 0 or len(inv_q) == 0:
+            return None
+        pairs = cKDTree(inv_p).query_ball_tree(cKDTree(inv_q), r=self.invariant_tolerance)
+        a = np.repeat(np.arange(len(pairs)), [len(v) for v in pairs])
+        if len(a) == 0:
+            return None
+        b = np.concatenate([np.asarray(v, dtype=int) for v in pairs if v])
+        ratio = lq[b] / lp[a]
+        ok = np.abs(np.log(ratio)) < np.log(1 + self.scale_tolerance)
+        a, b = a[ok], b[ok]
+        if len(a) == 0:
+            return None
+        # Similarity transform (with a mirror when the orientations differ) from each pair.
+        flip = sp[a] != sq[b]
+        zp = p[vp[a], 0] + 1j * p[vp[a], 1]  # (k, 3)
+        zp = np.where(flip[:, None], np.conj(zp), zp)
+        zq = q[vq[b], 0] + 1j * q[vq[b], 1]
+        mp, mq = zp.mean(axis=1, keepdims=True), zq.mean(axis=1, keepdims=True)
+        rot = ((zq - mq) * np.conj(zp - mp)).sum(axis=1) / (np.abs(zp - mp) ** 2).sum(axis=1)
+        shift = mq[:, 0] - rot * mp[:, 0]
+        # Vote in (flip, angle, log scale, shift) bins.
+        ang = np.angle(rot)
+        keys = np.column_stack(
+            [
+                flip.astype(int),
+                np.floor(ang / np.deg2rad(2.0)),
+                np.floor(np.log(np.abs(rot)) / 0.02),
+                np.floor(shift.real / 10.0),
+                np.floor(shift.imag / 10.0),
+            ]
+        ).astype(np.int64)
+        _, first, counts = np.unique(keys, axis=0, return_index=True, return_counts=True)
+        top = first[np.argsort(-counts, kind="stable")[:200]]
+        tree_q = cKDTree(q)
+        zp_all = p[:, 0] + 1j * p[:, 1]
+        # Vectorised verification of all top hypotheses at once.
+        zt = np.where(flip[top, None], np.conj(zp_all)[None, :], zp_all[None, :])
+        zt = rot[top, None] * zt + shift[top, None]
+        dist, j = tree_q.query(
+            np.column_stack([zt.real.ravel(), zt.imag.ravel()]),
+            distance_upper_bound=self.verify_radius_px,
+        )
+        hit = np.isfinite(dist).reshape(zt.shape)
+        n_hit = hit.sum(axis=1)
+        h_best = int(np.argmax(n_hit))
+        j = j.reshape(zt.shape)[h_best]
+        i_match = np.nonzero(hit[h_best])[0]
+        j_match = j[i_match]
+        # One catalog star per detection.
+        _, uniq = np.unique(j_match, return_index=True)
+        i_match, j_match = i_match[uniq], j_match[uniq]
+        return len(i_match), i_match, j_match
+
+
+# ---------------------------------------------------------------------------------------------
+# Refinement from a neighbour's solution
+# ---------------------------------------------------------------------------------------------
+def _offset_vote(
+    px: np.ndarray, py: np.ndarray, qx: np.ndarray, qy: np.ndarray, max_shift: float, bin_px: float
+) -> tuple[float, float, int]:
+    """Most common offset q - p among all pairs closer than ``max_shift`` (a 2-D histogram)."""
+    dx = (qx[None, :] - px[:, None]).ravel()
+    dy = (qy[None, :] - py[:, None]).ravel()
+    near = (np.abs(dx) < max_shift) & (np.abs(dy) < max_shift)
+    dx, dy = dx[near], dy[near]
+    if len(dx) == 0:
+        return 0.0, 0.0, 0
+    n_bins = max(int(np.ceil(2 * max_shift / bin_px)), 1)
+    hist, ex, ey = np.histogram2d(
+        dx, dy, bins=n_bins, range=[[-max_shift, max_shift], [-max_shift, max_shift]]
+    )
+    # Sum 2x2 neighbouring bins so that a peak on a bin edge is not split.
+    summed = hist[:-1, :-1] + hist[1:, :-1] + hist[:-1, 1:] + hist[1:, 1:] if n_bins > 1 else hist
+    ix, iy = np.unravel_index(int(np.argmax(summed)), summed.shape)
+    sel = (dx >= ex[ix]) & (dx < ex[min(ix + 2, n_bins)])
+    sel &= (dy >= ey[iy]) & (dy < ey[min(iy + 2, n_bins)])
+    if not sel.any():
+        return 0.0, 0.0, 0
+    return float(np.median(dx[sel])), float(np.median(dy[sel])), int(sel.sum())
+
+
+def refine_wcs(
+    detections: pd.DataFrame,
+    wcs_guess: WCS,
+    catalog: pd.DataFrame,
+    *,
+    image_shape: tuple[int, int] | None = None,
+    max_shift_px: float = 60.0,
+    match_radius_px: float = 2.0,
+    n_bright: int = 60,
+    sip_degree: int | None = None,
+    min_matches: int = 6,
+    min_matches_sip: int = 40,
+    fitter: str = "linear",
+    mag_column: str = "mag",
+    max_fit_stars: int = 300,
+) -> AstrometrySolution:
+    """Refine a neighbouring frame's WCS for this frame: find the drift, match, refit.
+
+    Parameters
+    ----------
+    detections : pandas.DataFrame
+        This frame's detections (``x``, ``y``, ``flux``; ``snr``, ``flags`` when present).
+    wcs_guess : astropy.wcs.WCS
+        A nearby frame's solution (or any WCS within ``max_shift_px`` and a small rotation).
+    catalog : pandas.DataFrame
+        Reference stars (``ra``, ``dec``, and ``mag_column`` to pick the brightest).
+    image_shape : tuple of int, optional
+        ``(ny, nx)``; default from the extent of the detections.
+    max_shift_px : float, optional
+        Largest drift between the guess and this frame.
+    match_radius_px : float, optional
+        Match radius once the drift is removed.
+    n_bright : int, optional
+        Brightest detections and predicted stars used to vote on the drift.
+    sip_degree : int, optional
+        SIP degree of the fit (None: TAN; with a SIP guess, its degree is kept by default).
+    min_matches, min_matches_sip : int, optional
+        Matches needed for a solution and before fitting SIP terms.
+    fitter : {"linear", "astropy"}, optional
+        `fit_wcs_linear` (weighted, ~1 ms) or astropy's ``fit_wcs_from_points`` (~30-120 ms).
+    mag_column : str, optional
+        Catalog magnitude column.
+    max_fit_stars : int, optional
+        Use at most this many (brightest) matches in the fit.
+
+    Returns
+    -------
+    AstrometrySolution
+        ``status == "failed"`` (never an exception) when the frame does not match.
+    """
+    name = "refine"
+    _check_fitter(fitter)
+    if wcs_guess is None:
+        raise ValueError("refine_wcs needs a wcs_guess (a neighbouring frame's solution)")
+    x, y, _, weight = _detection_arrays(detections)
+    if len(x) < min_matches:
+        return _failed(name, f"only {len(x)} usable detections")
+    if image_shape is None:
+        image_shape = (int(np.ceil(y.max())) + 1, int(np.ceil(x.max())) + 1)
+    ny, nx = image_shape
+    cat_ra, cat_dec, _ = _catalog_arrays(catalog, mag_column)
+    if sip_degree is None and wcs_guess.sip is not None:
+        sip_degree = int(wcs_guess.sip.a_order)
+    try:
+        # Cheap pre-selection on the sky, then the exact projection of the survivors.
+        ra0, dec0 = (float(v) for v in wcs_guess.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2))
+        scale = _pixel_scale_deg(wcs_guess)
+        xi, eta = _tangent(cat_ra, cat_dec, ra0, dec0)
+        reach = (0.5 * math.hypot(nx, ny) + max_shift_px) * scale * 1.2
+        near = np.nonzero(np.isfinite(xi) & (np.hypot(xi, eta) < reach))[0]
+        cat_ra, cat_dec = cat_ra[near], cat_dec[near]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            cx, cy = (
+                np.asarray(v, float) for v in wcs_guess.world_to_pixel_values(cat_ra, cat_dec)
+            )
+    except Exception as exc:  # a broken guess is a failed frame, not a crash
+        return _failed(name, f"cannot project the catalog through the guess WCS: {exc}")
+    margin = max_shift_px
+    inside = np.isfinite(cx) & (cx > -margin) & (cx < nx - 1 + margin)
+    inside &= (cy > -margin) & (cy < ny - 1 + margin)
+    idx = np.nonzero(inside)[0]
+    if len(idx) < min_matches:
+        return _failed(name, f"only {len(idx)} catalog stars fall on the frame through the guess")
+    # Drift: vote on the offsets between the brightest detections and the brightest stars.
+    nb = min(n_bright, len(x))
+    ib = idx[: max(nb, 2 * nb)]
+    dx, dy, n_vote = _offset_vote(cx[ib], cy[ib], x[:nb], y[:nb], max_shift_px, 2.0)
+    if n_vote < min(min_matches, 3):
+        return _failed(name, f"no common drift found within {max_shift_px:.0f} px")
+    shifted = wcs_guess.deepcopy()
+    shifted.wcs.crpix = np.asarray(shifted.wcs.crpix) + np.array([dx, dy])
+    if shifted.sip is not None:
+        s = shifted.sip
+        shifted.sip = Sip(s.a, s.b, s.ap, s.bp, shifted.wcs.crpix)
+    shifted.wcs.set()
+    return _iterate_fit(
+        name,
+        x,
+        y,
+        weight,
+        cat_ra[idx],
+        cat_dec[idx],
+        shifted,
+        image_shape,
+        radii_px=(max(3.0, 1.5 * match_radius_px), match_radius_px),
+        sip_degree=sip_degree,
+        min_matches_sip=min_matches_sip,
+        min_matches=min_matches,
+        fitter=fitter,
+        final_fitter=fitter,
+        max_fit_stars=max_fit_stars,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# astrometry.net: local solve-field
+# ---------------------------------------------------------------------------------------------
+def _scale_hint(wcs_guess: WCS | None, tolerance: float) -> dict[str, float]:
+    if wcs_guess is None:
+        return {}
+    scale = _pixel_scale_deg(wcs_guess) * 3600.0
+    return {"scale_low": scale * (1 - tolerance), "scale_high": scale * (1 + tolerance)}
+
+
+def _write_xylist(path: Path, x: np.ndarray, y: np.ndarray, flux: np.ndarray) -> None:
+    """An astrometry.net xylist: FITS 1-based X, Y and FLUX, brightest first."""
+    cols = [
+        fits.Column(name="X", format="D", array=np.asarray(x, float) + 1.0),
+        fits.Column(name="Y", format="D", array=np.asarray(y, float) + 1.0),
+        fits.Column(name="FLUX", format="D", array=np.asarray(flux, float)),
+    ]
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols)]).writeto(
+        path, overwrite=True
+    )
+
+
+def _solution_from_header(
+    header: fits.Header | dict,
+    solver: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    image_shape: tuple[int, int],
+    catalog: pd.DataFrame | None,
+    mag_column: str,
+    corr: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> AstrometrySolution:
+    """An AstrometrySolution from a solver's WCS header and its matches (or the catalog's)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            wcs = WCS(fits.Header(header), naxis=2, relax=True).celestial
+        except Exception as exc:
+            return _failed(solver, f"unreadable WCS header from the solver: {exc}")
+    if not wcs.has_celestial:
+        return _failed(solver, "the solver returned a header without a celestial WCS")
+    wcs.pixel_shape = (int(image_shape[1]), int(image_shape[0]))
+    scale = _pixel_scale_deg(wcs) * 3600.0
+    if corr is not None and len(corr[0]):
+        fx, fy, ra, dec = corr
+    elif catalog is not None and len(catalog):
+        det = pd.DataFrame({"x": x, "y": y})
+        m = match_catalog(det, wcs, catalog, radius_arcsec=3.0 * scale)
+        fx, fy = x[m["det_index"]], y[m["det_index"]]
+        cat = catalog.iloc[m["cat_index"].to_numpy()]
+        ra, dec = cat["ra"].to_numpy(float), cat["dec"].to_numpy(float)
+    else:
+        fx = fy = ra = dec = np.zeros(0)
+    if len(fx):
+        res = solution_residuals(wcs, fx, fy, ra, dec)
+        rms = float(np.sqrt(np.mean(res**2)))
+    else:
+        rms = float("nan")
+    return AstrometrySolution(
+        wcs=wcs,
+        n_matches=len(fx),
+        rms_arcsec=rms,
+        rms_px=rms / scale,
+        status=STATUS_OK,
+        message=f"solved by {solver}; {len(fx)} matched stars",
+        solver=solver,
+    )
+
+
+def _run(cmd: list[str], timeout_s: float, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+
+
+@dataclass(frozen=True)
+class SolveFieldSolver:
+    """astrometry.net's local ``solve-field`` on an xylist of the detections.
+
+    Parameters
+    ----------
+    index_dir : str or Path, optional
+        Directory of index files (e.g. from `build_index`); default the system configuration
+        (``/etc/astrometry.cfg``, Debian's ``astrometry-data-*`` packages).
+    timeout_s : float
+        Wall-clock limit of one solve (also passed as ``--cpulimit``).
+    n_detections : int
+        Brightest detections written to the xylist.
+    scale_tolerance : float
+        Relative width of the pixel-scale hint around the guess's scale.
+    search_radius_deg : float or None
+        With a guess, search only this far from its centre; None for a blind search of the sky.
+    tweak_order : int
+        SIP order of astrometry.net's tweak (0 or 1 disables distortion).
+    executable : str
+        The ``solve-field`` program.
+    mag_column : str
+        Catalog magnitude column (for computing residuals against a catalog).
+    """
+
+    index_dir: str | Path | None = None
+    timeout_s: float = 120.0
+    n_detections: int = 150
+    scale_tolerance: float = 0.2
+    search_radius_deg: float | None = 1.0
+    tweak_order: int = 2
+    executable: str = "solve-field"
+    mag_column: str = "mag"
+    name: str = "solve-field"
+
+    def available(self) -> bool:
+        """True when the ``solve-field`` executable is on the PATH."""
+        return shutil.which(self.executable) is not None
+
+    def command(
+        self, xylist: Path, work: Path, image_shape: tuple[int, int], wcs_guess: WCS | None
+    ) -> list[str]:
+        """The ``solve-field`` command line for an xylist (exposed for logging and tests).
+
+        Parameters
+        ----------
+        xylist : Path
+            The xylist FITS file.
+        work : Path
+            Scratch directory for the outputs.
+        image_shape : tuple of int
+            ``(ny, nx)``.
+        wcs_guess : astropy.wcs.WCS, optional
+            Gives the scale and position hints.
+
+        Returns
+        -------
+        list of str
+            The arguments.
+        """
+        ny, nx = image_shape
+        cmd = [
+            self.executable,
+            str(xylist),
+            "--no-plots",
+            "--overwrite",
+            "--no-remove-lines",
+            "--no-verify-uniformize",
+            "--width", str(nx),
+            "--height", str(ny),
+            "--x-column", "X",
+            "--y-column", "Y",
+            "--sort-column", "FLUX",
+            "--dir", str(work),
+            "--temp-dir", str(work),
+            "--new-fits", "none",
+            "--index-xyls", "none",
+            "--rdls", "none",
+            "--match", "none",
+            "--solved", str(work / "solved"),
+            "--wcs", str(work / "solution.wcs"),
+            "--corr", str(work / "solution.corr"),
+            "--cpulimit", str(math.ceil(self.timeout_s)),
+            "--crpix-center",
+            "--objs", str(self.n_detections),
+        ]  # fmt: skip
+        if self.tweak_order >= 2:
+            cmd += ["--tweak-order", str(self.tweak_order)]
+        else:
+            cmd += ["--no-tweak"]
+        hint = _scale_hint(wcs_guess, self.scale_tolerance)
+        if hint:
+            cmd += ["--scale-units", "arcsecperpix"]
+            cmd += ["--scale-low", f"{hint['scale_low']:.6f}"]
+            cmd += ["--scale-high", f"{hint['scale_high']:.6f}"]
+        if wcs_guess is not None and self.search_radius_deg is not None:
+            ra, dec = wcs_guess.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
+            cmd += ["--ra", f"{float(ra):.8f}", "--dec", f"{float(dec):.8f}"]
+            cmd += ["--radius", f"{self.search_radius_deg:.6f}"]
+        if self.index_dir is not None:
+            cfg = work / "astrometry.cfg"
+            cfg.write_text(
+                f"inparallel\ncpulimit {math.ceil(self.timeout_s)}\n"
+                f"add_path {Path(self.index_dir).resolve()}\nautoindex\n"
+            )
+            cmd += ["--config", str(cfg)]
+        return cmd
+
+    def solve(
+        self,
+        detections: pd.DataFrame,
+        image_shape: tuple[int, int],
+        *,
+        wcs_guess: WCS | None = None,
+        catalog: pd.DataFrame | None = None,
+    ) -> AstrometrySolution:
+        """Run ``solve-field`` on the detections (see the class docstring).
+
+        Parameters
+        ----------
+        detections : pandas.DataFrame
+            The frame's detections.
+        image_shape : tuple of int
+            ``(ny, nx)``.
+        wcs_guess : astropy.wcs.WCS, optional
+            Scale and position hints; None for a fully blind solve.
+        catalog : pandas.DataFrame, optional
+            Unused by the solver itself; the residuals come from astrometry.net's matches.
+
+        Returns
+        -------
+        AstrometrySolution
+            ``status == "failed"`` when ``solve-field`` is missing, times out or does not solve.
+        """
+        if not self.available():
+            return _failed(self.name, f"{self.executable} is not installed (see scripts/)")
+        x, y, flux, _ = _detection_arrays(detections)
+        if len(x) < 4:
+            return _failed(self.name, f"only {len(x)} usable detections")
+        with tempfile.TemporaryDirectory(prefix="lcdask-solve-") as tmp:
+            work = Path(tmp)
+            xylist = work / "field.xyls"
+            _write_xylist(xylist, x[: self.n_detections], y[: self.n_detections], flux)
+            cmd = self.command(xylist, work, image_shape, wcs_guess)
+            try:
+                proc = _run(cmd, self.timeout_s + 30.0, work)
+            except subprocess.TimeoutExpired:
+                return _failed(self.name, f"solve-field timed out after {self.timeout_s:.0f} s")
+            except OSError as exc:
+                return _failed(self.name, f"solve-field could not run: {exc}")
+            wcs_path = work / "solution.wcs"
+            if not (work / "solved").exists() or not wcs_path.exists():
+                tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+                return _failed(self.name, "solve-field did not solve: " + " | ".join(tail))
+            header = fits.getheader(wcs_path)
+            corr = None
+            corr_path = work / "solution.corr"
+            if corr_path.exists():
+                with fits.open(corr_path) as hdul:
+                    data = hdul[1].data
+                    corr = (
+                        np.asarray(data["field_x"], float) - 1.0,
+                        np.asarray(data["field_y"], float) - 1.0,
+                        np.asarray(data["index_ra"], float),
+                        np.asarray(data["index_dec"], float),
+                    )
+        return _solution_from_header(
+            header, self.name, x, y, image_shape, catalog, self.mag_column, corr
+        )
+
+
+def build_index(
+    catalog: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    field_width_arcmin: float | None = None,
+    scale_numbers: Sequence[int] | None = None,
+    mag_column: str = "mag",
+    index_id: int = 9000,
+    executable: str = "build-astrometry-index",
+    timeout_s: float = 600.0,
+) -> list[Path]:
+    """Build astrometry.net index files from a reference catalog with ``build-astrometry-index``.
+
+    Parameters
+    ----------
+    catalog : pandas.DataFrame
+        ``ra``, ``dec`` (degrees) and ``mag_column`` (brightest stars make the quads).
+    out_dir : str or Path
+        Directory for the index files (created); give it to `SolveFieldSolver` as ``index_dir``.
+    field_width_arcmin : float, optional
+        Width of the images to solve: the scale presets whose quads span 15-80% of it are built.
+    scale_numbers : sequence of int, optional
+        The ``-P`` presets to build (0: quads of 2-2.8', each step sqrt(2) larger); overrides
+        ``field_width_arcmin``.
+    mag_column : str, optional
+        Sort column.
+    index_id : int, optional
+        Unique id of the first index (the next ones count up).
+    executable : str, optional
+        The ``build-astrometry-index`` program.
+    timeout_s : float, optional
+        Limit of each build.
+
+    Returns
+    -------
+    list of Path
+        The index files written.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``build-astrometry-index`` is not installed.
+    ValueError
+        Without a field width or scale numbers, or for an unusable catalog.
+    RuntimeError
+        When a build fails (its output is in the message).
+    """
+    exe = shutil.which(executable)
+    if exe is None:
+        raise FileNotFoundError(
+            f"{executable} not found; install astrometry.net (scripts/install-system-deps.sh)"
+        )
+    ra, dec, mag = _catalog_arrays(catalog, mag_column)
+    if len(ra) < 10:
+        raise ValueError(f"build_index needs at least 10 catalog stars, got {len(ra)}")
+    if scale_numbers is None:
+        if field_width_arcmin is None:
+            raise ValueError("build_index needs field_width_arcmin or scale_numbers")
+        scale_numbers = [
+            k
+            for k in range(0, 20)
+            if 2.0 * math.sqrt(2) ** (k + 1) > 0.15 * field_width_arcmin
+            and 2.0 * math.sqrt(2) ** k < 0.8 * field_width_arcmin
+        ] or [0]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mag = np.where(np.isfinite(mag), mag, 99.0)
+    written = []
+    with tempfile.TemporaryDirectory(prefix="lcdask-index-") as tmp:
+        cat_path = Path(tmp) / "catalog.fits"
+        cols = [
+            fits.Column(name="RA", format="D", array=ra),
+            fits.Column(name="DEC", format="D", array=dec),
+            fits.Column(name="MAG", format="D", array=mag),
+        ]
+        fits.BinTableHDU.from_columns(cols).writeto(cat_path, overwrite=True)
+        for n, scale in enumerate(scale_numbers):
+            path = out / f"index-{index_id + n}-{int(scale):02d}.fits"
+            cmd = [
+                exe, "-i", str(cat_path), "-o", str(path), "-P", str(int(scale)),
+                "-S", "MAG", "-E", "-M", "-I", str(index_id + n), "-t", tmp,
+            ]  # fmt: skip
+            proc = _run(cmd, timeout_s, Path(tmp))
+            if proc.returncode != 0 or not path.exists():
+                raise RuntimeError(
+                    f"build-astrometry-index failed for preset {scale}: "
+                    + (proc.stdout + proc.stderr)[-800:]
+                )
+            written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# astrometry.net web service
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AstrometryNetWebSolver:
+    """nova.astrometry.net through ``astroquery.astrometry_net.AstrometryNet``.
+
+    Parameters
+    ----------
+    api_key : str, optional
+        The API key; default the ``ASTROMETRY_NET_API_KEY`` environment variable.
+    timeout_s : float
+        How long to wait for the solve.
+    n_detections : int
+        Brightest detections sent.
+    scale_tolerance : float
+        Relative width of the pixel-scale hint around the guess's scale.
+    search_radius_deg : float or None
+        With a guess, search only this far from its centre.
+    tweak_order : int
+        SIP order of the returned WCS.
+    mag_column : str
+        Catalog magnitude column (for the residuals against a catalog).
+    """
+
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+    timeout_s: float = 300.0
+    n_detections: int = 150
+    scale_tolerance: float = 0.2
+    search_radius_deg: float | None = 1.0
+    tweak_order: int = 2
+    mag_column: str = "mag"
+    name: str = "astrometry.net-web"
+
+    def resolved_api_key(self) -> str | None:
+        """The key from the argument or from ``ASTROMETRY_NET_API_KEY`` (None without one)."""
+        return self.api_key or os.environ.get("ASTROMETRY_NET_API_KEY") or None
+
+    def client(self) -> Any:
+        """A configured ``AstrometryNet`` instance (no network traffic yet)."""
+        from astroquery.astrometry_net import AstrometryNet
+
+        client = AstrometryNet()
+        client.api_key = self.resolved_api_key()
+        return client
+
+    def settings(self, image_shape: tuple[int, int], wcs_guess: WCS | None) -> dict[str, Any]:
+        """The solve settings sent with the source list.
+
+        Parameters
+        ----------
+        image_shape : tuple of int
+            ``(ny, nx)``.
+        wcs_guess : astropy.wcs.WCS, optional
+            Scale and position hints.
+
+        Returns
+        -------
+        dict
+            Keyword arguments of ``solve_from_source_list``.
+        """
+        ny, nx = image_shape
+        settings: dict[str, Any] = {"crpix_center": True, "tweak_order": int(self.tweak_order)}
+        hint = _scale_hint(wcs_guess, self.scale_tolerance)
+        if hint:
+            settings.update(
+                scale_units="arcsecperpix",
+                scale_type="ul",
+                scale_lower=hint["scale_low"],
+                scale_upper=hint["scale_high"],
+            )
+        if wcs_guess is not None and self.search_radius_deg is not None:
+            ra, dec = wcs_guess.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
+            settings.update(
+                center_ra=float(ra), center_dec=float(dec), radius=float(self.search_radius_deg)
+            )
+        return settings
+
+    def solve(
+        self,
+        detections: pd.DataFrame,
+        image_shape: tuple[int, int],
+        *,
+        wcs_guess: WCS | None = None,
+        catalog: pd.DataFrame | None = None,
+    ) -> AstrometrySolution:
+        """Send the brightest detections to nova.astrometry.net and wait for the WCS.
+
+        Parameters
+        ----------
+        detections : pandas.DataFrame
+            The frame's detections.
+        image_shape : tuple of int
+            ``(ny, nx)``.
+        wcs_guess : astropy.wcs.WCS, optional
+            Scale and position hints.
+        catalog : pandas.DataFrame, optional
+            When given, the residuals are computed against it.
+
+        Returns
+        -------
+        AstrometrySolution
+            ``status == "failed"`` without an API key, on network errors, time-out or no solve.
+        """
+        if self.resolved_api_key() is None:
+            return _failed(
+                self.name,
+                "no astrometry.net API key: pass api_key or set ASTROMETRY_NET_API_KEY",
+            )
+        x, y, _, _ = _detection_arrays(detections)
+        if len(x) < 4:
+            return _failed(self.name, f"only {len(x)} usable detections")
+        n = min(self.n_detections, len(x))
+        ny, nx = image_shape
+        try:
+            from astroquery import cache_conf
+
+            client = self.client()
+            with cache_conf.set_temp("cache_active", False):
+                header = client.solve_from_source_list(
+                    x[:n] + 1.0,  # astrometry.net source lists are FITS 1-based
+                    y[:n] + 1.0,
+                    int(nx),
+                    int(ny),
+                    solve_timeout=self.timeout_s,
+                    verbose=False,
+                    **self.settings(image_shape, wcs_guess),
+                )
+        except TimeoutError:
+            return _failed(self.name, f"astrometry.net did not answer in {self.timeout_s:.0f} s")
+        except Exception as exc:  # network, HTTP and API errors all mean "not solved"
+            return _failed(self.name, f"astrometry.net request failed: {type(exc).__name__}: {exc}")
+        if not header:
+            return _failed(self.name, "astrometry.net could not solve the field")
+        return _solution_from_header(header, self.name, x, y, image_shape, catalog, self.mag_column)
