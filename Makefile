@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(BIN)/lcdask demo --out demo-run
 
 test: $(STAMP)
+	-scripts/install-system-deps.sh --minimal  # astrometry.net for the solve-field tests
 	$(BIN)/ruff check lcdask tests benchmarks
 	$(BIN)/ruff format --check lcdask tests benchmarks
 	$(BIN)/python -m pytest -q

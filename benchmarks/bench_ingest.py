@@ -108,7 +108,8 @@ def main() -> None:
     print(f"{'method':40s} {'s':>8s} {'MB/s':>8s}")
     for name, seconds in rows.items():
         print(f"{name:40s} {seconds:8.2f} {megabytes / seconds:8.1f}")
-    print(f"ingest steps: scan {result.timings_s['scan']:.2f} s, fill {result.timings_s['fill']:.2f} s")
+    scan, fill = result.timings_s["scan"], result.timings_s["fill"]
+    print(f"ingest steps: scan {scan:.2f} s, fill {fill:.2f} s")
     print(f"ratio ingest/plain: {results['ratio_ingest_over_plain']:.2f} (goal 0.8)")
     if args.out is None:
         shutil.rmtree(scratch, ignore_errors=True)
