@@ -1,0 +1,674 @@
+"""Classify sources: moving, variable or stable; link fast movers into tracks; find the target.
+
+Moving sources (`motion_statistics`, `classify_sources`)
+-------------------------------------------------------
+For each source, its positions are projected on the tangent plane at its median position.
+``motion_mad_arcsec = 1.4826 * hypot(MAD(xi), MAD(eta))`` is compared with the same statistic
+expected at the source's magnitude (a running median over all sources, see `expected_trend`);
+sources above ``motion_mad_ratio`` (2) times that are candidates. Their RA and Dec are then
+regressed on time (least squares, one 4-sigma clipping pass): the rates ``rate_ra_arcsec_h``
+(along RA cos Dec) and ``rate_dec_arcsec_h``, the position angle of the motion ``pa_deg`` (east of
+north), the residual rms ``motion_rms_arcsec``, and the rate's significance. A candidate is
+``moving`` when the rate is significant (``rate_snr >= 5``) and the displacement over its
+detections reaches ``min_motion_arcsec`` (1"): a blend or a bimodal cluster has a large MAD but
+no linear motion. Tracks from `link_tracks` go through the same test.
+
+Movers too fast to make a dense cloud are left unassigned by the matching; `link_tracks` links
+the unassigned detections into straight tracks in (time, RA, Dec): seed lines from pairs of
+detections a few frames apart (speed at most ``max_rate_arcsec_h``), ranked by the number of
+detections they pass within ``tolerance_arcsec``, each refined by scikit-learn's
+`~sklearn.linear_model.RANSACRegressor` (position against time, Euclidean residuals) and accepted
+when it holds ``min_points`` detections (one per frame) and moves more than
+``min_motion_arcsec``. Each track becomes a new source.
+
+Variable sources
+----------------
+``mad_scatter`` is the robust fractional scatter (1.4826 MAD) of ``rel_flux``; ``noise_model``
+the median fractional error from ``rel_flux_err``; ``expected_scatter = k(mag) * noise_model``
+where ``k(mag)`` is the running median of ``mad_scatter / noise_model`` over the non-moving
+sources (`expected_trend`: the real scatter at that brightness, which includes what the error
+model misses), refitted without the sources found variable until the choice settles (so that
+a field rich in variables does not raise its own threshold).
+``scatter_ratio = mad_scatter / expected_scatter``. Because the MAD ignores a dip that lasts
+less than half the night (transits, eclipses), the light curve is also averaged in ``n_bins``
+bins of consecutive frames: ``binned_ratio`` is the rms of the binned values over the rms
+expected from ``expected_scatter`` (``/ sqrt(points per bin)``). A source is ``variable`` when
+``scatter_ratio >= variable_ratio`` (1.6: the MAD scatter of a pure-noise light curve of 100
+points is within +-12% (1 sigma) of its expectation, so 1.6 is 5 sigma; a sinusoid of
+semi-amplitude 3 sigma gives ~2.3) or ``binned_ratio >= binned_ratio_threshold`` (3.5: 20 bins
+of pure noise exceed 3 with a probability below 1e-3). Saturated points are not used.
+
+Target
+------
+`parse_target` reads "RA Dec" in degrees or sexagesimal; `match_target` takes the nearest source
+within ``radius_arcsec``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from numpy.typing import ArrayLike, NDArray
+
+from lcdask.lightcurves import LightCurveFlag, robust_std
+from lcdask.match import field_centre, tangent_plane
+
+__all__ = [
+    "SOURCE_COLUMNS",
+    "TrackResult",
+    "classify_sources",
+    "expected_trend",
+    "link_tracks",
+    "match_target",
+    "motion_statistics",
+    "parse_target",
+    "variability_statistics",
+]
+
+SOURCE_COLUMNS = (
+    "source_id",
+    "ra",
+    "dec",
+    "epoch_mjd",
+    "n_frames",
+    "mag",
+    "kind",
+    "rate_ra_arcsec_h",
+    "rate_dec_arcsec_h",
+    "pa_deg",
+    "motion_rms_arcsec",
+    "motion_mad_arcsec",
+    "motion_mad_ratio",
+    "rate_snr",
+    "mad_scatter",
+    "noise_model",
+    "expected_scatter",
+    "scatter_ratio",
+    "binned_ratio",
+    "is_target",
+    "is_comparison",
+)
+"""Columns of ``sources.parquet``, in order."""
+
+
+# --------------------------------------------------------------------------------------------
+# trends over magnitude
+
+
+def expected_trend(
+    mag: ArrayLike,
+    value: ArrayLike,
+    *,
+    at: ArrayLike | None = None,
+    n_bins: int = 12,
+    min_per_bin: int = 8,
+) -> NDArray[np.float64]:
+    """Running median of ``value`` against ``mag``, evaluated at each ``mag`` (or at ``at``).
+
+    Sources are sorted by magnitude into ``n_bins`` bins of equal counts (at least
+    ``min_per_bin`` each); the bin medians are interpolated linearly in magnitude (constant
+    beyond the end bins).
+
+    Parameters
+    ----------
+    mag, value
+        Per source; non-finite entries are ignored in the fit.
+    at
+        Magnitudes at which to evaluate the trend (default ``mag``); NaN gives NaN.
+    n_bins, min_per_bin
+        Number of bins, and fewest sources per bin (fewer bins when there are few sources).
+
+    Returns
+    -------
+    numpy.ndarray
+        The trend at each magnitude.
+    """
+    m = np.asarray(mag, dtype=float)
+    v = np.asarray(value, dtype=float)
+    ok = np.isfinite(m) & np.isfinite(v)
+    where = m if at is None else np.asarray(at, dtype=float)
+    out = np.full(where.shape, np.nan)
+    if ok.sum() == 0:
+        return out
+    order = np.argsort(m[ok])
+    ms, vs = m[ok][order], v[ok][order]
+    k = int(max(1, min(n_bins, ms.size // max(min_per_bin, 1))))
+    edges = np.linspace(0, ms.size, k + 1).astype(int)
+    bm = np.array([np.median(ms[a:b]) for a, b in itertools.pairwise(edges)])
+    bv = np.array([np.median(vs[a:b]) for a, b in itertools.pairwise(edges)])
+    fin = np.isfinite(where)
+    out[fin] = np.interp(where[fin], bm, bv)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# motion
+
+
+def motion_statistics(ds: xr.Dataset, *, clip: float = 4.0) -> pd.DataFrame:
+    """Positional scatter and linear motion of every source of a light-curve Dataset.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset (``ra``, ``dec``, ``time_mjd``); forced entries are ignored.
+    clip
+        Residuals beyond ``clip`` times their rms are dropped once before the final fit.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Per source: ``source_id``, ``ra``, ``dec`` (median), ``n_frames``, ``epoch_mjd`` (mean
+        time of the detections), ``ra_fit``, ``dec_fit`` (line at ``epoch_mjd``),
+        ``motion_mad_arcsec``, ``rate_ra_arcsec_h``, ``rate_dec_arcsec_h``, ``rate_err_arcsec_h``,
+        ``rate_snr``, ``pa_deg``, ``motion_rms_arcsec``, ``displacement_arcsec`` (rate times the
+        time span of the detections).
+    """
+    ra = ds["ra"].to_numpy()
+    dec = ds["dec"].to_numpy()
+    flags = ds["flags"].to_numpy()
+    detected = (flags & (int(LightCurveFlag.MISSING) | int(LightCurveFlag.FORCED))) == 0
+    ok = np.isfinite(ra) & np.isfinite(dec) & detected
+    n = ok.sum(axis=1)
+    t_h = (ds["time_mjd"].to_numpy().astype(float) - float(ds["time_mjd"].min())) * 24.0
+    with np.errstate(all="ignore"):
+        ra_med = np.nanmedian(np.where(ok, ra, np.nan), axis=1)
+        dec_med = np.nanmedian(np.where(ok, dec, np.nan), axis=1)
+    has = np.isfinite(ra_med)
+    # per-source tangent plane at its median position (small offsets: a local cos(dec))
+    cosd = np.cos(np.deg2rad(np.where(has, dec_med, 0.0)))
+    d_ra = np.mod(ra - np.where(has, ra_med, 0.0)[:, None] + 180.0, 360.0) - 180.0
+    xi = np.where(ok, d_ra * cosd[:, None] * 3600.0, np.nan)
+    eta = np.where(ok, (dec - np.where(has, dec_med, 0.0)[:, None]) * 3600.0, np.nan)
+    with np.errstate(all="ignore"):
+        mad = np.hypot(robust_std(xi, axis=1), robust_std(eta, axis=1))
+    tt = np.where(ok, t_h[None, :], np.nan)
+    use = ok.copy()
+    for _ in range(2):
+        with np.errstate(all="ignore"):
+            w = use.astype(float)
+            nw = w.sum(axis=1)
+            t_mean = np.nansum(np.where(use, tt, 0.0), axis=1) / nw
+            dt = np.where(use, tt - t_mean[:, None], 0.0)
+            stt = (dt * dt).sum(axis=1)
+            coef = {}
+            for name, v in (("xi", xi), ("eta", eta)):
+                vm = np.nansum(np.where(use, v, 0.0), axis=1) / nw
+                slope = (dt * np.where(use, v - vm[:, None], 0.0)).sum(axis=1) / stt
+                coef[name] = (vm, slope)
+            res_xi = xi - (coef["xi"][0][:, None] + coef["xi"][1][:, None] * (tt - t_mean[:, None]))
+            res_eta = eta - (
+                coef["eta"][0][:, None] + coef["eta"][1][:, None] * (tt - t_mean[:, None])
+            )
+            r2 = res_xi**2 + res_eta**2
+            rms = np.sqrt(np.nansum(np.where(use, r2, 0.0), axis=1) / np.maximum(nw - 2, 1))
+        use = ok & (r2 <= (clip * rms[:, None]) ** 2)
+    with np.errstate(all="ignore"):
+        rate_ra, rate_dec = coef["xi"][1], coef["eta"][1]
+        rate = np.hypot(rate_ra, rate_dec)
+        # per-axis residual sigma is rms / sqrt(2); error of the rate modulus
+        rate_err = rms / np.sqrt(2.0) / np.sqrt(stt)
+        span = np.nanmax(np.where(use, tt, np.nan), axis=1) - np.nanmin(
+            np.where(use, tt, np.nan), axis=1
+        )
+        pa = np.mod(np.rad2deg(np.arctan2(rate_ra, rate_dec)), 360.0)
+    ra_fit = ra_med + coef["xi"][0] / 3600.0 / cosd
+    dec_fit = dec_med + coef["eta"][0] / 3600.0
+    t0 = float(ds["time_mjd"].min())
+    return pd.DataFrame(
+        {
+            "source_id": ds["source_id"].to_numpy().astype(np.int64),
+            "ra": ra_med,
+            "dec": dec_med,
+            "n_frames": n.astype(np.int64),
+            "epoch_mjd": t0 + t_mean / 24.0,
+            "ra_fit": ra_fit,
+            "dec_fit": dec_fit,
+            "motion_mad_arcsec": mad,
+            "rate_ra_arcsec_h": rate_ra,
+            "rate_dec_arcsec_h": rate_dec,
+            "rate_err_arcsec_h": rate_err,
+            "rate_snr": rate / rate_err,
+            "pa_deg": pa,
+            "motion_rms_arcsec": rms,
+            "displacement_arcsec": rate * span,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """The outcome of `link_tracks`.
+
+    Attributes
+    ----------
+    source_id
+        Per detection: the input ids, with the linked detections given their track's new id.
+    tracks
+        One row per track: ``source_id``, ``n_points``, ``rate_ra_arcsec_h``,
+        ``rate_dec_arcsec_h``, ``rms_arcsec``, ``t_start_mjd``, ``t_end_mjd``.
+    """
+
+    source_id: NDArray[np.int64]
+    tracks: pd.DataFrame
+
+
+def _euclid_loss(y_true: NDArray, y_pred: NDArray) -> NDArray:
+    return np.sqrt(((y_true - y_pred) ** 2).sum(axis=1))
+
+
+def link_tracks(
+    detections: pd.DataFrame,
+    source_id: ArrayLike,
+    *,
+    centre: tuple[float, float] | None = None,
+    max_rate_arcsec_h: float = 600.0,
+    tolerance_arcsec: float = 1.0,
+    min_points: int = 5,
+    min_motion_arcsec: float = 3.0,
+    max_frame_gap: int = 3,
+    max_tracks: int = 1000,
+    seed: int = 0,
+) -> TrackResult:
+    """Link unassigned detections into straight tracks in (time, RA, Dec) (module docstring).
+
+    Parameters
+    ----------
+    detections
+        ``frame``, ``time_mjd``, ``ra``, ``dec`` per detection.
+    source_id
+        Per detection, from the matching; only the -1 entries are linked.
+    centre
+        Tangent point (degrees); default the centre of the detections.
+    max_rate_arcsec_h
+        Fastest motion looked for.
+    tolerance_arcsec
+        Largest distance of a detection from its track (RANSAC ``residual_threshold``).
+    min_points
+        Fewest detections (distinct frames) of a track.
+    min_motion_arcsec
+        Least displacement over the track (slower "tracks" are sporadic detections of a faint
+        fixed source and are left unassigned).
+    max_frame_gap
+        Seed pairs are taken between detections at most this many frames apart.
+    max_tracks
+        Stop after this many tracks.
+    seed
+        Random state of RANSAC.
+
+    Returns
+    -------
+    TrackResult
+        The updated ids (new sources numbered after the largest input id) and the tracks.
+    """
+    from scipy.spatial import cKDTree
+    from sklearn.linear_model import LinearRegression, RANSACRegressor
+
+    sid = np.asarray(source_id, dtype=np.int64).copy()
+    empty = pd.DataFrame(
+        {
+            c: pd.Series([], dtype=d)
+            for c, d in (
+                ("source_id", "int64"),
+                ("n_points", "int64"),
+                ("rate_ra_arcsec_h", "float64"),
+                ("rate_dec_arcsec_h", "float64"),
+                ("rms_arcsec", "float64"),
+                ("t_start_mjd", "float64"),
+                ("t_end_mjd", "float64"),
+            )
+        }
+    )
+    ra = detections["ra"].to_numpy(float)
+    dec = detections["dec"].to_numpy(float)
+    pool = np.flatnonzero((sid < 0) & np.isfinite(ra) & np.isfinite(dec))
+    if pool.size < min_points:
+        return TrackResult(sid, empty)
+    if centre is None:
+        centre = field_centre(ra[np.isfinite(ra)], dec[np.isfinite(dec)])
+    xi, eta = tangent_plane(ra[pool], dec[pool], *centre)
+    t_mjd = detections["time_mjd"].to_numpy(float)[pool]
+    t0 = float(t_mjd.min())
+    t = (t_mjd - t0) * 24.0
+    frame = detections["frame"].to_numpy(np.int64)[pool]
+    uf, frank = np.unique(frame, return_inverse=True)
+    xy = np.column_stack([xi, eta])
+    # seed pairs: detections 1..max_frame_gap frames apart, within the fastest motion
+    dt_frame = np.median(np.diff(np.unique(t))) if uf.size > 1 else 1.0
+    radius = max_rate_arcsec_h * dt_frame * max_frame_gap * 1.5 + tolerance_arcsec
+    pairs = cKDTree(xy).query_pairs(radius, output_type="ndarray")
+    if pairs.size == 0:
+        return TrackResult(sid, empty)
+    i, k = pairs[:, 0], pairs[:, 1]
+    swap = t[i] > t[k]
+    i, k = np.where(swap, k, i), np.where(swap, i, k)
+    gap = frank[k] - frank[i]
+    dtp = t[k] - t[i]
+    dist = np.hypot(*(xy[k] - xy[i]).T)
+    good = (gap >= 1) & (gap <= max_frame_gap) & (dtp > 0)
+    good &= dist <= max_rate_arcsec_h * np.where(dtp > 0, dtp, 1.0) + tolerance_arcsec
+    i, k = i[good], k[good]
+    if i.size == 0:
+        return TrackResult(sid, empty)
+    vel = (xy[k] - xy[i]) / (t[k] - t[i])[:, None]
+    # support of each seed line: detections within 2 tolerances of it (chunks of seeds)
+    support = np.zeros(i.size, dtype=np.int64)
+    step = max(1, 4_000_000 // max(t.size, 1))
+    for a in range(0, i.size, step):
+        b = min(a + step, i.size)
+        pred = xy[i[a:b], None, :] + vel[a:b, None, :] * (t[None, :] - t[i[a:b], None])[..., None]
+        d = np.hypot(*(xy[None, :, :] - pred).transpose(2, 0, 1))
+        support[a:b] = (d <= 2 * tolerance_arcsec).sum(axis=1)
+    order = np.argsort(-support, kind="stable")
+    order = order[support[order] >= min_points]
+    alive = np.ones(t.size, dtype=bool)
+    next_id = int(sid.max()) + 1 if sid.size and sid.max() >= 0 else 0
+    rows = []
+    for s in order:
+        if len(rows) >= max_tracks:
+            break
+        if not (alive[i[s]] and alive[k[s]]):
+            continue
+        idx = np.flatnonzero(alive)
+        pred = xy[i[s]] + vel[s] * (t[idx] - t[i[s]])[:, None]
+        near = idx[np.hypot(*(xy[idx] - pred).T) <= 2 * tolerance_arcsec]
+        if np.unique(frank[near]).size < min_points:
+            continue
+        ransac = RANSACRegressor(
+            LinearRegression(),
+            min_samples=2,
+            residual_threshold=tolerance_arcsec,
+            loss=_euclid_loss,
+            max_trials=100,
+            random_state=seed,
+        )
+        try:
+            ransac.fit(t[near, None], xy[near])
+        except ValueError:
+            continue
+        inl = near[ransac.inlier_mask_]
+        resid = np.hypot(*(xy[inl] - ransac.predict(t[inl, None])).T)
+        # one detection per frame: the closest to the line
+        keep = pd.DataFrame({"f": frank[inl], "r": resid, "j": inl}).sort_values(["f", "r"])
+        inl = keep.drop_duplicates("f")["j"].to_numpy()
+        if inl.size < min_points:
+            continue
+        fit = LinearRegression().fit(t[inl, None], xy[inl])
+        rate = fit.coef_[:, 0]
+        span = t[inl].max() - t[inl].min()
+        alive[inl] = False  # used, whether a track or a fixed faint source
+        if np.hypot(*rate) * span < min_motion_arcsec:
+            continue
+        rms = float(np.sqrt(np.mean(np.sum((xy[inl] - fit.predict(t[inl, None])) ** 2, axis=1))))
+        sid[pool[inl]] = next_id
+        rows.append(
+            {
+                "source_id": next_id,
+                "n_points": int(inl.size),
+                "rate_ra_arcsec_h": float(rate[0]),
+                "rate_dec_arcsec_h": float(rate[1]),
+                "rms_arcsec": rms,
+                "t_start_mjd": t0 + float(t[inl].min()) / 24.0,
+                "t_end_mjd": t0 + float(t[inl].max()) / 24.0,
+            }
+        )
+        next_id += 1
+    tracks = pd.DataFrame(rows).astype(empty.dtypes.to_dict()) if rows else empty
+    return TrackResult(sid, tracks)
+
+
+# --------------------------------------------------------------------------------------------
+# variability
+
+
+def variability_statistics(ds: xr.Dataset, *, n_bins: int = 20) -> pd.DataFrame:
+    """Scatter measures of every light curve (``rel_flux``, or flux over its median).
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset (after `lcdask.lightcurves.apply_ensemble` for ``rel_flux``).
+    n_bins
+        Bins of consecutive frames for ``binned_rms``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Per source: ``source_id``, ``mag`` (median calibrated magnitude, else instrumental),
+        ``n_points`` (unsaturated detections: saturated points are not used; a star saturated
+        in every frame has NaN scatter and is never called variable), ``mad_scatter``,
+        ``noise_model``, ``binned_rms``, ``points_per_bin``.
+    """
+    with warnings.catch_warnings():  # sources without usable points give NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _variability_statistics(ds, n_bins=n_bins)
+
+
+def _variability_statistics(ds: xr.Dataset, *, n_bins: int) -> pd.DataFrame:
+    rel = ds["rel_flux"].to_numpy()
+    err = ds["rel_flux_err"].to_numpy()
+    if not np.isfinite(rel).any():  # no ensemble: flux over its median
+        with np.errstate(all="ignore"):
+            med = np.nanmedian(ds["flux"].to_numpy(), axis=1, keepdims=True)
+            rel = ds["flux"].to_numpy() / med
+            err = ds["flux_err"].to_numpy() / med
+    flags = ds["flags"].to_numpy()
+    skip = int(LightCurveFlag.MISSING) | int(LightCurveFlag.SATURATED)
+    ok = np.isfinite(rel) & np.isfinite(err) & ((flags & skip) == 0)
+    rel = np.where(ok, rel, np.nan)
+    with np.errstate(all="ignore"):
+        med = np.nanmedian(rel, axis=1)
+        frac = rel / med[:, None]
+        mad = robust_std(frac, axis=1)
+        noise = np.nanmedian(np.where(ok, err, np.nan) / med[:, None], axis=1)
+        mag = np.nanmedian(ds["mag"].to_numpy(), axis=1)
+        inst = -2.5 * np.log10(np.nanmedian(ds["flux"].to_numpy(), axis=1))
+    mag = np.where(np.isfinite(mag), mag, inst)
+    n_frm = ds.sizes["frame"]
+    bins = np.minimum((np.arange(n_frm) * n_bins) // max(n_frm, 1), n_bins - 1)
+    sums = np.zeros((rel.shape[0], n_bins))
+    counts = np.zeros((rel.shape[0], n_bins))
+    np.add.at(sums.T, bins, np.nan_to_num(frac).T)
+    np.add.at(counts.T, bins, ok.T.astype(float))
+    with np.errstate(all="ignore"):
+        means = sums / counts
+        full = counts >= 3
+        n_full = full.sum(axis=1)
+        centre = np.zeros(rel.shape[0])
+        ppb = np.full(rel.shape[0], np.nan)
+        has = n_full > 0
+        centre[has] = np.nanmedian(np.where(full, means, np.nan)[has], axis=1)
+        ppb[has] = np.nanmedian(np.where(full, counts, np.nan)[has], axis=1)
+        dev = np.where(full, means - centre[:, None], 0.0)
+        binned_rms = np.sqrt((dev**2).sum(axis=1) / np.maximum(n_full - 1, 1))
+    binned_rms = np.where(n_full >= 3, binned_rms, np.nan)
+    return pd.DataFrame(
+        {
+            "source_id": ds["source_id"].to_numpy().astype(np.int64),
+            "mag": mag,
+            "n_points": ok.sum(axis=1).astype(np.int64),
+            "mad_scatter": mad,
+            "noise_model": noise,
+            "binned_rms": binned_rms,
+            "points_per_bin": ppb,
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# target
+
+
+def parse_target(target: str | Sequence[float]) -> tuple[float, float]:
+    """RA and Dec (degrees) of a target given in degrees or sexagesimal.
+
+    Parameters
+    ----------
+    target
+        ``(ra_deg, dec_deg)``, ``"150.1 20.3"`` (degrees), ``"10:00:24.5 +20:18:00"`` or
+        ``"10h00m24.5s +20d18m00s"`` (RA in hours when sexagesimal), commas allowed.
+
+    Returns
+    -------
+    tuple of float
+        (RA, Dec) in degrees.
+    """
+    if not isinstance(target, str):
+        vals = [float(v) for v in target]
+        if len(vals) != 2:
+            raise ValueError(f"target must be (ra_deg, dec_deg), got {target!r}")
+        ra, dec = vals
+    else:
+        parts = target.replace(",", " ").split()
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            ra, dec = float(parts[0]), float(parts[1])
+        except ValueError:
+            from astropy import units as u
+            from astropy.coordinates import SkyCoord
+
+            try:
+                if len(parts) == 2:
+                    coord = SkyCoord(parts[0], parts[1], unit=(u.hourangle, u.deg))
+                else:
+                    coord = SkyCoord(target, unit=(u.hourangle, u.deg))
+            except ValueError as err:
+                raise ValueError(
+                    f"cannot read the target {target!r}: give 'RA Dec' in degrees "
+                    "('150.1 20.3') or sexagesimal ('10:00:24.5 +20:18:00')"
+                ) from err
+            ra, dec = float(coord.ra.deg), float(coord.dec.deg)
+    if not (-90.0 <= dec <= 90.0) or not np.isfinite(ra):
+        raise ValueError(f"target Dec must be within [-90, 90] degrees, got {dec}")
+    return float(np.mod(ra, 360.0)), float(dec)
+
+
+def match_target(
+    sources: pd.DataFrame, target: str | Sequence[float], *, radius_arcsec: float = 3.0
+) -> int | None:
+    """The ``source_id`` of the source nearest to the target within ``radius_arcsec``.
+
+    Parameters
+    ----------
+    sources
+        A table with ``source_id``, ``ra``, ``dec``.
+    target
+        As for `parse_target`.
+    radius_arcsec
+        Largest separation.
+
+    Returns
+    -------
+    int or None
+        The source, or None when no source is that close.
+    """
+    ra_t, dec_t = parse_target(target)
+    if len(sources) == 0:
+        return None
+    xi, eta = tangent_plane(
+        sources["ra"].to_numpy(float), sources["dec"].to_numpy(float), ra_t, dec_t
+    )
+    sep = np.hypot(xi, eta)
+    sep = np.where(np.isfinite(sep), sep, np.inf)
+    best = int(np.argmin(sep))
+    if sep[best] > radius_arcsec:
+        return None
+    return int(sources["source_id"].iloc[best])
+
+
+# --------------------------------------------------------------------------------------------
+# the sources table
+
+
+def classify_sources(
+    ds: xr.Dataset,
+    *,
+    target: str | Sequence[float] | None = None,
+    target_radius_arcsec: float = 3.0,
+    motion_mad_ratio: float = 2.0,
+    min_rate_snr: float = 5.0,
+    min_motion_arcsec: float = 1.0,
+    variable_ratio: float = 1.6,
+    binned_ratio_threshold: float = 3.5,
+    n_bins: int = 20,
+    min_frames: int = 5,
+) -> pd.DataFrame:
+    """The sources table (``sources.parquet``): positions, motion, scatter and class.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset (after the ensemble photometry, so that ``rel_flux`` is set;
+        ``is_comparison`` is read when present).
+    target
+        The target's position (`parse_target`); its nearest source within
+        ``target_radius_arcsec`` gets ``is_target``.
+    motion_mad_ratio, min_rate_snr, min_motion_arcsec
+        Moving-source rule (module docstring).
+    variable_ratio, binned_ratio_threshold, n_bins
+        Variable-source rule (module docstring).
+    min_frames
+        Sources detected in fewer frames are classed from what there is but never moving
+        unless linked as a track.
+
+    Returns
+    -------
+    pandas.DataFrame
+        `SOURCE_COLUMNS`: one row per source; ``kind`` in {stable, variable, moving}; for
+        movers ``ra``/``dec`` are the fitted position at ``epoch_mjd``.
+    """
+    mot = motion_statistics(ds)
+    var = variability_statistics(ds, n_bins=n_bins)
+    table = mot.merge(var, on="source_id")
+    expected_mad = expected_trend(table["mag"], table["motion_mad_arcsec"])
+    table["motion_mad_ratio"] = table["motion_mad_arcsec"] / expected_mad
+    moving = (
+        (table["motion_mad_ratio"] >= motion_mad_ratio)
+        & (table["rate_snr"] >= min_rate_snr)
+        & (table["displacement_arcsec"] >= min_motion_arcsec)
+        & (table["n_frames"] >= min(min_frames, 3))
+    ).to_numpy()
+    fixed = ~moving
+    mag = table["mag"].to_numpy(float)
+    ratio = (table["mad_scatter"] / table["noise_model"]).to_numpy(float)
+    noise = table["noise_model"].to_numpy(float)
+    binned_rms = table["binned_rms"].to_numpy(float)
+    ppb = table["points_per_bin"].to_numpy(float)
+    fit = fixed.copy()  # the sources that define the expected scatter
+    for _ in range(5):
+        k = expected_trend(mag[fit], ratio[fit], at=mag) if fit.any() else np.ones(mag.size)
+        k = np.maximum(k, 0.5)
+        expected = k * noise
+        scatter_ratio = table["mad_scatter"].to_numpy(float) / expected
+        binned_ratio = binned_rms / (expected / np.sqrt(ppb))
+        variable = (scatter_ratio >= variable_ratio) | (binned_ratio >= binned_ratio_threshold)
+        new_fit = fixed & ~variable
+        if np.array_equal(new_fit, fit):
+            break
+        fit = new_fit
+    table["expected_scatter"] = expected
+    table["scatter_ratio"] = scatter_ratio
+    table["binned_ratio"] = binned_ratio
+    kind = np.where(moving, "moving", np.where(variable, "variable", "stable"))
+    table["kind"] = kind
+    for c in ("rate_ra_arcsec_h", "rate_dec_arcsec_h", "pa_deg"):
+        table.loc[~moving, c] = np.nan
+    table.loc[moving, "ra"] = table.loc[moving, "ra_fit"]
+    table.loc[moving, "dec"] = table.loc[moving, "dec_fit"]
+    if "is_comparison" in ds:
+        table["is_comparison"] = ds["is_comparison"].to_numpy().astype(bool)
+    else:
+        table["is_comparison"] = False
+    table["is_target"] = False
+    if target is not None:
+        sid = match_target(table, target, radius_arcsec=target_radius_arcsec)
+        if sid is not None:
+            table.loc[table["source_id"] == sid, "is_target"] = True
+    return table[list(SOURCE_COLUMNS)].reset_index(drop=True)

@@ -1,0 +1,614 @@
+"""The (source, frame) light-curve cube and ensemble differential photometry.
+
+`build_lightcurves` turns matched detections into the Dataset of DESIGN.md's stable interface
+(``lightcurves.zarr``): dims ``source`` and ``frame``, coordinates ``source_id`` (source) and
+``time_mjd`` (frame), variables ``flux``, ``flux_err``, ``mag``, ``mag_err``, ``flux_jy``,
+``rel_flux``, ``rel_flux_err``, ``ra``, ``dec``, ``x``, ``y`` and ``flags``. A source not detected
+in a frame has NaN values and the `LightCurveFlag.MISSING` bit; `missing_entries` lists those
+entries with the position predicted for them, for the pipeline's forced photometry, and
+`insert_forced` puts the forced measurements back (bit `LightCurveFlag.FORCED`).
+
+Ensemble differential photometry (`ensemble_photometry`)
+---------------------------------------------------------
+1. Comparison stars (`select_comparison_stars`, unless given): present and unflagged in at least
+   ``min_coverage`` of the frames (never saturated, never at the edge), median S/N at least
+   ``min_snr``, not excluded (movers, the target); the ``n_max`` brightest.
+2. Each comparison star's flux is divided by its median; the per-frame transparency ``T`` is the
+   weighted mean of these normalised fluxes, with weights ``1 / s_i**2`` where ``s_i`` is the
+   star's robust scatter (1.4826 MAD) about the ensemble. ``T`` is scaled to median 1.
+3. Every comparison star is compared with the ensemble without itself (leave-one-out). A star
+   whose scatter exceeds ``reject_ratio`` times its expected noise (the median of its
+   ``flux_err / flux``) *and* ``clip`` robust standard deviations above the ensemble's typical
+   ratio is dropped as variable, and steps 2-3 repeat (at most ``max_iter`` times).
+4. ``rel_flux = flux / T`` normalised to the source's median (comparison stars against the
+   leave-one-out ensemble), ``rel_flux_err`` from ``flux_err`` and the ensemble's error.
+
+The choice is returned (`EnsembleResult.comparison_ids`, weights, scatters, the stars dropped)
+and can be imposed with ``comparison_ids=``. `detrend` optionally removes a linear dependence of
+``log(rel_flux)`` on airmass, FWHM, sky and position.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntFlag
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = [
+    "LIGHTCURVE_VARIABLES",
+    "EnsembleResult",
+    "LightCurveFlag",
+    "apply_ensemble",
+    "build_lightcurves",
+    "detrend",
+    "ensemble_photometry",
+    "insert_forced",
+    "missing_entries",
+    "robust_std",
+    "select_comparison_stars",
+]
+
+LIGHTCURVE_VARIABLES = (
+    "flux",
+    "flux_err",
+    "mag",
+    "mag_err",
+    "flux_jy",
+    "rel_flux",
+    "rel_flux_err",
+    "ra",
+    "dec",
+    "x",
+    "y",
+    "flags",
+)
+"""Data variables of the light-curve Dataset (all on dims ``(source, frame)``)."""
+
+_DETECTION_VALUES = ("flux", "flux_err", "mag", "mag_err", "flux_jy", "ra", "dec", "x", "y")
+_FRAME_COORDS = ("zero_point", "airmass", "fwhm_px", "sky", "rms_arcsec")
+MAD_TO_STD = 1.4826
+
+
+class LightCurveFlag(IntFlag):
+    """Bits of the light curves' ``flags``: the detection's flags (bits 0-7) plus these."""
+
+    OK = 0
+    SATURATED = 4
+    """(Detection bit) the star's peak reached saturation."""
+    MISSING = 256
+    """The source has no detection in this frame (values NaN unless forced)."""
+    FORCED = 512
+    """The values come from forced photometry at the predicted position."""
+
+
+BAD_FOR_COMPARISON = 2 | 4 | 8  # edge, saturated, masked (lcdask.detect.DetectionFlag)
+
+
+def robust_std(values: ArrayLike, axis: int | None = None) -> NDArray[np.float64]:
+    """1.4826 times the median absolute deviation from the median, ignoring NaN."""
+    arr = np.asarray(values, dtype=float)
+    with warnings.catch_warnings():  # all-NaN rows give NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(arr, axis=axis, keepdims=True)
+        out = MAD_TO_STD * np.nanmedian(np.abs(arr - med), axis=axis)
+    return np.asarray(out)
+
+
+def build_lightcurves(
+    detections: pd.DataFrame,
+    source_id: ArrayLike,
+    frames: pd.DataFrame,
+) -> xr.Dataset:
+    """The (source, frame) light-curve Dataset from matched detections.
+
+    Parameters
+    ----------
+    detections
+        The detections table (``frame``, ``flux``, ``flux_err``, ``mag``, ``mag_err``,
+        ``flux_jy``, ``ra``, ``dec``, ``x``, ``y``, ``flags``; missing value columns are NaN).
+    source_id
+        Source of each detection (`lcdask.match.match_detections`), -1 for none; at most one
+        detection per (source, frame).
+    frames
+        The per-frame table: ``frame`` and ``time_mjd``; ``zero_point``, ``airmass``,
+        ``fwhm_px``, ``sky`` and ``rms_arcsec`` become frame coordinates when present. Frames
+        without any detection still get a column.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``source`` (sorted ``source_id``) and ``frame`` (the frames' order); variables
+        `LIGHTCURVE_VARIABLES` (float64, ``flags`` int32); ``rel_flux`` and ``rel_flux_err`` are
+        NaN until `apply_ensemble`.
+    """
+    sid = np.asarray(source_id, dtype=np.int64)
+    if sid.shape != (len(detections),):
+        raise ValueError(
+            f"source_id has {sid.size} entries for {len(detections)} detections; pass one per row"
+        )
+    for col in ("frame", "time_mjd"):
+        if col not in frames.columns:
+            raise ValueError(f"the frames table needs a {col!r} column")
+    frame_ids = frames["frame"].to_numpy(np.int64)
+    keep = sid >= 0
+    sources = np.unique(sid[keep])
+    det_frame = detections["frame"].to_numpy(np.int64)[keep]
+    f_order = np.argsort(frame_ids, kind="stable")
+    pos = np.searchsorted(frame_ids[f_order], det_frame)
+    pos = np.minimum(pos, frame_ids.size - 1)
+    known = frame_ids[f_order][pos] == det_frame
+    if not known.all():
+        bad = np.unique(det_frame[~known])[:5]
+        raise ValueError(f"detections of frames {bad.tolist()} are not in the frames table")
+    fi = f_order[pos]
+    si = np.searchsorted(sources, sid[keep])
+    if pd.DataFrame({"s": si, "f": fi}).duplicated().any():
+        raise ValueError(
+            "two detections of one frame share a source; run lcdask.match.resolve_duplicates"
+        )
+    shape = (sources.size, frame_ids.size)
+    data = {}
+    for name in _DETECTION_VALUES:
+        arr = np.full(shape, np.nan)
+        if name in detections.columns:
+            arr[si, fi] = detections[name].to_numpy(dtype=float)[keep]
+        data[name] = (("source", "frame"), arr)
+    flags = np.full(shape, int(LightCurveFlag.MISSING), dtype=np.int32)
+    det_flags = (
+        detections["flags"].to_numpy(np.int32)[keep]
+        if "flags" in detections.columns
+        else np.zeros(si.size, np.int32)
+    )
+    flags[si, fi] = det_flags
+    data["flags"] = (("source", "frame"), flags)
+    data["rel_flux"] = (("source", "frame"), np.full(shape, np.nan))
+    data["rel_flux_err"] = (("source", "frame"), np.full(shape, np.nan))
+    coords = {
+        "source_id": ("source", sources),
+        "frame": ("frame", frame_ids),
+        "time_mjd": ("frame", frames["time_mjd"].to_numpy(float)),
+    }
+    for name in _FRAME_COORDS:
+        if name in frames.columns:
+            coords[name] = ("frame", frames[name].to_numpy(float))
+    ds = xr.Dataset({k: data[k] for k in LIGHTCURVE_VARIABLES}, coords=coords)
+    ds["flux"].attrs["units"] = "adu"
+    ds["flux_jy"].attrs["units"] = "Jy"
+    ds["ra"].attrs["units"] = "deg"
+    ds["dec"].attrs["units"] = "deg"
+    ds["rel_flux"].attrs["long_name"] = "ensemble differential flux (median 1)"
+    ds["flags"].attrs["flag_masks"] = [int(f) for f in LightCurveFlag if f]
+    ds["flags"].attrs["flag_meanings"] = " ".join(f.name for f in LightCurveFlag if f)
+    return ds
+
+
+def missing_entries(ds: xr.Dataset, sources: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The (source, frame) entries without a detection, with the position predicted for them.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset.
+    sources
+        The sources table (`lcdask.classify.classify_sources`): a moving source is predicted
+        along its fitted motion (``ra``, ``dec`` at ``epoch_mjd`` plus ``rate_ra_arcsec_h``,
+        ``rate_dec_arcsec_h``). Without it, or for the other sources, the median position.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``source_id``, ``frame``, ``time_mjd``, ``ra``, ``dec`` (degrees): one row per missing
+        entry, for the pipeline's forced photometry.
+    """
+    missing = (ds["flags"].to_numpy() & int(LightCurveFlag.MISSING)) != 0
+    si, fi = np.nonzero(missing)
+    sid = ds["source_id"].to_numpy()
+    t = ds["time_mjd"].to_numpy().astype(float)
+    with np.errstate(all="ignore"):
+        ra0 = np.nanmedian(ds["ra"].to_numpy(), axis=1) if ds.sizes["frame"] else np.zeros(0)
+        dec0 = np.nanmedian(ds["dec"].to_numpy(), axis=1) if ds.sizes["frame"] else np.zeros(0)
+    ra = ra0[si]
+    dec = dec0[si]
+    if sources is not None and len(sources) and "rate_ra_arcsec_h" in sources.columns:
+        table = sources.set_index("source_id")
+        moving = table[(table["kind"] == "moving") & table["rate_ra_arcsec_h"].notna()]
+        is_mov = np.isin(sid[si], moving.index.to_numpy())
+        if is_mov.any():
+            row = moving.loc[sid[si][is_mov]]
+            dt_h = (t[fi][is_mov] - row["epoch_mjd"].to_numpy(float)) * 24.0
+            d0 = row["dec"].to_numpy(float)
+            dec[is_mov] = d0 + row["rate_dec_arcsec_h"].to_numpy(float) * dt_h / 3600.0
+            ra[is_mov] = row["ra"].to_numpy(float) + row["rate_ra_arcsec_h"].to_numpy(
+                float
+            ) * dt_h / 3600.0 / np.cos(np.deg2rad(d0))
+    return pd.DataFrame(
+        {
+            "source_id": sid[si].astype(np.int64),
+            "frame": ds["frame"].to_numpy()[fi].astype(np.int64),
+            "time_mjd": t[fi],
+            "ra": ra,
+            "dec": dec,
+        }
+    )
+
+
+def insert_forced(ds: xr.Dataset, forced: pd.DataFrame) -> xr.Dataset:
+    """Put forced-photometry measurements into the missing entries of a light-curve Dataset.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset.
+    forced
+        ``source_id``, ``frame`` and any of ``flux``, ``flux_err``, ``mag``, ``mag_err``,
+        ``flux_jy``, ``ra``, ``dec``, ``x``, ``y`` (e.g. `missing_entries` plus the measured
+        columns).
+
+    Returns
+    -------
+    xarray.Dataset
+        A copy; the entries get the values, `LightCurveFlag.FORCED` set and
+        `LightCurveFlag.MISSING` cleared. Entries that hold a detection are left alone.
+    """
+    out = ds.copy(deep=True)
+    sid = out["source_id"].to_numpy()
+    fid = out["frame"].to_numpy()
+    s_order, f_order = np.argsort(sid), np.argsort(fid)
+    si = s_order[np.searchsorted(sid[s_order], forced["source_id"].to_numpy())]
+    fi = f_order[np.searchsorted(fid[f_order], forced["frame"].to_numpy())]
+    flags = out["flags"].to_numpy()
+    ok = (sid[si] == forced["source_id"].to_numpy()) & (fid[fi] == forced["frame"].to_numpy())
+    ok &= (flags[si, fi] & int(LightCurveFlag.MISSING)) != 0
+    si, fi = si[ok], fi[ok]
+    for name in _DETECTION_VALUES:
+        if name in forced.columns:
+            out[name].values[si, fi] = forced[name].to_numpy(dtype=float)[ok]
+    flags[si, fi] = (flags[si, fi] & ~int(LightCurveFlag.MISSING)) | int(LightCurveFlag.FORCED)
+    out["flags"].values[...] = flags
+    return out
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """The outcome of `ensemble_photometry`.
+
+    Attributes
+    ----------
+    rel_flux, rel_flux_err
+        (source, frame) differential flux normalised to each source's median, and its error.
+    transparency, transparency_err
+        Per-frame ensemble flux relative to its median (the transparency correction) and error.
+    comparison_ids
+        ``source_id`` of the comparison stars kept.
+    weights, scatter
+        Their normalised weights and robust fractional scatter against the ensemble.
+    rejected_ids
+        Candidates dropped because they turned out variable.
+    n_iterations
+        Iterations run.
+    """
+
+    rel_flux: NDArray[np.float64]
+    rel_flux_err: NDArray[np.float64]
+    transparency: NDArray[np.float64]
+    transparency_err: NDArray[np.float64]
+    comparison_ids: NDArray[np.int64]
+    weights: NDArray[np.float64]
+    scatter: NDArray[np.float64]
+    rejected_ids: NDArray[np.int64]
+    n_iterations: int
+
+    def table(self) -> pd.DataFrame:
+        """The comparison stars as a table: ``source_id``, ``weight``, ``scatter``."""
+        return pd.DataFrame(
+            {"source_id": self.comparison_ids, "weight": self.weights, "scatter": self.scatter}
+        )
+
+
+def _usable(ds: xr.Dataset) -> NDArray[np.bool_]:
+    flux = ds["flux"].to_numpy()
+    err = ds["flux_err"].to_numpy()
+    flags = ds["flags"].to_numpy()
+    return (
+        np.isfinite(flux)
+        & np.isfinite(err)
+        & (flux > 0)
+        & (err > 0)
+        & ((flags & int(LightCurveFlag.MISSING)) == 0)
+    )
+
+
+def select_comparison_stars(
+    ds: xr.Dataset,
+    *,
+    n_max: int = 30,
+    min_coverage: float = 0.9,
+    min_snr: float = 30.0,
+    exclude_ids: ArrayLike | None = None,
+) -> NDArray[np.int64]:
+    """Candidate comparison stars: well covered, unflagged, bright enough, not excluded.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset.
+    n_max
+        At most this many (the brightest by median flux).
+    min_coverage
+        Fraction of the frames with a usable, unflagged measurement.
+    min_snr
+        Median ``flux / flux_err``.
+    exclude_ids
+        ``source_id`` values never to use (movers, the target, known variables).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``source_id`` of the candidates, brightest first.
+    """
+    usable = _usable(ds)
+    flags = ds["flags"].to_numpy()
+    bad = (flags & BAD_FOR_COMPARISON) != 0
+    n_frames = max(ds.sizes["frame"], 1)
+    coverage = (usable & ~bad).sum(axis=1) / n_frames
+    ever_bad = (bad & usable).any(axis=1)
+    with np.errstate(all="ignore"):
+        flux = np.where(usable, ds["flux"].to_numpy(), np.nan)
+        med_flux = np.nanmedian(flux, axis=1) if n_frames else np.zeros(0)
+        snr = np.nanmedian(flux / ds["flux_err"].to_numpy(), axis=1)
+    ok = (coverage >= min_coverage) & ~ever_bad & (snr >= min_snr)
+    sid = ds["source_id"].to_numpy()
+    if exclude_ids is not None:
+        ok &= ~np.isin(sid, np.asarray(exclude_ids, dtype=np.int64))
+    idx = np.flatnonzero(ok)
+    idx = idx[np.argsort(-med_flux[idx], kind="stable")][:n_max]
+    return sid[idx].astype(np.int64)
+
+
+def ensemble_photometry(
+    ds: xr.Dataset,
+    *,
+    comparison_ids: ArrayLike | None = None,
+    n_max: int = 30,
+    min_coverage: float = 0.9,
+    min_snr: float = 30.0,
+    exclude_ids: ArrayLike | None = None,
+    reject_ratio: float = 1.5,
+    clip: float = 4.0,
+    max_iter: int = 10,
+    min_comparison: int = 2,
+) -> EnsembleResult:
+    """Ensemble differential photometry (module docstring): transparency and relative fluxes.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset.
+    comparison_ids
+        Impose the comparison stars (no automatic choice, no rejection).
+    n_max, min_coverage, min_snr, exclude_ids
+        Automatic choice (`select_comparison_stars`).
+    reject_ratio, clip
+        A comparison star is dropped when its scatter / expected noise exceeds both
+        ``reject_ratio`` and the ensemble's median ratio plus ``clip`` robust deviations.
+    max_iter
+        Largest number of rejection rounds.
+    min_comparison
+        Fewest comparison stars accepted.
+
+    Returns
+    -------
+    EnsembleResult
+        Relative fluxes of every source, transparency, the comparison stars and their weights.
+    """
+    sid = ds["source_id"].to_numpy()
+    usable = _usable(ds)
+    flux = np.where(usable, ds["flux"].to_numpy(), np.nan)
+    err = np.where(usable, ds["flux_err"].to_numpy(), np.nan)
+    imposed = comparison_ids is not None
+    if imposed:
+        comp = np.asarray(comparison_ids, dtype=np.int64)
+        unknown = comp[~np.isin(comp, sid)]
+        if unknown.size:
+            raise ValueError(f"comparison_ids {unknown[:5].tolist()} are not sources of the cube")
+    else:
+        comp = select_comparison_stars(
+            ds, n_max=n_max, min_coverage=min_coverage, min_snr=min_snr, exclude_ids=exclude_ids
+        )
+    if comp.size < min_comparison:
+        raise ValueError(
+            f"ensemble photometry needs at least {min_comparison} comparison stars, found "
+            f"{comp.size}; lower min_snr / min_coverage or pass comparison_ids"
+        )
+    rejected: list[int] = []
+    n_iter = 0
+    while True:
+        n_iter += 1
+        ci = np.searchsorted(sid, comp) if np.all(np.diff(sid) > 0) else _index_of(sid, comp)
+        cf, ce = flux[ci], err[ci]
+        with np.errstate(all="ignore"):
+            norm = np.nanmedian(cf, axis=1)
+            x = cf / norm[:, None]
+            e = ce / cf  # fractional error
+            expected = np.nanmedian(e, axis=1)
+            # first pass: weights from the expected noise; then from the measured scatter
+            scatter = expected.copy()
+            for _ in range(3):
+                w = 1.0 / scatter**2
+                wx = np.where(np.isfinite(x), w[:, None] * x, 0.0)
+                ww = np.where(np.isfinite(x), w[:, None], 0.0)
+                s_wx, s_w = wx.sum(axis=0), ww.sum(axis=0)
+                loo = (s_wx[None, :] - wx) / (s_w[None, :] - ww)  # ensemble without the star
+                resid = x / loo
+                resid = resid / np.nanmedian(resid, axis=1, keepdims=True)
+                scatter = np.maximum(robust_std(resid, axis=1), 1e-6)
+        ratio = scatter / expected
+        if imposed or n_iter >= max_iter:
+            break
+        typical = np.nanmedian(ratio)
+        spread = max(float(robust_std(ratio)), 0.05 * typical)
+        bad = (ratio > reject_ratio) & (ratio > typical + clip * spread) | ~np.isfinite(ratio)
+        if not bad.any() or comp.size - bad.sum() < min_comparison:
+            break
+        # drop the worst offender first (its signal pollutes the others' residuals)
+        worst = int(np.nanargmax(np.where(np.isfinite(ratio), ratio, np.inf)))
+        rejected.append(int(comp[worst]))
+        comp = np.delete(comp, worst)
+    with np.errstate(all="ignore"):
+        transparency = s_wx / s_w
+        scale = np.nanmedian(transparency)
+        transparency = transparency / scale
+        w_e = np.where(np.isfinite(x), (w[:, None] * e) ** 2, 0.0)
+        transparency_err = np.sqrt(w_e.sum(axis=0)) / s_w * transparency
+        rel = flux / transparency[None, :]
+        rel_frac_err2 = (err / flux) ** 2 + (transparency_err / transparency)[None, :] ** 2
+        # comparison stars against the ensemble without themselves
+        loo_t = loo / scale
+        rel[ci] = flux[ci] / loo_t
+        loo_err2 = np.where(
+            np.isfinite(x),
+            (np.sqrt(np.maximum(w_e.sum(axis=0)[None, :] - w_e, 0.0)) / (s_w[None, :] - ww)) ** 2,
+            np.nan,
+        )
+        rel_frac_err2[ci] = (err[ci] / flux[ci]) ** 2 + loo_err2
+        med = np.nanmedian(rel, axis=1, keepdims=True)
+        rel = rel / med
+        rel_err = np.abs(rel) * np.sqrt(rel_frac_err2)
+    weights = w / w.sum()
+    return EnsembleResult(
+        rel_flux=rel,
+        rel_flux_err=rel_err,
+        transparency=transparency,
+        transparency_err=transparency_err,
+        comparison_ids=comp.astype(np.int64),
+        weights=weights,
+        scatter=scatter,
+        rejected_ids=np.asarray(rejected, dtype=np.int64),
+        n_iterations=n_iter,
+    )
+
+
+def _index_of(values: NDArray, wanted: NDArray) -> NDArray[np.int64]:
+    order = np.argsort(values, kind="stable")
+    return order[np.searchsorted(values[order], wanted)]
+
+
+def apply_ensemble(ds: xr.Dataset, result: EnsembleResult) -> xr.Dataset:
+    """Store an ensemble result in the light-curve Dataset.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset.
+    result
+        From `ensemble_photometry` on the same Dataset.
+
+    Returns
+    -------
+    xarray.Dataset
+        A copy with ``rel_flux``, ``rel_flux_err``, the frame coordinates ``transparency`` and
+        ``transparency_err``, and the source variables ``is_comparison`` and
+        ``comparison_weight`` (0 for the others).
+    """
+    out = ds.copy()
+    out["rel_flux"] = (("source", "frame"), result.rel_flux)
+    out["rel_flux_err"] = (("source", "frame"), result.rel_flux_err)
+    out["rel_flux"].attrs["long_name"] = "ensemble differential flux (median 1)"
+    out = out.assign_coords(
+        transparency=("frame", result.transparency),
+        transparency_err=("frame", result.transparency_err),
+    )
+    sid = out["source_id"].to_numpy()
+    is_comp = np.isin(sid, result.comparison_ids)
+    weight = np.zeros(sid.size)
+    weight[_index_of(sid, result.comparison_ids)] = result.weights
+    out["is_comparison"] = ("source", is_comp)
+    out["comparison_weight"] = ("source", weight)
+    return out
+
+
+def detrend(
+    ds: xr.Dataset,
+    *,
+    regressors: Sequence[str] = ("airmass", "fwhm_px", "sky", "x", "y"),
+    fit_frames: ArrayLike | None = None,
+    min_points: int = 10,
+) -> xr.Dataset:
+    """Remove a linear dependence of ``log(rel_flux)`` on airmass, FWHM, sky and position.
+
+    Each source's ``log(rel_flux)`` is regressed (weighted least squares, weights from
+    ``rel_flux_err``) on the standardised regressors; the fitted trend (without its mean) is
+    divided out of ``rel_flux`` and ``rel_flux_err``.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset after `apply_ensemble`.
+    regressors
+        Frame coordinates (``airmass``, ``fwhm_px``, ``sky``, ``zero_point``...) or (source,
+        frame) variables (``x``, ``y``) to regress on; the ones the Dataset lacks are an error.
+    fit_frames
+        Boolean mask over frames used in the fit (e.g. False during a transit so that the
+        signal is not fitted away); default all.
+    min_points
+        Sources with fewer usable points than this (or than the regressors + 2) are left as
+        they are.
+
+    Returns
+    -------
+    xarray.Dataset
+        A copy with detrended ``rel_flux`` and ``rel_flux_err`` and the coefficients in
+        ``detrend_coef`` (source, regressor).
+    """
+    missing = [r for r in regressors if r not in ds.variables]
+    if missing:
+        raise ValueError(f"detrend regressors {missing} are not in the light-curve Dataset")
+    n_src, n_frm = ds.sizes["source"], ds.sizes["frame"]
+    cols = []
+    for name in regressors:
+        v = ds[name]
+        arr = (
+            np.broadcast_to(v.to_numpy(), (n_src, n_frm)) if v.dims == ("frame",) else v.to_numpy()
+        )
+        cols.append(np.asarray(arr, dtype=float))
+    reg = np.stack(cols, axis=-1)  # (source, frame, k)
+    rel = ds["rel_flux"].to_numpy()
+    rel_err = ds["rel_flux_err"].to_numpy()
+    use = np.ones(n_frm, bool) if fit_frames is None else np.asarray(fit_frames, dtype=bool)
+    if use.shape != (n_frm,):
+        raise ValueError(f"fit_frames must have one entry per frame ({n_frm}), got {use.shape}")
+    k = len(regressors)
+    coef = np.full((n_src, k), np.nan)
+    out_rel = rel.copy()
+    out_err = rel_err.copy()
+    with np.errstate(all="ignore"):
+        y_all = np.log(rel)
+        w_all = (rel / rel_err) ** 2
+    for s in range(n_src):
+        ok_all = np.isfinite(y_all[s]) & np.isfinite(reg[s]).all(axis=1) & np.isfinite(w_all[s])
+        ok = ok_all & use
+        if ok.sum() < max(min_points, k + 2):
+            continue
+        r = reg[s]
+        mu, sd = r[ok].mean(axis=0), r[ok].std(axis=0)
+        sd = np.where(sd > 0, sd, 1.0)
+        z = (r - mu) / sd
+        a = np.column_stack([np.ones(ok.sum()), z[ok]])
+        sw = np.sqrt(w_all[s, ok])
+        beta, *_ = np.linalg.lstsq(a * sw[:, None], y_all[s, ok] * sw, rcond=None)
+        trend = np.exp(z[ok_all] @ beta[1:])
+        out_rel[s, ok_all] = rel[s, ok_all] / trend
+        out_err[s, ok_all] = rel_err[s, ok_all] / trend
+        coef[s] = beta[1:] / sd
+    out = ds.copy()
+    out["rel_flux"] = (("source", "frame"), out_rel)
+    out["rel_flux_err"] = (("source", "frame"), out_err)
+    out["detrend_coef"] = (("source", "regressor"), coef)
+    out = out.assign_coords(regressor=("regressor", list(regressors)))
+    return out

@@ -1,0 +1,185 @@
+"""The light-curve cube and ensemble photometry, against the truth of a simulated night."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lcdask.lightcurves import (
+    LIGHTCURVE_VARIABLES,
+    LightCurveFlag,
+    apply_ensemble,
+    build_lightcurves,
+    detrend,
+    ensemble_photometry,
+    insert_forced,
+    missing_entries,
+)
+from lcdask.match import match_detections
+from lcdask.simulate import SimConfig, flux_factor
+from lcdask.testing import frame_table, inject_variables, make_detections, simulate_truth
+
+
+@pytest.fixture(scope="module")
+def night():
+    """150 frames, 40 injected variables; matched and assembled into light curves."""
+    truth = inject_variables(simulate_truth(SimConfig(n_frames=150, seed=5)), 40, seed=2)
+    det = make_detections(truth, seed=2)
+    frames = frame_table(truth, det)
+    match = match_detections(det, frames)
+    ds = build_lightcurves(det, match.source_id, frames)
+    d = det.assign(source_id=match.source_id)
+    star_of = (
+        d[(d["source_id"] >= 0) & (d["star_id"] >= 0)]
+        .groupby("source_id")["star_id"]
+        .agg(lambda s: s.value_counts().index[0])
+    )
+    star_id = pd.Series(ds["source_id"].to_numpy()).map(star_of).to_numpy()
+    return truth, det, frames, match, ds, star_id
+
+
+@pytest.fixture(scope="module")
+def ensemble(night):
+    truth, _, _, _, ds, star_id = night
+    target = truth.stars.loc[truth.stars["is_target"], "star_id"].to_numpy()
+    exclude = ds["source_id"].to_numpy()[np.isin(star_id, target)]
+    result = ensemble_photometry(ds, exclude_ids=exclude)
+    return result, apply_ensemble(ds, result)
+
+
+def test_cube_follows_the_stable_interface(night):
+    _, det, frames, match, ds, _ = night
+    assert ds["flux"].dims == ("source", "frame")
+    assert set(LIGHTCURVE_VARIABLES) <= set(ds.data_vars)
+    assert ds["time_mjd"].dims == ("frame",)
+    assert ds["source_id"].dims == ("source",)
+    assert ds.sizes["frame"] == len(frames)
+    assert ds.sizes["source"] == match.n_sources
+    n_assigned = int((match.source_id >= 0).sum())
+    present = (ds["flags"].to_numpy() & LightCurveFlag.MISSING) == 0
+    assert present.sum() == n_assigned
+    assert np.isfinite(ds["flux"].to_numpy()[present]).all()
+    assert np.isnan(ds["flux"].to_numpy()[~present]).all()
+    # one detection goes where it belongs
+    row = det[match.source_id >= 0].iloc[123]
+    sid = match.source_id[det.index.get_loc(row.name)]
+    value = ds["flux"].sel(source=int(np.flatnonzero(ds["source_id"].to_numpy() == sid)[0]))
+    assert (
+        value.sel(frame=int(np.flatnonzero(ds["frame"].to_numpy() == row["frame"])[0]))
+        == (row["flux"])
+    )
+
+
+def test_duplicate_detections_are_refused(night):
+    _, det, frames, _, _, _ = night
+    two = det.iloc[:2].assign(frame=det["frame"].iloc[0])
+    with pytest.raises(ValueError, match="resolve_duplicates"):
+        build_lightcurves(two, np.array([0, 0]), frames)
+
+
+def test_missing_entries_and_forced_photometry(night):
+    truth, _, _, _, ds, star_id = night
+    miss = missing_entries(ds)
+    flags = ds["flags"].to_numpy()
+    assert len(miss) == int(((flags & LightCurveFlag.MISSING) != 0).sum())
+    # predicted positions of fixed stars are their true positions within the astrometric noise
+    stars = truth.stars.set_index("star_id")
+    sid_to_star = pd.Series(star_id, index=ds["source_id"].to_numpy())
+    fixed = miss[miss["source_id"].map(sid_to_star).map(stars["kind"]).eq("stable")]
+    true = fixed["source_id"].map(sid_to_star)
+    d_dec = (fixed["dec"] - true.map(stars["dec"]).to_numpy()) * 3600
+    assert np.nanmedian(np.abs(d_dec)) < 0.3  # median of ~100 detections of 0.1-0.4"
+    forced = miss.iloc[:10].assign(flux=1.0, flux_err=0.1)
+    out = insert_forced(ds, forced)
+    f = out["flags"].to_numpy()
+    assert int(((f & LightCurveFlag.FORCED) != 0).sum()) == 10
+    assert int(((f & LightCurveFlag.MISSING) != 0).sum()) == len(miss) - 10
+
+
+def test_comparison_stars_exclude_variables(night, ensemble):
+    truth, _, _, _, ds, star_id = night
+    result, _ = ensemble
+    kinds = truth.stars.set_index("star_id")["kind"]
+    sid_to_star = pd.Series(star_id, index=ds["source_id"].to_numpy())
+    comp_kinds = sid_to_star.loc[result.comparison_ids].map(kinds)
+    assert (comp_kinds == "stable").all()
+    assert result.comparison_ids.size >= 10
+    np.testing.assert_allclose(result.weights.sum(), 1.0)
+
+
+def test_transparency_follows_the_zero_point(night, ensemble):
+    truth, _, _, _, _, _ = night
+    result, _ = ensemble
+    zp = truth.frames["zero_point"].to_numpy()
+    expected = 10 ** (0.4 * (zp - np.median(zp)))
+    # ensemble of ~25 stars of S/N 200-600: a few 1e-4 per frame
+    assert np.std(result.transparency / expected) < 1e-3
+    assert np.ptp(expected) > 0.01  # there was something to correct
+
+
+def test_transit_depth_recovered(night, ensemble):
+    truth, _, _, _, ds, star_id = night
+    _, cube = ensemble
+    stars = truth.stars
+    target = stars[stars["is_target"]].iloc[0]
+    i = int(np.flatnonzero(star_id == target["star_id"])[0])
+    snr = np.nanmedian(ds["flux"][i] / ds["flux_err"][i])
+    assert 150 < snr < 350  # the S/N ~200 case of the issue
+    factor = flux_factor(target, ds["time_mjd"].to_numpy())
+    rel = cube["rel_flux"].to_numpy()[i]
+    bottom = factor <= 1 - 0.99 * target["depth"]
+    out = factor == 1
+    assert bottom.sum() > 20 and out.sum() > 20
+    depth = 1 - np.nanmedian(rel[bottom]) / np.nanmedian(rel[out])
+    assert depth == pytest.approx(target["depth"], rel=0.10)
+
+
+def test_bright_stable_rms_matches_noise_model(night, ensemble):
+    truth, _, _, _, ds, star_id = night
+    _, cube = ensemble
+    kinds = pd.Series(star_id).map(truth.stars.set_index("star_id")["kind"]).to_numpy()
+    mag = np.nanmedian(ds["mag"].to_numpy(), axis=1)
+    saturated = ((ds["flags"].to_numpy() & LightCurveFlag.SATURATED) != 0).any(axis=1)
+    bright = (kinds == "stable") & (mag < 16) & ~saturated
+    rel = cube["rel_flux"].to_numpy()[bright]
+    err = cube["rel_flux_err"].to_numpy()[bright]
+    rms = np.nanstd(rel, axis=1)
+    model = np.sqrt(np.nanmean(err**2, axis=1))
+    ratio = rms / model
+    assert bright.sum() >= 15
+    assert np.median(ratio) < 1.1
+    # 150 points: the rms of a noise-only curve is within +-6% (1 sigma) of the model
+    assert (ratio < 1.3).all(), ratio.max()
+
+
+def test_comparison_override(night):
+    _, _, _, _, ds, _ = night
+    chosen = ds["source_id"].to_numpy()[[5, 6, 7]]
+    result = ensemble_photometry(ds, comparison_ids=chosen)
+    assert np.array_equal(result.comparison_ids, chosen)
+    with pytest.raises(ValueError, match="not sources"):
+        ensemble_photometry(ds, comparison_ids=[10**9])
+    with pytest.raises(ValueError, match="comparison stars"):
+        ensemble_photometry(ds, min_snr=1e9)
+
+
+def test_detrend_removes_an_airmass_trend(night, ensemble):
+    _, _, _, _, _, _ = night
+    _, cube = ensemble
+    airmass = cube["airmass"].to_numpy()
+    i = int(np.flatnonzero(cube["is_comparison"].to_numpy())[0])  # a clean, bright star
+    rel = cube["rel_flux"].to_numpy().copy()
+    rel[i] *= np.exp(0.5 * (airmass - airmass.mean()))  # a few % over the night
+    tilted = cube.copy()
+    tilted["rel_flux"] = (("source", "frame"), rel)
+    before = np.nanstd(rel[i])
+    out = detrend(tilted, regressors=("airmass", "fwhm_px", "sky", "x", "y"))
+    after = np.nanstd(out["rel_flux"].to_numpy()[i])
+    assert after < 0.7 * before
+    assert after < 1.05 * np.nanstd(cube["rel_flux"].to_numpy()[i])  # back to the noise
+    # alone (FWHM follows airmass**0.6, so together they share the trend) the slope is found
+    alone = detrend(tilted, regressors=("airmass",))
+    assert float(alone["detrend_coef"].sel(regressor="airmass")[i]) == pytest.approx(0.5, rel=0.2)
+    with pytest.raises(ValueError, match="regressors"):
+        detrend(cube, regressors=("humidity",))
