@@ -1,0 +1,451 @@
+"""The orchestrating layer: builds the lazy graphs of the stages, computes them, writes products.
+
+Only this module (and the CLI above it) calls ``compute`` or writes a store; the stage modules
+(`lcdask.calibrate`, ...) stay pure.
+
+Completeness of the calibration products in the cube
+-----------------------------------------------------
+`calibrate_cube` first removes the cube attribute ``"calibration"``, writes every array under a
+temporary name (``tmp_<name>_<hex>``) and renames it into place only when it is whole, and writes
+``attrs["calibration"]`` (a JSON string: the summary, configuration and versions) last, then
+consolidates the metadata. So the calibration arrays of a cube are whole and belong together if and
+only if ``attrs["calibration"]`` is present; a crash leaves at most ``tmp_*`` arrays (removed by the
+next run) and no such attribute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
+
+from lcdask import __version__
+from lcdask import calibrate as cal
+from lcdask.calibrate import CalibrationConfig, PixelFlag
+from lcdask.errors import LcdaskError
+from lcdask.flags import FrameFlag
+from lcdask.io import cube as cube_io
+
+__all__ = ["CALIBRATION_ARRAYS", "calibrate_cube"]
+
+log = logging.getLogger("lcdask")
+
+CALIBRATION_ARRAYS = (
+    "master_bias",
+    "master_dark",
+    "master_dark_flat",
+    "master_flat",
+    "flat_filter",
+    "bad_pixels",
+    "calibrated",
+    "pixel_flags",
+    "variance",
+)
+"""Arrays `calibrate_cube` owns in the cube (removed and rewritten by each run)."""
+
+DEFAULT_CONFIG = CalibrationConfig()
+
+_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
+
+
+def _cube_store(path: str | Path) -> Path:
+    path = Path(path)
+    return path / "cube.zarr" if (path / "cube.zarr").is_dir() else path
+
+
+def _compute(client, *objects) -> tuple:
+    """Compute on the client when given, else on the local threaded scheduler."""
+    if client is not None:
+        return tuple(client.gather(client.compute(list(objects))))
+    return dask.compute(*objects, scheduler="threads")
+
+
+def _from_zarr(store: Path, name: str) -> da.Array:
+    array = zarr.open_array(str(store / name), mode="r")
+    return da.from_zarr(array, chunks=array.chunks)
+
+
+def _stored(store: Path, name: str, dims: tuple[str, ...]) -> xr.DataArray:
+    return xr.DataArray(_from_zarr(store, name), dims=dims)
+
+
+def _group(ds: xr.Dataset, frame_type: str, usable: np.ndarray) -> np.ndarray:
+    return ds["frame"].values[(ds["frame_type"].values == frame_type) & usable]
+
+
+def _most_common(values) -> float:
+    return float(Counter(np.round(np.asarray(values, float), 6)).most_common(1)[0][0])
+
+
+class _Writer:
+    """Writes arrays into the cube under temporary names and renames them when whole."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.pending: dict[str, str] = {}
+
+    def create(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        dtype,
+        dims: tuple[str, ...],
+        *,
+        chunks: tuple[int, ...] | None = None,
+        fill_value: Any = 0,
+        attrs: dict | None = None,
+    ) -> zarr.Array:
+        tmp = f"tmp_{name}_{uuid.uuid4().hex[:8]}"
+        array = zarr.create_array(
+            store=str(self.store),
+            name=tmp,
+            shape=shape,
+            dtype=dtype,
+            chunks=chunks or shape,
+            compressors=(_CODEC,) if dtype is not str else "auto",
+            fill_value=fill_value,
+            dimension_names=dims,
+            attributes=attrs or {},
+        )
+        self.pending[name] = tmp
+        return array
+
+    def write(self, name: str, data: np.ndarray, dims: tuple[str, ...], **kwargs) -> None:
+        dtype = str if data.dtype.kind in "OUT" else data.dtype  # variable-length strings
+        array = self.create(name, data.shape, dtype, dims, **kwargs)
+        array[...] = data
+
+    def commit(self) -> list[str]:
+        """Rename every pending array into place."""
+        for name, tmp in self.pending.items():
+            final = self.store / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(self.store / tmp, final)
+        names, self.pending = list(self.pending), {}
+        return names
+
+
+def _start(store: Path) -> None:
+    """Mark the calibration incomplete and remove stale temporaries and old products."""
+    group = zarr.open_group(str(store), mode="r+")
+    if "calibration" in group.attrs:
+        del group.attrs["calibration"]
+    for child in store.iterdir():
+        if child.name.startswith("tmp_") or child.name in CALIBRATION_ARRAYS:
+            shutil.rmtree(child)
+    cube_io.consolidate(store)
+
+
+def _light_runs(positions: np.ndarray) -> list[tuple[int, int, int]]:
+    """Contiguous runs of frame positions: (first index into positions, start, stop)."""
+    runs, begin = [], 0
+    for i in range(1, len(positions) + 1):
+        if i == len(positions) or positions[i] != positions[i - 1] + 1:
+            runs.append((begin, int(positions[begin]), int(positions[i - 1]) + 1))
+            begin = i
+    return runs
+
+
+def calibrate_cube(
+    cube_path: str | Path,
+    *,
+    client=None,
+    config: CalibrationConfig = DEFAULT_CONFIG,
+    persist_calibrated: bool = True,
+    persist_variance: bool = False,
+) -> dict[str, Any]:
+    """Level 1 calibration of a cube: masters, bad-pixel map, calibrated and cleaned lights.
+
+    Writes into the cube: ``master_bias`` (when bias frames exist), ``master_dark`` (what is
+    subtracted from the lights), ``master_dark_flat`` (what is subtracted from the flats),
+    ``master_flat`` (flat_filter, y, x; dark-subtracted, median 1) with the ``flat_filter``
+    coordinate, ``bad_pixels`` (y, x) uint8 `PixelFlag` bits, and when ``persist_calibrated``
+    ``calibrated`` (frame, y, x) float32 and ``pixel_flags`` (frame, y, x) uint8 -- full length
+    along ``frame`` so they align with ``raw``, filled for lights and NaN / 0 for other frames
+    (whose chunks are never written, so they cost no space); with ``persist_variance`` also
+    ``variance`` (frame, y, x) float32 in ADU^2. See the module docstring for how completeness
+    is recorded.
+
+    Parameters
+    ----------
+    cube_path : str or Path
+        The cube store or the run directory holding ``cube.zarr``.
+    client : distributed.Client, optional
+        Cluster to compute on; the local threaded scheduler when None.
+    config : CalibrationConfig, optional
+    persist_calibrated : bool, optional
+        Write ``calibrated`` and ``pixel_flags``.
+    persist_variance : bool, optional
+        Write ``variance`` as well.
+
+    Returns
+    -------
+    dict
+        The summary also stored (as JSON) in ``attrs["calibration"]``: frames used and rejected
+        (with reasons), dark strategies, counts of bad pixels, notes, arrays written, timings.
+
+    Raises
+    ------
+    LcdaskError
+        If the cube has no usable lights, or lights lack a flat and ``config.require_flat``.
+    """
+    timings: dict[str, float] = {}
+    start_all = time.perf_counter()
+    store = _cube_store(cube_path)
+    with dask.config.set(scheduler="threads"):  # small coordinates: not worth a round trip
+        ds = cube_io.open_cube(store)
+    # the pixels straight from zarr: tasks then carry a light zarr.Array rather than xarray's
+    # backend wrapper, which costs a store round trip per task on a distributed cluster
+    raw = ds["raw"].copy(data=_from_zarr(store, "raw"))
+    flags = ds["flags"].values.astype(np.int64)
+    calib_usable = flags == 0
+    light_usable = (flags & ~int(FrameFlag.NONFINITE)) == 0
+    lights = _group(ds, "light", light_usable)
+    if lights.size == 0:
+        raise LcdaskError(
+            f"{store}: no usable light frames to calibrate (frame types: "
+            f"{dict(Counter(ds['frame_type'].values))})"
+        )
+    notes: list[str] = []
+    saturate = ds["saturate_adu"] if config.saturate_adu is None else config.saturate_adu
+    if (
+        raw.dtype.kind == "f"
+        and config.saturate_adu is None
+        and not np.isfinite(ds["saturate_adu"].values[lights]).all()
+    ):
+        notes.append("some lights have no saturation level (float data): not flagged as saturated")
+    _start(store)
+
+    # --- statistics and rejection of calibration frames ---------------------------------------
+    t0 = time.perf_counter()
+    candidates = {kind: _group(ds, kind, calib_usable) for kind in ("bias", "dark", "flat")}
+    calib_frames = np.concatenate(list(candidates.values()))
+    rejected: dict[int, str] = {}
+    if calib_frames.size:
+        sat_calib = (
+            saturate.sel(frame=calib_frames) if isinstance(saturate, xr.DataArray) else saturate
+        )
+        sat_calib = cal._saturation(raw, sat_calib)
+        (stats,) = _compute(client, cal.frame_statistics(raw.sel(frame=calib_frames), sat_calib))
+        groups = []
+        for kind, frames in candidates.items():
+            key = "exptime_s" if kind == "dark" else ("filter" if kind == "flat" else None)
+            values = ds[key].values[frames] if key else np.zeros(len(frames))
+            for value in np.unique(values):
+                groups.append((kind, frames[values == value]))
+        for kind, frames in groups:
+            rejected.update(cal.reject_frames(stats.sel(frame=frames), kind=kind, config=config))
+    timings["frame_statistics"] = time.perf_counter() - t0
+    used = {k: np.array([f for f in v if f not in rejected], int) for k, v in candidates.items()}
+
+    # --- masters and bad-pixel map (lazy, then one compute) -----------------------------------
+    t0 = time.perf_counter()
+    m_bias = (
+        cal.combine_frames(raw.sel(frame=used["bias"]), config=config)
+        if used["bias"].size
+        else None
+    )
+    dark_exptimes = {int(f): float(ds["exptime_s"].values[f]) for f in used["dark"]}
+    light_exptime = _most_common(ds["exptime_s"].values[lights])
+    choice = cal.choose_dark(
+        dark_exptimes, light_exptime, has_bias=m_bias is not None, rtol=config.exptime_rtol
+    )
+    notes.append(choice.note)
+    if choice.strategy == "none":
+        log.warning("%s: %s", store, choice.note)
+    m_dark = cal.master_dark(raw, choice, m_bias, config=config)
+
+    flat_filters = [str(f) for f in np.unique(ds["filter"].values[used["flat"]])]
+    flat_masters, flat_choices, dark_flat = [], {}, None
+    for name in flat_filters:
+        frames = used["flat"][ds["filter"].values[used["flat"]] == name]
+        flat_exptime = _most_common(ds["exptime_s"].values[frames])
+        f_choice = cal.choose_dark(
+            dark_exptimes,
+            flat_exptime,
+            has_bias=m_bias is not None,
+            rtol=config.exptime_rtol,
+            purpose=f"flats {name!r}",
+        )
+        flat_choices[name] = f_choice
+        notes.append(f_choice.note)
+        same = (f_choice.strategy, f_choice.frames) == (choice.strategy, choice.frames)
+        same = same and f_choice.exptime_s == choice.exptime_s
+        m_dark_f = m_dark if same else cal.master_dark(raw, f_choice, m_bias, config=config)
+        if dark_flat is None:
+            dark_flat = m_dark_f
+        flats = raw.sel(frame=frames)
+        dark = cal.dark_for_frames(flats["exptime_s"], m_dark_f, m_bias, f_choice)
+        flat_masters.append(cal.master_flat(flats, dark, config=config))
+    m_flat = (
+        xr.concat(flat_masters, dim="flat_filter").assign_coords(flat_filter=flat_filters)
+        if flat_masters
+        else None
+    )
+
+    has_dark_signal = choice.strategy in ("matching", "scaled", "nearest")
+    dark_signal = cal.dark_current(m_dark, m_bias) if has_dark_signal else None
+    if not has_dark_signal:
+        notes.append("no darks: hot pixels not mapped")
+    if m_flat is None:
+        notes.append("no flats: dead pixels not mapped, lights not flat-fielded")
+    bad_maps = []
+    if dark_signal is not None or m_flat is not None:
+        flats_for_map = [m_flat.isel(flat_filter=i, drop=True) for i in range(len(flat_filters))]
+        for flat in flats_for_map or [None]:
+            bad_maps.append(cal.bad_pixel_map(dark_signal, flat, config=config))
+    lazy = {"master_dark": m_dark}
+    if m_bias is not None:
+        lazy["master_bias"] = m_bias
+    if dark_flat is not None:
+        lazy["master_dark_flat"] = dark_flat
+    if m_flat is not None:
+        lazy["master_flat"] = m_flat
+    for i, bad in enumerate(bad_maps):
+        lazy[f"bad_{i}"] = bad
+    values = dict(zip(lazy, _compute(client, *[v.data for v in lazy.values()]), strict=True))
+    bad_pixels = np.zeros(raw.shape[1:], np.uint8)
+    for i in range(len(bad_maps)):
+        bad_pixels |= values.pop(f"bad_{i}")
+    timings["masters"] = time.perf_counter() - t0
+
+    writer = _Writer(store)
+    yx = ("y", "x")
+    for name in ("master_bias", "master_dark", "master_dark_flat"):
+        if name in values:
+            writer.write(name, np.asarray(values[name], np.float32), yx, fill_value=np.nan)
+    if m_flat is not None:
+        writer.write(
+            "master_flat",
+            np.asarray(values["master_flat"], np.float32),
+            ("flat_filter", "y", "x"),
+            fill_value=np.nan,
+            chunks=(1, *raw.shape[1:]),
+        )
+        writer.write(
+            "flat_filter", np.array(flat_filters, dtype=object), ("flat_filter",), fill_value=""
+        )
+    writer.write(
+        "bad_pixels",
+        bad_pixels,
+        yx,
+        fill_value=0,
+        attrs={"flag_meanings": {f.name: int(f) for f in PixelFlag if f.value}},
+    )
+    written = writer.commit()
+    cube_io.consolidate(store)
+
+    # --- calibration of the lights (lazy, masters read back from the store by the workers) ----
+    missing: list[str] = []
+    n_calibrated = 0
+    if persist_calibrated:
+        t0 = time.perf_counter()
+        raw_l = raw.sel(frame=lights)
+        m_bias_s = _stored(store, "master_bias", yx) if m_bias is not None else None
+        dark_l = cal.dark_for_frames(
+            raw_l["exptime_s"], _stored(store, "master_dark", yx), m_bias_s, choice
+        )
+        if m_flat is not None:
+            stored_flat = _stored(store, "master_flat", ("flat_filter", *yx))
+            stored_flat = stored_flat.assign_coords(flat_filter=flat_filters)
+            flat_l, missing = cal.flat_for_frames(stored_flat, raw_l["filter"])
+        else:
+            flat_l, missing = xr.DataArray(np.float32(1.0)), sorted(set(raw_l["filter"].values))
+        if missing:
+            message = (
+                f"{store}: no flat for the lights of filter(s) {missing} "
+                f"(flats found for {flat_filters or 'none'})"
+            )
+            if config.require_flat:
+                raise LcdaskError(
+                    message + "; add flats of these filters or set require_flat=false"
+                )
+            notes.append(message + ": those lights are not flat-fielded")
+        sat_l = saturate.sel(frame=lights) if isinstance(saturate, xr.DataArray) else saturate
+        calibrated = cal.calibrate_frames(raw_l, dark_l, flat_l)
+        pflags = cal.pixel_flags(raw_l, _stored(store, "bad_pixels", yx), sat_l)
+        calibrated, pflags = cal.clean_bad_pixels(calibrated, pflags, config=config)
+        sources = {"calibrated": calibrated, "pixel_flags": pflags}
+        if persist_variance:
+            gain = raw_l["gain_e_adu"]
+            if not np.isfinite(gain.values).all():
+                notes.append("some lights have no gain: variance uses 1 e-/ADU for them")
+            sources["variance"] = cal.variance(
+                calibrated, dark_l, m_bias_s, flat_l, gain, raw_l["rdnoise_e"]
+            )
+        shape = raw.shape
+        stores, targets, regions = [], [], []
+        for name, source in sources.items():
+            dtype = source.dtype
+            fill = 0 if dtype.kind == "u" else np.nan
+            target = writer.create(
+                name, shape, dtype, ("frame", "y", "x"), chunks=(1, *shape[1:]), fill_value=fill
+            )
+            data = source.transpose("frame", "y", "x").data
+            data = data.rechunk((1, *shape[1:]))
+            for first, begin, stop in _light_runs(lights):
+                stores.append(data[first : first + stop - begin])
+                targets.append(target)
+                regions.append((slice(begin, stop),))
+        delayed = da.store(stores, targets, regions=regions, lock=False, compute=False)
+        _compute(client, delayed)
+        written += writer.commit()
+        n_calibrated = len(lights)
+        timings["calibrate"] = time.perf_counter() - t0
+
+    # --- summary, last -------------------------------------------------------------------------
+    paths = ds["path"].values
+    types = ds["frame_type"].values
+    summary: dict[str, Any] = {
+        "complete": True,
+        "lcdask_version": __version__,
+        "config": dataclasses.asdict(config),
+        "n_lights": len(lights),
+        "n_calibrated": n_calibrated,
+        "dark_strategy": choice.strategy,
+        "dark_exptime_s": choice.exptime_s,
+        "dark_flat_strategy": {k: c.strategy for k, c in flat_choices.items()},
+        "frames_used": {
+            "bias": [str(paths[f]) for f in used["bias"]],
+            "dark": [str(paths[f]) for f in choice.frames],
+            "dark_flat": {k: [str(paths[f]) for f in c.frames] for k, c in flat_choices.items()},
+            "flat": {
+                k: [str(paths[f]) for f in used["flat"] if ds["filter"].values[f] == k]
+                for k in flat_filters
+            },
+        },
+        "rejected": [
+            {"frame": int(f), "type": str(types[f]), "path": str(paths[f]), "reason": reason}
+            for f, reason in sorted(rejected.items())
+        ],
+        "flat_filters": flat_filters,
+        "missing_flat_filters": [str(m) for m in missing],
+        "n_hot_pixels": int(np.count_nonzero(bad_pixels & PixelFlag.HOT)),
+        "n_dead_pixels": int(np.count_nonzero(bad_pixels & PixelFlag.DEAD)),
+        "n_bad_columns": int(np.count_nonzero((bad_pixels & PixelFlag.BAD_COLUMN).any(axis=0))),
+        "notes": notes,
+        "arrays": written,
+        "timings_s": timings,
+    }
+    timings["total"] = time.perf_counter() - start_all
+    for item in summary["rejected"]:
+        log.warning("calibration frame not used: %s: %s", item["path"], item["reason"])
+    group = zarr.open_group(str(store), mode="r+")
+    group.attrs["calibration"] = json.dumps(summary, default=str)
+    cube_io.consolidate(store)
+    return summary
