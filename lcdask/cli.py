@@ -72,6 +72,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing cube")
     _cluster_args(p)
 
+    p = sub.add_parser("run", help="run every stage on raw frames and write every product")
+    p.add_argument("frames", nargs="+", help="folders, globs, FITS files or list files")
+    p.add_argument("--out", type=Path, required=True, help="the run directory")
+    p.add_argument("--config", type=Path, default=None, help="a TOML configuration file")
+    p.add_argument("--catalog", type=Path, default=None, help="a reference catalog file")
+    p.add_argument("--target", default=None, help='the target, "RA DEC" in degrees or sexagesimal')
+    p.add_argument("--cluster", choices=("local", "slurm", "pbs"), default=None)
+    _cluster_args(p)
+
+    sub.add_parser("config", help="print the default configuration as a commented TOML file")
+
     p = sub.add_parser("info", help="summarise a run directory or a cube")
     p.add_argument("run", type=Path)
 
@@ -123,24 +134,87 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(args: argparse.Namespace):
+    from lcdask.config import load_config
+
+    cluster = {"workers": args.workers}
+    if args.scheduler:
+        cluster |= {"kind": "scheduler", "scheduler": args.scheduler}
+    elif getattr(args, "cluster", None):
+        cluster["kind"] = args.cluster
+    return load_config(getattr(args, "config", None), cluster=cluster)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lcdask.cluster import client_from_config
+    from lcdask.run import run
+
+    config = _run_config(args)
+    with client_from_config(config.cluster) as client:
+        record = run(
+            args.frames,
+            args.out,
+            config=config,
+            catalog=args.catalog,
+            target=args.target,
+            client=client,
+        )
+    print(_run_summary(args.out, record))
+    return 0
+
+
+def _run_summary(out: Path, record: dict) -> str:
+    stages = record["stages"]
+    lines = [f"run {out}: " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in stages.items())]
+    if "lightcurves" in stages:
+        kinds = stages["lightcurves"]["kinds"]
+        lines.append(
+            f"  {stages['lightcurves']['n_sources']} sources: "
+            + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        )
+    lines.append(
+        f"  {len(record['skipped'])} files skipped, {len(record['flagged'])} frames flagged"
+    )
+    report = Path(out) / "report.html"
+    lines.append(f"report: {report}" if report.exists() else f"products in {out}")
+    return "\n".join(lines)
+
+
+def _config(args: argparse.Namespace) -> int:
+    from lcdask.config import default_toml
+
+    print(default_toml(), end="")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     print(_summary(args.run))
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lcdask.cluster import dask_client
-    from lcdask.ingest import ingest
-    from lcdask.simulate import SimConfig, simulate_night
+    from lcdask.cluster import client_from_config
+    from lcdask.run import run
+    from lcdask.simulate import SimConfig, load_truth, simulate_night
 
     night = args.out / "night"
     if not (night / "truth" / "frames.parquet").exists():
         log.info("simulating %d frames of %dx%d in %s", args.frames, args.size, args.size, night)
         cfg = SimConfig(n_frames=args.frames, size=args.size, seed=args.seed)
         simulate_night(night, cfg, n_workers=os.cpu_count() or 1)
-    with dask_client(scheduler=args.scheduler, n_workers=args.workers) as client:
-        result = ingest(night / "raw", args.out, client=client, overwrite=True)
-    print(_summary(result.cube_path))
+    stars = load_truth(night).stars
+    target = stars[stars["is_target"]].iloc[0]
+    config = _run_config(args)
+    with client_from_config(config.cluster) as client:
+        record = run(
+            night / "raw",
+            args.out / "run",
+            config=config,
+            catalog=night / "refcat.parquet",
+            target=f"{target['ra']:.6f} {target['dec']:.6f}",
+            client=client,
+        )
+    print(_run_summary(args.out / "run", record))
     return 0
 
 
@@ -169,7 +243,14 @@ def _summary(path: Path) -> str:
     return "\n".join(lines)
 
 
-_COMMANDS = {"simulate": _simulate, "ingest": _ingest, "info": _info, "demo": _demo}
+_COMMANDS = {
+    "simulate": _simulate,
+    "ingest": _ingest,
+    "run": _run,
+    "config": _config,
+    "info": _info,
+    "demo": _demo,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntFlag
 
-__all__ = ["FrameFlag"]
+__all__ = ["LEVEL2_FLAGS", "UNUSABLE", "FrameFlag"]
 
 
 class FrameFlag(IntFlag):
@@ -20,3 +20,14 @@ class FrameFlag(IntFlag):
     """Some pixels are NaN or infinite (they are kept as they are; calibration masks them)."""
     DUPLICATE = 4
     """The same exposure as an earlier frame (same time, type and pixels)."""
+    ASTROMETRY_FAILED = 8
+    """No plate solution: the frame's detections have no sky positions."""
+    PHOTCAL_FAILED = 16
+    """No zero point: the frame has relative fluxes only."""
+
+
+UNUSABLE = FrameFlag.UNREADABLE | FrameFlag.DUPLICATE
+"""Frames with these bits hold no usable pixels and are left out of every later stage."""
+
+LEVEL2_FLAGS = FrameFlag.ASTROMETRY_FAILED | FrameFlag.PHOTCAL_FAILED
+"""The bits the Level 2 stage sets; it clears them when it runs again."""

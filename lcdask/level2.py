@@ -1,0 +1,381 @@
+"""Level 2 over a calibrated cube: detection, plate solving and photometric calibration per frame.
+
+The orchestration follows DESIGN.md: one task per light frame reads its own calibrated frame from
+the store and detects sources (`frame_detections`); the driver plate-solves one reference frame
+(the one with most detections) against the reference catalog, starting from its header WCS; every
+frame is then refined from the reference solution and calibrated photometrically by a RANSAC fit of
+zero point and slope (`frame_astrometry_photometry`), again one task per frame, the detection
+tables staying on the workers. A frame whose refinement fails from the reference is retried from
+its solved neighbour in time (for drifts larger than the refinement's search). Failed frames are
+flagged with their reason, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+from astropy.io import fits
+from astropy.wcs import WCS
+from scipy import ndimage
+
+from lcdask.astrometry import AsterismSolver, AstrometrySolution, refine_wcs
+from lcdask.calibrate import PixelFlag
+from lcdask.detect import DetectionFlag, detect_frame
+from lcdask.errors import FrameError
+from lcdask.flags import UNUSABLE
+from lcdask.io.headers import header_wcs
+from lcdask.photcal import calibrate_fluxes, fit_zero_point, instrumental_mag, match_to_catalog
+
+__all__ = [
+    "Level2Config",
+    "frame_astrometry_photometry",
+    "frame_detections",
+    "run_level2",
+]
+
+log = logging.getLogger("lcdask")
+
+FRAME_COLUMNS = {
+    "frame": "int64",
+    "n_sources": "int64",
+    "sky": "float64",
+    "sky_rms": "float64",
+    "fwhm_px": "float64",
+    "astrometry_status": "str",
+    "astrometry_message": "str",
+    "astrometry_n_matches": "int64",
+    "astrometry_rms_arcsec": "float64",
+    "wcs_solved": "str",
+    "zero_point": "float64",
+    "zero_point_err": "float64",
+    "zp_slope": "float64",
+    "zp_slope_err": "float64",
+    "zp_n_stars": "int64",
+    "zp_rms": "float64",
+    "photcal_message": "str",
+}
+"""Per-frame results of Level 2, stored as coordinates on ``frame`` in the cube."""
+
+
+@dataclass(frozen=True)
+class Level2Config:
+    """Options of detection, plate solving and photometric calibration.
+
+    Attributes
+    ----------
+    threshold_sigma : float
+        Detection threshold in units of the background RMS.
+    min_area : int
+        Minimum connected pixels of a detection.
+    backend : {"sep", "photutils"}
+        Detection library.
+    band : str
+        Catalog band the zero point refers to (a column of the reference catalog).
+    match_radius_arcsec : float
+        Radius for matching detections to catalog stars after plate solving.
+    fit_slope : bool
+        Fit the slope of catalog against instrumental magnitude (else fixed to 1).
+    max_shift_px : float
+        Largest frame-to-frame drift the refinement searches.
+    """
+
+    threshold_sigma: float = 3.0
+    min_area: int = 5
+    backend: str = "sep"
+    band: str = "r"
+    match_radius_arcsec: float = 2.0
+    fit_slope: bool = True
+    max_shift_px: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("sep", "photutils"):
+            raise ValueError(f"backend must be 'sep' or 'photutils', not {self.backend!r}")
+        for name in ("threshold_sigma", "match_radius_arcsec", "max_shift_px"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}")
+
+
+def frame_detections(
+    cube_path: str | Path, index: int, config: Level2Config
+) -> tuple[int, pd.DataFrame, dict[str, Any]]:
+    """Detect the sources of one calibrated frame, read from the cube by the worker itself.
+
+    Parameters
+    ----------
+    cube_path : str or Path
+        The cube store holding ``calibrated`` and ``pixel_flags``.
+    index : int
+        The frame.
+    config : Level2Config
+
+    Returns
+    -------
+    tuple
+        ``(index, detections, stats)`` as `lcdask.detect.detect_frame` gives them.
+    """
+    image = zarr.open_array(str(Path(cube_path) / "calibrated"), mode="r")[index]
+    mask = ~np.isfinite(image)
+    if mask.all():
+        raise FrameError(f"frame {index}: no finite pixels")
+    root = zarr.open_group(str(cube_path), mode="r")
+    pixel_flags = root["pixel_flags"][index] if "pixel_flags" in root else None
+    detections, stats = detect_frame(
+        np.where(mask, 0.0, image).astype(np.float32),
+        mask=mask,
+        threshold_sigma=config.threshold_sigma,
+        min_area=config.min_area,
+        backend=config.backend,
+    )
+    if pixel_flags is not None and len(detections):
+        # A detection whose core touches a saturated raw pixel is flagged saturated.
+        saturated = ndimage.binary_dilation((pixel_flags & PixelFlag.SATURATED) != 0, iterations=2)
+        ix = np.clip(np.round(detections["x"].to_numpy()).astype(int), 0, image.shape[1] - 1)
+        iy = np.clip(np.round(detections["y"].to_numpy()).astype(int), 0, image.shape[0] - 1)
+        hit = saturated[iy, ix]
+        detections["flags"] = detections["flags"].to_numpy() | np.where(
+            hit, int(DetectionFlag.SATURATED), 0
+        ).astype(np.int32)
+    return index, detections, stats
+
+
+def frame_astrometry_photometry(
+    detections: pd.DataFrame,
+    wcs_guess: WCS,
+    catalog: pd.DataFrame,
+    *,
+    image_shape: tuple[int, int],
+    exptime_s: float,
+    config: Level2Config,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Refine a frame's WCS from a guess, then fit its zero point and calibrate its fluxes.
+
+    Parameters
+    ----------
+    detections : pandas.DataFrame
+        The frame's detections (`lcdask.detect.DETECTION_SCHEMA`).
+    wcs_guess : astropy.wcs.WCS
+        A close WCS (the reference frame's solution, or a neighbour's).
+    catalog : pandas.DataFrame
+        Reference stars: ``ra``, ``dec``, the band's magnitude and ``<band>_err``.
+    image_shape : tuple of int
+        ``(ny, nx)``.
+    exptime_s : float
+        Exposure, for instrumental magnitudes per second.
+    config : Level2Config
+
+    Returns
+    -------
+    detections : pandas.DataFrame
+        With ``ra``, ``dec``, ``mag``, ``mag_err``, ``flux_jy``, ``flux_jy_err`` (NaN where the
+        solve or the zero point failed).
+    row : dict
+        The frame's astrometry and zero point (keys of `FRAME_COLUMNS`).
+    """
+    band = config.band
+    solution = refine_wcs(
+        detections,
+        wcs_guess,
+        catalog,
+        image_shape=image_shape,
+        max_shift_px=config.max_shift_px,
+        mag_column=band,
+    )
+    out = detections.copy()
+    for name in ("ra", "dec", "mag", "mag_err", "flux_jy", "flux_jy_err"):
+        out[name] = np.nan
+    row = _solution_row(solution)
+    if not solution.ok:
+        row["photcal_message"] = "no WCS: photometric calibration skipped"
+        return out, row
+    ra, dec = solution.wcs.all_pix2world(out["x"].to_numpy(), out["y"].to_numpy(), 0)
+    out["ra"], out["dec"] = ra, dec
+    match = match_to_catalog(
+        ra, dec, catalog["ra"], catalog["dec"], radius_arcsec=config.match_radius_arcsec
+    )
+    det, cat = match.det_index, match.cat_index
+    flux, flux_err = out["flux"].to_numpy(), out["flux_err"].to_numpy()
+    good = (out["flags"].to_numpy()[det] == 0) & (flux[det] > 0)
+    try:
+        fit = fit_zero_point(
+            instrumental_mag(flux[det], exptime_s),
+            1.0857 * flux_err[det] / np.abs(flux[det]),
+            catalog[band].to_numpy()[cat],
+            catalog[f"{band}_err"].to_numpy()[cat],
+            fit_slope=config.fit_slope,
+            good=good,
+        )
+    except FrameError as exc:
+        row["photcal_message"] = str(exc)
+        return out, row
+    mag, mag_err, jy, jy_err = calibrate_fluxes(flux, flux_err, exptime_s, fit)
+    out["mag"], out["mag_err"], out["flux_jy"], out["flux_jy_err"] = mag, mag_err, jy, jy_err
+    row.update(
+        zero_point=fit.zero_point,
+        zero_point_err=fit.zero_point_err,
+        zp_slope=fit.slope,
+        zp_slope_err=fit.slope_err,
+        zp_n_stars=fit.n_used,
+        zp_rms=fit.rms,
+    )
+    return out, row
+
+
+def _solution_row(solution: AstrometrySolution) -> dict[str, Any]:
+    return {
+        "astrometry_status": solution.status,
+        "astrometry_message": solution.message,
+        "astrometry_n_matches": int(solution.n_matches),
+        "astrometry_rms_arcsec": float(solution.rms_arcsec),
+        "wcs_solved": solution.wcs.to_header_string(relax=True) if solution.ok else "",
+        "zero_point": np.nan,
+        "zero_point_err": np.nan,
+        "zp_slope": np.nan,
+        "zp_slope_err": np.nan,
+        "zp_n_stars": 0,
+        "zp_rms": np.nan,
+        "photcal_message": "",
+    }
+
+
+def _map(client, func, *iterables, **kwargs) -> list:
+    if client is None:
+        return [func(*args, **kwargs) for args in zip(*iterables, strict=True)]
+    return client.map(func, *iterables, pure=False, **kwargs)
+
+
+def _gather(client, futures: list) -> list:
+    return futures if client is None else client.gather(futures)
+
+
+def run_level2(
+    cube,
+    cube_path: str | Path,
+    catalog: pd.DataFrame,
+    *,
+    client=None,
+    config: Level2Config = Level2Config(),
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Detect, plate-solve and calibrate every usable light frame of a calibrated cube.
+
+    Parameters
+    ----------
+    cube : xarray.Dataset
+        The opened cube (for its per-frame metadata).
+    cube_path : str or Path
+        Its store, which workers read their frames from.
+    catalog : pandas.DataFrame
+        Reference catalog (``ra``, ``dec``, ``<band>``, ``<band>_err``).
+    client : distributed.Client, optional
+        Cluster; serial in this process when None.
+    config : Level2Config, optional
+
+    Returns
+    -------
+    detections : pandas.DataFrame
+        All detections with ``frame``, sky positions and calibrated magnitudes.
+    frames : pandas.DataFrame
+        One row per light frame (`FRAME_COLUMNS`), with failures explained.
+    """
+    cube_path = str(cube_path)
+    is_light = (cube["frame_type"].values == "light") & ((cube["flags"].values & UNUSABLE) == 0)
+    lights = np.flatnonzero(is_light)
+    shape = (cube.sizes["y"], cube.sizes["x"])
+    band = config.band
+    missing = [c for c in ("ra", "dec", band, f"{band}_err") if c not in catalog]
+    if missing:
+        raise ValueError(f"the reference catalog lacks the column(s) {missing}")
+
+    detected = _map(client, _safe_detections, [cube_path] * len(lights), lights, config=config)
+    results = _gather(client, detected)
+    stats = {i: s for i, _, s in results}
+    counts = {i: (len(d) if d is not None else 0) for i, d, _ in results}
+
+    order = sorted(lights, key=lambda i: -counts[i])
+    reference, solution = None, None
+    for candidate in order[:3]:
+        det = results[list(lights).index(candidate)][1]
+        guess = header_wcs(fits.Header.fromstring(str(cube["wcs_header"].values[candidate])))
+        solution = AsterismSolver(mag_column=band).solve(
+            det, shape, wcs_guess=guess, catalog=catalog
+        )
+        if solution.ok:
+            reference = candidate
+            break
+        log.warning("frame %d: reference solve failed: %s", candidate, solution.message)
+
+    rows: dict[int, dict[str, Any]] = {}
+    tables: dict[int, pd.DataFrame] = {}
+    if solution is None or not solution.ok:
+        for i in lights:
+            rows[i] = _failed_row("no reference frame could be plate-solved")
+    else:
+        exptime = cube["exptime_s"].values
+        futures = []
+        for position, i in enumerate(lights):
+            det = detected[position] if client is not None else results[position]
+            futures.append(
+                client.submit(
+                    _refine_task, det, solution.wcs, catalog, shape, exptime[i], config, pure=False
+                )
+                if client is not None
+                else _refine_task(det, solution.wcs, catalog, shape, exptime[i], config)
+            )
+        for i, (table, row) in zip(lights, _gather(client, futures), strict=True):
+            tables[i], rows[i] = table, row
+        _retry_from_neighbours(lights, tables, rows, results, catalog, shape, exptime, config)
+    frames = []
+    for i in lights:
+        row = {"frame": int(i), **stats.get(i, {}), **rows[i]}
+        row["n_sources"] = counts[i]
+        frames.append({k: row.get(k, _default(t)) for k, t in FRAME_COLUMNS.items()})
+    frames = pd.DataFrame(frames).astype({k: v for k, v in FRAME_COLUMNS.items() if v != "str"})
+    parts = [t.assign(frame=int(i)) for i, t in tables.items() if t is not None and len(t)]
+    detections = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if reference is not None:
+        log.info("plate solved reference frame %d: %s", reference, solution.message)
+    return detections, frames
+
+
+def _default(dtype: str):
+    return "" if dtype == "str" else (0 if dtype == "int64" else np.nan)
+
+
+def _failed_row(message: str) -> dict[str, Any]:
+    return {"astrometry_status": "failed", "astrometry_message": message}
+
+
+def _safe_detections(cube_path: str, index: int, *, config: Level2Config):
+    try:
+        return frame_detections(cube_path, index, config)
+    except FrameError as exc:
+        return index, None, {"detect_message": str(exc)}
+
+
+def _refine_task(result, wcs_guess, catalog, shape, exptime_s, config):
+    _, det, _ = result
+    if det is None or len(det) < 3:
+        return None, _failed_row("too few detections to plate-solve")
+    return frame_astrometry_photometry(
+        det, wcs_guess, catalog, image_shape=shape, exptime_s=float(exptime_s), config=config
+    )
+
+
+def _retry_from_neighbours(lights, tables, rows, results, catalog, shape, exptime, config):
+    """Refine failed frames from their nearest solved neighbour in time, in order."""
+    solved = {i: rows[i]["wcs_solved"] for i in lights if rows[i].get("wcs_solved")}
+    for position, i in enumerate(lights):
+        if i in solved:
+            continue
+        before = [j for j in lights[:position][::-1] if j in solved]
+        if not before:
+            continue
+        guess = WCS(fits.Header.fromstring(solved[before[0]]))
+        table, row = _refine_task(results[position], guess, catalog, shape, exptime[i], config)
+        if row.get("wcs_solved"):
+            tables[i], rows[i], solved[i] = table, row, row["wcs_solved"]

@@ -1,0 +1,358 @@
+"""The whole run: every stage in order, each product written atomically, resumable.
+
+`run` is the orchestrating layer of DESIGN.md: it computes and writes, the stage modules stay
+pure. Stages and their products:
+
+=============  =================================================================================
+ingest         ``cube.zarr`` (raw frames and their metadata)
+calibrate      masters, bad-pixel maps, ``calibrated`` and ``pixel_flags`` in the cube
+level2         per-frame detection, plate solution, zero point: ``frames.parquet``,
+               ``detections.parquet``, per-frame results as variables on ``frame`` in the cube
+lightcurves    DBSCAN matching, tracks of fast movers, ``lightcurves.zarr`` with ensemble
+               relative fluxes, ``sources.parquet`` (classes, motions, target)
+report         ``report.html`` and ``plots/`` (when the report module is available)
+=============  =================================================================================
+
+``run.json`` records the configuration, package versions, the inputs' fingerprint, and per stage
+its status, timing and counts, plus every skipped or flagged frame with its reason. A rerun skips
+each stage recorded complete whose products exist and whose inputs are unchanged; a stage that
+must run again invalidates those after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from lcdask import __version__
+from lcdask.catalogs import load_catalog, query_sdss
+from lcdask.classify import classify_sources, link_tracks
+from lcdask.config import Config
+from lcdask.errors import LcdaskError
+from lcdask.flags import LEVEL2_FLAGS, FrameFlag
+from lcdask.ingest import ingest
+from lcdask.io import cube as cube_io
+from lcdask.io.atomic import atomic_path, write_json_atomic
+from lcdask.io.discover import discover_frames
+from lcdask.level2 import run_level2
+from lcdask.lightcurves import apply_ensemble, build_lightcurves, ensemble_photometry
+from lcdask.match import match_detections
+from lcdask.pipeline import calibrate_cube
+
+__all__ = ["STAGES", "read_run_record", "run"]
+
+log = logging.getLogger("lcdask")
+
+STAGES = ("ingest", "calibrate", "level2", "lightcurves", "report")
+
+_VERSIONED = ("numpy", "dask", "distributed", "xarray", "zarr", "astropy", "photutils", "sep")
+
+
+def read_run_record(out: str | Path) -> dict[str, Any]:
+    """The run's ``run.json``, or an empty record when there is none (or it is unreadable)."""
+    path = Path(out) / "run.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _fingerprint(paths: Iterable[Path]) -> str:
+    """Hash of the input files' names, sizes and modification times."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    versions = {"lcdask": __version__}
+    for name in _VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _reference_catalog(config: Config, catalog_path: str | Path | None, cube, out: Path):
+    """The reference catalog as the configuration asks, or None with a reason."""
+    cat = config.catalog
+    path = catalog_path or cat.path
+    if cat.source == "none":
+        return None, "photometric calibration off (catalog.source = 'none')"
+    if path and cat.source in ("auto", "file"):
+        return load_catalog(path, columns=cat.columns or None), f"catalog file {path}"
+    lights = cube["frame_type"].values == "light"
+    ra = np.nanmedian(cube["ra_deg"].values[lights]) if lights.any() else np.nan
+    dec = np.nanmedian(cube["dec_deg"].values[lights]) if lights.any() else np.nan
+    if not np.isfinite(ra + dec):
+        return None, "no catalog file and no header pointing to query a catalog around"
+    cache = Path(cat.cache_dir) if cat.cache_dir else out / "catalog-cache"
+    try:
+        # A radius covering the frames and their pointing errors: half the diagonal + 10'.
+        scale = 1.0 / 3600  # deg/px assumed where the header has no WCS; the cache keeps it
+        radius = 0.5 * np.hypot(cube.sizes["x"], cube.sizes["y"]) * scale + 10 / 60
+        table = query_sdss(ra, dec, radius, cache_dir=cache, offline=cat.offline)
+    except LcdaskError as exc:
+        return None, f"no reference catalog: {exc}"
+    return table, f"SDSS around ({ra:.4f}, {dec:.4f})"
+
+
+class _Record:
+    """run.json, kept in memory and written atomically after every stage."""
+
+    def __init__(self, out: Path, config: Config, fingerprint: str, inputs: list[str]) -> None:
+        self.out = out
+        previous = read_run_record(out)
+        same = previous.get("fingerprint") == fingerprint and previous.get("config") == json.loads(
+            json.dumps(config.as_dict(), default=str)
+        )
+        self.previous_stages = previous.get("stages", {}) if same else {}
+        self.data: dict[str, Any] = {
+            "lcdask_version": __version__,
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "config": config.as_dict(),
+            "versions": _versions(),
+            "inputs": inputs,
+            "fingerprint": fingerprint,
+            "stages": {},
+            "skipped": [],
+            "flagged": [],
+            "notes": [],
+        }
+        self.invalidated = False
+
+    def done(self, stage: str, products: list[str]) -> bool:
+        """Whether a stage can be skipped: complete before, products there, nothing redone above."""
+        entry = self.previous_stages.get(stage, {})
+        ok = (
+            not self.invalidated
+            and entry.get("status") == "complete"
+            and all((self.out / p).exists() for p in products)
+        )
+        if ok:
+            self.data["stages"][stage] = {**entry, "reused": True}
+        else:
+            self.invalidated = True
+        return ok
+
+    def complete(self, stage: str, seconds: float, **info: Any) -> None:
+        self.data["stages"][stage] = {"status": "complete", "seconds": round(seconds, 3), **info}
+        self.write()
+
+    def write(self) -> None:
+        write_json_atomic(self.out / "run.json", self.data)
+
+
+def _stage(record: _Record, name: str, products: list[str], body: Callable[[], dict]) -> None:
+    if record.done(name, products):
+        log.info("%s: complete from an earlier run, reused", name)
+        return
+    log.info("%s ...", name)
+    start = time.perf_counter()
+    info = body() or {}
+    record.complete(name, time.perf_counter() - start, **info)
+
+
+def run(
+    inputs: str | Path | Iterable[str | Path],
+    out: str | Path,
+    *,
+    config: Config | None = None,
+    catalog: str | Path | None = None,
+    target: str | tuple[float, float] | None = None,
+    client=None,
+) -> dict[str, Any]:
+    """Run every stage on raw frames and write every product into ``out``.
+
+    Parameters
+    ----------
+    inputs : str, Path or iterable of them
+        Folders, globs, FITS files or list files.
+    out : str or Path
+        The run directory.
+    config : lcdask.config.Config, optional
+        Defaults when None.
+    catalog : str or Path, optional
+        A reference catalog file (overrides ``config.catalog.path``).
+    target : str or (ra, dec), optional
+        The target's position, degrees or sexagesimal ("RA DEC").
+    client : distributed.Client, optional
+        Cluster to spread the work over; serial in this process when None.
+
+    Returns
+    -------
+    dict
+        The run record written to ``run.json``.
+    """
+    config = config or Config()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = discover_frames(inputs)
+    record = _Record(out, config, _fingerprint(paths), [str(p) for p in paths])
+    record.data["target"] = target if isinstance(target, str) or target is None else list(target)
+    cube_path = out / "cube.zarr"
+
+    def do_ingest() -> dict:
+        result = ingest(paths, out, client=client, overwrite=True)
+        return {"counts": result.counts, "n_frames": result.n_frames}
+
+    _stage(record, "ingest", ["cube.zarr"], do_ingest)
+    cube = cube_io.open_cube(cube_path)
+    record.data["skipped"] = json.loads(cube.attrs.get("skipped", "[]"))
+
+    def do_calibrate() -> dict:
+        summary = calibrate_cube(cube_path, client=client, config=config.calibration)
+        keys = ("dark_strategy", "n_hot_pixels", "n_dead_pixels", "n_bad_columns", "notes")
+        return {k: summary[k] for k in keys} | {"rejected": summary["rejected"]}
+
+    _stage(record, "calibrate", ["cube.zarr"], do_calibrate)
+
+    def do_level2() -> dict:
+        cube = cube_io.open_cube(cube_path)
+        table, source = _reference_catalog(config, catalog, cube, out)
+        if table is None:
+            raise LcdaskError(f"level2 needs a reference catalog for plate solving: {source}")
+        detections, frames = run_level2(cube, cube_path, table, client=client, config=config.level2)
+        frames = _add_frame_metadata(frames, cube)
+        _store_frame_results(cube_path, cube, frames)
+        with atomic_path(out / "frames.parquet") as tmp:
+            frames.to_parquet(tmp, index=False)
+        _write_detections(out / "detections.parquet", detections, frames)
+        failed = frames[frames["astrometry_status"] != "ok"]
+        return {
+            "catalog": source,
+            "n_frames": len(frames),
+            "n_detections": len(detections),
+            "n_astrometry_failed": len(failed),
+        }
+
+    _stage(record, "level2", ["frames.parquet", "detections.parquet"], do_level2)
+
+    def do_lightcurves() -> dict:
+        detections = pd.read_parquet(out / "detections.parquet")
+        frames = pd.read_parquet(out / "frames.parquet")
+        frames = frames[frames["astrometry_status"] == "ok"].rename(
+            columns={"astrometry_rms_arcsec": "rms_arcsec"}
+        )
+        detections = detections[detections["frame"].isin(frames["frame"])]
+        match = match_detections(detections, frames)
+        tracks = link_tracks(detections, match.source_id, centre=match.centre)
+        ds = build_lightcurves(detections, tracks.source_id, frames)
+        ds = apply_ensemble(ds, ensemble_photometry(ds))
+        sources = classify_sources(ds, target=target)
+        _write_dataset(out / "lightcurves.zarr", ds)
+        with atomic_path(out / "sources.parquet") as tmp:
+            sources.to_parquet(tmp, index=False)
+        kinds = sources["kind"].value_counts().to_dict()
+        return {
+            "n_sources": len(sources),
+            "kinds": kinds,
+            "n_target": int(sources["is_target"].sum()),
+        }
+
+    _stage(record, "lightcurves", ["lightcurves.zarr", "sources.parquet"], do_lightcurves)
+
+    def do_report() -> dict:
+        from lcdask.report import write_report  # the report module is optional until it lands
+
+        return {"report": str(write_report(out))}
+
+    try:
+        import lcdask.report  # noqa: F401
+
+        _stage(record, "report", ["report.html"], do_report)
+    except ImportError:
+        record.data["notes"].append("report.html not written: lcdask.report is not available")
+
+    cube = cube_io.open_cube(cube_path)
+    flags = cube["flags"].values
+    record.data["flagged"] = [
+        {
+            "frame": int(i),
+            "path": str(cube["path"].values[i]),
+            "reason": str(cube["flag_reason"].values[i]),
+        }
+        for i in np.flatnonzero(flags)
+    ]
+    record.data["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    record.write()
+    return record.data
+
+
+def _add_frame_metadata(frames: pd.DataFrame, cube) -> pd.DataFrame:
+    """Join each frame's time, airmass, exposure and file to the Level 2 results."""
+    index = frames["frame"].to_numpy()
+    extra = {
+        "time_mjd": cube["time_mjd"].values[index],
+        "bjd_tdb": cube["bjd_tdb"].values[index],
+        "airmass": cube["airmass"].values[index],
+        "exptime_s": cube["exptime_s"].values[index],
+        "path": [str(p) for p in cube["path"].values[index]],
+    }
+    return frames.assign(**extra)
+
+
+def _store_frame_results(cube_path: Path, cube, frames: pd.DataFrame) -> None:
+    """Write the per-frame results into the cube (variables on ``frame``) and flag failures."""
+    n = cube.sizes["frame"]
+    index = frames["frame"].to_numpy()
+    variables = {}
+    names = ("fwhm_px", "sky", "sky_rms", "n_sources", "zero_point", "zero_point_err", "zp_slope")
+    for name in (*names, "astrometry_rms_arcsec"):
+        full = np.full(n, np.nan)
+        full[index] = frames[name].to_numpy(float)
+        variables[name] = ("frame", full)
+    wcs = np.full(n, "", dtype=object)
+    wcs[index] = frames["wcs_solved"].to_numpy()
+    variables["wcs_solved"] = ("frame", wcs)
+    xr.Dataset(variables).to_zarr(cube_path, mode="a", zarr_format=3, consolidated=False)
+    flags = cube["flags"].values.copy()
+    reasons = np.array([str(r) for r in cube["flag_reason"].values], dtype=object)
+    redone = (flags[index] & LEVEL2_FLAGS) != 0
+    flags[index[redone]] &= ~LEVEL2_FLAGS
+    reasons[index[redone]] = ""
+    for row in frames.itertuples():
+        if row.astrometry_status != "ok":
+            flags[row.frame] |= FrameFlag.ASTROMETRY_FAILED
+            reasons[row.frame] = f"plate solve failed: {row.astrometry_message}"
+        elif not np.isfinite(row.zero_point):
+            flags[row.frame] |= FrameFlag.PHOTCAL_FAILED
+            reasons[row.frame] = f"photometric calibration failed: {row.photcal_message}"
+    changed = np.flatnonzero(flags != cube["flags"].values)
+    if len(changed):
+        cube_io.set_frame_values(cube_path, "flags", changed, flags[changed])
+        cube_io.set_frame_values(cube_path, "flag_reason", changed, reasons[changed])
+    cube_io.consolidate(cube_path)
+
+
+def _write_detections(path: Path, detections: pd.DataFrame, frames: pd.DataFrame) -> None:
+    """``detections.parquet``: a folder of Parquet parts, a block of frames each."""
+    times = frames.set_index("frame")["time_mjd"]
+    detections = detections.assign(time_mjd=detections["frame"].map(times).to_numpy(float))
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        frame_ids = np.sort(frames["frame"].unique())
+        for part, start in enumerate(range(0, max(len(frame_ids), 1), 100)):
+            block = frame_ids[start : start + 100]
+            rows = detections[detections["frame"].isin(block)]
+            rows.to_parquet(tmp / f"part-{part:05d}.parquet", index=False)
+
+
+def _write_dataset(path: Path, ds: xr.Dataset) -> None:
+    with atomic_path(path) as tmp:
+        ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False)
+        cube_io.consolidate(tmp)

@@ -1,0 +1,49 @@
+"""Configuration: defaults, TOML round trip, and errors that name the field."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from lcdask.config import Config, ConfigError, default_toml, load_config
+
+
+def test_defaults_print_as_commented_toml_that_loads_back(tmp_path):
+    text = default_toml()
+    assert "[calibration]" in text and "[cluster]" in text and "[catalog]" in text
+    assert "# Bad-pixel cleaning" in text  # descriptions come from the Attributes sections
+    tomllib.loads(text)  # valid TOML
+    path = tmp_path / "lcdask.toml"
+    path.write_text(text)
+    assert load_config(path) == Config()
+
+
+def test_values_are_read_and_overrides_win(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[calibration]\nclean = "median"\nhot_sigma = 6\n[cluster]\nworkers = 3\n')
+    config = load_config(path, cluster={"workers": 5, "scheduler": None})
+    assert config.calibration.clean == "median"
+    assert config.calibration.hot_sigma == 6.0 and isinstance(config.calibration.hot_sigma, float)
+    assert config.cluster.workers == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[calibraton]\n", "unknown section.*'calibraton'"),
+        ("[calibration]\nclen = 'x'\n", r"\[calibration\] has no option 'clen'"),
+        ("[calibration]\nclean = 'smear'\n", "clean.*interpolate"),
+        ("[calibration]\nhot_sigma = 'high'\n", "calibration.hot_sigma must be a number"),
+        ("[cluster]\nworkers = -1\n", "cluster.workers must be 0 or more"),
+        ("[cluster]\nkind = 'scheduler'\n", "cluster.scheduler"),
+        ("[catalog]\nsource = 'file'\n", "catalog.path"),
+        ("[level2]\nbackend = 'sextractor'\n", "backend must be 'sep' or 'photutils'"),
+        ("[cluster\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_the_field(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
