@@ -147,4 +147,6 @@ def open_cube(path: str | Path) -> xr.Dataset:
         warnings.simplefilter("ignore", UserWarning)
         ds = xr.open_zarr(path, consolidated=None)
     frame_coords = [name for name, c in ds.coords.items() if c.dims == ("frame",)]
-    return ds.assign_coords({name: ds[name].compute() for name in frame_coords})
+    # Small arrays: read them here, not through whatever cluster happens to be the default.
+    loaded = {name: ds[name].compute(scheduler="synchronous") for name in frame_coords}
+    return ds.assign_coords(loaded)
