@@ -18,6 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	-scripts/install-system-deps.sh --minimal  # astrometry.net for the solve-field tests
+	-scripts/install-browser.sh  # Debian chromium for the report test in a real browser
 	$(BIN)/ruff check lcdask tests benchmarks
 	$(BIN)/ruff format --check lcdask tests benchmarks
 	$(BIN)/python -m pytest -q

@@ -358,13 +358,16 @@ def link_tracks(
         return TrackResult(sid, empty)
     vel = (xy[k] - xy[i]) / (t[k] - t[i])[:, None]
     # support of each seed line: detections within 2 tolerances of it (chunks of seeds)
+    # (one KD-tree query per frame for all seeds at once: seeds x frames x log n, not
+    # seeds x detections, which took minutes on sparse cadences where every pair is a seed)
     support = np.zeros(i.size, dtype=np.int64)
-    step = max(1, 4_000_000 // max(t.size, 1))
-    for a in range(0, i.size, step):
-        b = min(a + step, i.size)
-        pred = xy[i[a:b], None, :] + vel[a:b, None, :] * (t[None, :] - t[i[a:b], None])[..., None]
-        d = np.hypot(*(xy[None, :, :] - pred).transpose(2, 0, 1))
-        support[a:b] = (d <= 2 * tolerance_arcsec).sum(axis=1)
+    for f in range(uf.size):
+        members = np.flatnonzero(frank == f)
+        for t_f in np.unique(t[members]):
+            at = members[t[members] == t_f]
+            pred = xy[i] + vel * (t_f - t[i])[:, None]
+            tree = cKDTree(xy[at])
+            support += tree.query_ball_point(pred, 2 * tolerance_arcsec, return_length=True)
     order = np.argsort(-support, kind="stable")
     order = order[support[order] >= min_points]
     alive = np.ones(t.size, dtype=bool)

@@ -1,0 +1,959 @@
+"""PNG plots of a run (``RUN/plots/``): light curves, mover tracks, scatter, per-frame conditions.
+
+Each plot has a function that builds a matplotlib `~matplotlib.figure.Figure` from data
+(``*_figure``: for notebooks and tests) and one that writes it as a PNG (``plot_*``: returns the
+path). `write_plots` writes them all from a light-curve Dataset and a sources table;
+`write_run_plots` reads a run directory first. matplotlib is imported inside the functions,
+with the non-interactive Agg canvas, so importing this module costs nothing and needs no display.
+
+===========================  ================================================================
+file                         content
+===========================  ================================================================
+``target.png``               the target's ``rel_flux`` with errors and binned points; its
+                             comparison stars (offset) and the ensemble transparency
+``variables.png``            ``rel_flux`` of the variables, one panel each (at most
+                             ``max_panels``, the most significant first)
+``movers.png``               RA/Dec tracks of the moving sources with their fitted motion, and
+                             their offsets from the fit against time
+``movers_coadd.png``         the tracks drawn over the co-add (when there is one)
+``scatter_magnitude.png``    robust scatter against magnitude, classes coloured, with the
+                             expected scatter and the noise model
+``frames.png``               per-frame zero point, FWHM, sky, airmass (and transparency, number
+                             of sources, astrometric rms when present) against time
+===========================  ================================================================
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from lcdask.io.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "KIND_COLOURS",
+    "bin_lightcurve",
+    "frames_figure",
+    "mover_tracks",
+    "movers_coadd_figure",
+    "movers_figure",
+    "plot_frames",
+    "plot_movers",
+    "plot_movers_coadd",
+    "plot_scatter_magnitude",
+    "plot_target",
+    "plot_variables",
+    "ranked_variables",
+    "read_coadd",
+    "scatter_curve",
+    "scatter_magnitude_figure",
+    "select_lightcurves",
+    "target_figure",
+    "time_offset",
+    "variables_figure",
+    "with_frame_coords",
+    "write_plots",
+    "write_run_plots",
+]
+
+KIND_COLOURS = {"stable": "#7f7f7f", "variable": "#d62728", "moving": "#1f77b4"}
+"""Colour of each source class, shared by the PNG plots and the HTML report."""
+
+FRAME_PANELS = (
+    ("zero_point", "zero point (mag)"),
+    ("fwhm_px", "FWHM (px)"),
+    ("sky", "sky (ADU/px)"),
+    ("airmass", "airmass"),
+    ("transparency", "transparency"),
+    ("n_sources", "sources"),
+    ("astrometry_rms_arcsec", "astrometric rms (arcsec)"),
+)
+"""Per-frame quantities plotted against time (those present), with their axis labels."""
+
+_MISSING = 256  # lcdask.lightcurves.LightCurveFlag.MISSING
+_FORCED = 512  # lcdask.lightcurves.LightCurveFlag.FORCED
+_DPI = 100
+
+
+# --------------------------------------------------------------------------------------------
+# helpers shared with the report
+
+
+def time_offset(time_mjd: np.ndarray) -> float:
+    """The whole MJD before the first time: plots show ``time_mjd - offset`` in days."""
+    t = np.asarray(time_mjd, dtype=float)
+    t = t[np.isfinite(t)]
+    return float(np.floor(t.min())) if t.size else 0.0
+
+
+def bin_lightcurve(
+    time: np.ndarray,
+    value: np.ndarray,
+    error: np.ndarray | None = None,
+    *,
+    bin_width: float | None = None,
+    n_bins: int = 25,
+) -> pd.DataFrame:
+    """Bin a light curve in time: weighted means of the points in each bin.
+
+    Parameters
+    ----------
+    time, value
+        The light curve (non-finite points are ignored).
+    error
+        1-sigma errors (weights ``1 / error**2``); without them all points weigh the same and
+        the error of a bin is its standard deviation over ``sqrt(n)``.
+    bin_width
+        Width of the bins in the unit of ``time``; default the span over ``n_bins``.
+    n_bins
+        Number of bins over the span when ``bin_width`` is not given.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``time`` (mean time of the points), ``value``, ``error``, ``n`` for each non-empty bin.
+    """
+    t = np.asarray(time, dtype=float)
+    y = np.asarray(value, dtype=float)
+    e = np.ones_like(y) if error is None else np.asarray(error, dtype=float)
+    ok = np.isfinite(t) & np.isfinite(y) & np.isfinite(e) & (e > 0)
+    t, y, e = t[ok], y[ok], e[ok]
+    if t.size == 0:
+        return pd.DataFrame({"time": [], "value": [], "error": [], "n": []})
+    span = float(t.max() - t.min())
+    width = bin_width if bin_width is not None else (span / max(n_bins, 1) or 1.0)
+    idx = np.floor((t - t.min()) / width).astype(np.int64)
+    w = 1.0 / e**2
+    df = pd.DataFrame({"b": idx, "t": t, "y": y, "w": w, "wy": w * y, "y2": y * y})
+    g = df.groupby("b")
+    n = g.size()
+    wsum = g["w"].sum()
+    mean = g["wy"].sum() / wsum
+    if error is None:
+        var = (g["y2"].mean() - g["y"].mean() ** 2).clip(lower=0.0) * n / (n - 1).clip(lower=1)
+        err = np.sqrt(var / n)
+    else:
+        err = 1.0 / np.sqrt(wsum)
+    return pd.DataFrame(
+        {
+            "time": g["t"].mean().to_numpy(),
+            "value": mean.to_numpy(),
+            "error": err.to_numpy(),
+            "n": n.to_numpy(),
+        }
+    )
+
+
+def select_lightcurves(ds: xr.Dataset, ids: Sequence[int] | np.ndarray) -> xr.Dataset:
+    """The light curves of some sources, loaded, in the order of ``ids``.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset (lazy or loaded).
+    ids
+        ``source_id`` values.
+
+    Returns
+    -------
+    xarray.Dataset
+        The selection, in memory.
+
+    Raises
+    ------
+    ValueError
+        When an id is not in the light curves.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    sid = ds["source_id"].to_numpy()
+    order = np.argsort(sid, kind="stable")
+    pos = np.searchsorted(sid[order], ids)
+    pos = np.minimum(pos, max(sid.size - 1, 0))
+    ok = sid[order][pos] == ids if sid.size else np.zeros(ids.size, bool)
+    if not ok.all():
+        raise ValueError(f"source ids {ids[~ok][:10].tolist()} are not in the light curves")
+    return ds.isel(source=order[pos]).load()
+
+
+def with_frame_coords(frames: pd.DataFrame | None, ds: xr.Dataset) -> pd.DataFrame:
+    """The per-frame table completed with the light curves' frame coordinates it lacks.
+
+    Parameters
+    ----------
+    frames
+        ``frames.parquet`` (or None).
+    ds
+        The light-curve Dataset (``transparency`` and the other coordinates on ``frame``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``frames`` with the missing columns added (matched on ``frame``), or the Dataset's frame
+        coordinates alone when ``frames`` is None.
+    """
+    from lcdask.export import frames_table
+
+    coords = frames_table(ds)
+    if frames is None:
+        return coords
+    extra = [c for c in coords.columns if c not in frames.columns]
+    if not extra or "frame" not in frames.columns:
+        return frames
+    return frames.merge(coords[["frame", *extra]], on="frame", how="left")
+
+
+def _measured(flags: np.ndarray) -> np.ndarray:
+    """Entries that hold a measurement (detected or forced)."""
+    return ((flags & _MISSING) == 0) | ((flags & _FORCED) != 0)
+
+
+def _target_row(sources: pd.DataFrame) -> pd.Series:
+    target = sources[sources["is_target"].to_numpy(bool)]
+    if target.empty:
+        raise ValueError(
+            "the sources table has no target (is_target); give one with `lcdask run --target`"
+        )
+    return target.iloc[0]
+
+
+def ranked_variables(sources: pd.DataFrame, *, include_target: bool = False) -> pd.DataFrame:
+    """The variable sources, the most significant first (larger of the scatter ratios).
+
+    Parameters
+    ----------
+    sources
+        The sources table.
+    include_target
+        Keep the target when it is variable.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of the variables, ranked.
+    """
+    var = sources[sources["kind"] == "variable"]
+    if not include_target:
+        var = var[~var["is_target"].to_numpy(bool)]
+    score = np.fmax(
+        var.get("scatter_ratio", pd.Series(np.nan, index=var.index)).to_numpy(float),
+        var.get("binned_ratio", pd.Series(np.nan, index=var.index)).to_numpy(float),
+    )
+    return var.iloc[np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")]
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    path = Path(path)
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=_DPI)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# target
+
+
+def target_figure(
+    ds: xr.Dataset,
+    sources: pd.DataFrame,
+    *,
+    n_comparison: int = 8,
+    n_bins: int = 25,
+) -> Figure:
+    """The target's light curve with its comparison ensemble.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset (after the ensemble photometry); only the target and the plotted
+        comparison stars are read.
+    sources
+        The sources table (``is_target``, ``is_comparison``).
+    n_comparison
+        At most this many comparison stars are drawn (the heaviest weights first when the
+        Dataset has ``comparison_weight``, else the brightest).
+    n_bins
+        Bins of the binned target light curve (`bin_lightcurve`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Top: target ``rel_flux`` with errors and binned points. Middle: comparison stars'
+        ``rel_flux``, offset. Bottom: the ensemble transparency when the Dataset has it.
+
+    Raises
+    ------
+    ValueError
+        When no source is the target.
+    """
+    target = _target_row(sources)
+    comp = sources[sources["is_comparison"].to_numpy(bool)]
+    if "comparison_weight" in ds and len(comp):
+        weight = ds["comparison_weight"].to_series()
+        weight.index = ds["source_id"].to_numpy()
+        comp = comp.assign(_w=comp["source_id"].map(weight).to_numpy())
+        comp = comp.sort_values("_w", ascending=False)
+    else:
+        comp = comp.sort_values("mag")
+    comp_ids = comp["source_id"].to_numpy(np.int64)[:n_comparison]
+    sub = select_lightcurves(ds, [int(target["source_id"]), *comp_ids])
+    t = sub["time_mjd"].to_numpy().astype(float)
+    t0 = time_offset(t)
+    tt = t - t0
+    has_transparency = "transparency" in sub.coords
+    n_rows = 2 + int(has_transparency)
+    fig = _new_figure(9, 3.2 * n_rows)
+    axes = fig.subplots(n_rows, 1, sharex=True, height_ratios=[1.4, 1.2, 0.6][:n_rows])
+    ax = axes[0]
+    rel = sub["rel_flux"].to_numpy()[0]
+    err = sub["rel_flux_err"].to_numpy()[0]
+    ax.errorbar(tt, rel, yerr=err, fmt=".", ms=3, color="0.55", elinewidth=0.6, label="frames")
+    binned = bin_lightcurve(tt, rel, err, n_bins=n_bins)
+    ax.errorbar(
+        binned["time"],
+        binned["value"],
+        yerr=binned["error"],
+        fmt="o",
+        ms=5,
+        color="#d62728",
+        label=f"binned ({n_bins} bins)",
+    )
+    ax.set_ylabel("relative flux")
+    ax.set_title(
+        f"target: source {int(target['source_id'])}, RA {target['ra']:.5f} Dec "
+        f"{target['dec']:+.5f}, mag {target['mag']:.2f} ({target['kind']})"
+    )
+    ax.legend(loc="best", fontsize="small")
+    ax = axes[1]
+    if comp_ids.size:
+        crel = sub["rel_flux"].to_numpy()[1:]
+        spread = (
+            np.nanmax(np.abs(np.nanpercentile(crel, [2, 98], axis=1) - 1.0)) if crel.size else 0
+        )
+        step = max(4.0 * float(spread), 0.01)
+        for k, sid in enumerate(comp_ids):
+            ax.plot(tt, crel[k] - k * step, ".", ms=2)
+            ax.text(tt[-1], 1.0 - k * step, f" {sid}", fontsize="x-small", va="center")
+        ax.set_ylabel(f"comparison rel. flux (offsets of {step:.3g})")
+        ax.set_title(f"{comp_ids.size} of {len(comp)} comparison stars")
+    else:
+        ax.text(0.5, 0.5, "no comparison stars", transform=ax.transAxes, ha="center")
+    if has_transparency:
+        ax = axes[2]
+        ax.plot(tt, sub["transparency"].to_numpy(), "-", color="k", lw=1)
+        ax.set_ylabel("transparency")
+    axes[-1].set_xlabel(f"MJD - {t0:.0f} (d)")
+    return fig
+
+
+def plot_target(ds: xr.Dataset, sources: pd.DataFrame, path: str | Path, **kwargs: Any) -> Path:
+    """Write `target_figure` as a PNG at ``path`` and return the path."""
+    return _save(target_figure(ds, sources, **kwargs), path)
+
+
+# --------------------------------------------------------------------------------------------
+# variables
+
+
+def variables_figure(
+    ds: xr.Dataset,
+    sources: pd.DataFrame,
+    *,
+    max_panels: int = 12,
+    n_columns: int = 3,
+    include_target: bool = False,
+) -> Figure:
+    """Light curves of the variable sources, one panel each.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset; only the plotted sources are read.
+    sources
+        The sources table (``kind``; ``scatter_ratio`` and ``binned_ratio`` rank them).
+    max_panels
+        At most this many panels, the most significant variables first.
+    n_columns
+        Panels per row.
+    include_target
+        Also show the target when it is variable (it has its own plot).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``rel_flux`` against time with errors and binned points; a note when there are none.
+    """
+    var = ranked_variables(sources, include_target=include_target)
+    shown = var.iloc[:max_panels]
+    n = len(shown)
+    if n == 0:
+        fig = _new_figure(6, 2)
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no variable sources", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    cols = min(n_columns, n)
+    rows = int(np.ceil(n / cols))
+    fig = _new_figure(4.2 * cols, 2.8 * rows + 0.6)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    sub = select_lightcurves(ds, shown["source_id"].to_numpy(np.int64))
+    t = sub["time_mjd"].to_numpy().astype(float)
+    t0 = time_offset(t)
+    for k, (_, row) in enumerate(shown.iterrows()):
+        ax = axes[k]
+        rel = sub["rel_flux"].to_numpy()[k]
+        err = sub["rel_flux_err"].to_numpy()[k]
+        ax.errorbar(t - t0, rel, yerr=err, fmt=".", ms=2, color="0.5", elinewidth=0.5)
+        b = bin_lightcurve(t - t0, rel, err)
+        ax.plot(b["time"], b["value"], "o-", ms=3, lw=1, color=KIND_COLOURS["variable"])
+        ratio = row.get("scatter_ratio", np.nan)
+        ax.set_title(
+            f"source {int(row['source_id'])}  mag {row['mag']:.2f}  ratio {ratio:.1f}",
+            fontsize="small",
+        )
+        ax.tick_params(labelsize="x-small")
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    fig.supxlabel(f"MJD - {t0:.0f} (d)")
+    fig.supylabel("relative flux")
+    if len(var) > n:
+        fig.suptitle(f"{n} of {len(var)} variable sources (most significant first)")
+    return fig
+
+
+def plot_variables(ds: xr.Dataset, sources: pd.DataFrame, path: str | Path, **kwargs: Any) -> Path:
+    """Write `variables_figure` as a PNG at ``path`` and return the path."""
+    return _save(variables_figure(ds, sources, **kwargs), path)
+
+
+# --------------------------------------------------------------------------------------------
+# movers
+
+
+def mover_tracks(ds: xr.Dataset, sources: pd.DataFrame) -> pd.DataFrame:
+    """The measured positions of the moving sources and their fitted motion.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset; only the movers are read.
+    sources
+        The sources table (``kind``, ``ra``, ``dec``, ``epoch_mjd``, ``rate_ra_arcsec_h``,
+        ``rate_dec_arcsec_h``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per measured (mover, frame): ``source_id``, ``frame``, ``time_mjd``, ``ra``,
+        ``dec``, and ``ra_fit``, ``dec_fit`` (the fitted linear motion at that time; NaN when
+        the sources table has no fit).
+    """
+    movers = sources[sources["kind"] == "moving"]
+    cols = ["source_id", "frame", "time_mjd", "ra", "dec", "ra_fit", "dec_fit"]
+    if movers.empty:
+        return pd.DataFrame({c: [] for c in cols})
+    sub = select_lightcurves(ds, movers["source_id"].to_numpy(np.int64))
+    t = sub["time_mjd"].to_numpy().astype(float)
+    ok = _measured(sub["flags"].to_numpy()) & np.isfinite(sub["ra"].to_numpy())
+    si, fi = np.nonzero(ok)
+    table = pd.DataFrame(
+        {
+            "source_id": sub["source_id"].to_numpy()[si].astype(np.int64),
+            "frame": sub["frame"].to_numpy()[fi].astype(np.int64),
+            "time_mjd": t[fi],
+            "ra": sub["ra"].to_numpy()[si, fi],
+            "dec": sub["dec"].to_numpy()[si, fi],
+        }
+    )
+    fit = movers.set_index("source_id").loc[table["source_id"]]
+    epoch = fit.get("epoch_mjd", pd.Series(np.nan, index=fit.index)).to_numpy(float)
+    dt_h = (table["time_mjd"].to_numpy() - epoch) * 24.0
+    dec0 = fit["dec"].to_numpy(float)
+    rate_ra = fit.get("rate_ra_arcsec_h", pd.Series(np.nan, index=fit.index)).to_numpy(float)
+    rate_dec = fit.get("rate_dec_arcsec_h", pd.Series(np.nan, index=fit.index)).to_numpy(float)
+    table["dec_fit"] = dec0 + rate_dec * dt_h / 3600.0
+    table["ra_fit"] = fit["ra"].to_numpy(float) + rate_ra * dt_h / 3600.0 / np.cos(np.deg2rad(dec0))
+    return table
+
+
+def movers_figure(ds: xr.Dataset, sources: pd.DataFrame, *, max_movers: int = 20) -> Figure:
+    """RA/Dec tracks of the moving sources and their offsets from the fitted motion.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset; only the movers are read.
+    sources
+        The sources table.
+    max_movers
+        At most this many movers (the fastest first).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Left: the field, Dec against RA (east to the left), each track with its fitted motion
+        and labelled with its id and rate. Middle: each track relative to its fitted position
+        at the epoch (arcsec), points coloured by time. Right: offsets from the fit (arcsec)
+        in RA cos Dec and Dec against time.
+    """
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    movers = sources[sources["kind"] == "moving"]
+    fig = _new_figure(15, 5.2)
+    if movers.empty:
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no moving sources", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    speed = np.hypot(movers["rate_ra_arcsec_h"], movers["rate_dec_arcsec_h"]).to_numpy(float)
+    movers = movers.iloc[np.argsort(-np.nan_to_num(speed, nan=-1.0), kind="stable")[:max_movers]]
+    tracks = mover_tracks(ds, movers)
+    ax_sky, ax_rel, ax_res = fig.subplots(1, 3, width_ratios=[1, 1, 1])
+    t0 = time_offset(tracks["time_mjd"].to_numpy())
+    by_id = movers.set_index("source_id")
+    sc = None
+    for k, (sid, g) in enumerate(tracks.groupby("source_id", sort=False)):
+        colour = f"C{k % 10}"
+        row = by_id.loc[sid]
+        rate = float(np.hypot(row["rate_ra_arcsec_h"], row["rate_dec_arcsec_h"]))
+        ax_sky.plot(g["ra"], g["dec"], ".", ms=2, color=colour)
+        ax_sky.plot(g["ra_fit"], g["dec_fit"], "-", color=colour, lw=1.5)
+        last = g.iloc[-1]
+        ax_sky.annotate(
+            f'{sid}: {rate:.1f}"/h',
+            (last["ra"], last["dec"]),
+            fontsize="x-small",
+            color=colour,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+        dec0 = float(row["dec"])
+        cosd = np.cos(np.deg2rad(dec0))
+        e_ra = (g["ra"].to_numpy() - float(row["ra"])) * cosd * 3600.0
+        e_dec = (g["dec"].to_numpy() - dec0) * 3600.0
+        gt = g["time_mjd"].to_numpy() - t0
+        sc = ax_rel.scatter(e_ra, e_dec, c=gt, s=5, cmap="viridis")
+        f_ra = (g["ra_fit"].to_numpy() - float(row["ra"])) * cosd * 3600.0
+        f_dec = (g["dec_fit"].to_numpy() - dec0) * 3600.0
+        ax_rel.plot(f_ra, f_dec, "-", color=colour, lw=1, label=f'{sid}: {rate:.1f}"/h')
+        cos_fit = np.cos(np.deg2rad(g["dec_fit"].to_numpy()))
+        d_ra = (g["ra"] - g["ra_fit"]).to_numpy() * cos_fit * 3600.0
+        d_dec = (g["dec"] - g["dec_fit"]).to_numpy() * 3600.0
+        ax_res.plot(gt, d_ra, ".", ms=3, color=colour, label=f"{sid} RA cos Dec")
+        ax_res.plot(gt, d_dec, "x", ms=3, color=colour, label=f"{sid} Dec")
+    if sc is not None:
+        fig.colorbar(sc, ax=ax_rel, label=f"MJD - {t0:.0f} (d)")
+    for ax in (ax_sky, ax_rel):
+        ax.invert_xaxis()
+    for axis in (ax_sky.xaxis, ax_sky.yaxis):
+        axis.set_major_formatter(ScalarFormatter(useOffset=False))
+        axis.set_major_locator(MaxNLocator(4))
+    ax_sky.set_xlabel("RA (deg)")
+    ax_sky.set_ylabel("Dec (deg)")
+    ax_sky.set_title(f"tracks of {len(movers)} moving sources")
+    ax_rel.set_aspect("equal", adjustable="datalim")
+    ax_rel.set_xlabel("east offset from the epoch position (arcsec)")
+    ax_rel.set_ylabel("north offset (arcsec)")
+    ax_rel.set_title("motion over the night")
+    ax_rel.legend(fontsize="x-small")
+    ax_res.axhline(0.0, color="k", lw=0.5)
+    ax_res.set_xlabel(f"MJD - {t0:.0f} (d)")
+    ax_res.set_ylabel("offset from the linear fit (arcsec)")
+    ax_res.set_title("residuals")
+    ax_res.legend(fontsize="xx-small", ncols=2)
+    return fig
+
+
+def plot_movers(ds: xr.Dataset, sources: pd.DataFrame, path: str | Path, **kwargs: Any) -> Path:
+    """Write `movers_figure` as a PNG at ``path`` and return the path."""
+    return _save(movers_figure(ds, sources, **kwargs), path)
+
+
+def read_coadd(coadd: str | Path | tuple[np.ndarray, object]) -> tuple[np.ndarray, object]:
+    """The co-added image (float32) and its astropy WCS.
+
+    Parameters
+    ----------
+    coadd
+        ``coadd.fits`` (its first 2-d image) or ``(image, wcs)``.
+
+    Returns
+    -------
+    tuple
+        ``(image, wcs)``.
+    """
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    if isinstance(coadd, str | Path):
+        with fits.open(coadd, memmap=True) as hdul:
+            hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2), None)
+            if hdu is None:
+                raise ValueError(f"{coadd} holds no 2-d image")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                wcs = WCS(hdu.header)
+            return np.asarray(hdu.data, dtype=np.float32), wcs
+    image, wcs = coadd
+    return np.asarray(image, dtype=np.float32), wcs
+
+
+def movers_coadd_figure(
+    coadd: str | Path | tuple[np.ndarray, object],
+    ds: xr.Dataset,
+    sources: pd.DataFrame,
+    *,
+    max_movers: int = 20,
+    max_pixels: int = 1500,
+) -> Figure:
+    """The movers' tracks drawn over the co-added image.
+
+    Parameters
+    ----------
+    coadd
+        ``coadd.fits`` (the first 2-d image and its WCS), or ``(image, wcs)`` with an astropy
+        `~astropy.wcs.WCS`.
+    ds, sources
+        Light curves and sources table (`mover_tracks`).
+    max_movers
+        At most this many movers, the fastest first.
+    max_pixels
+        Larger images are decimated to about this many pixels on a side for display.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The co-add (z-scale stretch) in pixel coordinates, each mover's measured positions and
+        fitted motion, labelled with its id; the target circled.
+    """
+    from astropy.visualization import ZScaleInterval
+
+    image, wcs = read_coadd(coadd)
+    step = max(1, int(np.ceil(max(image.shape) / max_pixels)))
+    shown = image[::step, ::step]
+    finite = shown[np.isfinite(shown)]
+    vmin, vmax = ZScaleInterval().get_limits(finite) if finite.size else (0.0, 1.0)
+    fig = _new_figure(8, 8 * image.shape[0] / max(image.shape[1], 1) + 0.6)
+    ax = fig.subplots()
+    ax.imshow(
+        shown,
+        origin="lower",
+        cmap="gray",
+        vmin=vmin,
+        vmax=vmax,
+        extent=(-0.5, image.shape[1] - 0.5, -0.5, image.shape[0] - 0.5),
+        interpolation="nearest",
+    )
+    movers = sources[sources["kind"] == "moving"]
+    speed = np.hypot(movers["rate_ra_arcsec_h"], movers["rate_dec_arcsec_h"]).to_numpy(float)
+    movers = movers.iloc[np.argsort(-np.nan_to_num(speed, nan=-1.0), kind="stable")[:max_movers]]
+    tracks = mover_tracks(ds, movers)
+    bright = ("#00e5ff", "#ffd400", "#ff4df0", "#7dff3a", "#ff8c1a", "#4d9dff")
+    for k, (sid, g) in enumerate(tracks.groupby("source_id", sort=False)):
+        colour = bright[k % len(bright)]
+        x, y = wcs.world_to_pixel_values(g["ra"].to_numpy(), g["dec"].to_numpy())
+        ax.plot(x, y, ".", ms=2, color=colour)
+        fx, fy = wcs.world_to_pixel_values(g["ra_fit"].to_numpy(), g["dec_fit"].to_numpy())
+        ax.plot(fx, fy, "-", lw=1.5, color=colour)
+        ax.plot(np.median(x), np.median(y), "s", ms=16, mfc="none", mec=colour, mew=1.2)
+        ax.annotate(
+            str(sid),
+            (x[-1], y[-1]),
+            color=colour,
+            fontsize="medium",
+            xytext=(10, 10),
+            textcoords="offset points",
+            bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0, "pad": 1},
+        )
+    target = sources[sources["is_target"].to_numpy(bool)]
+    if len(target):
+        tx, ty = wcs.world_to_pixel_values(target["ra"].to_numpy(), target["dec"].to_numpy())
+        ax.plot(tx, ty, "o", ms=14, mfc="none", mec="#d62728", mew=1.5, label="target")
+        ax.legend(loc="upper right", fontsize="small")
+    ax.set_xlim(-0.5, image.shape[1] - 0.5)
+    ax.set_ylim(-0.5, image.shape[0] - 0.5)
+    ax.set_xlabel("x (px)")
+    ax.set_ylabel("y (px)")
+    ax.set_title(f"{len(movers)} moving sources over the co-add")
+    return fig
+
+
+def plot_movers_coadd(
+    coadd: str | Path | tuple[np.ndarray, object],
+    ds: xr.Dataset,
+    sources: pd.DataFrame,
+    path: str | Path,
+    **kwargs: Any,
+) -> Path:
+    """Write `movers_coadd_figure` as a PNG at ``path`` and return the path."""
+    return _save(movers_coadd_figure(coadd, ds, sources, **kwargs), path)
+
+
+# --------------------------------------------------------------------------------------------
+# scatter against magnitude
+
+
+def scatter_curve(mag: np.ndarray, value: np.ndarray, *, n_bins: int = 20) -> pd.DataFrame:
+    """A smooth curve through per-source values against magnitude: medians in magnitude bins.
+
+    Parameters
+    ----------
+    mag, value
+        Per-source magnitude and value (``expected_scatter``, ``noise_model``); non-finite
+        pairs are ignored.
+    n_bins
+        Bins of equal counts (fewer when there are fewer than 5 sources per bin).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``mag`` (median magnitude of the bin) and ``value`` (median value), by magnitude.
+    """
+    m = np.asarray(mag, dtype=float)
+    v = np.asarray(value, dtype=float)
+    ok = np.isfinite(m) & np.isfinite(v)
+    m, v = m[ok], v[ok]
+    if m.size == 0:
+        return pd.DataFrame({"mag": [], "value": []})
+    order = np.argsort(m, kind="stable")
+    parts = np.array_split(order, max(1, min(n_bins, m.size // 5)))
+    return pd.DataFrame(
+        {
+            "mag": [float(np.median(m[p])) for p in parts],
+            "value": [float(np.median(v[p])) for p in parts],
+        }
+    )
+
+
+def scatter_magnitude_figure(sources: pd.DataFrame) -> Figure:
+    """Robust scatter of the light curves against magnitude, by class.
+
+    Parameters
+    ----------
+    sources
+        The sources table (``mag``, ``mad_scatter``, ``expected_scatter``, ``noise_model``,
+        ``kind``, ``is_comparison``, ``is_target``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One scatter collection per class (labelled with the class name, the points in the
+        order of the sources table), the comparison stars ringed, the target starred; the
+        expected scatter (line) and the noise model (dashed) of the non-moving sources, as
+        medians in magnitude bins (`scatter_curve`).
+    """
+    fig = _new_figure(8, 5.5)
+    ax = fig.subplots()
+    mag = sources["mag"].to_numpy(float)
+    scatter = sources["mad_scatter"].to_numpy(float)
+    for kind, colour in KIND_COLOURS.items():
+        sel = (sources["kind"] == kind).to_numpy()
+        ax.scatter(
+            mag[sel],
+            scatter[sel],
+            s=8 if kind == "stable" else 18,
+            color=colour,
+            label=f"{kind} ({int(sel.sum())})",
+            alpha=0.7 if kind == "stable" else 0.9,
+            gid=f"scatter_{kind}",
+        )
+    comp = sources["is_comparison"].to_numpy(bool)
+    if comp.any():
+        ax.scatter(
+            mag[comp],
+            scatter[comp],
+            s=40,
+            facecolors="none",
+            edgecolors="k",
+            lw=0.8,
+            label=f"comparison ({int(comp.sum())})",
+            gid="scatter_comparison",
+        )
+    target = sources["is_target"].to_numpy(bool)
+    if target.any():
+        ax.scatter(
+            mag[target],
+            scatter[target],
+            s=160,
+            marker="*",
+            color="gold",
+            edgecolors="k",
+            label="target",
+            gid="scatter_target",
+            zorder=5,
+        )
+    fixed = (sources["kind"] != "moving").to_numpy()
+    if "expected_scatter" in sources:
+        curve = scatter_curve(mag[fixed], sources["expected_scatter"].to_numpy(float)[fixed])
+        ax.plot(
+            curve["mag"],
+            curve["value"],
+            "-",
+            color="k",
+            lw=1.2,
+            label="expected scatter",
+            gid="expected_scatter",
+        )
+    if "noise_model" in sources:
+        curve = scatter_curve(mag[fixed], sources["noise_model"].to_numpy(float)[fixed])
+        ax.plot(
+            curve["mag"],
+            curve["value"],
+            "--",
+            color="k",
+            lw=0.8,
+            label="noise model",
+            gid="noise_model",
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("magnitude")
+    ax.set_ylabel("robust scatter of the relative flux (1.4826 MAD)")
+    ax.set_title(f"scatter against magnitude, {len(sources)} sources")
+    ax.legend(fontsize="small", loc="upper left")
+    return fig
+
+
+def plot_scatter_magnitude(sources: pd.DataFrame, path: str | Path) -> Path:
+    """Write `scatter_magnitude_figure` as a PNG at ``path`` and return the path."""
+    return _save(scatter_magnitude_figure(sources), path)
+
+
+# --------------------------------------------------------------------------------------------
+# per-frame conditions
+
+
+def frames_figure(frames: pd.DataFrame) -> Figure:
+    """Per-frame zero point, FWHM, sky and airmass (and the others present) against time.
+
+    Parameters
+    ----------
+    frames
+        The per-frame table (``time_mjd`` and any of `FRAME_PANELS`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per quantity present, sharing the time axis.
+
+    Raises
+    ------
+    ValueError
+        When the table has no ``time_mjd`` or none of the quantities.
+    """
+    if "time_mjd" not in frames:
+        raise ValueError("the per-frame table needs a 'time_mjd' column")
+    panels = [(c, label) for c, label in FRAME_PANELS if c in frames and frames[c].notna().any()]
+    if not panels:
+        raise ValueError("the per-frame table has none of " + ", ".join(c for c, _ in FRAME_PANELS))
+    t = frames["time_mjd"].to_numpy(float)
+    t0 = time_offset(t)
+    fig = _new_figure(9, 1.7 * len(panels) + 0.8)
+    axes = np.atleast_1d(fig.subplots(len(panels), 1, sharex=True))
+    for ax, (col, label) in zip(axes, panels, strict=True):
+        ax.plot(t - t0, frames[col].to_numpy(float), ".-", ms=3, lw=0.6)
+        ax.set_ylabel(label, fontsize="small")
+    if "zero_point" in frames:
+        axes[0].set_title("per-frame conditions")
+    axes[-1].set_xlabel(f"MJD - {t0:.0f} (d)")
+    return fig
+
+
+def plot_frames(frames: pd.DataFrame, path: str | Path) -> Path:
+    """Write `frames_figure` as a PNG at ``path`` and return the path."""
+    return _save(frames_figure(frames), path)
+
+
+# --------------------------------------------------------------------------------------------
+# all of them
+
+
+def write_plots(
+    ds: xr.Dataset,
+    sources: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    frames: pd.DataFrame | None = None,
+    coadd: str | Path | tuple[np.ndarray, object] | None = None,
+    max_variables: int = 12,
+) -> list[Path]:
+    """Write every plot that the data allow into ``out_dir`` (module docstring).
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset (may be lazy: only the plotted sources are read).
+    sources
+        The sources table.
+    out_dir
+        The folder (``RUN/plots``); created when missing.
+    frames
+        The per-frame table; default the light curves' frame coordinates.
+    coadd
+        ``coadd.fits`` or ``(image, wcs)``: the movers are also drawn over it.
+    max_variables
+        Panels of ``variables.png``.
+
+    Returns
+    -------
+    list of Path
+        The files written. ``target.png`` only when there is a target; ``variables.png``,
+        ``movers.png`` and ``movers_coadd.png`` only when there are such sources.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if sources["is_target"].to_numpy(bool).any():
+        written.append(plot_target(ds, sources, out / "target.png"))
+    if len(ranked_variables(sources)):
+        written.append(plot_variables(ds, sources, out / "variables.png", max_panels=max_variables))
+    if (sources["kind"] == "moving").any():
+        written.append(plot_movers(ds, sources, out / "movers.png"))
+        if coadd is not None:
+            written.append(plot_movers_coadd(coadd, ds, sources, out / "movers_coadd.png"))
+    written.append(plot_scatter_magnitude(sources, out / "scatter_magnitude.png"))
+    written.append(plot_frames(with_frame_coords(frames, ds), out / "frames.png"))
+    return written
+
+
+def write_run_plots(run_dir: str | Path, *, out_dir: str | Path | None = None) -> list[Path]:
+    """Read a run directory and write its plots (`write_plots`) into ``RUN/plots``.
+
+    Parameters
+    ----------
+    run_dir
+        The run directory.
+    out_dir
+        Another folder for the PNG files.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    from lcdask.export import read_run
+
+    run = read_run(run_dir)
+    return write_plots(
+        run.lightcurves,
+        run.sources,
+        Path(out_dir) if out_dir is not None else run.run_dir / "plots",
+        frames=run.frames,
+        coadd=run.coadd_path,
+    )

@@ -1,0 +1,677 @@
+"""The run's HTML report (``RUN/report.html``): interactive bokeh plots in one offline page.
+
+`write_report` reads a run directory and writes a standalone page with bokeh's JavaScript inline
+(`bokeh.resources.INLINE`), so that it opens without a network. `build_report` returns the
+bokeh layout for notebooks (``bokeh.io.show(build_report(read_run(RUN)))``).
+
+Every plot and data source carries a stable ``name`` (`REPORT_NAMES`), so that scripts and tests
+find them with ``doc.select_one({"name": ...})`` or, in the page,
+``Bokeh.documents[0].get_model_by_name(...)``:
+
+==========================  =====================================================================
+name                        content
+==========================  =====================================================================
+``summary``                 Div: counts per class, frames, time span, target, comparison stars
+``target_lightcurve``       target ``rel_flux`` against time with errors (source
+                            ``target_source``: ``time_mjd``, ``rel_flux``, ``rel_flux_err``...)
+                            and binned points (``target_binned_source``)
+``target_comparison``       the comparison stars' ``rel_flux`` (offset) and the transparency
+``variables``               grid of the variables' light curves (``variable_<source_id>``)
+``mover_tracks``            RA/Dec of the movers' detections and fitted motion
+                            (``mover_tracks_source``)
+``movers_coadd``            the tracks over the co-add (when ``coadd.fits`` exists)
+``scatter_magnitude``       robust scatter against magnitude by class, with hover (source id)
+                            (``scatter_source``), expected scatter and noise model
+``frame_<quantity>``        per-frame zero point, FWHM, sky, airmass... against time
+                            (``frames_source``)
+==========================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import html
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from lcdask.export import RunProducts, read_run
+from lcdask.io.atomic import atomic_path
+from lcdask.plots import (
+    FRAME_PANELS,
+    KIND_COLOURS,
+    bin_lightcurve,
+    mover_tracks,
+    ranked_variables,
+    read_coadd,
+    scatter_curve,
+    select_lightcurves,
+    with_frame_coords,
+)
+
+__all__ = ["REPORT_NAMES", "build_report", "write_report"]
+
+REPORT_NAMES = (
+    "summary",
+    "target_lightcurve",
+    "target_comparison",
+    "variables",
+    "mover_tracks",
+    "movers_coadd",
+    "scatter_magnitude",
+    "frames",
+)
+"""Names of the report's sections (``frames`` holds the ``frame_<quantity>`` plots)."""
+
+_WIDTH = 900
+_PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    """NaN where not finite (bokeh sends NaN as a gap; infinities break JSON)."""
+    a = np.asarray(a, dtype=float)
+    return np.where(np.isfinite(a), a, np.nan)
+
+
+def _note(text: str, name: str):
+    from bokeh.models import Div
+
+    return Div(text=f"<p><i>{html.escape(text)}</i></p>", name=name, width=_WIDTH)
+
+
+def _heading(text: str):
+    from bokeh.models import Div
+
+    return Div(text=f"<h2>{html.escape(text)}</h2>", width=_WIDTH)
+
+
+def _summary(run: RunProducts, ds: xr.Dataset) -> Any:
+    from bokeh.models import Div
+
+    sources = run.sources
+    counts = sources["kind"].value_counts()
+    t = np.asarray(ds["time_mjd"].to_numpy(), dtype=float)
+    span_h = float(np.nanmax(t) - np.nanmin(t)) * 24.0 if t.size else 0.0
+    rows = [
+        ("run", str(run.run_dir)),
+        ("frames", f"{ds.sizes['frame']}"),
+        (
+            "time span",
+            f"MJD {np.nanmin(t):.5f} to {np.nanmax(t):.5f} ({span_h:.2f} h)" if t.size else "-",
+        ),
+        ("sources", f"{len(sources)}"),
+    ]
+    rows += [(f"&nbsp;&nbsp;{k}", f"{int(counts.get(k, 0))}") for k in KIND_COLOURS]
+    rows.append(("comparison stars", f"{int(sources['is_comparison'].sum())}"))
+    target = sources[sources["is_target"].to_numpy(bool)]
+    if len(target):
+        r = target.iloc[0]
+        rows.append(
+            (
+                "target",
+                f"source {int(r['source_id'])}: RA {r['ra']:.6f}, Dec {r['dec']:+.6f}, "
+                f"mag {r['mag']:.3f}, {r['kind']}, {int(r['n_frames'])} frames",
+            )
+        )
+    else:
+        rows.append(("target", "none (give one with lcdask run --target)"))
+    if run.coadd_path is not None:
+        rows.append(("co-add", html.escape(run.coadd_path.name)))
+    body = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em'>{k}</th>"
+        f"<td>{v if k.startswith('&') else html.escape(v)}</td></tr>"
+        for k, v in rows
+    )
+    return Div(
+        text=f"<h1>lcdask run report</h1><table id='summary-table'>{body}</table>",
+        name="summary",
+        width=_WIDTH,
+    )
+
+
+def _hover(fig, renderers, tooltips):
+    from bokeh.models import HoverTool
+
+    fig.add_tools(HoverTool(renderers=list(renderers), tooltips=tooltips))
+
+
+def _figure(name: str, title: str, *, height: int = 300, width: int = _WIDTH, **kwargs: Any):
+    from bokeh.plotting import figure
+
+    fig = figure(
+        name=name,
+        title=title,
+        width=width,
+        height=height,
+        tools="pan,box_zoom,wheel_zoom,reset,save",
+        **kwargs,
+    )
+    return fig
+
+
+def _mjd_axis(fig) -> None:
+    from bokeh.models import BasicTickFormatter
+
+    fig.xaxis.formatter = BasicTickFormatter(use_scientific=False)
+    fig.xaxis.axis_label = "MJD"
+
+
+def _target_section(ds: xr.Dataset, sources: pd.DataFrame, *, n_comparison: int, n_bins: int):
+    from bokeh.layouts import column
+    from bokeh.models import ColumnDataSource, Whisker
+
+    target = sources[sources["is_target"].to_numpy(bool)]
+    if target.empty:
+        return _note('No target in this run (lcdask run --target "RA DEC").', "target_none")
+    row = target.iloc[0]
+    sid = int(row["source_id"])
+    comp = sources[sources["is_comparison"].to_numpy(bool)].sort_values("mag")
+    comp_ids = comp["source_id"].to_numpy(np.int64)[:n_comparison]
+    sub = select_lightcurves(ds, [sid, *comp_ids])
+    t = np.asarray(sub["time_mjd"].to_numpy(), dtype=float)
+    rel = _finite(sub["rel_flux"].to_numpy()[0])
+    err = _finite(sub["rel_flux_err"].to_numpy()[0])
+    source = ColumnDataSource(
+        {
+            "time_mjd": t,
+            "frame": sub["frame"].to_numpy().astype(np.int64),
+            "rel_flux": rel,
+            "rel_flux_err": err,
+            "lower": rel - err,
+            "upper": rel + err,
+            "mag": _finite(sub["mag"].to_numpy()[0]),
+            "flags": sub["flags"].to_numpy()[0].astype(np.int64),
+        },
+        name="target_source",
+    )
+    binned = bin_lightcurve(t, rel, err, n_bins=n_bins)
+    bsource = ColumnDataSource(
+        {
+            "time_mjd": binned["time"].to_numpy(),
+            "rel_flux": binned["value"].to_numpy(),
+            "rel_flux_err": binned["error"].to_numpy(),
+            "lower": (binned["value"] - binned["error"]).to_numpy(),
+            "upper": (binned["value"] + binned["error"]).to_numpy(),
+            "n": binned["n"].to_numpy().astype(np.int64),
+        },
+        name="target_binned_source",
+    )
+    fig = _figure(
+        "target_lightcurve",
+        f"target: source {sid}, RA {row['ra']:.5f} Dec {row['dec']:+.5f}, "
+        f"mag {row['mag']:.2f} ({row['kind']})",
+        height=380,
+        y_axis_label="relative flux",
+    )
+    _mjd_axis(fig)
+    fig.add_layout(
+        Whisker(
+            source=source,
+            base="time_mjd",
+            lower="lower",
+            upper="upper",
+            line_alpha=0.35,
+            line_color="gray",
+            upper_head=None,
+            lower_head=None,
+        )
+    )
+    pts = fig.scatter(
+        "time_mjd", "rel_flux", source=source, size=4, color="gray", legend_label="frames"
+    )
+    fig.add_layout(
+        Whisker(source=bsource, base="time_mjd", lower="lower", upper="upper", line_color="red")
+    )
+    bins = fig.scatter(
+        "time_mjd",
+        "rel_flux",
+        source=bsource,
+        size=8,
+        color=KIND_COLOURS["variable"],
+        legend_label=f"binned ({n_bins} bins)",
+        name="target_binned",
+    )
+    _hover(
+        fig,
+        [pts],
+        [
+            ("frame", "@frame"),
+            ("MJD", "@time_mjd{0.00000}"),
+            ("rel. flux", "@rel_flux{0.0000} ± @rel_flux_err{0.0000}"),
+            ("mag", "@mag{0.000}"),
+            ("flags", "@flags"),
+        ],
+    )
+    _hover(
+        fig, [bins], [("MJD", "@time_mjd{0.00000}"), ("binned", "@rel_flux{0.0000}"), ("n", "@n")]
+    )
+    fig.legend.location = "bottom_left"
+    fig.legend.click_policy = "hide"
+    children = [fig]
+    if comp_ids.size:
+        crel = sub["rel_flux"].to_numpy()[1:]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            spread = np.nanmax(np.abs(np.nanpercentile(crel, [2, 98], axis=1) - 1.0))
+        step = max(4.0 * float(np.nan_to_num(spread)), 0.01)
+        cfig = _figure(
+            "target_comparison",
+            f"{comp_ids.size} of {len(comp)} comparison stars (offsets of {step:.3g})",
+            height=320,
+            x_range=fig.x_range,
+            y_axis_label="relative flux - offset",
+        )
+        _mjd_axis(cfig)
+        renderers = []
+        for k, cid in enumerate(comp_ids):
+            csrc = ColumnDataSource(
+                {
+                    "time_mjd": t,
+                    "rel_flux": _finite(crel[k]),
+                    "shown": _finite(crel[k]) - k * step,
+                    "source_id": np.full(t.size, cid, dtype=np.int64),
+                },
+                name=f"comparison_source_{cid}",
+            )
+            renderers.append(
+                cfig.scatter(
+                    "time_mjd", "shown", source=csrc, size=3, color=_PALETTE[k % len(_PALETTE)]
+                )
+            )
+        _hover(
+            cfig,
+            renderers,
+            [("source", "@source_id"), ("MJD", "@time_mjd{0.00000}"), ("rel. flux", "@rel_flux")],
+        )
+        children.append(cfig)
+    return column(children, name="target_section")
+
+
+def _variables_section(ds: xr.Dataset, sources: pd.DataFrame, *, max_variables: int):
+    from bokeh.layouts import gridplot
+    from bokeh.models import ColumnDataSource
+
+    var = ranked_variables(sources)
+    if var.empty:
+        return _note("No variable sources (besides the target).", "variables_none")
+    shown = var.iloc[:max_variables]
+    sub = select_lightcurves(ds, shown["source_id"].to_numpy(np.int64))
+    t = np.asarray(sub["time_mjd"].to_numpy(), dtype=float)
+    figs = []
+    for k, (_, row) in enumerate(shown.iterrows()):
+        sid = int(row["source_id"])
+        rel = _finite(sub["rel_flux"].to_numpy()[k])
+        err = _finite(sub["rel_flux_err"].to_numpy()[k])
+        src = ColumnDataSource(
+            {"time_mjd": t, "rel_flux": rel, "rel_flux_err": err}, name=f"variable_source_{sid}"
+        )
+        fig = _figure(
+            f"variable_{sid}",
+            f"source {sid}, mag {row['mag']:.2f}, ratio {row.get('scatter_ratio', np.nan):.1f}",
+            height=240,
+            width=_WIDTH // 3,
+        )
+        _mjd_axis(fig)
+        fig.xaxis.ticker.desired_num_ticks = 3
+        pts = fig.scatter("time_mjd", "rel_flux", source=src, size=3, color="gray")
+        b = bin_lightcurve(t, rel, err)
+        fig.line(b["time"].to_numpy(), b["value"].to_numpy(), color=KIND_COLOURS["variable"])
+        _hover(fig, [pts], [("MJD", "@time_mjd{0.00000}"), ("rel. flux", "@rel_flux{0.0000}")])
+        figs.append(fig)
+    grid = gridplot(figs, ncols=3)
+    grid.name = "variables"
+    if len(var) > len(shown):
+        from bokeh.layouts import column
+
+        return column(
+            [_note(f"{len(shown)} of {len(var)} variables, most significant first.", "v"), grid]
+        )
+    return grid
+
+
+def _mover_table(ds: xr.Dataset, sources: pd.DataFrame) -> pd.DataFrame:
+    movers = sources[sources["kind"] == "moving"]
+    tracks = mover_tracks(ds, movers)
+    if tracks.empty:
+        return tracks.assign(colour=[], rate_arcsec_h=[])
+    ids = movers["source_id"].to_numpy(np.int64)
+    colour = {int(s): _PALETTE[k % len(_PALETTE)] for k, s in enumerate(ids)}
+    rate = np.hypot(movers["rate_ra_arcsec_h"], movers["rate_dec_arcsec_h"])
+    rate.index = ids
+    return tracks.assign(
+        colour=tracks["source_id"].map(colour),
+        rate_arcsec_h=tracks["source_id"].map(rate).to_numpy(float),
+    )
+
+
+def _movers_section(ds: xr.Dataset, sources: pd.DataFrame, coadd_path, *, coadd_pixels: int):
+    from bokeh.layouts import column
+    from bokeh.models import ColumnDataSource
+
+    tracks = _mover_table(ds, sources)
+    if tracks.empty:
+        return _note("No moving sources.", "movers_none")
+    src = ColumnDataSource(
+        {
+            "source_id": tracks["source_id"].to_numpy(np.int64),
+            "time_mjd": tracks["time_mjd"].to_numpy(float),
+            "ra": tracks["ra"].to_numpy(float),
+            "dec": tracks["dec"].to_numpy(float),
+            "rate_arcsec_h": _finite(tracks["rate_arcsec_h"].to_numpy()),
+            "colour": tracks["colour"].to_numpy(str),
+        },
+        name="mover_tracks_source",
+    )
+    n = tracks["source_id"].nunique()
+    fig = _figure(
+        "mover_tracks",
+        f"tracks of {n} moving sources (RA increases to the left)",
+        height=520,
+        x_axis_label="RA (deg)",
+        y_axis_label="Dec (deg)",
+        match_aspect=True,
+    )
+    fig.x_range.flipped = True
+    pts = fig.scatter("ra", "dec", source=src, color="colour", size=4)
+    for sid, g in tracks.groupby("source_id", sort=False):
+        fig.line(
+            _finite(g["ra_fit"].to_numpy()),
+            _finite(g["dec_fit"].to_numpy()),
+            color=str(g["colour"].iloc[0]),
+            line_width=1.5,
+            legend_label=f'{sid}: {g["rate_arcsec_h"].iloc[0]:.1f}"/h',
+        )
+    fig.legend.click_policy = "hide"
+    _hover(
+        fig,
+        [pts],
+        [
+            ("source", "@source_id"),
+            ("MJD", "@time_mjd{0.00000}"),
+            ("RA, Dec", "@ra{0.000000}, @dec{0.000000}"),
+            ("rate", '@rate_arcsec_h{0.00} "/h'),
+        ],
+    )
+    children = [fig]
+    if coadd_path is not None:
+        try:
+            children.append(_coadd_figure(coadd_path, tracks, sources, coadd_pixels=coadd_pixels))
+        except (OSError, ValueError) as exc:
+            children.append(_note(f"The co-add could not be shown: {exc}", "movers_coadd_error"))
+    return column(children, name="movers_section")
+
+
+def _coadd_figure(coadd_path: Path, tracks: pd.DataFrame, sources: pd.DataFrame, *, coadd_pixels):
+    from astropy.visualization import ZScaleInterval
+    from bokeh.models import ColumnDataSource
+
+    image, wcs = read_coadd(coadd_path)
+    ny, nx = image.shape
+    step = max(1, int(np.ceil(max(ny, nx) / coadd_pixels)))
+    shown = image[::step, ::step]
+    finite = shown[np.isfinite(shown)]
+    vmin, vmax = ZScaleInterval().get_limits(finite) if finite.size else (0.0, 1.0)
+    scaled = np.clip((np.nan_to_num(shown, nan=vmin) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+    grey = (scaled * 255).astype(np.uint8)
+    height = int(min(700, 700 * ny / max(nx, 1)))
+    fig = _figure(
+        "movers_coadd",
+        f"moving sources over the co-add ({nx}x{ny} px)",
+        height=height + 40,
+        width=int(height * nx / max(ny, 1)) + 60,
+        x_axis_label="x (px)",
+        y_axis_label="y (px)",
+        x_range=(-0.5, nx - 0.5),
+        y_range=(-0.5, ny - 0.5),
+        match_aspect=True,
+    )
+    from bokeh.palettes import Greys256
+
+    fig.image(
+        image=[grey],
+        x=-0.5,
+        y=-0.5,
+        dw=nx,
+        dh=ny,
+        palette=Greys256,
+        name="coadd_image",
+    )
+    x, y = wcs.world_to_pixel_values(tracks["ra"].to_numpy(), tracks["dec"].to_numpy())
+    src = ColumnDataSource(
+        {
+            "x": _finite(x),
+            "y": _finite(y),
+            "source_id": tracks["source_id"].to_numpy(np.int64),
+            "time_mjd": tracks["time_mjd"].to_numpy(float),
+            "colour": tracks["colour"].to_numpy(str),
+        },
+        name="movers_coadd_source",
+    )
+    pts = fig.scatter("x", "y", source=src, color="colour", size=3)
+    _hover(fig, [pts], [("source", "@source_id"), ("MJD", "@time_mjd{0.00000}")])
+    target = sources[sources["is_target"].to_numpy(bool)]
+    if len(target):
+        tx, ty = wcs.world_to_pixel_values(target["ra"].to_numpy(), target["dec"].to_numpy())
+        fig.scatter(
+            _finite(tx),
+            _finite(ty),
+            marker="circle",
+            size=24,
+            fill_alpha=0,
+            line_color="red",
+            line_width=2,
+            legend_label="target",
+        )
+    return fig
+
+
+def _scatter_section(sources: pd.DataFrame):
+    from bokeh.models import ColumnDataSource
+
+    mag = sources["mag"].to_numpy(float)
+    scatter = sources["mad_scatter"].to_numpy(float)
+    scatter = np.where(scatter > 0, scatter, np.nan)
+    kind = sources["kind"].astype(str).to_numpy()
+    src = ColumnDataSource(
+        {
+            "source_id": sources["source_id"].to_numpy(np.int64),
+            "mag": _finite(mag),
+            "mad_scatter": _finite(scatter),
+            "expected_scatter": _finite(sources["expected_scatter"].to_numpy(float)),
+            "scatter_ratio": _finite(sources["scatter_ratio"].to_numpy(float)),
+            "kind": kind,
+            "colour": np.array([KIND_COLOURS.get(k, "black") for k in kind]),
+            "is_comparison": sources["is_comparison"].to_numpy(bool),
+            "is_target": sources["is_target"].to_numpy(bool),
+            "n_frames": sources["n_frames"].to_numpy(np.int64),
+        },
+        name="scatter_source",
+    )
+    fig = _figure(
+        "scatter_magnitude",
+        f"robust scatter against magnitude, {len(sources)} sources",
+        height=520,
+        y_axis_type="log",
+        x_axis_label="magnitude",
+        y_axis_label="robust scatter of the relative flux (1.4826 MAD)",
+    )
+    pts = fig.scatter(
+        "mag", "mad_scatter", source=src, color="colour", legend_field="kind", size=5, alpha=0.8
+    )
+    fixed = kind != "moving"
+    for col, dash, label in (
+        ("expected_scatter", "solid", "expected scatter"),
+        ("noise_model", "dashed", "noise model"),
+    ):
+        if col in sources:
+            curve = scatter_curve(mag[fixed], sources[col].to_numpy(float)[fixed])
+            fig.line(
+                curve["mag"].to_numpy(),
+                curve["value"].to_numpy(),
+                color="black",
+                line_dash=dash,
+                legend_label=label,
+                name=f"curve_{col}",
+            )
+    comp = sources["is_comparison"].to_numpy(bool)
+    if comp.any():
+        fig.scatter(
+            mag[comp],
+            scatter[comp],
+            size=10,
+            fill_alpha=0,
+            line_color="black",
+            legend_label="comparison",
+        )
+    target = sources["is_target"].to_numpy(bool)
+    if target.any():
+        fig.scatter(
+            mag[target],
+            scatter[target],
+            marker="star",
+            size=18,
+            fill_color="gold",
+            line_color="black",
+            legend_label="target",
+        )
+    _hover(
+        fig,
+        [pts],
+        [
+            ("source", "@source_id"),
+            ("kind", "@kind"),
+            ("mag", "@mag{0.000}"),
+            ("scatter", "@mad_scatter{0.00000}"),
+            ("expected", "@expected_scatter{0.00000}"),
+            ("ratio", "@scatter_ratio{0.00}"),
+            ("frames", "@n_frames"),
+        ],
+    )
+    fig.legend.location = "top_left"
+    fig.legend.click_policy = "hide"
+    return fig
+
+
+def _frames_section(frames: pd.DataFrame, ds: xr.Dataset):
+    from bokeh.layouts import column
+    from bokeh.models import ColumnDataSource
+
+    table = with_frame_coords(frames, ds)
+    if "time_mjd" not in table:
+        return _note("The per-frame table has no time_mjd.", "frames_none")
+    panels = [(c, lab) for c, lab in FRAME_PANELS if c in table and table[c].notna().any()]
+    if not panels:
+        return _note("No per-frame quantities to show.", "frames_none")
+    data = {"time_mjd": table["time_mjd"].to_numpy(float)}
+    if "frame" in table:
+        data["frame"] = table["frame"].to_numpy(np.int64)
+    for col, _ in panels:
+        data[col] = _finite(table[col].to_numpy(float))
+    src = ColumnDataSource(data, name="frames_source")
+    figs = []
+    x_range = None
+    for col, label in panels:
+        kw = {"x_range": x_range} if x_range is not None else {}
+        fig = _figure(f"frame_{col}", label, height=180, y_axis_label=label, **kw)
+        _mjd_axis(fig)
+        x_range = fig.x_range
+        fig.line("time_mjd", col, source=src, line_width=1)
+        pts = fig.scatter("time_mjd", col, source=src, size=3)
+        tips = [("MJD", "@time_mjd{0.00000}"), (label, f"@{col}")]
+        if "frame" in data:
+            tips.insert(0, ("frame", "@frame"))
+        _hover(fig, [pts], tips)
+        figs.append(fig)
+    return column(figs, name="frames")
+
+
+def build_report(
+    run: RunProducts,
+    *,
+    max_variables: int = 12,
+    n_comparison: int = 8,
+    n_bins: int = 25,
+    coadd_pixels: int = 500,
+) -> Any:
+    """The report's bokeh layout (module docstring) for a run.
+
+    Parameters
+    ----------
+    run
+        From `lcdask.export.read_run`.
+    max_variables
+        At most this many variables' light curves, the most significant first.
+    n_comparison
+        Comparison stars shown with the target.
+    n_bins
+        Bins of the binned target light curve.
+    coadd_pixels
+        The co-add is decimated to about this many pixels on a side.
+
+    Returns
+    -------
+    bokeh.models.LayoutDOM
+        A column of the sections.
+    """
+    from bokeh.layouts import column
+
+    ds = run.lightcurves
+    sections = [
+        _summary(run, ds),
+        _heading("Target"),
+        _target_section(ds, run.sources, n_comparison=n_comparison, n_bins=n_bins),
+        _heading("Variable sources"),
+        _variables_section(ds, run.sources, max_variables=max_variables),
+        _heading("Moving sources"),
+        _movers_section(ds, run.sources, run.coadd_path, coadd_pixels=coadd_pixels),
+        _heading("Scatter against magnitude"),
+        _scatter_section(run.sources),
+        _heading("Per-frame conditions"),
+        _frames_section(run.frames, ds),
+    ]
+    return column(sections, name="report")
+
+
+def write_report(run_dir: str | Path, *, out: str | Path | None = None, **kwargs: Any) -> Path:
+    """Write ``RUN/report.html``: the run's plots as one standalone, offline bokeh page.
+
+    Parameters
+    ----------
+    run_dir
+        The run directory (``sources.parquet``, ``lightcurves.zarr``; ``frames.parquet`` and
+        ``coadd.fits`` when present).
+    out
+        Another path for the page.
+    **kwargs
+        Passed to `build_report` (``max_variables``, ``n_comparison``, ``n_bins``,
+        ``coadd_pixels``).
+
+    Returns
+    -------
+    Path
+        The page, written atomically.
+    """
+    from bokeh.embed import file_html
+    from bokeh.resources import INLINE
+
+    run = read_run(run_dir)
+    layout = build_report(run, **kwargs)
+    page = file_html(layout, resources=INLINE, title=f"lcdask report: {run.run_dir.name}")
+    path = Path(out) if out is not None else run.run_dir / "report.html"
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return path
