@@ -81,6 +81,20 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", choices=("local", "slurm", "pbs"), default=None)
     _cluster_args(p)
 
+    p = sub.add_parser("report", help="write RUN/report.html and RUN/plots/ from a run's products")
+    p.add_argument("run", type=Path)
+
+    p = sub.add_parser("export", help="export light curves as CSV, ECSV or FITS")
+    p.add_argument("run", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="a file, or a folder")
+    p.add_argument("--format", choices=("csv", "ecsv", "fits"), default="csv")
+    p.add_argument(
+        "--sources",
+        default="all",
+        help="all, target, comparison, stable, variable, moving, or source ids (comma-separated)",
+    )
+    p.add_argument("--per-source", action="store_true", help="one file per source")
+
     sub.add_parser("config", help="print the default configuration as a commented TOML file")
 
     p = sub.add_parser("info", help="summarise a run directory or a cube")
@@ -180,6 +194,28 @@ def _run_summary(out: Path, record: dict) -> str:
     return "\n".join(lines)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from lcdask.plots import write_run_plots
+    from lcdask.report import write_report
+
+    write_run_plots(args.run)
+    print(f"report: {write_report(args.run)}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from lcdask.export import export_lightcurves
+
+    which = args.sources
+    if which.replace(",", "").isdigit():
+        which = [int(v) for v in which.split(",")]
+    paths = export_lightcurves(
+        args.run, args.out, fmt=args.format, sources=which, per_source=args.per_source
+    )
+    print(f"wrote {len(paths)} file(s): {paths[0] if len(paths) == 1 else args.out}")
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     from lcdask.config import default_toml
 
@@ -247,6 +283,8 @@ _COMMANDS = {
     "simulate": _simulate,
     "ingest": _ingest,
     "run": _run,
+    "report": _report,
+    "export": _export,
     "config": _config,
     "info": _info,
     "demo": _demo,

@@ -41,6 +41,11 @@ __all__ = [
 
 log = logging.getLogger("lcdask")
 
+INSTRUMENTAL_ZERO_POINT = 25.0
+"""Zero point of the instrumental magnitudes given when no reference catalog is available."""
+
+NO_CATALOG_MESSAGE = "no reference catalog: instrumental magnitudes (zero point 25)"
+
 FRAME_COLUMNS = {
     "frame": "int64",
     "n_sources": "int64",
@@ -152,6 +157,7 @@ def frame_astrometry_photometry(
     image_shape: tuple[int, int],
     exptime_s: float,
     config: Level2Config,
+    photometric: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Refine a frame's WCS from a guess, then fit its zero point and calibrate its fluxes.
 
@@ -168,6 +174,10 @@ def frame_astrometry_photometry(
     exptime_s : float
         Exposure, for instrumental magnitudes per second.
     config : Level2Config
+    photometric : bool, optional
+        Whether the catalog's magnitudes are photometric. When False (an internal catalog made
+        from a frame's own detections) no zero point is fitted and ``mag`` is the instrumental
+        magnitude plus `INSTRUMENTAL_ZERO_POINT`.
 
     Returns
     -------
@@ -195,6 +205,13 @@ def frame_astrometry_photometry(
         return out, row
     ra, dec = solution.wcs.all_pix2world(out["x"].to_numpy(), out["y"].to_numpy(), 0)
     out["ra"], out["dec"] = ra, dec
+    if not photometric:
+        flux, flux_err = out["flux"].to_numpy(), out["flux_err"].to_numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["mag"] = instrumental_mag(flux, exptime_s) + INSTRUMENTAL_ZERO_POINT
+            out["mag_err"] = 1.0857 * flux_err / np.abs(flux)
+        row["photcal_message"] = NO_CATALOG_MESSAGE
+        return out, row
     match = match_to_catalog(
         ra, dec, catalog["ra"], catalog["dec"], radius_arcsec=config.match_radius_arcsec
     )
@@ -249,6 +266,11 @@ def _map(client, func, *iterables, **kwargs) -> list:
     return client.map(func, *iterables, pure=False, **kwargs)
 
 
+def _submit(client, func, *args):
+    """One task on the cluster (a future), or the call itself when there is no cluster."""
+    return func(*args) if client is None else client.submit(func, *args, pure=False)
+
+
 def _gather(client, futures: list) -> list:
     return futures if client is None else client.gather(futures)
 
@@ -256,7 +278,7 @@ def _gather(client, futures: list) -> list:
 def run_level2(
     cube,
     cube_path: str | Path,
-    catalog: pd.DataFrame,
+    catalog: pd.DataFrame | None,
     *,
     client=None,
     config: Level2Config = Level2Config(),
@@ -269,8 +291,12 @@ def run_level2(
         The opened cube (for its per-frame metadata).
     cube_path : str or Path
         Its store, which workers read their frames from.
-    catalog : pandas.DataFrame
-        Reference catalog (``ra``, ``dec``, ``<band>``, ``<band>_err``).
+    catalog : pandas.DataFrame or None
+        Reference catalog (``ra``, ``dec``, ``<band>``, ``<band>_err``). When None, or when no
+        reference frame can be solved against it, the frames are aligned to an internal
+        catalog: the reference frame's own detections placed on the sky by its header WCS (or,
+        without one, by a tangent plane at the header pointing with the pixel scale of the
+        optics); fluxes then stay relative (see `frame_astrometry_photometry`).
     client : distributed.Client, optional
         Cluster; serial in this process when None.
     config : Level2Config, optional
@@ -287,19 +313,21 @@ def run_level2(
     lights = np.flatnonzero(is_light)
     shape = (cube.sizes["y"], cube.sizes["x"])
     band = config.band
-    missing = [c for c in ("ra", "dec", band, f"{band}_err") if c not in catalog]
-    if missing:
-        raise ValueError(f"the reference catalog lacks the column(s) {missing}")
+    if catalog is not None:
+        missing = [c for c in ("ra", "dec", band, f"{band}_err") if c not in catalog]
+        if missing:
+            raise ValueError(f"the reference catalog lacks the column(s) {missing}")
 
     detected = _map(client, _safe_detections, [cube_path] * len(lights), lights, config=config)
     results = _gather(client, detected)
     stats = {i: s for i, _, s in results}
     counts = {i: (len(d) if d is not None else 0) for i, d, _ in results}
+    position_of = {int(i): p for p, i in enumerate(lights)}
 
     order = sorted(lights, key=lambda i: -counts[i])
-    reference, solution = None, None
-    for candidate in order[:3]:
-        det = results[list(lights).index(candidate)][1]
+    reference, solution, photometric = None, None, catalog is not None
+    for candidate in order[:3] if catalog is not None else []:
+        det = results[position_of[int(candidate)]][1]
         guess = header_wcs(fits.Header.fromstring(str(cube["wcs_header"].values[candidate])))
         solution = AsterismSolver(mag_column=band).solve(
             det, shape, wcs_guess=guess, catalog=catalog
@@ -308,7 +336,17 @@ def run_level2(
             reference = candidate
             break
         log.warning("frame %d: reference solve failed: %s", candidate, solution.message)
-
+    if reference is None and len(order) and counts[order[0]] >= 3:
+        reference = order[0]
+        det = results[position_of[int(reference)]][1]
+        catalog, solution = internal_catalog(det, cube, reference, band=band)
+        photometric = False
+        log.warning(
+            "no plate solution against a reference catalog: frames aligned to frame %d (%s); "
+            "fluxes are relative, magnitudes instrumental",
+            reference,
+            solution.message,
+        )
     rows: dict[int, dict[str, Any]] = {}
     tables: dict[int, pd.DataFrame] = {}
     if solution is None or not solution.ok:
@@ -316,19 +354,25 @@ def run_level2(
             rows[i] = _failed_row("no reference frame could be plate-solved")
     else:
         exptime = cube["exptime_s"].values
-        futures = []
-        for position, i in enumerate(lights):
-            det = detected[position] if client is not None else results[position]
-            futures.append(
-                client.submit(
-                    _refine_task, det, solution.wcs, catalog, shape, exptime[i], config, pure=False
-                )
-                if client is not None
-                else _refine_task(det, solution.wcs, catalog, shape, exptime[i], config)
+        futures = [
+            _submit(
+                client,
+                _refine_task,
+                detected[position] if client is not None else results[position],
+                solution.wcs,
+                catalog,
+                shape,
+                exptime[i],
+                config,
+                photometric,
             )
+            for position, i in enumerate(lights)
+        ]
         for i, (table, row) in zip(lights, _gather(client, futures), strict=True):
             tables[i], rows[i] = table, row
-        _retry_from_neighbours(lights, tables, rows, results, catalog, shape, exptime, config)
+        _retry_from_neighbours(
+            lights, tables, rows, results, catalog, shape, exptime, config, photometric
+        )
     frames = []
     for i in lights:
         row = {"frame": int(i), **stats.get(i, {}), **rows[i]}
@@ -357,16 +401,24 @@ def _safe_detections(cube_path: str, index: int, *, config: Level2Config):
         return index, None, {"detect_message": str(exc)}
 
 
-def _refine_task(result, wcs_guess, catalog, shape, exptime_s, config):
+def _refine_task(result, wcs_guess, catalog, shape, exptime_s, config, photometric=True):
     _, det, _ = result
     if det is None or len(det) < 3:
         return None, _failed_row("too few detections to plate-solve")
     return frame_astrometry_photometry(
-        det, wcs_guess, catalog, image_shape=shape, exptime_s=float(exptime_s), config=config
+        det,
+        wcs_guess,
+        catalog,
+        image_shape=shape,
+        exptime_s=float(exptime_s),
+        config=config,
+        photometric=photometric,
     )
 
 
-def _retry_from_neighbours(lights, tables, rows, results, catalog, shape, exptime, config):
+def _retry_from_neighbours(
+    lights, tables, rows, results, catalog, shape, exptime, config, photometric
+):
     """Refine failed frames from their nearest solved neighbour in time, in order."""
     solved = {i: rows[i]["wcs_solved"] for i in lights if rows[i].get("wcs_solved")}
     for position, i in enumerate(lights):
@@ -376,6 +428,101 @@ def _retry_from_neighbours(lights, tables, rows, results, catalog, shape, exptim
         if not before:
             continue
         guess = WCS(fits.Header.fromstring(solved[before[0]]))
-        table, row = _refine_task(results[position], guess, catalog, shape, exptime[i], config)
+        table, row = _refine_task(
+            results[position], guess, catalog, shape, exptime[i], config, photometric
+        )
         if row.get("wcs_solved"):
             tables[i], rows[i], solved[i] = table, row, row["wcs_solved"]
+
+
+def nominal_wcs(header: fits.Header, shape: tuple[int, int], ra_deg: float, dec_deg: float) -> WCS:
+    """A north-up tangent plane at the header pointing, with the optics' pixel scale.
+
+    The scale comes from FOCALLEN (mm) and XPIXSZ (um, times XBINNING when the size is of the
+    unbinned pixel) when the header gives them, else 1"/px; a pointing missing from the header
+    gives (0, 0). Good enough to align frames and measure relative motions in pixel space.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+        The frame's raw header.
+    shape : tuple of int
+        ``(ny, nx)``.
+    ra_deg, dec_deg : float
+        The normalised header pointing (NaN when unknown).
+
+    Returns
+    -------
+    astropy.wcs.WCS
+    """
+    scale_arcsec = 1.0
+    try:
+        focal_mm = float(header["FOCALLEN"])
+        pixel_um = float(header.get("XPIXSZ", header.get("PIXSIZE1")))
+        if focal_mm > 0 and pixel_um > 0:
+            scale_arcsec = 206.265 * pixel_um / focal_mm
+    except (KeyError, TypeError, ValueError):
+        pass
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [
+        ra_deg if np.isfinite(ra_deg) else 0.0,
+        dec_deg if np.isfinite(dec_deg) else 0.0,
+    ]
+    wcs.wcs.crpix = [(shape[1] + 1) / 2, (shape[0] + 1) / 2]
+    wcs.wcs.cd = np.array([[-scale_arcsec, 0.0], [0.0, scale_arcsec]]) / 3600
+    return wcs
+
+
+def internal_catalog(
+    detections: pd.DataFrame, cube, reference: int, *, band: str
+) -> tuple[pd.DataFrame, AstrometrySolution]:
+    """A catalog of the reference frame's own stars on the sky, for aligning the other frames.
+
+    Parameters
+    ----------
+    detections : pandas.DataFrame
+        The reference frame's detections.
+    cube : xarray.Dataset
+        The cube (header WCS, pointing and file of the reference frame).
+    reference : int
+        The reference frame.
+    band : str
+        Name of the magnitude column to give (instrumental magnitudes, for ranking).
+
+    Returns
+    -------
+    catalog : pandas.DataFrame
+        ``ra``, ``dec``, ``band``, ``band_err`` of the clean detections.
+    solution : AstrometrySolution
+        The reference frame's WCS (header, or nominal).
+    """
+    shape = (cube.sizes["y"], cube.sizes["x"])
+    header_text = str(cube["wcs_header"].values[reference])
+    wcs = header_wcs(fits.Header.fromstring(header_text)) if header_text else None
+    source = "its header WCS"
+    if wcs is None:
+        raw_header = fits.getheader(str(cube["path"].values[reference]), ext=0)
+        wcs = nominal_wcs(
+            raw_header,
+            shape,
+            float(cube["ra_deg"].values[reference]),
+            float(cube["dec_deg"].values[reference]),
+        )
+        source = "a nominal tangent plane (no WCS in the header)"
+    good = detections[(detections["flags"] == 0) & (detections["flux"] > 0)]
+    ra, dec = wcs.all_pix2world(good["x"].to_numpy(), good["y"].to_numpy(), 0)
+    mag = -2.5 * np.log10(good["flux"].to_numpy()) + INSTRUMENTAL_ZERO_POINT
+    catalog = pd.DataFrame(
+        {"ra": ra, "dec": dec, band: mag, f"{band}_err": 1.0857 / good["snr"].to_numpy()}
+    )
+    solution = AstrometrySolution(
+        wcs=wcs,
+        n_matches=len(catalog),
+        rms_arcsec=0.0,
+        rms_px=0.0,
+        status="ok",
+        message=f"internal catalog of {len(catalog)} stars from frame {reference} via {source}",
+        solver="internal",
+    )
+    return catalog, solution

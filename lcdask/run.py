@@ -10,7 +10,7 @@ level2         per-frame detection, plate solution, zero point: ``frames.parquet
                ``detections.parquet``, per-frame results as variables on ``frame`` in the cube
 lightcurves    DBSCAN matching, tracks of fast movers, ``lightcurves.zarr`` with ensemble
                relative fluxes, ``sources.parquet`` (classes, motions, target)
-report         ``report.html`` and ``plots/`` (when the report module is available)
+report         ``report.html`` (bokeh) and ``plots/`` (PNG)
 =============  =================================================================================
 
 ``run.json`` records the configuration, package versions, the inputs' fingerprint, and per stage
@@ -45,10 +45,12 @@ from lcdask.ingest import ingest
 from lcdask.io import cube as cube_io
 from lcdask.io.atomic import atomic_path, write_json_atomic
 from lcdask.io.discover import discover_frames
-from lcdask.level2 import run_level2
+from lcdask.level2 import NO_CATALOG_MESSAGE, run_level2
 from lcdask.lightcurves import apply_ensemble, build_lightcurves, ensemble_photometry
 from lcdask.match import match_detections
 from lcdask.pipeline import calibrate_cube
+from lcdask.plots import write_run_plots
+from lcdask.report import write_report
 
 __all__ = ["STAGES", "read_run_record", "run"]
 
@@ -107,7 +109,9 @@ def _reference_catalog(config: Config, catalog_path: str | Path | None, cube, ou
         radius = 0.5 * np.hypot(cube.sizes["x"], cube.sizes["y"]) * scale + 10 / 60
         table = query_sdss(ra, dec, radius, cache_dir=cache, offline=cat.offline)
     except LcdaskError as exc:
-        return None, f"no reference catalog: {exc}"
+        cause = type(exc.__cause__).__name__ if exc.__cause__ else "unavailable"
+        log.debug("catalog query failed: %s", exc)
+        return None, f"no reference catalog (SDSS query failed: {cause}; give --catalog FILE)"
     return table, f"SDSS around ({ra:.4f}, {dec:.4f})"
 
 
@@ -225,7 +229,8 @@ def run(
         cube = cube_io.open_cube(cube_path)
         table, source = _reference_catalog(config, catalog, cube, out)
         if table is None:
-            raise LcdaskError(f"level2 needs a reference catalog for plate solving: {source}")
+            log.warning("%s: frames are aligned to each other, fluxes stay relative", source)
+            record.data["notes"].append(f"{source}: no photometric calibration")
         detections, frames = run_level2(cube, cube_path, table, client=client, config=config.level2)
         frames = _add_frame_metadata(frames, cube)
         _store_frame_results(cube_path, cube, frames)
@@ -267,26 +272,16 @@ def run(
     _stage(record, "lightcurves", ["lightcurves.zarr", "sources.parquet"], do_lightcurves)
 
     def do_report() -> dict:
-        from lcdask.report import write_report  # the report module is optional until it lands
+        plots = write_run_plots(out)
+        return {"report": str(write_report(out)), "plots": [str(p) for p in plots]}
 
-        return {"report": str(write_report(out))}
-
-    try:
-        import lcdask.report  # noqa: F401
-
-        _stage(record, "report", ["report.html"], do_report)
-    except ImportError:
-        record.data["notes"].append("report.html not written: lcdask.report is not available")
+    _stage(record, "report", ["report.html", "plots"], do_report)
 
     cube = cube_io.open_cube(cube_path)
-    flags = cube["flags"].values
+    paths, reasons = cube["path"].values, cube["flag_reason"].values
     record.data["flagged"] = [
-        {
-            "frame": int(i),
-            "path": str(cube["path"].values[i]),
-            "reason": str(cube["flag_reason"].values[i]),
-        }
-        for i in np.flatnonzero(flags)
+        {"frame": int(i), "path": str(paths[i]), "reason": str(reasons[i])}
+        for i in np.flatnonzero(cube["flags"].values)
     ]
     record.data["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     record.write()
@@ -329,7 +324,7 @@ def _store_frame_results(cube_path: Path, cube, frames: pd.DataFrame) -> None:
         if row.astrometry_status != "ok":
             flags[row.frame] |= FrameFlag.ASTROMETRY_FAILED
             reasons[row.frame] = f"plate solve failed: {row.astrometry_message}"
-        elif not np.isfinite(row.zero_point):
+        elif not np.isfinite(row.zero_point) and row.photcal_message != NO_CATALOG_MESSAGE:
             flags[row.frame] |= FrameFlag.PHOTCAL_FAILED
             reasons[row.frame] = f"photometric calibration failed: {row.photcal_message}"
     changed = np.flatnonzero(flags != cube["flags"].values)
