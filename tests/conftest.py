@@ -65,3 +65,13 @@ def dask_local_client():
 
     with dask_client(n_workers=2, dashboard=False) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def lowell_run(lowell_dir, tmp_path_factory) -> Path:
+    """A whole `lcdask.run.run` of the Lowell night, with no reference catalog."""
+    from lcdask.run import run
+
+    out = tmp_path_factory.mktemp("lowell") / "run"
+    run([lowell_dir / "bias", lowell_dir / "flat", lowell_dir / "science"], out)
+    return out

@@ -1,4 +1,7 @@
-"""Whole runs on real nights from ../shared/data, with no reference catalog (no network here)."""
+"""Whole runs on real nights from ../shared/data, with no reference catalog (no network here).
+
+The run itself is the session fixture ``lowell_run`` of conftest.py (shared with test_api.py).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +9,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
-
-from lcdask.run import run
-
-
-@pytest.fixture(scope="module")
-def lowell_run(lowell_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("lowell") / "run"
-    run([lowell_dir / "bias", lowell_dir / "flat", lowell_dir / "science"], out)
-    return out
 
 
 def test_lowell_asteroid_is_moving_at_its_rate(lowell_run):

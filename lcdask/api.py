@@ -1,0 +1,173 @@
+"""The notebook API: open a run directory and get its products as xarray and pandas objects."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from lcdask.classify import parse_target
+from lcdask.export import lightcurve_table
+from lcdask.io.cube import open_cube
+
+__all__ = ["Run", "open_run"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory's products, opened lazily as they are asked for.
+
+    Attributes
+    ----------
+    path : Path
+        The run directory.
+    """
+
+    path: Path
+
+    @cached_property
+    def cube(self) -> xr.Dataset:
+        """The frame cube (lazy): raw and calibrated frames, masters, per-frame metadata."""
+        return open_cube(self.path)
+
+    @cached_property
+    def sources(self) -> pd.DataFrame:
+        """One row per source: position, class, motion, scatter, target flag."""
+        return pd.read_parquet(self.path / "sources.parquet")
+
+    @cached_property
+    def lightcurves(self) -> xr.Dataset:
+        """The (source, frame) light-curve cube (lazy)."""
+        return xr.open_zarr(self.path / "lightcurves.zarr", consolidated=None)
+
+    @cached_property
+    def frames(self) -> pd.DataFrame:
+        """One row per light frame: time, FWHM, sky, zero point, astrometry."""
+        return pd.read_parquet(self.path / "frames.parquet")
+
+    @cached_property
+    def record(self) -> dict[str, Any]:
+        """``run.json``: configuration, versions, stages, skipped and flagged frames."""
+        return json.loads((self.path / "run.json").read_text())
+
+    def find(self, ra: float | str, dec: float | None = None, *, radius_arcsec: float = 3.0) -> int:
+        """The id of the source nearest a position.
+
+        Parameters
+        ----------
+        ra : float or str
+            Right ascension in degrees, or "RA DEC" in degrees or sexagesimal.
+        dec : float, optional
+            Declination in degrees (when ``ra`` is a number).
+        radius_arcsec : float, optional
+            Largest distance accepted.
+
+        Returns
+        -------
+        int
+            The source id.
+
+        Raises
+        ------
+        LookupError
+            If no source lies within the radius.
+        """
+        ra_deg, dec_deg = parse_target(ra if dec is None else (float(ra), float(dec)))
+        s = self.sources
+        cos_dec = np.cos(np.radians(dec_deg))
+        dist = 3600 * np.hypot((s["ra"] - ra_deg) * cos_dec, s["dec"] - dec_deg)
+        nearest = int(np.argmin(dist.to_numpy()))
+        if dist.iloc[nearest] > radius_arcsec:
+            raise LookupError(
+                f'no source within {radius_arcsec}" of ({ra_deg:.6f}, {dec_deg:+.6f}); '
+                f'the nearest is {dist.iloc[nearest]:.1f}" away'
+            )
+        return int(s["source_id"].iloc[nearest])
+
+    def lightcurve(self, source: int | str | None = None, **position: Any) -> pd.DataFrame:
+        """One source's light curve as a table (time, fluxes, magnitudes, flags...).
+
+        Parameters
+        ----------
+        source : int or str, optional
+            A source id, "target", or "RA DEC"; or give ``ra=``, ``dec=`` as keywords.
+        **position
+            ``ra``, ``dec`` (degrees) and optionally ``radius_arcsec``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The rows of `lcdask.export.lightcurve_table` for that source.
+        """
+        if source == "target":
+            targets = self.sources.loc[self.sources["is_target"], "source_id"]
+            if targets.empty:
+                raise LookupError("this run has no target (give --target to lcdask run)")
+            source = int(targets.iloc[0])
+        elif isinstance(source, str) or source is None:
+            radius = position.pop("radius_arcsec", 3.0)
+            where = source if source is not None else (position["ra"], position["dec"])
+            source = self.find(
+                *(where if isinstance(where, tuple) else (where,)), radius_arcsec=radius
+            )
+        return lightcurve_table(self.lightcurves, [int(source)])
+
+    def plot_lightcurve(self, source: int | str = "target", *, ax=None, relative: bool = True):
+        """Plot one source's light curve (relative or calibrated flux against time).
+
+        Parameters
+        ----------
+        source : int or str, optional
+            As in `lightcurve`.
+        ax : matplotlib.axes.Axes, optional
+            Where to draw; a new figure when None.
+        relative : bool, optional
+            Plot the ensemble-relative flux (else the flux in Jy, or ADU when uncalibrated).
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        import matplotlib.pyplot as plt
+
+        table = self.lightcurve(source)
+        column = (
+            "rel_flux" if relative else ("flux_jy" if table["flux_jy"].notna().any() else "flux")
+        )
+        errors = table.get(f"{column}_err")
+        if ax is None:
+            _, ax = plt.subplots(figsize=(8, 3.5))
+        ax.errorbar(table["time_mjd"], table[column], yerr=errors, fmt=".", ms=3, alpha=0.7)
+        ax.set_xlabel("time (MJD, UTC)")
+        ax.set_ylabel(column)
+        ax.set_title(f"source {int(table['source_id'].iloc[0])}")
+        return ax
+
+
+def open_run(path: str | Path) -> Run:
+    """Open a run directory written by `lcdask.run.run` (``lcdask run``).
+
+    Parameters
+    ----------
+    path : str or Path
+        The run directory.
+
+    Returns
+    -------
+    Run
+
+    Raises
+    ------
+    FileNotFoundError
+        If the directory holds no run (no ``run.json``).
+    """
+    path = Path(path)
+    if not (path / "run.json").exists():
+        raise FileNotFoundError(f"{path}: no run.json; is this a run directory of `lcdask run`?")
+    return Run(path)
