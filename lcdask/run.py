@@ -231,7 +231,12 @@ def run(
         if table is None:
             log.warning("%s: frames are aligned to each other, fluxes stay relative", source)
             record.data["notes"].append(f"{source}: no photometric calibration")
-        detections, frames = run_level2(cube, cube_path, table, client=client, config=config.level2)
+        detections, frames, psf = run_level2(
+            cube, cube_path, table, client=client, config=config.level2
+        )
+        if psf is not None:
+            with atomic_path(out / "psf.fits") as tmp:
+                psf.to_hdu().writeto(tmp)
         frames = _add_frame_metadata(frames, cube)
         _store_frame_results(cube_path, cube, frames)
         with atomic_path(out / "frames.parquet") as tmp:

@@ -36,7 +36,10 @@ def solved_night(tmp_path_factory):
     calibrate_cube(out / "run")
     cube = open_cube(out / "run")
     catalog = load_catalog(out / "night" / "refcat.parquet")
-    detections, frames = run_level2(cube, out / "run" / "cube.zarr", catalog, config=Level2Config())
+    detections, frames, psf = run_level2(
+        cube, out / "run" / "cube.zarr", catalog, config=Level2Config()
+    )
+    assert psf is not None  # the reference frame's ePSF
     return out, cube, detections, frames
 
 
@@ -56,15 +59,14 @@ def test_every_frame_solved_to_a_tenth_of_a_pixel(solved_night):
 def test_zero_points_and_slopes_against_truth(solved_night):
     out, _, detections, frames = solved_night
     truth = load_truth(out / "night").frames
-    # detect_frame's flux is a 2.5 FWHM aperture holding 97-98% of the Moffat PSF (beta 3), so the
-    # fitted zero point sits 0.01-0.03 mag below the truth until photometry applies an aperture
-    # correction; the slope is unaffected.
+    # Fluxes are the Level 3 aperture-corrected 1.5 FWHM apertures (total fluxes), so the
+    # calibration should hold to the 0.01 mag (measured: -0.005 to -0.003 mag).
     # Compare the calibrations where the stars are (a 15th-magnitude star), not at instrumental
     # magnitude 0 where the zero point is defined and a slope error is multiplied by ~7 mag.
     m_inst = (15.0 - truth["zero_point"].to_numpy()) / truth["slope"].to_numpy()
     fitted = frames["zero_point"].to_numpy() + frames["zp_slope"].to_numpy() * m_inst
     dm = fitted - 15.0
-    assert np.all((dm < 0.005) & (dm > -0.04)), dm
+    assert np.all(np.abs(dm) < 0.01), dm
     assert np.all(np.abs(frames["zp_slope"] - truth["slope"].to_numpy()) < 0.02)
     assert (frames["zp_n_stars"] >= 10).all()  # 512 px frames: ~17 stars with mag errors < 0.05
     assert {"ra", "dec", "mag", "flux_jy", "frame"} <= set(detections.columns)
