@@ -33,8 +33,9 @@ a field rich in variables does not raise its own threshold).
 less than half the night (transits, eclipses), the light curve is also averaged in ``n_bins``
 bins of consecutive frames: ``binned_ratio`` is the rms of the binned values over the rms
 expected from ``expected_scatter`` (``/ sqrt(points per bin)``). A source is ``variable`` when
-``scatter_ratio >= variable_ratio`` (1.6: the MAD scatter of a pure-noise light curve of 100
-points is within +-12% (1 sigma) of its expectation, so 1.6 is 5 sigma; a sinusoid of
+``scatter_ratio >= max(variable_ratio, 1 + 5 x 1.17 / sqrt(n_points))`` (1.6: the MAD
+scatter of a pure-noise light curve of 100 points is within +-12% (1 sigma) of its
+expectation, so 1.6 is 5 sigma, and the second term keeps 5 sigma for fewer points; a sinusoid of
 semi-amplitude 3 sigma gives ~2.3) or ``binned_ratio >= binned_ratio_threshold`` (3.5: 20 bins
 of pure noise exceed 3 with a probability below 1e-3). Saturated points are not used.
 
@@ -644,6 +645,11 @@ def classify_sources(
     noise = table["noise_model"].to_numpy(float)
     binned_rms = table["binned_rms"].to_numpy(float)
     ppb = table["points_per_bin"].to_numpy(float)
+    # The MAD scatter of n pure-noise points is within 1.17/sqrt(n) (1 sigma) of its expectation:
+    # variable_ratio (1.6) is 5 sigma at 100 points; with fewer points the threshold rises to
+    # stay at 5 sigma (an 11-frame night: 2.76), so that short nights are not full of variables.
+    n_points = np.maximum(table["n_points"].to_numpy(float), 1.0)
+    ratio_threshold = np.maximum(variable_ratio, 1.0 + 5 * 1.17 / np.sqrt(n_points))
     fit = fixed.copy()  # the sources that define the expected scatter
     for _ in range(5):
         k = expected_trend(mag[fit], ratio[fit], at=mag) if fit.any() else np.ones(mag.size)
@@ -651,7 +657,7 @@ def classify_sources(
         expected = k * noise
         scatter_ratio = table["mad_scatter"].to_numpy(float) / expected
         binned_ratio = binned_rms / (expected / np.sqrt(ppb))
-        variable = (scatter_ratio >= variable_ratio) | (binned_ratio >= binned_ratio_threshold)
+        variable = (scatter_ratio >= ratio_threshold) | (binned_ratio >= binned_ratio_threshold)
         new_fit = fixed & ~variable
         if np.array_equal(new_fit, fit):
             break
