@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntFlag
 
-__all__ = ["LEVEL2_FLAGS", "UNUSABLE", "FrameFlag"]
+__all__ = ["LEVEL2_FLAGS", "SATURATED_FRACTION", "UNUSABLE", "FrameFlag"]
 
 
 class FrameFlag(IntFlag):
@@ -24,10 +24,18 @@ class FrameFlag(IntFlag):
     """No plate solution: the frame's detections have no sky positions."""
     PHOTCAL_FAILED = 16
     """No zero point: the frame has relative fluxes only."""
+    SATURATED = 32
+    """Most of the frame's pixels are at or above saturation (`SATURATED_FRACTION`)."""
+    REJECTED = 64
+    """A calibration frame left out of the masters as an outlier (light leak, glow, stars, ...)."""
 
 
-UNUSABLE = FrameFlag.UNREADABLE | FrameFlag.DUPLICATE
+UNUSABLE = FrameFlag.UNREADABLE | FrameFlag.DUPLICATE | FrameFlag.SATURATED
 """Frames with these bits hold no usable pixels and are left out of every later stage."""
 
 LEVEL2_FLAGS = FrameFlag.ASTROMETRY_FAILED | FrameFlag.PHOTCAL_FAILED
 """The bits the Level 2 stage sets; it clears them when it runs again."""
+
+SATURATED_FRACTION = 0.5
+"""A frame with more than this fraction of its pixels at or above saturation is flagged SATURATED:
+it cannot hold measurable stars (an open shutter in daylight, a flat of a wrong exposure)."""

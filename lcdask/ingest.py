@@ -5,11 +5,14 @@ frame and normalises its metadata; frames whose header cannot be used are skippe
 *Plan* fixes the cube's frame shape (the most common among lights, after trimming) and pixel type,
 and skips frames of another shape. *Fill* creates the store (metadata only) and maps one task per
 frame over the cluster: each worker reads its file and writes its own chunk, so no pixels travel
-through the scheduler. The store is built under a temporary name and renamed when whole.
+through the scheduler; frames with NaN or infinite pixels, mostly saturated frames and repeats of
+an earlier frame (same type, time and pixels) are flagged with a reason (`lcdask.flags`). The store
+is built under a temporary name and renamed when whole.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -24,7 +27,7 @@ import pandas as pd
 
 from lcdask import __version__
 from lcdask.errors import FrameError, LcdaskError
-from lcdask.flags import FrameFlag
+from lcdask.flags import SATURATED_FRACTION, FrameFlag
 from lcdask.io import cube as cube_io
 from lcdask.io.atomic import atomic_path
 from lcdask.io.discover import discover_frames
@@ -157,19 +160,56 @@ def plan_cube(
 
 
 def _fill_frame(
-    store: str, index: int, path: str, hdu_index: int, trimsec: str, biassec: str
-) -> tuple[int, int, str]:
-    """Read one frame and write it into the cube; return (index, flags, reason)."""
+    store: str,
+    index: int,
+    path: str,
+    hdu_index: int,
+    trimsec: str,
+    biassec: str,
+    saturate_adu: float = np.nan,
+) -> tuple[int, int, str, str]:
+    """Read one frame and write it into the cube; return (index, flags, reason, pixel digest)."""
     try:
         image = read_frame(path, hdu_index=hdu_index, trimsec=trimsec, biassec=biassec, dtype=None)
     except FrameError as exc:
-        return index, int(FrameFlag.UNREADABLE), str(exc)
+        return index, int(FrameFlag.UNREADABLE), str(exc), ""
     flags, reason = FrameFlag.OK, ""
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         n_bad = int(np.count_nonzero(~np.isfinite(image)))
         flags, reason = FrameFlag.NONFINITE, f"{path}: {n_bad} NaN or infinite pixels"
+    # Saturation is judged on raw ADU; after an overscan subtraction the level is not known.
+    if not biassec and np.isfinite(saturate_adu):
+        fraction = np.count_nonzero(image >= saturate_adu) / image.size
+        if fraction > SATURATED_FRACTION:
+            flags |= FrameFlag.SATURATED
+            reason = (
+                f"{path}: saturated frame, {100 * fraction:.0f}% of the pixels at or above "
+                f"{saturate_adu:g} ADU (limit {100 * SATURATED_FRACTION:.0f}%); not used"
+            )
+    digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).hexdigest()
     cube_io.write_frame(store, index, image)
-    return index, int(flags), reason
+    return index, int(flags), reason, digest
+
+
+def _duplicates(frames: pd.DataFrame, digests: dict[int, str]) -> dict[int, str]:
+    """Frames repeating an earlier one (same type, time and pixels): ``{index: reason}``."""
+    first: dict[tuple, int] = {}
+    found = {}
+    for index in frames.index:
+        if not digests.get(index):
+            continue
+        time_mjd = float(frames.at[index, "time_mjd"])
+        when = time_mjd if np.isfinite(time_mjd) else "no time"  # NaN would never equal itself
+        key = (frames.at[index, "frame_type"], when, digests[index])
+        if key in first:
+            original = frames.at[first[key], "path"]
+            found[index] = (
+                f"{frames.at[index, 'path']}: duplicate of {original} "
+                "(same frame type, time and pixels); not used"
+            )
+        else:
+            first[key] = index
+    return found
 
 
 def _map(client, func, *iterables, **kwargs) -> list:
@@ -254,9 +294,14 @@ def ingest(
             frames["hdu_index"].tolist(),
             frames["trimsec"].tolist(),
             frames["biassec"].tolist(),
+            frames["saturate_adu"].astype(float).tolist(),
         )
+        digests = {index: digest for index, _, _, digest in results}
+        duplicates = _duplicates(frames, digests)
         flagged = []
-        for index, flags, reason in results:
+        for index, flags, reason, _ in results:
+            if index in duplicates:
+                flags, reason = flags | FrameFlag.DUPLICATE, duplicates[index]
             if flags:
                 frames.loc[index, ["flags", "flag_reason"]] = [flags, reason]
                 flagged.append(Skipped(frames.loc[index, "path"], reason))

@@ -178,8 +178,10 @@ def calibrate_cube(
     ``calibrated`` (frame, y, x) float32 and ``pixel_flags`` (frame, y, x) uint8 -- full length
     along ``frame`` so they align with ``raw``, filled for lights and NaN / 0 for other frames
     (whose chunks are never written, so they cost no space); with ``persist_variance`` also
-    ``variance`` (frame, y, x) float32 in ADU^2. See the module docstring for how completeness
-    is recorded.
+    ``variance`` (frame, y, x) float32 in ADU^2. Calibration frames left out of the masters as
+    outliers are flagged ``FrameFlag.REJECTED`` with their reason (``flags``, ``flag_reason``;
+    judged afresh, and the flag cleared, by each calibration). See the module docstring for how
+    completeness is recorded.
 
     Parameters
     ----------
@@ -213,7 +215,7 @@ def calibrate_cube(
     # backend wrapper, which costs a store round trip per task on a distributed cluster
     raw = ds["raw"].copy(data=_from_zarr(store, "raw"))
     flags = ds["flags"].values.astype(np.int64)
-    calib_usable = flags == 0
+    calib_usable = (flags & ~int(FrameFlag.REJECTED)) == 0  # judged afresh below
     light_usable = (flags & ~int(FrameFlag.NONFINITE)) == 0
     lights = _group(ds, "light", light_usable)
     if lights.size == 0:
@@ -443,9 +445,29 @@ def calibrate_cube(
         "timings_s": timings,
     }
     timings["total"] = time.perf_counter() - start_all
-    for item in summary["rejected"]:
-        log.warning("calibration frame not used: %s: %s", item["path"], item["reason"])
+    _flag_rejected(store, ds, rejected)
     group = zarr.open_group(str(store), mode="r+")
     group.attrs["calibration"] = json.dumps(summary, default=str)
     cube_io.consolidate(store)
     return summary
+
+
+def _flag_rejected(store: Path, ds: xr.Dataset, rejected: dict[int, str]) -> None:
+    """Flag the calibration frames left out REJECTED, with their reason, and say so (once each)."""
+    flags = ds["flags"].values.astype(np.int64)
+    reasons = np.array([str(r) for r in ds["flag_reason"].values], dtype=object)
+    new_flags, new_reasons = flags.copy(), reasons.copy()
+    was = (flags & FrameFlag.REJECTED) != 0  # from an earlier calibration of this cube
+    new_flags[was] &= ~int(FrameFlag.REJECTED)
+    new_reasons[was] = ""
+    paths, types = ds["path"].values, ds["frame_type"].values
+    for frame, reason in sorted(rejected.items()):
+        new_flags[frame] |= FrameFlag.REJECTED
+        new_reasons[frame] = (
+            f"{paths[frame]}: {types[frame]} frame not used in the masters: {reason}"
+        )
+        log.warning("%s", new_reasons[frame])
+    changed = np.flatnonzero((new_flags != flags) | (new_reasons != reasons))
+    if len(changed):
+        cube_io.set_frame_values(store, "flags", changed, new_flags[changed])
+        cube_io.set_frame_values(store, "flag_reason", changed, new_reasons[changed])

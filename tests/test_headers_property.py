@@ -254,3 +254,54 @@ def test_junk_headers_raise_only_header_or_value_errors(header, path, offset, ex
             assert row["frame_type"] in ("light", "dark", "bias", "flat")
             assert np.isnan(row["ra_deg"]) or 0 <= row["ra_deg"] < 360
             assert np.isnan(row["dec_deg"]) or -90 <= row["dec_deg"] <= 90
+
+
+# Non-ASCII bytes in header values: astropy refuses to write them, but real files hold them (an
+# observer's name, a degree sign in a comment, a Latin-1 filter name). As the file comes in, a
+# frame is read, or skipped with a reason; nothing else.
+STRING_KEYS = ["IMAGETYP", "DATE-OBS", "OBJECT", "FILTER", "OBJCTRA", "OBSERVER", "TRIMSEC"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    key=st.sampled_from(STRING_KEYS),
+    raw=st.binary(min_size=1, max_size=12).filter(lambda b: any(c >= 0x80 for c in b)),
+    in_comment=st.booleans(),
+)
+def test_non_ascii_header_bytes_are_read_or_skipped_with_a_reason(key, raw, in_comment):
+    import tempfile
+    from pathlib import Path
+
+    from lcdask.ingest import scan_frame
+
+    header = fits.Header(
+        {
+            "IMAGETYP": "Light Frame",
+            "DATE-OBS": "2024-05-01T03:00:00",
+            "EXPTIME": 30.0,
+            "OBJECT": "M51",
+            "FILTER": "R",
+            "OBJCTRA": "13 29 52.7",
+            "OBSERVER": "someone",
+        }
+    )
+    placeholder = "Q" * len(raw)
+    if in_comment:
+        header.set("COMMENT", placeholder)
+    else:
+        header[key] = placeholder
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "frame.fits"
+        fits.PrimaryHDU(np.zeros((8, 8), np.uint16), header=header).writeto(path)
+        data = path.read_bytes()
+        end = data.index(b"END" + b" " * 77)
+        assert data[:end].count(placeholder.encode()) == 1
+        path.write_bytes(data[:end].replace(placeholder.encode(), raw) + data[end:])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            row = scan_frame(path)
+    assert isinstance(row, dict) and row["path"] == str(path)
+    if "error" in row:
+        assert str(path) in row["error"]
+    else:
+        assert row["frame_type"] in ("light", "dark", "bias", "flat")

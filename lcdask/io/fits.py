@@ -50,13 +50,32 @@ class FrameHeader:
     shape: tuple[int, int]
 
 
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"PK\x03\x04")  # gzip, bzip2, zip (astropy opens them)
+
+
+def _what_is_wrong(path: str | Path, exc: Exception) -> str:
+    """Why a file astropy cannot open is not a FITS file, in words a user can act on."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(40)
+    except OSError:
+        return f"{type(exc).__name__}: {exc}"
+    if size == 0:
+        return "empty file, 0 bytes"
+    if not head.startswith(b"SIMPLE") and not head.startswith(_COMPRESSED_MAGIC):
+        return f"{size} bytes starting {head[:24]!r}, not with a FITS header card SIMPLE"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _open(path: str | Path) -> fits.HDUList:
     try:
         return fits.open(path, memmap=False, lazy_load_hdus=False, ignore_missing_simple=True)
     except FileNotFoundError:
         raise
     except Exception as exc:  # astropy raises OSError, ValueError, TypeError... on corrupt files
-        raise FrameError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from exc
+        reason = _what_is_wrong(path, exc)
+        raise FrameError(f"{path}: not a readable FITS file ({reason})") from exc
 
 
 def _image_hdu_index(hdul: fits.HDUList, path: str | Path) -> int:
