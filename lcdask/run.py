@@ -121,9 +121,11 @@ class _Record:
     def __init__(self, out: Path, config: Config, fingerprint: str, inputs: list[str]) -> None:
         self.out = out
         previous = read_run_record(out)
-        same = previous.get("fingerprint") == fingerprint and previous.get("config") == json.loads(
-            json.dumps(config.as_dict(), default=str)
-        )
+        # Where the work ran does not change the products: [cluster] is not compared.
+        settings = json.loads(json.dumps(config.as_dict(), default=str))
+        settings.pop("cluster", None)
+        before = {k: v for k, v in previous.get("config", {}).items() if k != "cluster"}
+        same = previous.get("fingerprint") == fingerprint and before == settings
         self.previous_stages = previous.get("stages", {}) if same else {}
         self.data: dict[str, Any] = {
             "lcdask_version": __version__,

@@ -170,11 +170,6 @@ def test_rerun_on_a_new_cluster_completes(rerun_on_new_cluster, clean):
     assert_same_products(out, clean.out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run.py: the cluster settings are part of the configuration a rerun compares, so a "
-    "rerun on another cluster (--workers instead of --scheduler) redoes every stage",
-)
 def test_rerun_on_a_new_cluster_reuses_finished_stages(rerun_on_new_cluster):
     _, out = rerun_on_new_cluster
     record = json.loads((out / "run.json").read_text())
