@@ -118,6 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LcdaskError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"lcdask {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # read-only output, no space left, file too large...
+        print(
+            f"lcdask {args.command}: error: cannot write the products: {exc}; what is complete "
+            "is kept, and the same command resumes once the cause is fixed",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(f"lcdask {args.command}: interrupted", file=sys.stderr)
         return 130
