@@ -136,7 +136,6 @@ def test_resume_after_sigkill_equals_uninterrupted(local_run, night, tmp_path):
     os.killpg(process.pid, signal.SIGKILL)  # the driver and its workers, mid-level2
     process.wait()
     assert not (out / "sources.parquet").exists()
-    assert not list(out.glob(".*.tmp-*")) or True  # a temporary may remain; it is never a product
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     record = json.loads((out / "run.json").read_text())
