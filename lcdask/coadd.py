@@ -31,12 +31,15 @@ and survive any pixel-wise rejection; only movers that move several FWHM vanish.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+from astropy.io import fits
 from astropy.wcs import WCS
 
 __all__ = [
     "COMBINE_METHODS",
+    "Coadd",
     "coadd",
     "coadd_tile",
     "combine_stack",
@@ -50,6 +53,54 @@ __all__ = [
 COMBINE_METHODS = ("median", "sigma_clip", "mean")
 Reader = Callable[[slice, slice], np.ndarray]
 Tile = tuple[slice, slice]
+
+
+@dataclass(frozen=True)
+class Coadd:
+    """A co-added image with its WCS, as a run writes it to ``coadd.fits``.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        float32 co-add (sky subtracted, in counts of the median frame; NaN where no frame).
+    n_used : numpy.ndarray
+        int16 number of frames combined at each pixel.
+    wcs : astropy.wcs.WCS
+        Its celestial WCS.
+    frames : tuple of int
+        The cube's indices of the frames co-added.
+    fwhm_px : float
+        Median FWHM of those frames.
+    """
+
+    image: np.ndarray
+    n_used: np.ndarray
+    wcs: WCS
+    frames: tuple[int, ...]
+    fwhm_px: float
+
+    def to_hdulist(self) -> fits.HDUList:
+        """The co-add (primary HDU, with its WCS) and ``N_USED`` (frames per pixel)."""
+        header = self.wcs.to_header(relax=True)
+        header["NCOMBINE"] = (len(self.frames), "frames co-added")
+        header["FWHM_PX"] = (round(self.fwhm_px, 3), "median FWHM of the frames [px]")
+        used = fits.ImageHDU(self.n_used, header=self.wcs.to_header(relax=True), name="N_USED")
+        frames = fits.BinTableHDU.from_columns(
+            [fits.Column("frame", "K", array=np.asarray(self.frames, np.int64))], name="FRAMES"
+        )
+        return fits.HDUList([fits.PrimaryHDU(self.image, header=header), used, frames])
+
+    @classmethod
+    def from_hdulist(cls, hdul: fits.HDUList) -> Coadd:
+        """Read back what `to_hdulist` wrote."""
+        header = hdul[0].header
+        return cls(
+            np.asarray(hdul[0].data, np.float32),
+            np.asarray(hdul["N_USED"].data, np.int16),
+            WCS(header),
+            tuple(int(i) for i in hdul["FRAMES"].data["frame"]),
+            float(header.get("FWHM_PX", np.nan)),
+        )
 
 
 def optimal_wcs(

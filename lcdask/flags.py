@@ -28,12 +28,14 @@ class FrameFlag(IntFlag):
     """Most of the frame's pixels are at or above saturation (`SATURATED_FRACTION`)."""
     REJECTED = 64
     """A calibration frame left out of the masters as an outlier (light leak, glow, stars, ...)."""
+    POINTING = 128
+    """Informational: the header's pointing is far from the plate solution (the frame is used)."""
 
 
 UNUSABLE = FrameFlag.UNREADABLE | FrameFlag.DUPLICATE | FrameFlag.SATURATED
 """Frames with these bits hold no usable pixels and are left out of every later stage."""
 
-LEVEL2_FLAGS = FrameFlag.ASTROMETRY_FAILED | FrameFlag.PHOTCAL_FAILED
+LEVEL2_FLAGS = FrameFlag.ASTROMETRY_FAILED | FrameFlag.PHOTCAL_FAILED | FrameFlag.POINTING
 """The bits the Level 2 stage sets; it clears them when it runs again."""
 
 SATURATED_FRACTION = 0.5

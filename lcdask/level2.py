@@ -1,13 +1,23 @@
-"""Level 2 over a calibrated cube: detection, plate solving and photometric calibration per frame.
+"""Level 2 and 3 over a calibrated cube: detection, plate solving, co-add, photometry, zero points.
 
-The orchestration follows DESIGN.md: one task per light frame reads its own calibrated frame from
-the store and detects sources (`frame_detections`); the driver plate-solves one reference frame
-(the one with most detections) against the reference catalog, starting from its header WCS; every
-frame is then refined from the reference solution and calibrated photometrically by a RANSAC fit of
-zero point and slope (`frame_astrometry_photometry`), again one task per frame, the detection
-tables staying on the workers. A frame whose refinement fails from the reference is retried from
-its solved neighbour in time (for drifts larger than the refinement's search). Failed frames are
-flagged with their reason, never fatal.
+The orchestration follows DESIGN.md (`run_level2`):
+
+1. one task per light frame reads its own calibrated frame from the store and detects sources
+   (`frame_detections`);
+2. the driver plate-solves one reference frame (of the three with most detections, the first
+   that solves) against the reference catalog, starting from its header WCS;
+3. every frame is refined from the reference solution, with a first zero point on its detection
+   fluxes (`frame_astrometry_photometry`), one task per frame; a frame whose refinement fails is
+   retried from its solved neighbour in time (drifts larger than the refinement's search). Each
+   frame's header pointing is compared with its solution (`FrameFlag.POINTING` when far off);
+4. up to ``coadd_frames`` solved frames, spread over the night, are co-added
+   (`lcdask.coadd.coadd_tile`, one task per output tile, each reading only the windows of the
+   frames it needs, scaled to a common transparency) and the ePSF is built from the co-add;
+5. one task per solved frame: cosmic rays, sky, aperture and PSF photometry at the detections
+   (`frame_photometry`), then the zero point and slope fitted again on those fluxes
+   (`frame_photcal`, RANSAC).
+
+Failed frames are flagged with their reason, never fatal.
 """
 
 from __future__ import annotations
@@ -20,15 +30,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
+from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
 from scipy import ndimage
 
 from lcdask.astrometry import AsterismSolver, AstrometrySolution, refine_wcs
 from lcdask.calibrate import PixelFlag
+from lcdask.coadd import Coadd, coadd_tile, optimal_wcs, tile_size_for, tile_slices
 from lcdask.cosmics import remove_cosmics
 from lcdask.detect import DetectionFlag, detect_frame
-from lcdask.errors import FrameError
+from lcdask.errors import FrameError, LcdaskError
 from lcdask.flags import UNUSABLE
 from lcdask.io.headers import header_wcs
 from lcdask.photcal import calibrate_fluxes, fit_zero_point, instrumental_mag, match_to_catalog
@@ -38,8 +50,11 @@ from lcdask.sky import subtract_sky
 
 __all__ = [
     "Level2Config",
+    "Level2Result",
     "frame_astrometry_photometry",
     "frame_detections",
+    "frame_photcal",
+    "frame_photometry",
     "run_level2",
 ]
 
@@ -68,6 +83,8 @@ FRAME_COLUMNS = {
     "zp_n_stars": "int64",
     "zp_rms": "float64",
     "photcal_message": "str",
+    "pointing_offset_arcmin": "float64",
+    "pointing_message": "str",
 }
 """Per-frame results of Level 2, stored as coordinates on ``frame`` in the cube."""
 
@@ -97,6 +114,13 @@ class Level2Config:
         aperture of the Level 3 photometry (cosmic rays cleaned, sky subtracted), its PSF flux
         with the ePSF of the reference frame, or the detection's own 2.5 FWHM aperture
         (fastest; 2-3% of the flux outside it).
+    coadd_frames : int
+        Solved frames co-added into ``coadd.fits`` (spread evenly over the night, so that
+        movers and cosmic rays are rejected); its ePSF is the PSF model of every frame,
+        scaled to each frame's FWHM. 0: no co-add, the ePSF comes from the reference frame.
+    coadd_method : {"median", "sigma_clip"}
+        How the co-add combines its frames pixel by pixel: median, or a mean after clipping
+        at 3 sigma about the median (deeper, as robust with 5 frames or more).
     cosmics : {"auto", "fast", "tiles", "none"}
         Cosmic-ray detection before photometry: "auto" takes the fast L.A.Cosmic for frames
         with FWHM of 2 px or more and none for undersampled ones, where a sharpness test
@@ -114,6 +138,8 @@ class Level2Config:
     max_shift_px: float = 60.0
     flux: str = "aperture"
     cosmics: str = "auto"
+    coadd_frames: int = 50
+    coadd_method: str = "sigma_clip"
 
     def __post_init__(self) -> None:
         if self.backend not in ("sep", "photutils"):
@@ -124,9 +150,38 @@ class Level2Config:
             raise ValueError(
                 f"cosmics must be 'auto', 'fast', 'tiles' or 'none', not {self.cosmics!r}"
             )
+        if self.coadd_method not in ("median", "sigma_clip"):
+            raise ValueError(
+                f"coadd_method must be 'median' or 'sigma_clip', not {self.coadd_method!r}"
+            )
+        if not self.coadd_frames >= 0:
+            raise ValueError(f"coadd_frames must be 0 or more, not {self.coadd_frames!r}")
         for name in ("threshold_sigma", "match_radius_arcsec", "max_shift_px"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class Level2Result:
+    """What `run_level2` gives the orchestrator to write.
+
+    Attributes
+    ----------
+    detections : pandas.DataFrame
+        All detections with ``frame``, sky positions, Level 3 fluxes and calibrated magnitudes.
+    frames : pandas.DataFrame
+        One row per light frame (`FRAME_COLUMNS`), with failures explained.
+    coadd : lcdask.coadd.Coadd or None
+        The co-add (None with ``coadd_frames = 0`` or when no frame was solved).
+    psf : lcdask.psf.PSFModel or None
+        The ePSF (of the co-add, else of the reference frame; None with ``flux = "detection"``
+        or when it could not be built).
+    """
+
+    detections: pd.DataFrame
+    frames: pd.DataFrame
+    coadd: Coadd | None
+    psf: PSFModel | None
 
 
 def frame_detections(
@@ -220,7 +275,7 @@ def reference_psf(
     image, _, mask, cosmic, _ = _prepared_frame(cube_path, index, config, fwhm_px)
     try:
         psf, _ = build_epsf(image, mask=mask | cosmic, fwhm_px=fwhm_px, oversampling=3)
-    except (ValueError, RuntimeError) as exc:
+    except (LcdaskError, ValueError, RuntimeError) as exc:
         log.warning("frame %d: no ePSF (%s); PSF fluxes are not measured", index, exc)
         return None
     return psf
@@ -319,36 +374,78 @@ def frame_astrometry_photometry(
     row : dict
         The frame's astrometry and zero point (keys of `FRAME_COLUMNS`).
     """
-    band = config.band
     solution = refine_wcs(
         detections,
         wcs_guess,
         catalog,
         image_shape=image_shape,
         max_shift_px=config.max_shift_px,
-        mag_column=band,
+        mag_column=config.band,
     )
     out = detections.copy()
-    for name in ("ra", "dec", "mag", "mag_err", "flux_jy", "flux_jy_err"):
-        out[name] = np.nan
+    out["ra"], out["dec"] = np.nan, np.nan
     row = _solution_row(solution)
-    if not solution.ok:
+    if solution.ok:
+        out["ra"], out["dec"] = solution.wcs.all_pix2world(
+            out["x"].to_numpy(), out["y"].to_numpy(), 0
+        )
+    return frame_photcal(
+        out, row, catalog if photometric else None, exptime_s=exptime_s, config=config
+    )
+
+
+def frame_photcal(
+    detections: pd.DataFrame,
+    row: dict[str, Any],
+    catalog: pd.DataFrame | None,
+    *,
+    exptime_s: float,
+    config: Level2Config,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Fit a solved frame's zero point and slope (RANSAC) and calibrate its fluxes.
+
+    Parameters
+    ----------
+    detections : pandas.DataFrame
+        The frame's detections with ``flux``, ``flux_err``, ``flags`` and sky ``ra``, ``dec``.
+    row : dict
+        The frame's astrometry (`_solution_row`); not changed.
+    catalog : pandas.DataFrame or None
+        Reference stars (``ra``, ``dec``, ``<band>``, ``<band>_err``). None when there is no
+        photometric catalog: ``mag`` is then the instrumental magnitude plus
+        `INSTRUMENTAL_ZERO_POINT` and no zero point is fitted.
+    exptime_s : float
+        Exposure, for instrumental magnitudes per second.
+    config : Level2Config
+
+    Returns
+    -------
+    detections : pandas.DataFrame
+        With ``mag``, ``mag_err``, ``flux_jy``, ``flux_jy_err`` (NaN where the solve or the zero
+        point failed).
+    row : dict
+        ``row`` with the zero point's keys of `FRAME_COLUMNS` set.
+    """
+    band = config.band
+    out = detections.copy()
+    for name in ("mag", "mag_err", "flux_jy", "flux_jy_err"):
+        out[name] = np.nan
+    row = row | _PHOTCAL_DEFAULTS
+    if not row.get("wcs_solved"):
         row["photcal_message"] = "no WCS: photometric calibration skipped"
         return out, row
-    ra, dec = solution.wcs.all_pix2world(out["x"].to_numpy(), out["y"].to_numpy(), 0)
-    out["ra"], out["dec"] = ra, dec
-    if not photometric:
-        flux, flux_err = out["flux"].to_numpy(), out["flux_err"].to_numpy()
+    flux, flux_err = out["flux"].to_numpy(), out["flux_err"].to_numpy()
+    if catalog is None:
         with np.errstate(invalid="ignore", divide="ignore"):
             out["mag"] = instrumental_mag(flux, exptime_s) + INSTRUMENTAL_ZERO_POINT
             out["mag_err"] = 1.0857 * flux_err / np.abs(flux)
         row["photcal_message"] = NO_CATALOG_MESSAGE
         return out, row
+    ra, dec = out["ra"].to_numpy(), out["dec"].to_numpy()
     match = match_to_catalog(
         ra, dec, catalog["ra"], catalog["dec"], radius_arcsec=config.match_radius_arcsec
     )
     det, cat = match.det_index, match.cat_index
-    flux, flux_err = out["flux"].to_numpy(), out["flux_err"].to_numpy()
     good = (out["flags"].to_numpy()[det] == 0) & (flux[det] > 0)
     try:
         fit = fit_zero_point(
@@ -375,6 +472,17 @@ def frame_astrometry_photometry(
     return out, row
 
 
+_PHOTCAL_DEFAULTS: dict[str, Any] = {
+    "zero_point": np.nan,
+    "zero_point_err": np.nan,
+    "zp_slope": np.nan,
+    "zp_slope_err": np.nan,
+    "zp_n_stars": 0,
+    "zp_rms": np.nan,
+    "photcal_message": "",
+}
+
+
 def _solution_row(solution: AstrometrySolution) -> dict[str, Any]:
     return {
         "astrometry_status": solution.status,
@@ -382,13 +490,7 @@ def _solution_row(solution: AstrometrySolution) -> dict[str, Any]:
         "astrometry_n_matches": int(solution.n_matches),
         "astrometry_rms_arcsec": float(solution.rms_arcsec),
         "wcs_solved": solution.wcs.to_header_string(relax=True) if solution.ok else "",
-        "zero_point": np.nan,
-        "zero_point_err": np.nan,
-        "zp_slope": np.nan,
-        "zp_slope_err": np.nan,
-        "zp_n_stars": 0,
-        "zp_rms": np.nan,
-        "photcal_message": "",
+        **_PHOTCAL_DEFAULTS,
     }
 
 
@@ -414,8 +516,8 @@ def run_level2(
     *,
     client=None,
     config: Level2Config = Level2Config(),
-) -> tuple[pd.DataFrame, pd.DataFrame, PSFModel | None]:
-    """Detect, measure, plate-solve and calibrate every usable light frame of a calibrated cube.
+) -> Level2Result:
+    """Detect, plate-solve, co-add, measure and calibrate every usable light frame of a cube.
 
     Parameters
     ----------
@@ -428,20 +530,15 @@ def run_level2(
         reference frame can be solved against it, the frames are aligned to an internal
         catalog: the reference frame's own detections placed on the sky by its header WCS (or,
         without one, by a tangent plane at the header pointing with the pixel scale of the
-        optics); fluxes then stay relative (see `frame_astrometry_photometry`).
+        optics); fluxes then stay relative (see `frame_photcal`).
     client : distributed.Client, optional
         Cluster; serial in this process when None.
     config : Level2Config, optional
 
     Returns
     -------
-    detections : pandas.DataFrame
-        All detections with ``frame``, sky positions and calibrated magnitudes.
-    frames : pandas.DataFrame
-        One row per light frame (`FRAME_COLUMNS`), with failures explained.
-    psf : lcdask.psf.PSFModel or None
-        The ePSF of the reference frame (None with ``config.flux == "detection"`` or when it
-        could not be built).
+    Level2Result
+        Detections, per-frame results, the co-add and the ePSF.
     """
     cube_path = str(cube_path)
     is_light = (cube["frame_type"].values == "light") & ((cube["flags"].values & UNUSABLE) == 0)
@@ -453,28 +550,28 @@ def run_level2(
         if missing:
             raise ValueError(f"the reference catalog lacks the column(s) {missing}")
 
+    # 1. detection, one task per frame
     detected = _map(client, _safe_detections, [cube_path] * len(lights), lights, config=config)
     results = _gather(client, detected)
     stats = {i: s for i, _, s in results}
+    found = {i: d for i, d, _ in results}
     counts = {i: (len(d) if d is not None else 0) for i, d, _ in results}
-    position_of = {int(i): p for p, i in enumerate(lights)}
 
-    order = sorted(lights, key=lambda i: -counts[i])
+    # 2. the reference frame's plate solution (driver), or an internal catalog
     reference, solution, photometric = None, None, catalog is not None
+    order = sorted(lights, key=lambda i: -counts[i])
     for candidate in order[:3] if catalog is not None else []:
-        det = results[position_of[int(candidate)]][1]
         guess = header_wcs(fits.Header.fromstring(str(cube["wcs_header"].values[candidate])))
         solution = AsterismSolver(mag_column=band).solve(
-            det, shape, wcs_guess=guess, catalog=catalog
+            found[candidate], shape, wcs_guess=guess, catalog=catalog
         )
         if solution.ok:
             reference = candidate
             break
-        log.warning("frame %d: reference solve failed: %s", candidate, solution.message)
+        log.info("frame %d not used as the reference: %s", candidate, solution.message)
     if reference is None and len(order) and counts[order[0]] >= 3:
         reference = order[0]
-        det = results[position_of[int(reference)]][1]
-        catalog, solution = internal_catalog(det, cube, reference, band=band)
+        catalog, solution = internal_catalog(found[reference], cube, reference, band=band)
         photometric = False
         log.warning(
             "no plate solution against a reference catalog: frames aligned to frame %d (%s); "
@@ -482,69 +579,64 @@ def run_level2(
             reference,
             solution.message,
         )
+    if solution is None or not solution.ok:
+        rows = {i: _failed_row("no reference frame could be plate-solved") for i in lights}
+        return _result(lights, stats, counts, rows, {}, None, None)
+    log.info("plate solved reference frame %d: %s", reference, solution.message)
+
+    # 3. every frame refined from the reference (one task each), failures from a neighbour
+    exptime = cube["exptime_s"].values
+    refined = [
+        _submit(
+            client,
+            _refine_task,
+            detected[p] if client is not None else results[p],
+            solution.wcs,
+            catalog,
+            shape,
+            float(exptime[i]),
+            config,
+            photometric,
+        )
+        for p, i in enumerate(lights)
+    ]
+    tables, rows = {}, {}
+    for i, (table, row) in zip(lights, _gather(client, refined), strict=True):
+        tables[i], rows[i] = table, row
+    if any(not rows[i].get("wcs_solved") for i in lights):
+        _retry_from_neighbours(
+            lights, tables, rows, found, catalog, shape, exptime, config, photometric
+        )
+    _check_pointing(cube, lights, rows, shape)
+
+    # 4. the co-add of the solved frames (tiles as tasks) and its ePSF
+    coadd = _coadd_run(cube, cube_path, lights, rows, stats, client=client, config=config)
     psf = None
-    if reference is not None and config.flux != "detection":
-        fwhm = float(stats[reference].get("fwhm_px", np.nan))
-        psf = _gather(
-            client, [_submit(client, reference_psf, cube_path, int(reference), fwhm, config)]
-        )[0]
+    if config.flux != "detection":
+        psf = _run_psf(cube_path, coadd, reference, stats, client=client, config=config)
+
+    # 5. Level 3 photometry and the zero point of every solved frame, one task each
+    solved = [i for i in lights if rows[i].get("wcs_solved")]
+    fwhm = {i: float(stats[i].get("fwhm_px", np.nan)) for i in lights}
     measured = [
         _submit(
             client,
-            _photometry_task,
+            _measure_task,
             cube_path,
-            detected[p] if client is not None else results[p],
+            int(i),
+            tables[i],
+            rows[i],
+            fwhm[i],
             psf,
+            catalog if photometric else None,
+            float(exptime[i]),
             config,
         )
-        for p in range(len(lights))
+        for i in solved
     ]
-    rows: dict[int, dict[str, Any]] = {}
-    tables: dict[int, pd.DataFrame] = {}
-    if solution is None or not solution.ok:
-        for i in lights:
-            rows[i] = _failed_row("no reference frame could be plate-solved")
-    else:
-        exptime = cube["exptime_s"].values
-        futures = [
-            _submit(
-                client,
-                _refine_task,
-                measured[position],
-                solution.wcs,
-                catalog,
-                shape,
-                exptime[i],
-                config,
-                photometric,
-            )
-            for position, i in enumerate(lights)
-        ]
-        for i, (table, row) in zip(lights, _gather(client, futures), strict=True):
-            tables[i], rows[i] = table, row
-        if any(not rows[i].get("wcs_solved") for i in lights):
-            _retry_from_neighbours(
-                lights,
-                tables,
-                rows,
-                _gather(client, measured),
-                catalog,
-                shape,
-                exptime,
-                config,
-                photometric,
-            )
-    frames = []
-    for i in lights:
-        row = {"frame": int(i), **stats.get(i, {}), **rows[i]}
-        row["n_sources"] = counts[i]
-        frames.append({k: row.get(k, _default(t)) for k, t in FRAME_COLUMNS.items()})
-    frames = pd.DataFrame(frames).astype({k: v for k, v in FRAME_COLUMNS.items() if v != "str"})
-    parts = [t.assign(frame=int(i)) for i, t in tables.items() if t is not None and len(t)]
-    detections = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    if reference is not None:
-        log.info("plate solved reference frame %d: %s", reference, solution.message)
-    return detections, frames, psf
+    for i, (table, row) in zip(solved, _gather(client, measured), strict=True):
+        tables[i], rows[i] = table, row
+    return _result(lights, stats, counts, rows, tables, coadd, psf)
 
 
 def _default(dtype: str):
@@ -555,6 +647,20 @@ def _failed_row(message: str) -> dict[str, Any]:
     return {"astrometry_status": "failed", "astrometry_message": message}
 
 
+def _result(lights, stats, counts, rows, tables, coadd, psf) -> Level2Result:
+    """The per-frame rows and the detections of every frame, as `run_level2` returns them."""
+    frames = []
+    for i in lights:
+        row = {"frame": int(i), **stats.get(i, {}), **rows[i], "n_sources": counts[i]}
+        frames.append({k: row.get(k, _default(t)) for k, t in FRAME_COLUMNS.items()})
+    frames = pd.DataFrame(frames, columns=list(FRAME_COLUMNS)).astype(
+        {k: v for k, v in FRAME_COLUMNS.items() if v != "str"}
+    )
+    parts = [t.assign(frame=int(i)) for i, t in tables.items() if t is not None and len(t)]
+    detections = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return Level2Result(detections, frames, coadd, psf)
+
+
 def _safe_detections(cube_path: str, index: int, *, config: Level2Config):
     try:
         return frame_detections(cube_path, index, config)
@@ -562,20 +668,14 @@ def _safe_detections(cube_path: str, index: int, *, config: Level2Config):
         return index, None, {"detect_message": str(exc)}
 
 
-def _photometry_task(cube_path: str, result, psf, config: Level2Config):
-    index, det, stats = result
-    if det is None:
-        return result
-    fwhm = float(stats.get("fwhm_px", np.nan))
-    return index, frame_photometry(cube_path, index, det, fwhm, psf, config), stats
-
-
-def _refine_task(result, wcs_guess, catalog, shape, exptime_s, config, photometric=True):
-    _, det, _ = result
-    if det is None or len(det) < 3:
+def _refine_task(detections, wcs_guess, catalog, shape, exptime_s, config, photometric):
+    """Astrometry of one frame, and a first zero point from its detection fluxes."""
+    if isinstance(detections, tuple):  # a detection task's (index, table, stats)
+        detections = detections[1]
+    if detections is None or len(detections) < 3:
         return None, _failed_row("too few detections to plate-solve")
     return frame_astrometry_photometry(
-        det,
+        detections,
         wcs_guess,
         catalog,
         image_shape=shape,
@@ -585,8 +685,15 @@ def _refine_task(result, wcs_guess, catalog, shape, exptime_s, config, photometr
     )
 
 
+def _measure_task(cube_path, index, table, row, fwhm_px, psf, catalog, exptime_s, config):
+    """Level 3 photometry of one solved frame, then its zero point from those fluxes."""
+    if config.flux != "detection":
+        table = frame_photometry(cube_path, index, table, fwhm_px, psf, config)
+    return frame_photcal(table, row, catalog, exptime_s=exptime_s, config=config)
+
+
 def _retry_from_neighbours(
-    lights, tables, rows, results, catalog, shape, exptime, config, photometric
+    lights, tables, rows, found, catalog, shape, exptime, config, photometric
 ):
     """Refine failed frames from their nearest solved neighbour in time, in order."""
     solved = {i: rows[i]["wcs_solved"] for i in lights if rows[i].get("wcs_solved")}
@@ -597,11 +704,139 @@ def _retry_from_neighbours(
         if not before:
             continue
         guess = WCS(fits.Header.fromstring(solved[before[0]]))
-        table, row = _refine_task(
-            results[position], guess, catalog, shape, exptime[i], config, photometric
-        )
+        table, row = _refine_task(found[i], guess, catalog, shape, exptime[i], config, photometric)
         if row.get("wcs_solved"):
             tables[i], rows[i], solved[i] = table, row, row["wcs_solved"]
+
+
+def _check_pointing(cube, lights, rows, shape) -> None:
+    """Record each solved frame's header pointing offset; note the ones far off.
+
+    The offset is the distance between the field centre by the header (its WCS, else its
+    RA/Dec) and by the plate solution. It is noted in ``pointing_message`` when larger than half
+    the field's short side or 5 arcmin (mounts point to a few arcmin): a wrong header (a
+    pointing model error, a stale RA/Dec typed by hand) that later users of the header would
+    trust.
+    """
+    ny, nx = shape
+    cx, cy = (nx - 1) / 2, (ny - 1) / 2
+    for i in lights:
+        text = rows[i].get("wcs_solved")
+        if not text:
+            continue
+        solved = WCS(fits.Header.fromstring(text))
+        header = header_wcs(fits.Header.fromstring(str(cube["wcs_header"].values[i])))
+        if header is not None:
+            ra, dec = header.all_pix2world([cx], [cy], 0)
+            ra, dec = float(ra[0]), float(dec[0])
+        else:
+            ra, dec = float(cube["ra_deg"].values[i]), float(cube["dec_deg"].values[i])
+        if not (np.isfinite(ra) and np.isfinite(dec)):
+            continue
+        centre = solved.pixel_to_world(cx, cy)
+        offset = centre.separation(SkyCoord(ra, dec, unit="deg")).arcmin
+        scale = np.sqrt(abs(np.linalg.det(solved.pixel_scale_matrix))) * 60  # arcmin/px
+        rows[i]["pointing_offset_arcmin"] = offset
+        limit = max(0.5 * min(nx, ny) * scale, 5.0)
+        if offset > limit:
+            rows[i]["pointing_message"] = (
+                f"header pointing {offset:.1f}' from the plate solution (more than {limit:.1f}'): "
+                f"header RA {ra:.4f} Dec {dec:+.4f}, solved RA {centre.ra.deg:.4f} "
+                f"Dec {centre.dec.deg:+.4f}"
+            )
+
+
+def _coadd_run(cube, cube_path, lights, rows, stats, *, client, config) -> Coadd | None:
+    """The co-add of up to ``config.coadd_frames`` solved frames, one task per output tile."""
+    solved = [i for i in lights if rows[i].get("wcs_solved")]
+    if config.coadd_frames == 0 or not solved:
+        return None
+    n = min(config.coadd_frames, len(solved))
+    picks = np.unique(np.round(np.linspace(0, len(solved) - 1, n)).astype(int))
+    chosen = [solved[k] for k in picks]
+    headers = [rows[i]["wcs_solved"] for i in chosen]
+    shape = (cube.sizes["y"], cube.sizes["x"])
+    wcs, out_shape = optimal_wcs([WCS(fits.Header.fromstring(h)) for h in headers], [shape] * n)
+    skies = [float(stats[i].get("sky", 0.0)) for i in chosen]
+    scales = _transparency_scales(cube, chosen, rows)
+    tiles = tile_slices(out_shape, tile_size_for(len(chosen), 256e6))
+    futures = _map(
+        client,
+        _coadd_tile_task,
+        tiles,
+        cube_path=cube_path,
+        frames=[int(i) for i in chosen],
+        headers=headers,
+        shape=shape,
+        target=wcs.to_header_string(relax=True),
+        skies=skies,
+        scales=scales,
+        method=config.coadd_method,
+    )
+    image = np.full(out_shape, np.nan, np.float32)
+    n_used = np.zeros(out_shape, np.int16)
+    for tile, (data, used) in zip(tiles, _gather(client, futures), strict=True):
+        image[tile], n_used[tile] = data, used
+    fwhm = float(np.nanmedian([stats[i].get("fwhm_px", np.nan) for i in chosen]))
+    return Coadd(image, n_used, wcs, tuple(int(i) for i in chosen), fwhm)
+
+
+def _transparency_scales(cube, chosen, rows) -> list[float]:
+    """Factors that give a star one count in every co-added frame (exposure and transparency).
+
+    From each frame's zero point and slope, the counts of a star of instrumental magnitude -8
+    (1600 ADU/s) on the median frame; exposure alone where a frame has no zero point.
+    """
+    exptime = cube["exptime_s"].values[chosen].astype(float)
+    zp = np.array([rows[i].get("zero_point", np.nan) for i in chosen], float)
+    slope = np.array([rows[i].get("zp_slope", np.nan) for i in chosen], float)
+    log_counts = np.log10(exptime)
+    known = np.isfinite(zp) & np.isfinite(slope) & (slope > 0)
+    if known.any():
+        mag = np.median(zp[known] + slope[known] * -8.0)
+        log_counts[known] += -0.4 * (mag - zp[known]) / slope[known]
+        log_counts[~known] += np.median(log_counts[known] - np.log10(exptime[known]))
+    return list(10.0 ** (np.median(log_counts) - log_counts))
+
+
+def _coadd_tile_task(
+    tile, *, cube_path, frames, headers, shape, target, skies, scales, method
+) -> tuple[np.ndarray, np.ndarray]:
+    """One tile of the co-add; the worker reads only the windows it needs from the cube."""
+    calibrated = zarr.open_array(str(Path(cube_path) / "calibrated"), mode="r")
+
+    def reader(index: int, sky: float):
+        return lambda rows, cols: calibrated[index, rows, cols] - np.float32(sky)
+
+    return coadd_tile(
+        [reader(i, s) for i, s in zip(frames, skies, strict=True)],
+        [WCS(fits.Header.fromstring(h)) for h in headers],
+        [shape] * len(frames),
+        WCS(fits.Header.fromstring(target)),
+        tile,
+        scales=scales,
+        method=method,
+    )
+
+
+def _coadd_psf(image: np.ndarray, n_used: np.ndarray, fwhm_px: float) -> PSFModel:
+    """The ePSF of the co-add, from the pixels that most of its frames cover."""
+    mask = ~np.isfinite(image) | (n_used < max(1, 0.5 * n_used.max()))
+    psf, _ = build_epsf(np.where(mask, 0.0, image), mask=mask, fwhm_px=fwhm_px, oversampling=3)
+    return psf
+
+
+def _run_psf(cube_path, coadd, reference, stats, *, client, config) -> PSFModel | None:
+    """The ePSF of the co-add, else of the reference frame; None when neither can be built."""
+    if coadd is not None:
+        try:
+            task = _submit(client, _coadd_psf, coadd.image, coadd.n_used, coadd.fwhm_px)
+            return _gather(client, [task])[0]
+        except (LcdaskError, ValueError, RuntimeError) as exc:
+            log.warning("no ePSF from the co-add (%s): the reference frame's is used", exc)
+    fwhm = float(stats[reference].get("fwhm_px", np.nan))
+    task = _submit(client, reference_psf, cube_path, int(reference), fwhm, config)
+    return _gather(client, [task])[0]
 
 
 def nominal_wcs(header: fits.Header, shape: tuple[int, int], ra_deg: float, dec_deg: float) -> WCS:

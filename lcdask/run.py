@@ -6,7 +6,8 @@ pure. Stages and their products:
 =============  =================================================================================
 ingest         ``cube.zarr`` (raw frames and their metadata)
 calibrate      masters, bad-pixel maps, ``calibrated`` and ``pixel_flags`` in the cube
-level2         per-frame detection, plate solution, zero point: ``frames.parquet``,
+level2         per-frame detection, plate solution, co-add (``coadd.fits``) and its ePSF
+               (``psf.fits``), Level 3 photometry, zero point: ``frames.parquet``,
                ``detections.parquet``, per-frame results as variables on ``frame`` in the cube
 lightcurves    DBSCAN matching, tracks of fast movers, ``lightcurves.zarr`` with ensemble
                relative fluxes, ``sources.parquet`` (classes, motions, target)
@@ -233,13 +234,15 @@ def run(
         if table is None:
             log.warning("%s: frames are aligned to each other, fluxes stay relative", source)
             record.data["notes"].append(f"{source}: no photometric calibration")
-        detections, frames, psf = run_level2(
-            cube, cube_path, table, client=client, config=config.level2
-        )
-        if psf is not None:
-            with atomic_path(out / "psf.fits") as tmp:
-                psf.to_hdu().writeto(tmp)
-        frames = _add_frame_metadata(frames, cube)
+        result = run_level2(cube, cube_path, table, client=client, config=config.level2)
+        detections = result.detections
+        for name, product in (("psf.fits", result.psf), ("coadd.fits", result.coadd)):
+            (out / name).unlink(missing_ok=True)  # never one from an earlier run
+            if product is not None:
+                hdul = product.to_hdulist() if name == "coadd.fits" else product.to_hdu()
+                with atomic_path(out / name) as tmp:
+                    hdul.writeto(tmp)
+        frames = _add_frame_metadata(result.frames, cube)
         _store_frame_results(cube_path, cube, frames)
         with atomic_path(out / "frames.parquet") as tmp:
             frames.to_parquet(tmp, index=False)
@@ -250,6 +253,7 @@ def run(
             "n_frames": len(frames),
             "n_detections": len(detections),
             "n_astrometry_failed": len(failed),
+            "coadd_frames": [] if result.coadd is None else list(result.coadd.frames),
         }
 
     _stage(record, "level2", ["frames.parquet", "detections.parquet"], do_level2)
@@ -334,6 +338,9 @@ def _store_frame_results(cube_path: Path, cube, frames: pd.DataFrame) -> None:
         elif not np.isfinite(row.zero_point) and row.photcal_message != NO_CATALOG_MESSAGE:
             flags[row.frame] |= FrameFlag.PHOTCAL_FAILED
             reasons[row.frame] = f"photometric calibration failed: {row.photcal_message}"
+        elif row.pointing_message:
+            flags[row.frame] |= FrameFlag.POINTING
+            reasons[row.frame] = row.pointing_message
     changed = np.flatnonzero(flags != cube["flags"].values)
     if len(changed):
         cube_io.set_frame_values(cube_path, "flags", changed, flags[changed])

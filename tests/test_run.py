@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from astropy.coordinates import SkyCoord
+from astropy.io import fits
 
+from lcdask.coadd import Coadd
 from lcdask.io.cube import open_cube
 from lcdask.run import run
 from lcdask.simulate import SimConfig, load_truth, simulate_night
@@ -62,10 +64,20 @@ def test_products_and_record(local_run):
         "detections.parquet",
         "lightcurves.zarr",
         "sources.parquet",
+        "coadd.fits",
+        "psf.fits",
         "run.json",
     ):
         assert (local_run / product).exists(), product
     record = json.loads((local_run / "run.json").read_text())
+    # the co-add holds every solved frame (24 < coadd_frames) and its WCS
+    with fits.open(local_run / "coadd.fits") as hdul:
+        coadd = Coadd.from_hdulist(hdul)
+    assert coadd.frames == tuple(record["stages"]["level2"]["coadd_frames"])
+    assert len(coadd.frames) == 24 and coadd.n_used.max() == 24
+    # north up: the rotated, drifting frames leave empty corners; every covered pixel has data
+    assert coadd.wcs.has_celestial and (coadd.n_used == 24).mean() > 0.5
+    assert np.isfinite(coadd.image[coadd.n_used > 0]).all()
     assert {"ingest", "calibrate", "level2", "lightcurves"} <= set(record["stages"])
     assert all(s["status"] == "complete" for s in record["stages"].values())
     assert record["versions"]["lcdask"] and record["config"]["calibration"]["clean"]

@@ -229,7 +229,7 @@ def _assert_same_but_the_nonfinite_frame(case: Path, clean: Path, raw: Path, bad
 # --- the bad item is recorded, with its reason ----------------------------------------------------
 
 
-@pytest.mark.parametrize("name", _params({"wrong_pointing": POINTING}))
+@pytest.mark.parametrize("name", list(CASES))
 def test_bad_item_recorded_with_reason(name, case_runs):
     result, bad = case_runs(name)
     case = CASES[name]
