@@ -13,6 +13,7 @@ is built under a temporary name and renamed when whole.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import zarr
 
 from lcdask import __version__
 from lcdask.errors import FrameError, LcdaskError
@@ -34,7 +36,15 @@ from lcdask.io.discover import discover_frames
 from lcdask.io.fits import native_dtype, read_frame, read_frame_header
 from lcdask.io.headers import bjd_tdb, normalize_header, parse_section
 
-__all__ = ["IngestResult", "Skipped", "ingest", "plan_cube", "scan_frame"]
+__all__ = [
+    "IngestResult",
+    "NotAppendable",
+    "Skipped",
+    "append",
+    "ingest",
+    "plan_cube",
+    "scan_frame",
+]
 
 log = logging.getLogger("lcdask")
 
@@ -114,7 +124,7 @@ def _scan_batch(paths: Sequence[str], utc_offset_h: float | None) -> list[dict[s
 
 
 def plan_cube(
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[dict[str, Any]], *, shape: tuple[int, int] | None = None
 ) -> tuple[pd.DataFrame, tuple[int, int], str, list[Skipped]]:
     """Choose the cube's frames, shape and pixel type from scanned headers.
 
@@ -125,6 +135,8 @@ def plan_cube(
     ----------
     rows : sequence of dict
         Results of `scan_frame`.
+    shape : (int, int), optional
+        The shape to keep (an existing cube's), instead of the most common one.
 
     Returns
     -------
@@ -142,7 +154,8 @@ def plan_cube(
     if not good:
         raise LcdaskError("no usable frames: " + "; ".join(s.reason for s in skipped[:5]))
     lights = [r for r in good if r["frame_type"] == "light"] or good
-    shape = Counter((r["ny"], r["nx"]) for r in lights).most_common(1)[0][0]
+    if shape is None:
+        shape = Counter((r["ny"], r["nx"]) for r in lights).most_common(1)[0][0]
     accepted = []
     for r in good:
         if (r["ny"], r["nx"]) == shape:
@@ -315,6 +328,107 @@ def ingest(
         log.warning("%s", item.reason)
     counts = dict(Counter(frames["frame_type"]))
     return IngestResult(final, len(frames), counts, skipped, flagged, timings)
+
+
+class NotAppendable(LcdaskError):
+    """New frames that cannot simply be appended to a cube (the whole cube must be remade)."""
+
+
+def append(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    client=None,
+    utc_offset_h: float | None = None,
+) -> IngestResult:
+    """Append new light frames, taken after the cube's last frame, to ``out/cube.zarr``.
+
+    The night goes on: frames written since the last run are scanned, checked and filled like
+    `ingest` does, into new positions along ``frame`` (`lcdask.io.cube.append_frames`). The cube
+    grows in place: the caller records the step as incomplete until this returns, so that an
+    interrupted append is redone from scratch.
+
+    Parameters
+    ----------
+    paths : sequence of str or Path
+        The new files (not yet in the cube).
+    out : str or Path
+        The run directory.
+    client : distributed.Client, optional
+    utc_offset_h : float, optional
+        See `ingest`.
+
+    Returns
+    -------
+    IngestResult
+        For the new frames (``n_frames`` is the cube's new total).
+
+    Raises
+    ------
+    NotAppendable
+        When a new frame is not a light, is not later than every frame of the cube, or has a
+        pixel type the cube cannot hold; nothing is changed then.
+    """
+    final = Path(out) / "cube.zarr"
+    cube = cube_io.open_cube(final)
+    start = time.perf_counter()
+    rows = [
+        r
+        for batch in _map(
+            client, _scan_batch, _batches([str(p) for p in paths], 32), utc_offset_h=utc_offset_h
+        )
+        for r in batch
+    ]
+    frames, _, dtype, skipped = plan_cube(rows, shape=(cube.sizes["y"], cube.sizes["x"]))
+    kinds = sorted(set(frames["frame_type"]) - {"light"})
+    if kinds:
+        raise NotAppendable(f"new {', '.join(kinds)} frames change the calibration")
+    if frames["time_mjd"].min() <= np.nanmax(cube["time_mjd"].values):
+        raise NotAppendable("a new frame is earlier than the cube's last frame")
+    if not np.can_cast(dtype, cube["raw"].dtype):
+        raise NotAppendable(f"new frames of type {dtype} in a cube of {cube['raw'].dtype}")
+
+    def sections(trimsec, biassec) -> set[tuple[str, str]]:
+        return {(str(t), str(b)) for t, b in zip(trimsec, biassec, strict=True)}
+
+    if not sections(frames["trimsec"], frames["biassec"]) <= sections(
+        cube["trimsec"].values, cube["biassec"].values
+    ):
+        raise NotAppendable("the new frames' trim or overscan sections differ from the cube's")
+    frames["bjd_tdb"] = _bjd(frames)
+    frames["flags"] = np.zeros(len(frames), np.int32)
+    frames["flag_reason"] = ""
+    timings = {"scan": time.perf_counter() - start}
+
+    start = time.perf_counter()
+    index = cube_io.append_frames(final, frames)
+    frames.index = list(index)
+    results = _map(
+        client,
+        _fill_frame,
+        [str(final)] * len(frames),
+        frames.index.tolist(),
+        frames["path"].tolist(),
+        frames["hdu_index"].tolist(),
+        frames["trimsec"].tolist(),
+        frames["biassec"].tolist(),
+        frames["saturate_adu"].astype(float).tolist(),
+    )
+    flagged = []
+    for i, flags, reason, _ in results:
+        if flags:
+            flagged.append(Skipped(frames.loc[i, "path"], reason))
+            cube_io.set_frame_values(final, "flags", [i], [flags])
+            cube_io.set_frame_values(final, "flag_reason", [i], [reason])
+    group = zarr.open_group(str(final), mode="r+")
+    before = json.loads(cube.attrs.get("skipped", "[]"))
+    group.attrs["skipped"] = json.dumps(before + [s.__dict__ for s in skipped])
+    cube_io.consolidate(final)
+    timings["fill"] = time.perf_counter() - start
+    for item in [*skipped, *flagged]:
+        log.warning("%s", item.reason)
+    counts = dict(Counter(frames["frame_type"]))
+    return IngestResult(final, index.stop, counts, skipped, flagged, timings)
 
 
 def _bjd(frames: pd.DataFrame) -> np.ndarray:

@@ -23,6 +23,7 @@ Failed frames are flagged with their reason, never fatal.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from lcdask.sky import subtract_sky
 __all__ = [
     "Level2Config",
     "Level2Result",
+    "Level2Start",
     "frame_astrometry_photometry",
     "frame_detections",
     "frame_photcal",
@@ -176,11 +178,40 @@ class Level2Result:
     psf : lcdask.psf.PSFModel or None
         The ePSF (of the co-add, else of the reference frame; None with ``flux = "detection"``
         or when it could not be built).
+    catalog : pandas.DataFrame or None
+        The catalog the frames were aligned against: the reference catalog, or the internal
+        catalog of the reference frame's stars.
+    photometric : bool
+        Whether ``catalog`` has photometric magnitudes.
     """
 
     detections: pd.DataFrame
     frames: pd.DataFrame
     coadd: Coadd | None
+    psf: PSFModel | None
+    catalog: pd.DataFrame | None = None
+    photometric: bool = False
+
+
+@dataclass(frozen=True)
+class Level2Start:
+    """Where an earlier Level 2 left off, to process appended frames alike.
+
+    Attributes
+    ----------
+    catalog : pandas.DataFrame
+        The catalog the frames were aligned against (``Level2Result.catalog``).
+    photometric : bool
+        Whether its magnitudes are photometric (else instrumental, from an internal catalog).
+    wcs : astropy.wcs.WCS
+        A solved WCS to refine the new frames from (the last solved frame's).
+    psf : lcdask.psf.PSFModel or None
+        The run's ePSF.
+    """
+
+    catalog: pd.DataFrame
+    photometric: bool
+    wcs: WCS
     psf: PSFModel | None
 
 
@@ -516,6 +547,8 @@ def run_level2(
     *,
     client=None,
     config: Level2Config = Level2Config(),
+    frames: Sequence[int] | None = None,
+    previous: Level2Start | None = None,
 ) -> Level2Result:
     """Detect, plate-solve, co-add, measure and calibrate every usable light frame of a cube.
 
@@ -534,15 +567,23 @@ def run_level2(
     client : distributed.Client, optional
         Cluster; serial in this process when None.
     config : Level2Config, optional
+    frames : sequence of int, optional
+        Only these frames (with ``previous``: frames appended to a run).
+    previous : Level2Start, optional
+        Where an earlier run left off: its catalog, a solved WCS to refine from and its ePSF.
+        The reference solve and the co-add are then not done again.
 
     Returns
     -------
     Level2Result
-        Detections, per-frame results, the co-add and the ePSF.
+        Detections, per-frame results, the co-add, the ePSF and the catalog the frames were
+        aligned (and calibrated) against.
     """
     cube_path = str(cube_path)
     is_light = (cube["frame_type"].values == "light") & ((cube["flags"].values & UNUSABLE) == 0)
     lights = np.flatnonzero(is_light)
+    if frames is not None:
+        lights = np.intersect1d(lights, np.asarray(frames, int))
     shape = (cube.sizes["y"], cube.sizes["x"])
     band = config.band
     if catalog is not None:
@@ -558,31 +599,16 @@ def run_level2(
     counts = {i: (len(d) if d is not None else 0) for i, d, _ in results}
 
     # 2. the reference frame's plate solution (driver), or an internal catalog
-    reference, solution, photometric = None, None, catalog is not None
-    order = sorted(lights, key=lambda i: -counts[i])
-    for candidate in order[:3] if catalog is not None else []:
-        guess = header_wcs(fits.Header.fromstring(str(cube["wcs_header"].values[candidate])))
-        solution = AsterismSolver(mag_column=band).solve(
-            found[candidate], shape, wcs_guess=guess, catalog=catalog
+    if previous is not None:
+        catalog, photometric, psf = previous.catalog, previous.photometric, previous.psf
+        start_wcs, reference = previous.wcs, None
+    else:
+        reference, start_wcs, catalog, photometric = _reference(
+            cube, found, counts, catalog, config
         )
-        if solution.ok:
-            reference = candidate
-            break
-        log.info("frame %d not used as the reference: %s", candidate, solution.message)
-    if reference is None and len(order) and counts[order[0]] >= 3:
-        reference = order[0]
-        catalog, solution = internal_catalog(found[reference], cube, reference, band=band)
-        photometric = False
-        log.warning(
-            "no plate solution against a reference catalog: frames aligned to frame %d (%s); "
-            "fluxes are relative, magnitudes instrumental",
-            reference,
-            solution.message,
-        )
-    if solution is None or not solution.ok:
-        rows = {i: _failed_row("no reference frame could be plate-solved") for i in lights}
-        return _result(lights, stats, counts, rows, {}, None, None)
-    log.info("plate solved reference frame %d: %s", reference, solution.message)
+        if start_wcs is None:
+            rows = {i: _failed_row("no reference frame could be plate-solved") for i in lights}
+            return _result(lights, stats, counts, rows, {}, None, None, catalog, photometric)
 
     # 3. every frame refined from the reference (one task each), failures from a neighbour
     exptime = cube["exptime_s"].values
@@ -591,7 +617,7 @@ def run_level2(
             client,
             _refine_task,
             detected[p] if client is not None else results[p],
-            solution.wcs,
+            start_wcs,
             catalog,
             shape,
             float(exptime[i]),
@@ -610,10 +636,12 @@ def run_level2(
     _check_pointing(cube, lights, rows, shape)
 
     # 4. the co-add of the solved frames (tiles as tasks) and its ePSF
-    coadd = _coadd_run(cube, cube_path, lights, rows, stats, client=client, config=config)
-    psf = None
-    if config.flux != "detection":
-        psf = _run_psf(cube_path, coadd, reference, stats, client=client, config=config)
+    coadd = None
+    if previous is None:
+        coadd = _coadd_run(cube, cube_path, lights, rows, stats, client=client, config=config)
+        psf = None
+        if config.flux != "detection":
+            psf = _run_psf(cube_path, coadd, reference, stats, client=client, config=config)
 
     # 5. Level 3 photometry and the zero point of every solved frame, one task each
     solved = [i for i in lights if rows[i].get("wcs_solved")]
@@ -636,7 +664,38 @@ def run_level2(
     ]
     for i, (table, row) in zip(solved, _gather(client, measured), strict=True):
         tables[i], rows[i] = table, row
-    return _result(lights, stats, counts, rows, tables, coadd, psf)
+    return _result(lights, stats, counts, rows, tables, coadd, psf, catalog, photometric)
+
+
+def _reference(cube, found, counts, catalog, config):
+    """The reference frame and its plate solution against the catalog, or else an internal one.
+
+    Returns ``(reference, wcs, catalog, photometric)``; ``wcs`` is None when no frame could be
+    solved nor has enough stars for an internal catalog.
+    """
+    shape = (cube.sizes["y"], cube.sizes["x"])
+    band = config.band
+    order = sorted(found, key=lambda i: -counts[i])
+    for candidate in order[:3] if catalog is not None else []:
+        guess = header_wcs(fits.Header.fromstring(str(cube["wcs_header"].values[candidate])))
+        solution = AsterismSolver(mag_column=band).solve(
+            found[candidate], shape, wcs_guess=guess, catalog=catalog
+        )
+        if solution.ok:
+            log.info("plate solved reference frame %d: %s", candidate, solution.message)
+            return candidate, solution.wcs, catalog, True
+        log.info("frame %d not used as the reference: %s", candidate, solution.message)
+    if not order or counts[order[0]] < 3:
+        return None, None, catalog, catalog is not None
+    reference = order[0]
+    catalog, solution = internal_catalog(found[reference], cube, reference, band=band)
+    log.warning(
+        "no plate solution against a reference catalog: frames aligned to frame %d (%s); "
+        "fluxes are relative, magnitudes instrumental",
+        reference,
+        solution.message,
+    )
+    return reference, solution.wcs, catalog, False
 
 
 def _default(dtype: str):
@@ -647,7 +706,7 @@ def _failed_row(message: str) -> dict[str, Any]:
     return {"astrometry_status": "failed", "astrometry_message": message}
 
 
-def _result(lights, stats, counts, rows, tables, coadd, psf) -> Level2Result:
+def _result(lights, stats, counts, rows, tables, coadd, psf, catalog, photometric) -> Level2Result:
     """The per-frame rows and the detections of every frame, as `run_level2` returns them."""
     frames = []
     for i in lights:
@@ -658,7 +717,7 @@ def _result(lights, stats, counts, rows, tables, coadd, psf) -> Level2Result:
     )
     parts = [t.assign(frame=int(i)) for i, t in tables.items() if t is not None and len(t)]
     detections = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    return Level2Result(detections, frames, coadd, psf)
+    return Level2Result(detections, frames, coadd, psf, catalog, photometric)
 
 
 def _safe_detections(cube_path: str, index: int, *, config: Level2Config):

@@ -23,6 +23,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,13 +141,14 @@ class _Writer:
         return names
 
 
-def _start(store: Path) -> None:
+def _start(store: Path, keep: Sequence[str] = ()) -> None:
     """Mark the calibration incomplete and remove stale temporaries and old products."""
     group = zarr.open_group(str(store), mode="r+")
     if "calibration" in group.attrs:
         del group.attrs["calibration"]
     for child in store.iterdir():
-        if child.name.startswith("tmp_") or child.name in CALIBRATION_ARRAYS:
+        stale = child.name in CALIBRATION_ARRAYS and child.name not in keep
+        if child.name.startswith("tmp_") or stale:
             shutil.rmtree(child)
     cube_io.consolidate(store)
 
@@ -168,6 +170,7 @@ def calibrate_cube(
     config: CalibrationConfig = DEFAULT_CONFIG,
     persist_calibrated: bool = True,
     persist_variance: bool = False,
+    frames: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Level 1 calibration of a cube: masters, bad-pixel map, calibrated and cleaned lights.
 
@@ -194,6 +197,11 @@ def calibrate_cube(
         Write ``calibrated`` and ``pixel_flags``.
     persist_variance : bool, optional
         Write ``variance`` as well.
+    frames : sequence of int, optional
+        Calibrate only these lights (frames appended to a calibrated cube, see
+        `lcdask.ingest.append`), into the existing ``calibrated`` and ``pixel_flags``; the
+        masters are made again from the same calibration frames (identical) and the other
+        lights are left as they are.
 
     Returns
     -------
@@ -231,7 +239,9 @@ def calibrate_cube(
         and not np.isfinite(ds["saturate_adu"].values[lights]).all()
     ):
         notes.append("some lights have no saturation level (float data): not flagged as saturated")
-    _start(store)
+    todo = lights if frames is None else np.intersect1d(lights, np.asarray(frames, int))
+    in_place = ("calibrated", "pixel_flags", "variance") if frames is not None else ()
+    _start(store, keep=in_place)
 
     # --- statistics and rejection of calibration frames ---------------------------------------
     t0 = time.perf_counter()
@@ -357,7 +367,7 @@ def calibrate_cube(
     n_calibrated = 0
     if persist_calibrated:
         t0 = time.perf_counter()
-        raw_l = raw.sel(frame=lights)
+        raw_l = raw.sel(frame=todo)
         m_bias_s = _stored(store, "master_bias", yx) if m_bias is not None else None
         dark_l = cal.dark_for_frames(
             raw_l["exptime_s"], _stored(store, "master_dark", yx), m_bias_s, choice
@@ -378,7 +388,7 @@ def calibrate_cube(
                     message + "; add flats of these filters or set require_flat=false"
                 )
             notes.append(message + ": those lights are not flat-fielded")
-        sat_l = saturate.sel(frame=lights) if isinstance(saturate, xr.DataArray) else saturate
+        sat_l = saturate.sel(frame=todo) if isinstance(saturate, xr.DataArray) else saturate
         calibrated = cal.calibrate_frames(raw_l, dark_l, flat_l)
         pflags = cal.pixel_flags(raw_l, _stored(store, "bad_pixels", yx), sat_l)
         calibrated, pflags = cal.clean_bad_pixels(calibrated, pflags, config=config)
@@ -395,19 +405,22 @@ def calibrate_cube(
         for name, source in sources.items():
             dtype = source.dtype
             fill = 0 if dtype.kind == "u" else np.nan
-            target = writer.create(
-                name, shape, dtype, ("frame", "y", "x"), chunks=(1, *shape[1:]), fill_value=fill
-            )
+            if name in in_place and (store / name).exists():
+                target = zarr.open_array(str(store / name), mode="r+")
+            else:
+                target = writer.create(
+                    name, shape, dtype, ("frame", "y", "x"), chunks=(1, *shape[1:]), fill_value=fill
+                )
             data = source.transpose("frame", "y", "x").data
             data = data.rechunk((1, *shape[1:]))
-            for first, begin, stop in _light_runs(lights):
+            for first, begin, stop in _light_runs(todo):
                 stores.append(data[first : first + stop - begin])
                 targets.append(target)
                 regions.append((slice(begin, stop),))
         delayed = da.store(stores, targets, regions=regions, lock=False, compute=False)
         _compute(client, delayed)
         written += writer.commit()
-        n_calibrated = len(lights)
+        n_calibrated = len(todo)
         timings["calibrate"] = time.perf_counter() - t0
 
     # --- summary, last -------------------------------------------------------------------------

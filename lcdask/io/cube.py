@@ -20,7 +20,14 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
-__all__ = ["consolidate", "create_cube", "open_cube", "set_frame_values", "write_frame"]
+__all__ = [
+    "append_frames",
+    "consolidate",
+    "create_cube",
+    "open_cube",
+    "set_frame_values",
+    "write_frame",
+]
 
 RAW_COMPRESSOR = BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
 """Fast lossless compression: about 0.65x the bytes of camera frames, as fast as a plain write."""
@@ -152,3 +159,58 @@ def open_cube(path: str | Path) -> xr.Dataset:
     frame_coords = [name for name, c in plain.coords.items() if c.dims == ("frame",)]
     loaded = {name: plain[name].load() for name in frame_coords}
     return ds.assign_coords(loaded)
+
+
+def append_frames(path: str | Path, frames: pd.DataFrame) -> range:
+    """Grow every per-frame array of a cube by the rows of ``frames``.
+
+    Coordinates on ``frame`` take their values from the columns of ``frames`` (missing ones get
+    NaN, 0 or ""); pixel arrays (``raw``, ``calibrated``, ...) and per-frame results get their
+    fill value, their new chunks unwritten until workers fill them (`write_frame`).
+
+    Parameters
+    ----------
+    path : str or Path
+        The cube store.
+    frames : pandas.DataFrame
+        One row per new frame.
+
+    Returns
+    -------
+    range
+        The new frames' indices.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ds = xr.open_zarr(path, consolidated=None)
+    n_old, n_new = ds.sizes["frame"], len(frames)
+    coords: dict[str, Any] = {"frame": np.arange(n_old, n_old + n_new)}
+    data_vars: dict[str, Any] = {}
+    for name, var in ds.variables.items():
+        if name == "frame" or var.dims[:1] != ("frame",):
+            continue
+        dtype = var.dtype
+        if var.ndim == 1:
+            if name in frames.columns:
+                values = frames[name].to_numpy()
+            else:
+                values = [_fill(dtype)] * n_new
+            if dtype.kind in "OUT":
+                values = np.array([str(v) for v in values], dtype=object)
+            else:
+                values = np.asarray(values).astype(dtype)
+        else:
+            chunks = (1, *var.shape[1:])
+            values = da.full((n_new, *var.shape[1:]), _fill(dtype), dtype=dtype, chunks=chunks)
+        target = coords if name in ds.coords else data_vars
+        target[name] = (var.dims, values)
+    new = xr.Dataset(data_vars, coords=coords)
+    new.to_zarr(path, append_dim="frame", compute=False, consolidated=False)
+    consolidate(path)
+    return range(n_old, n_old + n_new)
+
+
+def _fill(dtype: np.dtype):
+    if dtype.kind in "OUT":  # strings (object in memory)
+        return ""
+    return np.nan if dtype.kind == "f" else 0
