@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
+import errno
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dask
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from lcdask.errors import LcdaskError, SchedulerLostError
 
@@ -34,6 +38,50 @@ def worker_environ() -> dict[str, object]:
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     return environ | {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+
+
+_OUT_OF_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+"""The errors of a write that found no room (full disk, quota, file-size limit, read-only)."""
+
+_FAILED_WITH = re.compile(r"^Exception:\s+['\"](\w+)\((\d+),", re.MULTILINE)
+"""The exception of distributed's "Compute Failed" record: ``Exception: "OSError(28, '...')"``."""
+
+
+class _OutOfRoomFilter(logging.Filter):
+    """Drops a worker's "Compute Failed" record of a task whose write found no room.
+
+    The error travels to the driver as the task's exception, and the command line prints it as
+    its one line ("cannot write the products: [Errno 28] No space left on device ..."); the
+    worker's record of it repeats that with a traceback. Every other failure of a task is
+    logged as distributed logs it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Compute Failed"):
+            return True
+        found = _FAILED_WITH.search(record.getMessage())
+        if found is None:
+            return True
+        kind = getattr(builtins, found.group(1), None)
+        is_os_error = isinstance(kind, type) and issubclass(kind, OSError)
+        return not (is_os_error and int(found.group(2)) in _OUT_OF_ROOM)
+
+
+class _QuietOutOfRoom(WorkerPlugin):
+    """Installs `_OutOfRoomFilter` on each worker's ``distributed.worker`` logger."""
+
+    name = "lcdask-quiet-out-of-room"
+    idempotent = True
+
+    def setup(self, worker) -> None:
+        logger = logging.getLogger("distributed.worker")
+        if not any(isinstance(f, _OutOfRoomFilter) for f in logger.filters):
+            logger.addFilter(_OutOfRoomFilter())
+
+    def teardown(self, worker) -> None:
+        logger = logging.getLogger("distributed.worker")
+        for found in [f for f in logger.filters if isinstance(f, _OutOfRoomFilter)]:
+            logger.removeFilter(found)
 
 
 def _lost_scheduler(client, exc: BaseException) -> bool:
@@ -165,6 +213,9 @@ def dask_client(
     client = Client(cluster)
     try:
         with _connected(client, cluster.scheduler_address):
+            # The local workers write to the user's terminal: a full disk is said once, by the
+            # command's error line, not again by each worker that hit it.
+            client.register_plugin(_QuietOutOfRoom())
             log.info(
                 "local cluster of %d workers; dashboard %s",
                 len(cluster.workers),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 
 import dask
 import pytest
 
-from lcdask.cluster import _connected, batch_cluster, dask_client
+from lcdask.cluster import _connected, _OutOfRoomFilter, batch_cluster, dask_client
 from lcdask.config import ClusterConfig
 from lcdask.errors import LcdaskError, SchedulerLostError
 
@@ -98,3 +99,36 @@ def test_no_scheduler_to_connect_to_is_one_error():
         with pytest.raises(LcdaskError, match="cannot connect to the Dask scheduler"):
             with dask_client(scheduler=f"tcp://127.0.0.1:{port}"):
                 pass
+
+
+def _compute_failed(exception_text: str) -> logging.LogRecord:
+    """A worker's record of a failed task, as distributed words it."""
+    return logging.LogRecord(
+        "distributed.worker",
+        logging.ERROR,
+        "worker.py",
+        1,
+        "Compute Failed\nKey:       %s\nState:     %s\nTask:  %s\nException: %r\nTraceback: %r\n",
+        ("store-map-1", "executing", "<Task store-map-1>", exception_text, "  File ...\n"),
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("exception_text", "logged"),
+    [
+        ("OSError(28, 'No space left on device')", False),  # the driver's error line says it
+        ("OSError(27, 'File too large')", False),
+        ("OSError(30, 'Read-only file system')", False),
+        ("FileNotFoundError(2, 'No such file or directory')", True),  # not a write without room
+        ("ValueError(28, 'a bug that looks like one')", True),  # not an OSError
+        ("ValueError('a bug in a task')", True),
+    ],
+)
+def test_worker_logs_every_failed_task_but_a_write_without_room(exception_text, logged):
+    assert _OutOfRoomFilter().filter(_compute_failed(exception_text)) is logged
+
+
+def test_worker_logs_its_other_records():
+    record = logging.LogRecord("distributed.worker", logging.ERROR, "w.py", 1, "%s", ("x",), None)
+    assert _OutOfRoomFilter().filter(record)
