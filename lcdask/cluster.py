@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import builtins
+import errno
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dask
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from lcdask.errors import LcdaskError, SchedulerLostError
 
 __all__ = ["batch_cluster", "client_from_config", "dask_client", "worker_environ"]
 
@@ -31,6 +38,122 @@ def worker_environ() -> dict[str, object]:
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     return environ | {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+
+
+_OUT_OF_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+"""The errors of a write that found no room (full disk, quota, file-size limit, read-only)."""
+
+_FAILED_WITH = re.compile(r"^Exception:\s+['\"](\w+)\((\d+),", re.MULTILINE)
+"""The exception of distributed's "Compute Failed" record: ``Exception: "OSError(28, '...')"``."""
+
+
+class _OutOfRoomFilter(logging.Filter):
+    """Drops a worker's "Compute Failed" record of a task whose write found no room.
+
+    The error travels to the driver as the task's exception, and the command line prints it as
+    its one line ("cannot write the products: [Errno 28] No space left on device ..."); the
+    worker's record of it repeats that with a traceback. Every other failure of a task is
+    logged as distributed logs it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Compute Failed"):
+            return True
+        found = _FAILED_WITH.search(record.getMessage())
+        if found is None:
+            return True
+        kind = getattr(builtins, found.group(1), None)
+        is_os_error = isinstance(kind, type) and issubclass(kind, OSError)
+        return not (is_os_error and int(found.group(2)) in _OUT_OF_ROOM)
+
+
+class _QuietOutOfRoom(WorkerPlugin):
+    """Installs `_OutOfRoomFilter` on each worker's ``distributed.worker`` logger."""
+
+    name = "lcdask-quiet-out-of-room"
+    idempotent = True
+
+    def setup(self, worker) -> None:
+        logger = logging.getLogger("distributed.worker")
+        if not any(isinstance(f, _OutOfRoomFilter) for f in logger.filters):
+            logger.addFilter(_OutOfRoomFilter())
+
+    def teardown(self, worker) -> None:
+        logger = logging.getLogger("distributed.worker")
+        for found in [f for f in logger.filters if isinstance(f, _OutOfRoomFilter)]:
+            logger.removeFilter(found)
+
+
+def _lost_scheduler(client, exc: BaseException) -> bool:
+    """Whether ``exc`` ended a computation because ``client`` lost its scheduler.
+
+    Distributed cancels every future of a client whose connection to the scheduler breaks
+    (`distributed.client.FutureCancelledError`, reason "scheduler-connection-lost", an
+    `asyncio.CancelledError`) and then tries to reconnect; a call made meanwhile fails with a
+    ``CommClosedError`` or an ``OSError`` (connection timeout). Such an error counts as the
+    scheduler lost only when the client is no longer connected, so that a genuine ``OSError``
+    of the work itself (a full disk) is not mistaken for it.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    exc : BaseException
+
+    Returns
+    -------
+    bool
+    """
+    from distributed.client import FutureCancelledError
+
+    if isinstance(exc, FutureCancelledError) and exc.reason == "scheduler-connection-lost":
+        return True
+    connection = isinstance(exc, (OSError, asyncio.CancelledError, asyncio.TimeoutError))
+    return connection and client.status != "running"
+
+
+class _AfterSchedulerLost(logging.Filter):
+    """Drops distributed's client log records once its client has lost the scheduler.
+
+    Distributed's client logs its failed reconnection, and the cancellations of its own
+    shutdown with their tracebacks, on the ``distributed.client`` logger. Once the scheduler is
+    gone the run ends with one error line that says so (`SchedulerLostError`), and these records
+    repeat it as noise; while the client is connected every record passes.
+    """
+
+    def __init__(self, client) -> None:
+        super().__init__()
+        self.client = client
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.client.status == "running"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The exception's kind and the first line of its message (its reason if it has one)."""
+    text = str(getattr(exc, "reason", None) or exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+@contextmanager
+def _connected(client, address: str) -> Iterator:
+    """Yield ``client``, close it after; losing the scheduler is one `SchedulerLostError`."""
+    logger = logging.getLogger("distributed.client")
+    quiet = _AfterSchedulerLost(client)
+    logger.addFilter(quiet)
+    try:
+        yield client
+    except (Exception, asyncio.CancelledError) as exc:  # not KeyboardInterrupt, not SystemExit
+        if _lost_scheduler(client, exc):
+            raise SchedulerLostError(
+                f"lost the Dask scheduler ({address}: {_first_line(exc)}); finished stages are "
+                "kept: run the same command to resume"
+            ) from exc
+        raise
+    finally:
+        try:
+            client.close()
+        finally:
+            logger.removeFilter(quiet)
 
 
 @contextmanager
@@ -68,12 +191,16 @@ def dask_client(
     logging.getLogger("distributed").setLevel(logging.ERROR)
 
     if scheduler:
-        client = Client(scheduler)
         try:
+            client = Client(scheduler)
+        except OSError as exc:  # refused, or timed out
+            raise LcdaskError(
+                f"cannot connect to the Dask scheduler at {scheduler} ({exc}); is it running? "
+                "give its address as tcp://host:port, or leave out --scheduler for a local cluster"
+            ) from exc
+        with _connected(client, scheduler):
             log.info("connected to %s; dashboard %s", scheduler, client.dashboard_link)
             yield client
-        finally:
-            client.close()
         return
     with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
         cluster = LocalCluster(
@@ -85,12 +212,17 @@ def dask_client(
         )
     client = Client(cluster)
     try:
-        log.info(
-            "local cluster of %d workers; dashboard %s", len(cluster.workers), client.dashboard_link
-        )
-        yield client
+        with _connected(client, cluster.scheduler_address):
+            # The local workers write to the user's terminal: a full disk is said once, by the
+            # command's error line, not again by each worker that hit it.
+            client.register_plugin(_QuietOutOfRoom())
+            log.info(
+                "local cluster of %d workers; dashboard %s",
+                len(cluster.workers),
+                client.dashboard_link,
+            )
+            yield client
     finally:
-        client.close()
         cluster.close()
 
 
@@ -155,8 +287,8 @@ def client_from_config(config) -> Iterator:
     cluster.scale(jobs=max(config.workers, 1))
     client = Client(cluster)
     try:
-        log.info("%s cluster; dashboard %s", config.kind, client.dashboard_link)
-        yield client
+        with _connected(client, cluster.scheduler_address):
+            log.info("%s cluster; dashboard %s", config.kind, client.dashboard_link)
+            yield client
     finally:
-        client.close()
         cluster.close()

@@ -11,3 +11,7 @@ class FrameError(LcdaskError):
 
 class HeaderError(FrameError):
     """A header lacks a key the pipeline needs, or holds a value that cannot be parsed."""
+
+
+class SchedulerLostError(LcdaskError):
+    """The Dask scheduler went away during a run; what is finished is kept, a rerun resumes."""

@@ -313,7 +313,11 @@ def _add_frame_metadata(frames: pd.DataFrame, cube) -> pd.DataFrame:
 
 
 def _store_frame_results(cube_path: Path, cube, frames: pd.DataFrame) -> None:
-    """Write the per-frame results into the cube (variables on ``frame``) and flag failures."""
+    """Write the per-frame results into the cube (variables on ``frame``) and flag failures.
+
+    A frame whose plate solve or photometric calibration failed is flagged with the reason,
+    ``<file>: <why>`` as ingest and calibration word theirs, and the reason is logged once.
+    """
     n = cube.sizes["frame"]
     index = frames["frame"].to_numpy()
     variables = {}
@@ -331,16 +335,22 @@ def _store_frame_results(cube_path: Path, cube, frames: pd.DataFrame) -> None:
     redone = (flags[index] & LEVEL2_FLAGS) != 0
     flags[index[redone]] &= ~LEVEL2_FLAGS
     reasons[index[redone]] = ""
+    paths = cube["path"].values
     for row in frames.itertuples():
         if row.astrometry_status != "ok":
-            flags[row.frame] |= FrameFlag.ASTROMETRY_FAILED
-            reasons[row.frame] = f"plate solve failed: {row.astrometry_message}"
+            flag, why = FrameFlag.ASTROMETRY_FAILED, f"plate solve failed: {row.astrometry_message}"
         elif not np.isfinite(row.zero_point) and row.photcal_message != NO_CATALOG_MESSAGE:
-            flags[row.frame] |= FrameFlag.PHOTCAL_FAILED
-            reasons[row.frame] = f"photometric calibration failed: {row.photcal_message}"
+            flag = FrameFlag.PHOTCAL_FAILED
+            why = f"photometric calibration failed: {row.photcal_message}"
         elif row.pointing_message:
-            flags[row.frame] |= FrameFlag.POINTING
-            reasons[row.frame] = row.pointing_message
+            flag, why = FrameFlag.POINTING, row.pointing_message
+        else:
+            continue
+        flags[row.frame] |= flag
+        reasons[row.frame] = f"{paths[row.frame]}: {why}"
+        # One line per frame this Level 2 flags, as ingest and calibration say theirs; a rerun
+        # that reuses the stage does not come here and says nothing again.
+        log.warning("%s", reasons[row.frame])
     changed = np.flatnonzero(flags != cube["flags"].values)
     if len(changed):
         cube_io.set_frame_values(cube_path, "flags", changed, flags[changed])

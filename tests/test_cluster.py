@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import socket
 
+import dask
 import pytest
 
-from lcdask.cluster import batch_cluster, dask_client
+from lcdask.cluster import _connected, _OutOfRoomFilter, batch_cluster, dask_client
 from lcdask.config import ClusterConfig
+from lcdask.errors import LcdaskError, SchedulerLostError
 
 
 def test_local_cluster_uses_single_threaded_worker_processes():
@@ -34,3 +39,96 @@ def test_batch_job_script(kind, directive):
     assert "02:00:00" in script
     assert "--nworkers 8" in script and "--nthreads 1" in script
     assert "export OMP_NUM_THREADS=1" in script
+
+
+class _Client:
+    """A stand-in for a distributed.Client: its connection status, and whether it was closed."""
+
+    def __init__(self, status: str = "running") -> None:
+        self.status = status
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _lost_future():
+    from distributed.client import FutureCancelledError
+
+    return FutureCancelledError("task-0", "scheduler-connection-lost", "Client lost the connection")
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        ("running", _lost_future()),  # the futures are cancelled: lost, whatever the status
+        ("connecting", asyncio.CancelledError()),
+        ("closed", OSError("Timed out trying to connect to tcp://127.0.0.1:8786 after 5 s")),
+    ],
+)
+def test_losing_the_scheduler_is_one_error(status, error):
+    client = _Client(status)
+    with pytest.raises(SchedulerLostError, match=r"^lost the Dask scheduler \(tcp://h:1: ") as lost:
+        with _connected(client, "tcp://h:1"):
+            raise error
+    assert "\n" not in str(lost.value) and "run the same command" in str(lost.value)
+    assert client.closed
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(28, "No space left on device"),  # the work's own error, the client connected
+        KeyboardInterrupt(),  # never turned into anything else
+        RuntimeError("a bug in a task"),
+    ],
+)
+def test_other_errors_pass_unchanged(error):
+    client = _Client("running")
+    with pytest.raises(type(error)) as raised:
+        with _connected(client, "tcp://h:1"):
+            raise error
+    assert raised.value is error and client.closed
+
+
+def test_no_scheduler_to_connect_to_is_one_error():
+    with socket.socket() as free:  # a port with nothing listening
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(LcdaskError, match="cannot connect to the Dask scheduler"):
+            with dask_client(scheduler=f"tcp://127.0.0.1:{port}"):
+                pass
+
+
+def _compute_failed(exception_text: str) -> logging.LogRecord:
+    """A worker's record of a failed task, as distributed words it."""
+    return logging.LogRecord(
+        "distributed.worker",
+        logging.ERROR,
+        "worker.py",
+        1,
+        "Compute Failed\nKey:       %s\nState:     %s\nTask:  %s\nException: %r\nTraceback: %r\n",
+        ("store-map-1", "executing", "<Task store-map-1>", exception_text, "  File ...\n"),
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("exception_text", "logged"),
+    [
+        ("OSError(28, 'No space left on device')", False),  # the driver's error line says it
+        ("OSError(27, 'File too large')", False),
+        ("OSError(30, 'Read-only file system')", False),
+        ("FileNotFoundError(2, 'No such file or directory')", True),  # not a write without room
+        ("ValueError(28, 'a bug that looks like one')", True),  # not an OSError
+        ("ValueError('a bug in a task')", True),
+    ],
+)
+def test_worker_logs_every_failed_task_but_a_write_without_room(exception_text, logged):
+    assert _OutOfRoomFilter().filter(_compute_failed(exception_text)) is logged
+
+
+def test_worker_logs_its_other_records():
+    record = logging.LogRecord("distributed.worker", logging.ERROR, "w.py", 1, "%s", ("x",), None)
+    assert _OutOfRoomFilter().filter(record)

@@ -130,16 +130,6 @@ CASES = {
     "non_ascii": Case(lambda raw, **_: non_ascii(raw), "accepted"),
 }
 
-NOT_LOGGED = pytest.mark.xfail(
-    strict=True,
-    reason="run.py: the frames Level 2 flags (failed plate solve) get no line for the user",
-)
-POINTING = pytest.mark.xfail(
-    strict=True,
-    reason="level2.py: a header pointing far from the plate solution is neither recorded nor "
-    "flagged; the only line names the frame by its cube index, not its file",
-)
-
 
 @pytest.fixture(scope="module")
 def case_runs(night, other_night, clean, tmp_path_factory):
@@ -160,10 +150,6 @@ def case_runs(night, other_night, clean, tmp_path_factory):
         return made[name]
 
     return get
-
-
-def _params(marks: dict[str, pytest.MarkDecorator]) -> list:
-    return [pytest.param(name, marks=marks[name]) if name in marks else name for name in CASES]
 
 
 # --- the run finishes and the good frames' products are the same -------------------------------
@@ -258,9 +244,7 @@ def test_bad_item_recorded_with_reason(name, case_runs):
     assert len(record["skipped"]) + len(record["flagged"]) == (case.outcome != "accepted")
 
 
-@pytest.mark.parametrize(
-    "name", _params({"cloudy": NOT_LOGGED, "other_field": NOT_LOGGED, "wrong_pointing": POINTING})
-)
+@pytest.mark.parametrize("name", list(CASES))
 def test_user_sees_one_line(name, case_runs):
     result, bad = case_runs(name)
     case = CASES[name]
@@ -315,10 +299,7 @@ def test_cli_run_finishes_without_a_traceback(combined, clean):
     assert_same_frames(out, clean.out, rtol=NONFINITE_FRAME_RTOL)  # it holds the nonfinite frame
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=NOT_LOGGED) if n in ("cloudy", "other_field") else n for n in COMBINED],
-)
+@pytest.mark.parametrize("name", COMBINED)
 def test_cli_one_line_per_bad_item(name, combined):
     process, bad, _ = combined
     lines = [line for line in process.stderr.splitlines() if bad[name] in line]

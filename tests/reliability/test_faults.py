@@ -137,10 +137,6 @@ def scheduler_lost(night, tmp_path_factory):
                 p.wait(timeout=30)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.py: losing the scheduler ends `lcdask run` with a traceback, not one error line",
-)
 def test_scheduler_lost_is_one_clear_error(scheduler_lost):
     status, stderr, _ = scheduler_lost
     assert status != 0

@@ -23,12 +23,6 @@ from _night import assert_products_whole, assert_same_products, run_cli, run_her
 
 pytest_plugins = ["_fixtures"]  # the suite's fixtures: night, clean, other_night
 
-ONE_LINE = pytest.mark.xfail(
-    strict=True,
-    reason="the one `lcdask run: error:` line is there, but the worker that hit the full disk "
-    "also logs distributed's 'Compute Failed' with a traceback to stderr",
-)
-
 
 def _mount(target: Path, *options: str) -> bool:
     target.mkdir(parents=True, exist_ok=True)
@@ -122,7 +116,6 @@ def test_full_disk_stops_the_run(full_disk_run, clean):
     assert "lightcurves" not in record["stages"] and "sources.parquet" not in found
 
 
-@ONE_LINE
 def test_full_disk_is_one_clear_line(full_disk_run):
     process, _, _ = full_disk_run
     assert "Traceback" not in process.stderr, process.stderr
