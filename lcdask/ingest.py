@@ -341,7 +341,7 @@ def append(
     client=None,
     utc_offset_h: float | None = None,
 ) -> IngestResult:
-    """Append new light frames, taken after the cube's last frame, to ``out/cube.zarr``.
+    """Append new light frames, taken after the cube's last light, to ``out/cube.zarr``.
 
     The night goes on: frames written since the last run are scanned, checked and filled like
     `ingest` does, into new positions along ``frame`` (`lcdask.io.cube.append_frames`). The cube
@@ -366,8 +366,8 @@ def append(
     Raises
     ------
     NotAppendable
-        When a new frame is not a light, is not later than every frame of the cube, or has a
-        pixel type the cube cannot hold; nothing is changed then.
+        When a new frame is not a light, is not later than every light of the cube, or has a
+        pixel type or trim/overscan sections the cube cannot hold; nothing is changed then.
     """
     final = Path(out) / "cube.zarr"
     cube = cube_io.open_cube(final)
@@ -383,8 +383,9 @@ def append(
     kinds = sorted(set(frames["frame_type"]) - {"light"})
     if kinds:
         raise NotAppendable(f"new {', '.join(kinds)} frames change the calibration")
-    if frames["time_mjd"].min() <= np.nanmax(cube["time_mjd"].values):
-        raise NotAppendable("a new frame is earlier than the cube's last frame")
+    is_light = cube["frame_type"].values == "light"
+    if frames["time_mjd"].min() <= np.nanmax(cube["time_mjd"].values[is_light], initial=-np.inf):
+        raise NotAppendable("a new light is earlier than the cube's last light")
     if not np.can_cast(dtype, cube["raw"].dtype):
         raise NotAppendable(f"new frames of type {dtype} in a cube of {cube['raw'].dtype}")
 

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xarray as xr
+from astropy.io import fits
+from astropy.wcs import WCS
 
 from lcdask import __version__
 from lcdask.catalogs import load_catalog, query_sdss
@@ -42,15 +44,17 @@ from lcdask.classify import classify_sources, link_tracks
 from lcdask.config import Config
 from lcdask.errors import LcdaskError
 from lcdask.flags import LEVEL2_FLAGS, FrameFlag
-from lcdask.ingest import ingest
+from lcdask.ingest import NotAppendable, ingest
+from lcdask.ingest import append as ingest_append
 from lcdask.io import cube as cube_io
 from lcdask.io.atomic import atomic_path, write_json_atomic
 from lcdask.io.discover import discover_frames
-from lcdask.level2 import NO_CATALOG_MESSAGE, run_level2
+from lcdask.level2 import NO_CATALOG_MESSAGE, Level2Start, run_level2
 from lcdask.lightcurves import apply_ensemble, build_lightcurves, ensemble_photometry
 from lcdask.match import match_detections
 from lcdask.pipeline import calibrate_cube
 from lcdask.plots import write_run_plots
+from lcdask.psf import PSFModel
 from lcdask.report import write_report
 
 __all__ = ["STAGES", "read_run_record", "run"]
@@ -116,17 +120,24 @@ def _reference_catalog(config: Config, catalog_path: str | Path | None, cube, ou
     return table, f"SDSS around ({ra:.4f}, {dec:.4f})"
 
 
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A configuration as compared between runs: where the work ran ([cluster]) does not count."""
+    settings = json.loads(json.dumps(config, default=str))
+    settings.pop("cluster", None)
+    return settings
+
+
 class _Record:
     """run.json, kept in memory and written atomically after every stage."""
 
     def __init__(self, out: Path, config: Config, fingerprint: str, inputs: list[str]) -> None:
         self.out = out
         previous = read_run_record(out)
-        # Where the work ran does not change the products: [cluster] is not compared.
-        settings = json.loads(json.dumps(config.as_dict(), default=str))
-        settings.pop("cluster", None)
-        before = {k: v for k, v in previous.get("config", {}).items() if k != "cluster"}
-        same = previous.get("fingerprint") == fingerprint and before == settings
+        settings = _comparable(config.as_dict())
+        same = (
+            previous.get("fingerprint") == fingerprint
+            and _comparable(previous.get("config", {})) == settings
+        )
         self.previous_stages = previous.get("stages", {}) if same else {}
         self.data: dict[str, Any] = {
             "lcdask_version": __version__,
@@ -209,15 +220,27 @@ def run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = discover_frames(inputs)
+    previous = read_run_record(out)
     record = _Record(out, config, _fingerprint(paths), [str(p) for p in paths])
+    record.data["files"] = _file_stats(paths)
     record.data["target"] = target if isinstance(target, str) or target is None else list(target)
     cube_path = out / "cube.zarr"
+    appended = False
+    new = _new_inputs(previous, record)
+    if new:
+        try:
+            _append(record, previous, new, client=client, config=config)
+            appended = True
+        except NotAppendable as exc:
+            log.warning("%d new file(s): %s; every stage is done again", len(new), exc)
+            record.data["stages"] = {}
 
     def do_ingest() -> dict:
         result = ingest(paths, out, client=client, overwrite=True)
         return {"counts": result.counts, "n_frames": result.n_frames}
 
-    _stage(record, "ingest", ["cube.zarr"], do_ingest)
+    if not appended:
+        _stage(record, "ingest", ["cube.zarr"], do_ingest)
     cube = cube_io.open_cube(cube_path)
     record.data["skipped"] = json.loads(cube.attrs.get("skipped", "[]"))
 
@@ -226,7 +249,8 @@ def run(
         keys = ("dark_strategy", "n_hot_pixels", "n_dead_pixels", "n_bad_columns", "notes")
         return {k: summary[k] for k in keys} | {"rejected": summary["rejected"]}
 
-    _stage(record, "calibrate", ["cube.zarr"], do_calibrate)
+    if not appended:
+        _stage(record, "calibrate", ["cube.zarr"], do_calibrate)
 
     def do_level2() -> dict:
         cube = cube_io.open_cube(cube_path)
@@ -236,6 +260,9 @@ def run(
             record.data["notes"].append(f"{source}: no photometric calibration")
         result = run_level2(cube, cube_path, table, client=client, config=config.level2)
         detections = result.detections
+        if result.catalog is not None:
+            with atomic_path(out / "catalog.parquet") as tmp:
+                result.catalog.to_parquet(tmp, index=False)
         for name, product in (("psf.fits", result.psf), ("coadd.fits", result.coadd)):
             (out / name).unlink(missing_ok=True)  # never one from an earlier run
             if product is not None:
@@ -254,9 +281,11 @@ def run(
             "n_detections": len(detections),
             "n_astrometry_failed": len(failed),
             "coadd_frames": [] if result.coadd is None else list(result.coadd.frames),
+            "photometric": result.photometric,
         }
 
-    _stage(record, "level2", ["frames.parquet", "detections.parquet"], do_level2)
+    if not appended:
+        _stage(record, "level2", ["frames.parquet", "detections.parquet"], do_level2)
 
     def do_lightcurves() -> dict:
         detections = pd.read_parquet(out / "detections.parquet")
@@ -297,6 +326,127 @@ def run(
     record.data["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     record.write()
     return record.data
+
+
+def _file_stats(paths: Iterable[Path]) -> dict[str, list[int]]:
+    """Each input's size and modification time (ns), to tell new inputs from changed ones."""
+    stats = {}
+    for path in paths:
+        stat = path.stat()
+        stats[str(path)] = [stat.st_size, stat.st_mtime_ns]
+    return stats
+
+
+def _new_inputs(previous: dict[str, Any], record: _Record) -> list[Path]:
+    """Inputs added since a complete earlier run whose inputs are all unchanged, else [].
+
+    Only then can the new frames be appended (`_append`); anything else (a changed or removed
+    file, another configuration, an unfinished run) is a run made again, stage by stage.
+    """
+    before, now = previous.get("files") or {}, record.data["files"]
+    stages = previous.get("stages", {})
+    complete = all(stages.get(s, {}).get("status") == "complete" for s in STAGES)
+    same_config = _comparable(previous.get("config", {})) == _comparable(record.data["config"])
+    if not (before and complete and same_config):
+        return []
+    if any(now.get(path) != stat for path, stat in before.items()):
+        return []
+    return [Path(p) for p in now if p not in before]
+
+
+def _append(
+    record: _Record, previous: dict[str, Any], new: list[Path], *, client, config: Config
+) -> None:
+    """Ingest, calibrate and measure frames added to a finished run, alone, and merge them.
+
+    The cube grows in place (`lcdask.ingest.append`), so the record says ``appending`` until
+    the three stages are done: a run interrupted here is made again from scratch next time.
+    The earlier masters, catalog, ePSF and co-add are kept; light curves and report are then
+    made again over every frame.
+
+    Raises
+    ------
+    lcdask.ingest.NotAppendable
+        Before anything changes, when the new frames cannot simply be appended.
+    """
+    out = record.out
+    cube_path = out / "cube.zarr"
+    record.data["notes"] = list(previous.get("notes", []))
+    record.data["stages"]["ingest"] = {"status": "appending", "new_files": [str(p) for p in new]}
+    record.write()
+    log.info("ingest: appending %d new file(s) to the run", len(new))
+    start = time.perf_counter()
+    result = ingest_append(new, out, client=client)
+    n_new = sum(result.counts.values())
+    indices = list(range(result.n_frames - n_new, result.n_frames))
+    before = previous["stages"]
+    counts = dict(before["ingest"].get("counts", {}))
+    for kind, n in result.counts.items():
+        counts[kind] = counts.get(kind, 0) + n
+    stamp = {"appended": n_new}
+    seconds = {"ingest": time.perf_counter() - start}
+
+    log.info("calibrate: %d new frame(s)", n_new)
+    start = time.perf_counter()
+    calibrate_cube(cube_path, client=client, config=config.calibration, frames=indices)
+    seconds["calibrate"] = time.perf_counter() - start
+
+    log.info("level2: %d new frame(s)", n_new)
+    start = time.perf_counter()
+    cube = cube_io.open_cube(cube_path)
+    old = pd.read_parquet(out / "frames.parquet")
+    solved = old[old["astrometry_status"] == "ok"]
+    if solved.empty or not (out / "catalog.parquet").exists():
+        raise NotAppendable("the earlier run has no solved frame or no catalog to start from")
+    psf = None
+    if (out / "psf.fits").exists():
+        with fits.open(out / "psf.fits") as hdul:
+            psf = PSFModel.from_hdu(hdul[-1])  # written as an image extension
+    start_from = Level2Start(
+        catalog=pd.read_parquet(out / "catalog.parquet"),
+        photometric=bool(before["level2"].get("photometric", False)),
+        wcs=WCS(fits.Header.fromstring(solved["wcs_solved"].iloc[-1])),
+        psf=psf,
+    )
+    level2 = run_level2(
+        cube,
+        cube_path,
+        None,
+        client=client,
+        config=config.level2,
+        frames=indices,
+        previous=start_from,
+    )
+    frames = pd.concat([old, _add_frame_metadata(level2.frames, cube)], ignore_index=True)
+    _store_frame_results(cube_path, cube, frames)
+    detections = pd.concat(
+        [pd.read_parquet(out / "detections.parquet"), level2.detections], ignore_index=True
+    )
+    with atomic_path(out / "frames.parquet") as tmp:
+        frames.to_parquet(tmp, index=False)
+    _write_detections(out / "detections.parquet", detections.drop(columns="time_mjd"), frames)
+    seconds["level2"] = time.perf_counter() - start
+
+    info = {
+        "ingest": {"counts": counts, "n_frames": result.n_frames},
+        "calibrate": {
+            k: v for k, v in before["calibrate"].items() if k not in ("seconds", "status")
+        },
+        "level2": {k: v for k, v in before["level2"].items() if k not in ("seconds", "status")}
+        | {
+            "n_frames": len(frames),
+            "n_detections": len(detections),
+            "n_astrometry_failed": int((frames["astrometry_status"] != "ok").sum()),
+        },
+    }
+    for stage in ("ingest", "calibrate", "level2"):
+        record.data["stages"][stage] = {
+            "status": "complete",
+            "seconds": round(before[stage].get("seconds", 0) + seconds[stage], 3),
+            **info[stage],
+            **stamp,
+        }
+    record.write()
 
 
 def _add_frame_metadata(frames: pd.DataFrame, cube) -> pd.DataFrame:
@@ -348,9 +498,10 @@ def _store_frame_results(cube_path: Path, cube, frames: pd.DataFrame) -> None:
             continue
         flags[row.frame] |= flag
         reasons[row.frame] = f"{paths[row.frame]}: {why}"
-        # One line per frame this Level 2 flags, as ingest and calibration say theirs; a rerun
-        # that reuses the stage does not come here and says nothing again.
-        log.warning("%s", reasons[row.frame])
+        # One line per frame this Level 2 flags, as ingest and calibration say theirs; a frame
+        # flagged so before (frames appended to a run, a resumed stage) is not said again.
+        if not cube["flags"].values[row.frame] & flag:
+            log.warning("%s", reasons[row.frame])
     changed = np.flatnonzero(flags != cube["flags"].values)
     if len(changed):
         cube_io.set_frame_values(cube_path, "flags", changed, flags[changed])

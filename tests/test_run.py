@@ -14,9 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
+from astropy.wcs import WCS
 
+from lcdask.astrometry import wcs_grid_error_px
 from lcdask.coadd import Coadd
 from lcdask.io.cube import open_cube
 from lcdask.run import run
@@ -238,3 +241,64 @@ def test_distributed_scheduler_and_workers_equal_local(local_run, night, tmp_pat
             process.terminate()
         for process in [*workers, scheduler]:
             process.wait(timeout=30)
+
+
+def test_frames_added_later_are_appended_alone(night, local_run, tmp_path):
+    """The night goes on: a rerun with new lights in the folder processes them alone."""
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(night / "raw", raw)
+    lights = sorted(raw.glob("light_*.fits"))
+    late = tmp_path / "late"
+    late.mkdir()
+    for path in lights[18:]:
+        shutil.move(path, late / path.name)
+    out = tmp_path / "run"
+    run(raw, out, catalog=night / "refcat.parquet", target=_target(night))
+    first = pd.read_parquet(out / "frames.parquet")
+    first_detections = pd.read_parquet(out / "detections.parquet")
+    for path in late.iterdir():
+        shutil.move(path, raw / path.name)
+    record = run(raw, out, catalog=night / "refcat.parquet", target=_target(night))
+
+    # appended: the new frames went through ingest, calibration and Level 2 alone
+    for stage in ("ingest", "calibrate", "level2"):
+        assert record["stages"][stage]["appended"] == 6, record["stages"][stage]
+    assert not any(s.get("reused") for s in record["stages"].values())
+    cube = open_cube(out)
+    names = [Path(p).name for p in cube["path"].values]
+    assert len(names) == len(set(names)) == len(open_cube(local_run)["path"])  # none twice
+    assert np.all(np.diff(cube["time_mjd"].values[cube["frame_type"].values == "light"]) > 0)
+    frames = pd.read_parquet(out / "frames.parquet")
+    assert len(frames) == 24 and (frames["astrometry_status"] == "ok").all()
+    # the earlier frames are untouched...
+    pd.testing.assert_frame_equal(frames.iloc[:18].reset_index(drop=True), first)
+    detections = pd.read_parquet(out / "detections.parquet")
+    old = detections[detections["frame"].isin(first["frame"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(old, first_detections, check_like=True)
+    # ...and the new ones are measured as in a run of the whole night: the same pixels calibrated,
+    # the same plate solutions and zero points (the reference frame may differ)
+    whole = open_cube(local_run)
+    full_detections = pd.read_parquet(local_run / "detections.parquet")
+    for index in frames["frame"].iloc[18:]:
+        name = names[index]
+        twin = [Path(p).name for p in whole["path"].values].index(name)
+        np.testing.assert_allclose(
+            cube["calibrated"][index].values, whole["calibrated"][twin].values, rtol=1e-6, atol=1e-3
+        )
+        wcs = WCS(fits.Header.fromstring(str(cube["wcs_solved"].values[index])))
+        wcs_full = WCS(fits.Header.fromstring(str(whole["wcs_solved"].values[twin])))
+        assert wcs_grid_error_px(wcs, wcs_full, (448, 448)) < 0.05
+        # the calibrated magnitudes of the frame's stars (the zero point itself absorbs the
+        # aperture correction of each run's own co-add ePSF)
+        mine = detections[detections["frame"] == index].set_index(["x", "y"])["mag"]
+        theirs = full_detections[full_detections["frame"] == twin].set_index(["x", "y"])["mag"]
+        both = mine.to_frame("a").join(theirs.to_frame("b"), how="inner")
+        bright = both[both["b"] < 17]
+        assert len(bright) >= 10 and abs(np.median(bright["a"] - bright["b"])) < 0.005
+    # and the light curves span the whole night: every mover found over all 24 frames
+    truth = load_truth(night)
+    sources = _matched_truth(pd.read_parquet(out / "sources.parquet"), truth.stars)
+    assert set(truth.movers["star_id"]) <= set(sources.loc[sources["kind"] == "moving", "star_id"])
+    assert xr.open_zarr(out / "lightcurves.zarr").sizes["frame"] == 24
