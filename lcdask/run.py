@@ -51,6 +51,7 @@ from lcdask.match import match_detections
 from lcdask.pipeline import calibrate_cube
 from lcdask.plots import write_run_plots
 from lcdask.report import write_report
+from lcdask.targets import resolve_target
 
 __all__ = ["STAGES", "read_run_record", "run"]
 
@@ -102,7 +103,7 @@ def _reference_catalog(config: Config, catalog_path: str | Path | None, cube, ou
     dec = np.nanmedian(cube["dec_deg"].values[lights]) if lights.any() else np.nan
     if not np.isfinite(ra + dec):
         return None, "no catalog file and no header pointing to query a catalog around"
-    cache = Path(cat.cache_dir) if cat.cache_dir else out / "catalog-cache"
+    cache = _catalog_cache(config, out)
     try:
         # A radius covering the frames and their pointing errors: half the diagonal + 10'.
         scale = 1.0 / 3600  # deg/px assumed where the header has no WCS; the cache keeps it
@@ -113,6 +114,11 @@ def _reference_catalog(config: Config, catalog_path: str | Path | None, cube, ou
         log.debug("catalog query failed: %s", exc)
         return None, f"no reference catalog (SDSS query failed: {cause}; give --catalog FILE)"
     return table, f"SDSS around ({ra:.4f}, {dec:.4f})"
+
+
+def _catalog_cache(config: Config, out: Path) -> Path:
+    """Where this run caches online answers (catalog queries, SIMBAD names)."""
+    return Path(config.catalog.cache_dir) if config.catalog.cache_dir else out / "catalog-cache"
 
 
 class _Record:
@@ -195,7 +201,10 @@ def run(
     catalog : str or Path, optional
         A reference catalog file (overrides ``config.catalog.path``).
     target : str or (ra, dec), optional
-        The target's position, degrees or sexagesimal ("RA DEC").
+        The target: its position, degrees or sexagesimal ("RA DEC"), or a name that SIMBAD
+        resolves (`lcdask.targets.resolve_target`: once, before the run starts, cached in the
+        catalog cache; offline from the cache only). ``run.json`` records the position used
+        and where it came from (``given``, ``simbad`` or ``cache``).
     client : distributed.Client, optional
         Cluster to spread the work over; serial in this process when None.
 
@@ -206,10 +215,17 @@ def run(
     """
     config = config or Config()
     out = Path(out)
+    resolved = None
+    if target is not None:  # a name goes to SIMBAD here, once, before any work
+        resolved = resolve_target(
+            target, cache_dir=_catalog_cache(config, out), offline=config.catalog.offline
+        )
+        log.info("target at %.6f %+.6f (%s)", resolved.ra, resolved.dec, resolved.source)
     out.mkdir(parents=True, exist_ok=True)
     paths = discover_frames(inputs)
     record = _Record(out, config, _fingerprint(paths), [str(p) for p in paths])
-    record.data["target"] = target if isinstance(target, str) or target is None else list(target)
+    record.data["target"] = resolved.as_record() if resolved is not None else None
+    target_radec = (resolved.ra, resolved.dec) if resolved is not None else None
     cube_path = out / "cube.zarr"
 
     def do_ingest() -> dict:
@@ -265,7 +281,7 @@ def run(
         tracks = link_tracks(detections, match.source_id, centre=match.centre)
         ds = build_lightcurves(detections, tracks.source_id, frames)
         ds = apply_ensemble(ds, ensemble_photometry(ds))
-        sources = classify_sources(ds, target=target)
+        sources = classify_sources(ds, target=target_radec)
         _write_dataset(out / "lightcurves.zarr", ds)
         with atomic_path(out / "sources.parquet") as tmp:
             sources.to_parquet(tmp, index=False)
