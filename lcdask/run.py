@@ -8,7 +8,8 @@ ingest         ``cube.zarr`` (raw frames and their metadata)
 calibrate      masters, bad-pixel maps, ``calibrated`` and ``pixel_flags`` in the cube
 level2         per-frame detection, plate solution, zero point: ``frames.parquet``,
                ``detections.parquet``, per-frame results as variables on ``frame`` in the cube
-lightcurves    DBSCAN matching, tracks of fast movers, ``lightcurves.zarr`` with ensemble
+lightcurves    DBSCAN matching, tracks of fast movers, forced photometry of the missing entries
+               (`lcdask.forced`, one task per frame), ``lightcurves.zarr`` with ensemble
                relative fluxes, ``sources.parquet`` (classes, motions, target)
 report         ``report.html`` (bokeh) and ``plots/`` (PNG)
 =============  =================================================================================
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xarray as xr
+from astropy.io import fits
 
 from lcdask import __version__
 from lcdask.catalogs import load_catalog, query_sdss
@@ -41,15 +43,22 @@ from lcdask.classify import classify_sources, link_tracks
 from lcdask.config import Config
 from lcdask.errors import LcdaskError
 from lcdask.flags import LEVEL2_FLAGS, FrameFlag
+from lcdask.forced import forced_photometry
 from lcdask.ingest import ingest
 from lcdask.io import cube as cube_io
 from lcdask.io.atomic import atomic_path, write_json_atomic
 from lcdask.io.discover import discover_frames
 from lcdask.level2 import NO_CATALOG_MESSAGE, run_level2
-from lcdask.lightcurves import apply_ensemble, build_lightcurves, ensemble_photometry
+from lcdask.lightcurves import (
+    apply_ensemble,
+    build_lightcurves,
+    ensemble_photometry,
+    insert_forced,
+)
 from lcdask.match import match_detections
 from lcdask.pipeline import calibrate_cube
 from lcdask.plots import write_run_plots
+from lcdask.psf import PSFModel
 from lcdask.report import write_report
 from lcdask.targets import resolve_target
 
@@ -280,6 +289,9 @@ def run(
         match = match_detections(detections, frames)
         tracks = link_tracks(detections, match.source_id, centre=match.centre)
         ds = build_lightcurves(detections, tracks.source_id, frames)
+        forced = {"forced": "off ([lightcurves] forced = false)"}
+        if config.lightcurves.forced:
+            ds, forced = _forced_photometry(ds, detections, frames)
         ds = apply_ensemble(ds, ensemble_photometry(ds))
         sources = classify_sources(ds, target=target_radec)
         _write_dataset(out / "lightcurves.zarr", ds)
@@ -290,7 +302,37 @@ def run(
             "n_sources": len(sources),
             "kinds": kinds,
             "n_target": int(sources["is_target"].sum()),
+            **forced,
         }
+
+    def _forced_photometry(ds, detections, frames) -> tuple[xr.Dataset, dict]:
+        # movers are not forced (lcdask.forced): which move, from a first classification
+        movers = classify_sources(ds).query("kind == 'moving'")["source_id"]
+        psf_path = out / "psf.fits"
+        psf = None
+        if psf_path.exists() and config.level2.flux != "detection":
+            with fits.open(psf_path) as hdus:
+                psf = PSFModel.from_hdu(hdus["EPSF"])
+        cube = cube_io.open_cube(cube_path)
+        forced, summary = forced_photometry(
+            ds,
+            detections,
+            frames,
+            cube_path,
+            shape=(cube.sizes["y"], cube.sizes["x"]),
+            psf=psf,
+            skip_ids=movers,
+            min_detections=config.lightcurves.forced_min_detections,
+            client=client,
+            config=config.level2,
+        )
+        log.info(
+            "forced photometry: %d of %d missing entries measured (%s)",
+            summary["n_forced"],
+            summary["n_missing"],
+            ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("n_forced", "n_missing")),
+        )
+        return insert_forced(ds, forced), {"forced": summary}
 
     _stage(record, "lightcurves", ["lightcurves.zarr", "sources.parquet"], do_lightcurves)
 
