@@ -77,7 +77,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the run directory")
     p.add_argument("--config", type=Path, default=None, help="a TOML configuration file")
     p.add_argument("--catalog", type=Path, default=None, help="a reference catalog file")
-    p.add_argument("--target", default=None, help='the target, "RA DEC" in degrees or sexagesimal')
+    p.add_argument(
+        "--target",
+        default=None,
+        help='the target: "RA DEC" in degrees or sexagesimal, or a name SIMBAD knows (cached)',
+    )
     p.add_argument("--cluster", choices=("local", "slurm", "pbs"), default=None)
     _cluster_args(p)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from lcdask.calibrate import CalibrationConfig
 from lcdask.level2 import Level2Config
+from lcdask.lightcurves import LightCurvesConfig
 
 __all__ = [
     "CatalogConfig",
@@ -118,6 +119,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     level2: Level2Config = field(default_factory=Level2Config)
+    lightcurves: LightCurvesConfig = field(default_factory=LightCurvesConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
 
     def as_dict(self) -> dict[str, Any]:

@@ -44,6 +44,7 @@ __all__ = [
     "LIGHTCURVE_VARIABLES",
     "EnsembleResult",
     "LightCurveFlag",
+    "LightCurvesConfig",
     "apply_ensemble",
     "build_lightcurves",
     "detrend",
@@ -85,6 +86,31 @@ class LightCurveFlag(IntFlag):
     """The source has no detection in this frame (values NaN unless forced)."""
     FORCED = 512
     """The values come from forced photometry at the predicted position."""
+
+
+@dataclass(frozen=True)
+class LightCurvesConfig:
+    """Options of the light curves.
+
+    Attributes
+    ----------
+    forced : bool
+        Forced photometry of the missing entries (`lcdask.forced`): where a source has no
+        detection, measure it at its position placed on that frame by the frame's WCS, with the
+        detections' flux (aperture and aperture correction, or PSF) and zero point; flagged
+        FORCED. Movers and frames without a plate solution are not forced.
+    forced_min_detections : int
+        Sources detected in fewer frames are not forced (mostly noise and cosmic-ray residuals).
+    """
+
+    forced: bool = True
+    forced_min_detections: int = 3
+
+    def __post_init__(self) -> None:
+        if self.forced_min_detections < 1:
+            raise ValueError(
+                f"forced_min_detections must be 1 or more, not {self.forced_min_detections!r}"
+            )
 
 
 BAD_FOR_COMPARISON = 2 | 4 | 8  # edge, saturated, masked (lcdask.detect.DetectionFlag)
@@ -248,13 +274,14 @@ def insert_forced(ds: xr.Dataset, forced: pd.DataFrame) -> xr.Dataset:
     forced
         ``source_id``, ``frame`` and any of ``flux``, ``flux_err``, ``mag``, ``mag_err``,
         ``flux_jy``, ``ra``, ``dec``, ``x``, ``y`` (e.g. `missing_entries` plus the measured
-        columns).
+        columns), and optionally ``flags`` (the measurement's photometry bits, e.g. BLENDED).
 
     Returns
     -------
     xarray.Dataset
-        A copy; the entries get the values, `LightCurveFlag.FORCED` set and
-        `LightCurveFlag.MISSING` cleared. Entries that hold a detection are left alone.
+        A copy; the entries get the values, their ``flags`` bits and `LightCurveFlag.FORCED`
+        set and `LightCurveFlag.MISSING` cleared. Entries that hold a detection are left
+        alone.
     """
     out = ds.copy(deep=True)
     sid = out["source_id"].to_numpy()
@@ -270,6 +297,8 @@ def insert_forced(ds: xr.Dataset, forced: pd.DataFrame) -> xr.Dataset:
         if name in forced.columns:
             out[name].values[si, fi] = forced[name].to_numpy(dtype=float)[ok]
     flags[si, fi] = (flags[si, fi] & ~int(LightCurveFlag.MISSING)) | int(LightCurveFlag.FORCED)
+    if "flags" in forced.columns:
+        flags[si, fi] |= forced["flags"].to_numpy(np.int32)[ok]
     out["flags"].values[...] = flags
     return out
 

@@ -9,7 +9,8 @@ calibrate      masters, bad-pixel maps, ``calibrated`` and ``pixel_flags`` in th
 level2         per-frame detection, plate solution, co-add (``coadd.fits``) and its ePSF
                (``psf.fits``), Level 3 photometry, zero point: ``frames.parquet``,
                ``detections.parquet``, per-frame results as variables on ``frame`` in the cube
-lightcurves    DBSCAN matching, tracks of fast movers, ``lightcurves.zarr`` with ensemble
+lightcurves    DBSCAN matching, tracks of fast movers, forced photometry of the missing entries
+               (`lcdask.forced`, one task per frame), ``lightcurves.zarr`` with ensemble
                relative fluxes, ``sources.parquet`` (classes, motions, target)
 report         ``report.html`` (bokeh) and ``plots/`` (PNG)
 =============  =================================================================================
@@ -44,18 +45,25 @@ from lcdask.classify import classify_sources, link_tracks
 from lcdask.config import Config
 from lcdask.errors import LcdaskError
 from lcdask.flags import LEVEL2_FLAGS, FrameFlag
+from lcdask.forced import forced_photometry
 from lcdask.ingest import NotAppendable, ingest
 from lcdask.ingest import append as ingest_append
 from lcdask.io import cube as cube_io
 from lcdask.io.atomic import atomic_path, write_json_atomic
 from lcdask.io.discover import discover_frames
 from lcdask.level2 import NO_CATALOG_MESSAGE, Level2Start, run_level2
-from lcdask.lightcurves import apply_ensemble, build_lightcurves, ensemble_photometry
+from lcdask.lightcurves import (
+    apply_ensemble,
+    build_lightcurves,
+    ensemble_photometry,
+    insert_forced,
+)
 from lcdask.match import match_detections
 from lcdask.pipeline import calibrate_cube
 from lcdask.plots import write_run_plots
 from lcdask.psf import PSFModel
 from lcdask.report import write_report
+from lcdask.targets import resolve_target
 
 __all__ = ["STAGES", "read_run_record", "run"]
 
@@ -107,7 +115,7 @@ def _reference_catalog(config: Config, catalog_path: str | Path | None, cube, ou
     dec = np.nanmedian(cube["dec_deg"].values[lights]) if lights.any() else np.nan
     if not np.isfinite(ra + dec):
         return None, "no catalog file and no header pointing to query a catalog around"
-    cache = Path(cat.cache_dir) if cat.cache_dir else out / "catalog-cache"
+    cache = _catalog_cache(config, out)
     try:
         # A radius covering the frames and their pointing errors: half the diagonal + 10'.
         scale = 1.0 / 3600  # deg/px assumed where the header has no WCS; the cache keeps it
@@ -125,6 +133,11 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     settings = json.loads(json.dumps(config, default=str))
     settings.pop("cluster", None)
     return settings
+
+
+def _catalog_cache(config: Config, out: Path) -> Path:
+    """Where this run caches online answers (catalog queries, SIMBAD names)."""
+    return Path(config.catalog.cache_dir) if config.catalog.cache_dir else out / "catalog-cache"
 
 
 class _Record:
@@ -207,7 +220,10 @@ def run(
     catalog : str or Path, optional
         A reference catalog file (overrides ``config.catalog.path``).
     target : str or (ra, dec), optional
-        The target's position, degrees or sexagesimal ("RA DEC").
+        The target: its position, degrees or sexagesimal ("RA DEC"), or a name that SIMBAD
+        resolves (`lcdask.targets.resolve_target`: once, before the run starts, cached in the
+        catalog cache; offline from the cache only). ``run.json`` records the position used
+        and where it came from (``given``, ``simbad`` or ``cache``).
     client : distributed.Client, optional
         Cluster to spread the work over; serial in this process when None.
 
@@ -218,12 +234,19 @@ def run(
     """
     config = config or Config()
     out = Path(out)
+    resolved = None
+    if target is not None:  # a name goes to SIMBAD here, once, before any work
+        resolved = resolve_target(
+            target, cache_dir=_catalog_cache(config, out), offline=config.catalog.offline
+        )
+        log.info("target at %.6f %+.6f (%s)", resolved.ra, resolved.dec, resolved.source)
     out.mkdir(parents=True, exist_ok=True)
     paths = discover_frames(inputs)
     previous = read_run_record(out)
     record = _Record(out, config, _fingerprint(paths), [str(p) for p in paths])
     record.data["files"] = _file_stats(paths)
-    record.data["target"] = target if isinstance(target, str) or target is None else list(target)
+    record.data["target"] = resolved.as_record() if resolved is not None else None
+    target_radec = (resolved.ra, resolved.dec) if resolved is not None else None
     cube_path = out / "cube.zarr"
     appended = False
     new = _new_inputs(previous, record)
@@ -297,8 +320,11 @@ def run(
         match = match_detections(detections, frames)
         tracks = link_tracks(detections, match.source_id, centre=match.centre)
         ds = build_lightcurves(detections, tracks.source_id, frames)
+        forced = {"forced": "off ([lightcurves] forced = false)"}
+        if config.lightcurves.forced:
+            ds, forced = _forced_photometry(ds, detections, frames)
         ds = apply_ensemble(ds, ensemble_photometry(ds))
-        sources = classify_sources(ds, target=target)
+        sources = classify_sources(ds, target=target_radec)
         _write_dataset(out / "lightcurves.zarr", ds)
         with atomic_path(out / "sources.parquet") as tmp:
             sources.to_parquet(tmp, index=False)
@@ -307,7 +333,37 @@ def run(
             "n_sources": len(sources),
             "kinds": kinds,
             "n_target": int(sources["is_target"].sum()),
+            **forced,
         }
+
+    def _forced_photometry(ds, detections, frames) -> tuple[xr.Dataset, dict]:
+        # movers are not forced (lcdask.forced): which move, from a first classification
+        movers = classify_sources(ds).query("kind == 'moving'")["source_id"]
+        psf_path = out / "psf.fits"
+        psf = None
+        if psf_path.exists() and config.level2.flux != "detection":
+            with fits.open(psf_path) as hdus:
+                psf = PSFModel.from_hdu(hdus["EPSF"])
+        cube = cube_io.open_cube(cube_path)
+        forced, summary = forced_photometry(
+            ds,
+            detections,
+            frames,
+            cube_path,
+            shape=(cube.sizes["y"], cube.sizes["x"]),
+            psf=psf,
+            skip_ids=movers,
+            min_detections=config.lightcurves.forced_min_detections,
+            client=client,
+            config=config.level2,
+        )
+        log.info(
+            "forced photometry: %d of %d missing entries measured (%s)",
+            summary["n_forced"],
+            summary["n_missing"],
+            ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("n_forced", "n_missing")),
+        )
+        return insert_forced(ds, forced), {"forced": summary}
 
     _stage(record, "lightcurves", ["lightcurves.zarr", "sources.parquet"], do_lightcurves)
 
@@ -401,7 +457,7 @@ def _append(
     psf = None
     if (out / "psf.fits").exists():
         with fits.open(out / "psf.fits") as hdul:
-            psf = PSFModel.from_hdu(hdul[-1])  # written as an image extension
+            psf = PSFModel.from_hdu(hdul["EPSF"])
     start_from = Level2Start(
         catalog=pd.read_parquet(out / "catalog.parquet"),
         photometric=bool(before["level2"].get("photometric", False)),

@@ -39,6 +39,8 @@ def test_values_are_read_and_overrides_win(tmp_path):
         ("[cluster]\nkind = 'scheduler'\n", "cluster.scheduler"),
         ("[catalog]\nsource = 'file'\n", "catalog.path"),
         ("[level2]\nbackend = 'sextractor'\n", "backend must be 'sep' or 'photutils'"),
+        ("[lightcurves]\nforced_min_detections = 0\n", "forced_min_detections must be 1"),
+        ("[lightcurves]\nforced = 'yes'\n", "lightcurves.forced must be true or false"),
         ("[cluster\n", "not valid TOML"),
     ],
 )

@@ -90,11 +90,12 @@ def test_missing_entries_and_forced_photometry(night):
     true = fixed["source_id"].map(sid_to_star)
     d_dec = (fixed["dec"] - true.map(stars["dec"]).to_numpy()) * 3600
     assert np.nanmedian(np.abs(d_dec)) < 0.3  # median of ~100 detections of 0.1-0.4"
-    forced = miss.iloc[:10].assign(flux=1.0, flux_err=0.1)
+    forced = miss.iloc[:10].assign(flux=1.0, flux_err=0.1, flags=[1] + [0] * 9)
     out = insert_forced(ds, forced)
     f = out["flags"].to_numpy()
     assert int(((f & LightCurveFlag.FORCED) != 0).sum()) == 10
     assert int(((f & LightCurveFlag.MISSING) != 0).sum()) == len(miss) - 10
+    assert int((f == LightCurveFlag.FORCED | 1).sum()) == 1  # the measurement's bits kept
 
 
 def test_comparison_stars_exclude_variables(night, ensemble):
