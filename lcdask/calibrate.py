@@ -338,6 +338,23 @@ def reject_frames(
 # ---------------------------------------------------------------------------------------------
 # Combination along frame
 # ---------------------------------------------------------------------------------------------
+def _median_first_axis(stack: np.ndarray, finite: np.ndarray, has_nan: bool) -> np.ndarray:
+    """Median along the first (short) axis, NaN ignored: by one sort.
+
+    ``np.median`` over a short first axis partitions pixel by pixel (2-3x slower than sorting
+    the whole stack along that axis, which numpy vectorises); NaN sort last, so the median of
+    the ``n`` finite values of a pixel sits at ``(n - 1) // 2`` and ``n // 2``.
+    """
+    ordered = np.sort(stack, axis=0)
+    if not has_nan:
+        n = stack.shape[0]
+        return 0.5 * (ordered[(n - 1) // 2] + ordered[n // 2])
+    n = finite.sum(axis=0)
+    low = np.take_along_axis(ordered, np.maximum((n - 1) // 2, 0)[None], axis=0)[0]
+    high = np.take_along_axis(ordered, (n // 2)[None], axis=0)[0]
+    return np.where(n > 0, 0.5 * (low + high), np.nan)
+
+
 def combine_kernel(
     stack: np.ndarray, *, method: str = "sigma_clip", clip_sigma: float = 3.0, iterations: int = 2
 ) -> np.ndarray:
@@ -363,23 +380,26 @@ def combine_kernel(
     stack = np.ascontiguousarray(np.moveaxis(np.asarray(stack), -1, 0), dtype=np.float32)
     finite = np.isfinite(stack)
     has_nan = not finite.all()
-    median = np.nanmedian(stack, axis=0) if has_nan else np.median(stack, axis=0)
+    median = _median_first_axis(stack, finite, has_nan)
     if method == "median":
         return median.astype(np.float32)
     deviation = np.abs(stack - median)
-    mad = np.nanmedian(deviation, axis=0) if has_nan else np.median(deviation, axis=0)
-    sigma = 1.4826 * mad
-    keep = deviation <= clip_sigma * sigma  # False for NaN
-    filled = np.where(finite, stack, 0.0) if has_nan else stack
+    mad = _median_first_axis(deviation, finite, has_nan)
+    sigma = np.float32(1.4826) * mad
+    keep = deviation <= np.float32(clip_sigma) * sigma  # False for NaN
+    del deviation
+    zero = np.float32(0.0)  # float32 throughout: a float64 0.0 would upcast every stack copy
+    filled = np.where(finite, stack, zero) if has_nan else stack
     for _ in range(iterations - 1):
         n = np.maximum(keep.sum(axis=0), 1)
-        mean = np.where(keep, filled, 0.0).sum(axis=0) / n
-        offset = filled - mean
-        var = np.where(keep, offset * offset, 0.0).sum(axis=0) / np.maximum(n - 1, 1)
+        mean = np.where(keep, filled, zero).sum(axis=0) / n
+        offset = filled - mean.astype(np.float32)
+        np.multiply(offset, offset, out=offset)
+        var = np.where(keep, offset, zero).sum(axis=0) / np.maximum(n - 1, 1)
         sigma = np.maximum(np.sqrt(var), sigma)  # never tighter than the robust first pass
-        keep = finite & (np.abs(offset) <= clip_sigma * sigma)
+        keep = finite & (np.abs(filled - mean.astype(np.float32)) <= clip_sigma * sigma)
     n = keep.sum(axis=0)
-    mean = np.where(keep, filled, 0.0).sum(axis=0) / np.maximum(n, 1)
+    mean = np.where(keep, filled, zero).sum(axis=0) / np.maximum(n, 1)
     return np.where(n > 0, mean, median).astype(np.float32)
 
 
