@@ -38,10 +38,13 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from lcdask.errors import LcdaskError
+
 __all__ = [
     "FORCED_PSF_SCHEMA",
     "PSFModel",
     "build_epsf",
+    "fit_moffat_psf",
     "forced_psf_photometry",
     "measure_fwhm",
     "photutils_psf_photometry",
@@ -387,7 +390,11 @@ def build_epsf(
         wide; the ePSF is normalised to the flux inside them (5 FWHM holds all but ~0.2% of a
         Moffat beta=3 profile).
     oversampling : int, optional
-        ePSF samples per pixel.
+        ePSF samples per pixel. With fewer than ``4 * oversampling**2`` stars (36 at x3) the
+        oversampled cells cannot all be filled: photutils' `EPSFBuilder` then fills the empty
+        ones by a 2-D cubic interpolation every iteration (3 s each with 8 stars) into a
+        degenerate model (FWHM 0.3 px from 8 stars at x3), so a pixel-integrated Moffat fitted
+        to the stars (`fit_moffat_psf`) is returned instead.
     maxiters : int, optional
         `EPSFBuilder` iterations.
     smoothing_kernel : {"quadratic", "quartic"} or None, optional
@@ -408,8 +415,6 @@ def build_epsf(
     from astropy.nddata import NDData
     from astropy.table import Table
     from photutils.psf import EPSFBuilder, extract_stars
-
-    from lcdask.errors import LcdaskError
 
     if stars is None:
         stars = select_psf_stars(
@@ -434,6 +439,11 @@ def build_epsf(
     bkg = sep.Background(data, mask=bad if bad.any() else None, bw=64, bh=64)
     sub = data - bkg.back()
     half = int(np.ceil(cutout_fwhm * fwhm_px))
+    if len(stars) < 4 * oversampling**2:
+        # too few stars to fill every oversampled cell (EPSFBuilder would interpolate the empty
+        # ones each iteration, slowly, into a degenerate model): a parametric model instead
+        return fit_moffat_psf(sub, stars, fwhm_px, half=half, oversampling=oversampling), stars
+    half = int(np.ceil(cutout_fwhm * fwhm_px))
     size = 2 * half + 1
     nd = NDData(sub, mask=bad if bad.any() else None)
     cat = Table({"x": np.asarray(stars["x"], float), "y": np.asarray(stars["y"], float)})
@@ -453,6 +463,81 @@ def build_epsf(
     model = PSFModel(epsf, oversampling, 1.0)
     model = replace(model, fwhm_px=measure_fwhm(model))
     return model, stars
+
+
+def fit_moffat_psf(
+    image: np.ndarray,
+    stars: pd.DataFrame,
+    fwhm_px: float,
+    *,
+    half: int,
+    oversampling: int = 3,
+) -> PSFModel:
+    """A circular Moffat PSF fitted jointly to a few stars, as an oversampled `PSFModel`.
+
+    Each star has its own amplitude and centre; FWHM and beta are shared. The model is
+    integrated over the pixel (5x5 sub-samples), so it holds for undersampled stars, and is
+    rendered like an ePSF: the PSF convolved with the pixel, sampled ``oversampling`` times per
+    pixel, summing to ``oversampling**2``.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Sky-subtracted image.
+    stars : pandas.DataFrame
+        ``x``, ``y`` of the stars (at least 1; isolated, unsaturated).
+    fwhm_px : float
+        First guess of the FWHM.
+    half : int
+        Half-width of the fitted cutouts and of the rendered model (pixels).
+    oversampling : int, optional
+
+    Returns
+    -------
+    PSFModel
+    """
+    sub = (np.arange(5) + 0.5) / 5.0 - 0.5
+    grid = np.arange(-half, half + 1)
+    v, u = np.meshgrid(grid, grid, indexing="ij")
+    cutouts, starts = [], []
+    for x, y in zip(stars["x"].to_numpy(float), stars["y"].to_numpy(float), strict=True):
+        ix, iy = round(x), round(y)
+        if half <= ix < image.shape[1] - half and half <= iy < image.shape[0] - half:
+            box = np.nan_to_num(image[iy - half : iy + half + 1, ix - half : ix + half + 1])
+            cutouts.append(box)
+            starts.append([max(box.max(), 1e-3), x - ix, y - iy])
+    if not cutouts:
+        raise LcdaskError("fit_moffat_psf: no star far enough from the edges")
+    data = np.stack(cutouts)
+
+    def resid(p: np.ndarray) -> np.ndarray:
+        fwhm, beta, each = p[0], p[1], p[2:].reshape(-1, 3)
+        alpha = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+        shape = (-1, 1, 1, 1, 1)  # star, y, x, sub-y, sub-x
+        du = u[None, :, :, None, None] - each[:, 1].reshape(shape) + sub[None, None, None, None]
+        dv = v[None, :, :, None, None] - each[:, 2].reshape(shape) + sub[:, None]
+        profile = (1.0 + (du * du + dv * dv) / alpha**2) ** (-beta)
+        return (each[:, 0, None, None] * profile.mean(axis=(-2, -1)) - data).ravel()
+
+    p0 = np.concatenate([[fwhm_px, 3.0], np.ravel(starts)])
+    lo = np.concatenate([[0.3, 1.01], np.tile([0.0, -1.5, -1.5], len(starts))])
+    hi = np.concatenate([[5 * fwhm_px + 5, 30.0], np.tile([np.inf, 1.5, 1.5], len(starts))])
+    # A star's amplitude and centre touch its own pixels only: with that sparsity the numerical
+    # Jacobian takes 5 evaluations, not 2 + 3 x stars
+    n_stars, n_pix = data.shape[0], data[0].size
+    sparsity = np.zeros((n_stars * n_pix, 2 + 3 * n_stars), bool)
+    sparsity[:, :2] = True
+    for k in range(n_stars):
+        sparsity[k * n_pix : (k + 1) * n_pix, 2 + 3 * k : 5 + 3 * k] = True
+    fit = optimize.least_squares(
+        resid, p0, bounds=(lo, hi), x_scale="jac", jac_sparsity=sparsity, tr_solver="lsmr"
+    )
+    fwhm, beta = float(fit.x[0]), float(fit.x[1])
+    fine = np.arange(-half * oversampling, half * oversampling + 1) / oversampling
+    fv, fu = np.meshgrid(fine, fine, indexing="ij")
+    rendered = _moffat_box(np.array([1.0, 0.0, 0.0, fwhm, beta]), fu, fv, sub)
+    rendered *= oversampling**2 / rendered.sum()
+    return PSFModel(rendered, oversampling, fwhm)
 
 
 def _odd(value: float) -> int:

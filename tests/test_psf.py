@@ -238,3 +238,23 @@ def test_real_lowell_epsf_psf_vs_aperture(lowell_dir):
     for col in ("flux_ap2", "flux_ap3", "flux_ap4"):
         ratio = table[col][bright] / table["flux_psf"][bright]
         assert abs(np.median(ratio) - 1.0) < 0.02, (col, np.median(ratio))
+
+
+def test_few_undersampled_stars_give_a_fitted_moffat():
+    """8 stars of FWHM 1.45 px (too few to fill a x3 ePSF): a Moffat fitted to them, true width."""
+    rng = np.random.default_rng(3)
+    truth = moffat_model(1.45, beta=2.5, oversampling=4, half=8)
+    image = np.zeros((200, 200))
+    positions = rng.uniform(20, 180, size=(8, 2))
+    positions[:, 0] = 20 + np.arange(8) * 21 + rng.uniform(0, 3, 8)  # isolated
+    for x, y in positions:
+        ix, iy = int(x), int(y)
+        fx, fy = x - ix, y - iy
+        yy, xx = np.mgrid[-8:9, -8:9]
+        image[iy - 8 : iy + 9, ix - 8 : ix + 9] += 5e4 * truth.evaluate(xx - fx, yy - fy)
+    image = rng.poisson(image + 100.0).astype(np.float64) - 100.0
+    psf, stars = build_epsf(image, fwhm_px=2.0, oversampling=3)
+    assert len(stars) == 8
+    assert abs(psf.fwhm_px / 1.45 - 1.0) < 0.03, psf.fwhm_px
+    assert psf.oversampling == 3 and abs(psf.data.sum() - 9.0) < 1e-6
+    assert abs(measure_fwhm(psf) / 1.45 - 1.0) < 0.03  # the rendered model has that width
