@@ -87,6 +87,7 @@ def test_products_and_record(local_run, night):
     # north up: the rotated, drifting frames leave empty corners; every covered pixel has data
     assert coadd.wcs.has_celestial and (coadd.n_used == 24).mean() > 0.5
     assert np.isfinite(coadd.image[coadd.n_used > 0]).all()
+    assert (local_run / "plots" / "movers_coadd.png").stat().st_size > 10_000  # tracks on it
     assert {"ingest", "calibrate", "level2", "lightcurves"} <= set(record["stages"])
     assert all(s["status"] == "complete" for s in record["stages"].values())
     assert record["versions"]["lcdask"] and record["config"]["calibration"]["clean"]
