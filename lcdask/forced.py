@@ -386,7 +386,9 @@ def forced_photometry(
         for frame, rows in groups.items()
     ]
     parts, max_pull = [], 0.0
-    for (frame, rows), (table, pull) in zip(groups.items(), _gather(client, futures), strict=True):
+    for (frame, rows), (table, pull) in zip(
+        groups.items(), _gather(client, futures, "lightcurves: forced"), strict=True
+    ):
         max_pull = max(max_pull, pull)
         measured = rows.reset_index(drop=True).assign(
             flux=table["flux"].to_numpy(), flux_err=table["flux_err"].to_numpy()

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from lcdask import __version__
+from lcdask import __version__, progress
 from lcdask.errors import FrameError, LcdaskError
 from lcdask.flags import SATURATED_FRACTION, FrameFlag
 from lcdask.io import cube as cube_io
@@ -230,6 +230,7 @@ def _map(client, func, *iterables, **kwargs) -> list:
     if client is None:
         return [func(*args, **kwargs) for args in zip(*iterables, strict=True)]
     futures = client.map(func, *iterables, pure=False, retries=2, **kwargs)
+    progress.show(futures, f"ingest: {func.__name__.strip('_').replace('_', ' ')}")
     return client.gather(futures)
 
 

@@ -36,6 +36,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from scipy import ndimage
 
+from lcdask import progress
 from lcdask.astrometry import AsterismSolver, AstrometrySolution, refine_wcs
 from lcdask.calibrate import PixelFlag
 from lcdask.coadd import Coadd, coadd_tile, optimal_wcs, tile_size_for, tile_slices
@@ -536,8 +537,12 @@ def _submit(client, func, *args):
     return func(*args) if client is None else client.submit(func, *args, pure=False)
 
 
-def _gather(client, futures: list) -> list:
-    return futures if client is None else client.gather(futures)
+def _gather(client, futures: list, label: str = "level2") -> list:
+    """The results of a step's futures (a progress bar meanwhile), or the serial results."""
+    if client is None:
+        return futures
+    progress.show(futures, label)
+    return client.gather(futures)
 
 
 def run_level2(
@@ -593,7 +598,7 @@ def run_level2(
 
     # 1. detection, one task per frame
     detected = _map(client, _safe_detections, [cube_path] * len(lights), lights, config=config)
-    results = _gather(client, detected)
+    results = _gather(client, detected, "level2: detection")
     stats = {i: s for i, _, s in results}
     found = {i: d for i, d, _ in results}
     counts = {i: (len(d) if d is not None else 0) for i, d, _ in results}
@@ -627,7 +632,7 @@ def run_level2(
         for p, i in enumerate(lights)
     ]
     tables, rows = {}, {}
-    for i, (table, row) in zip(lights, _gather(client, refined), strict=True):
+    for i, (table, row) in zip(lights, _gather(client, refined, "level2: astrometry"), strict=True):
         tables[i], rows[i] = table, row
     if any(not rows[i].get("wcs_solved") for i in lights):
         _retry_from_neighbours(
@@ -662,7 +667,9 @@ def run_level2(
         )
         for i in solved
     ]
-    for i, (table, row) in zip(solved, _gather(client, measured), strict=True):
+    for i, (table, row) in zip(
+        solved, _gather(client, measured, "level2: photometry"), strict=True
+    ):
         tables[i], rows[i] = table, row
     return _result(lights, stats, counts, rows, tables, coadd, psf, catalog, photometric)
 
@@ -834,7 +841,7 @@ def _coadd_run(cube, cube_path, lights, rows, stats, *, client, config) -> Coadd
     )
     image = np.full(out_shape, np.nan, np.float32)
     n_used = np.zeros(out_shape, np.int16)
-    for tile, (data, used) in zip(tiles, _gather(client, futures), strict=True):
+    for tile, (data, used) in zip(tiles, _gather(client, futures, "level2: co-add"), strict=True):
         image[tile], n_used[tile] = data, used
     fwhm = float(np.nanmedian([stats[i].get("fwhm_px", np.nan) for i in chosen]))
     return Coadd(image, n_used, wcs, tuple(int(i) for i in chosen), fwhm)
@@ -890,12 +897,12 @@ def _run_psf(cube_path, coadd, reference, stats, *, client, config) -> PSFModel 
     if coadd is not None:
         try:
             task = _submit(client, _coadd_psf, coadd.image, coadd.n_used, coadd.fwhm_px)
-            return _gather(client, [task])[0]
+            return _gather(client, [task], "level2: ePSF")[0]
         except (LcdaskError, ValueError, RuntimeError) as exc:
             log.warning("no ePSF from the co-add (%s): the reference frame's is used", exc)
     fwhm = float(stats[reference].get("fwhm_px", np.nan))
     task = _submit(client, reference_psf, cube_path, int(reference), fwhm, config)
-    return _gather(client, [task])[0]
+    return _gather(client, [task], "level2: ePSF")[0]
 
 
 def nominal_wcs(header: fits.Header, shape: tuple[int, int], ra_deg: float, dec_deg: float) -> WCS:

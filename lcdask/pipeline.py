@@ -34,7 +34,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
-from lcdask import __version__
+from lcdask import __version__, progress
 from lcdask import calibrate as cal
 from lcdask.calibrate import CalibrationConfig, PixelFlag
 from lcdask.errors import LcdaskError
@@ -71,7 +71,9 @@ def _cube_store(path: str | Path) -> Path:
 def _compute(client, *objects) -> tuple:
     """Compute on the client when given, else on the local threaded scheduler."""
     if client is not None:
-        return tuple(client.gather(client.compute(list(objects))))
+        futures = client.compute(list(objects))
+        progress.show(futures, "calibrate")
+        return tuple(client.gather(futures))
     return dask.compute(*objects, scheduler="threads")
 
 

@@ -132,3 +132,27 @@ def test_worker_logs_every_failed_task_but_a_write_without_room(exception_text, 
 def test_worker_logs_its_other_records():
     record = logging.LogRecord("distributed.worker", logging.ERROR, "w.py", 1, "%s", ("x",), None)
     assert _OutOfRoomFilter().filter(record)
+
+
+def _slow_square(x: int) -> int:
+    import time
+
+    time.sleep(0.2)
+    return x * x
+
+
+def test_progress_bar_on_stderr_only_when_asked(dask_local_client, monkeypatch, capsys):
+    from lcdask import progress
+
+    monkeypatch.setenv("LCDASK_PROGRESS", "1")
+    futures = dask_local_client.map(_slow_square, range(6), pure=False)
+    progress.show(futures, "level2: detection")
+    assert dask_local_client.gather(futures) == [x * x for x in range(6)]
+    out, err = capsys.readouterr()
+    assert out == ""  # stdout keeps the command's result
+    assert "level2: detection" in err and "100%" in err and "#" * 40 in err
+    monkeypatch.setenv("LCDASK_PROGRESS", "0")  # a batch job: no bars
+    futures = dask_local_client.map(_slow_square, range(2), pure=False)
+    progress.show(futures, "level2: detection")
+    dask_local_client.gather(futures)
+    assert capsys.readouterr() == ("", "")
