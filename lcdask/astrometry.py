@@ -17,7 +17,12 @@ raise for a bad frame (they do raise ``ValueError``/``TypeError`` for wrong argu
 
 `refine_wcs` is the cheap per-frame step of a sequence: from a neighbouring frame's solution it
 predicts the catalog positions, finds the drift (tens of pixels) by voting on offsets, matches
-within a radius and refits (a weighted linear least-squares TAN or TAN-SIP fit, a few ms).
+within a radius and refits (a weighted linear least-squares TAN or TAN-SIP fit, a few ms). When
+no drift is found within its search radius it searches the whole field (`pixel_offset`, a 2-D
+histogram of all pairwise offsets: drifts of hundreds of pixels, ~10-30 ms). With few stars in
+common (a frame drifted mostly off its neighbour) the neighbour's WCS moved by a shift is kept
+rather than a full fit that would extrapolate its noise. Detections sharper than the stars
+(`sharper_than_stars`: hot pixels of frames with no dark) are left out of every match.
 
 Conventions: detections are a table with ``x``, ``y`` (0-based pixels, numpy convention) and
 ``flux`` (and optionally ``snr``, ``flags``), as `lcdask.detect.detect_frame` makes; catalogs
@@ -56,7 +61,9 @@ __all__ = [
     "build_index",
     "fit_wcs_linear",
     "match_catalog",
+    "pixel_offset",
     "refine_wcs",
+    "sharper_than_stars",
     "solution_residuals",
     "wcs_grid_error_px",
 ]
@@ -419,6 +426,8 @@ def _detection_arrays(
     table = detections
     if "flags" in table.columns and drop_flags:
         table = table[(table["flags"].to_numpy() & drop_flags) == 0]
+    if "fwhm_px" in table.columns:
+        table = table[~sharper_than_stars(table["fwhm_px"].to_numpy(dtype=float))]
     x = table["x"].to_numpy(dtype=float)
     y = table["y"].to_numpy(dtype=float)
     flux = table["flux"].to_numpy(dtype=float)
@@ -433,6 +442,33 @@ def _detection_arrays(
     weight = 1.0 / ((2.0 / snr) ** 2 + 0.1**2)
     order = np.argsort(-flux[good], kind="stable")
     return x[good][order], y[good][order], flux[good][order], weight[good][order]
+
+
+def sharper_than_stars(fwhm_px: np.ndarray) -> np.ndarray:
+    """Which detections are much sharper than the stars of their frame: hot pixels, cosmic rays.
+
+    In frames with no dark (nothing maps the hot pixels) they are found at the same pixels in
+    every frame, and would pin the alignment of drifting frames at no drift. A detection is
+    sharp when its ``fwhm_px`` (`lcdask.detect`: single pixels give 0.8) is under 1 px, or
+    under half the upper quartile of the frame's (the stars', even when the hot pixels are
+    nearly half the detections).
+
+    Parameters
+    ----------
+    fwhm_px : numpy.ndarray
+        The ``fwhm_px`` column of one frame's detections.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, True for the sharp ones (NaN widths are not sharp).
+    """
+    fwhm = np.asarray(fwhm_px, dtype=float)
+    finite = np.isfinite(fwhm)
+    if not finite.any():
+        return np.zeros(fwhm.shape, dtype=bool)
+    limit = max(1.0, 0.5 * float(np.percentile(fwhm[finite], 75)))
+    return finite & (fwhm < limit)
 
 
 def _catalog_arrays(
@@ -1004,6 +1040,81 @@ def _offset_vote(
     return float(np.median(dx[sel])), float(np.median(dy[sel])), int(sel.sum())
 
 
+def pixel_offset(
+    px: np.ndarray,
+    py: np.ndarray,
+    qx: np.ndarray,
+    qy: np.ndarray,
+    *,
+    bin_px: float = 4.0,
+) -> tuple[float, float, int, float]:
+    """The translation that takes most points p onto points q, however large it is.
+
+    Every pair (p, q) votes for its offset ``q - p`` in a 2-D histogram that spans all the
+    offsets the two sets allow (no search radius); the translation shared by the stars the two
+    sets have in common piles up in one place, while chance pairs spread over the whole plane.
+    The peak is the largest sum of 2 x 2 neighbouring bins; the translation is the median
+    offset of the pairs in it. A small rotation between the sets spreads the peak over
+    ``rotation x field radius`` pixels: 4 px bins hold 0.5 degree on a 1000 px field.
+
+    Points are 0-based pixel positions, brightest first is best: the cost is ``len(p) x len(q)``
+    (50 x 100 points take about a millisecond).
+
+    Parameters
+    ----------
+    px, py : numpy.ndarray
+        The first set (e.g. a frame's brightest detections).
+    qx, qy : numpy.ndarray
+        The second set (e.g. the same field's stars through a neighbour's WCS).
+    bin_px : float, optional
+        Histogram bin; the peak window is two bins wide.
+
+    Returns
+    -------
+    dx, dy : float
+        The translation ``q - p`` (0, 0 when either set is empty).
+    n_votes : int
+        Pairs in the peak window (about the number of stars in common).
+    n_chance : float
+        Mean count of the windows around the peak (a ring from 3 to 12 bins away): the votes
+        expected by chance there. Compare with ``n_votes`` before trusting the peak.
+
+    Raises
+    ------
+    ValueError
+        When ``bin_px`` is not positive.
+    """
+    if not bin_px > 0:
+        raise ValueError(f"bin_px must be positive, not {bin_px!r}")
+    px, py, qx, qy = (np.asarray(v, float).ravel() for v in (px, py, qx, qy))
+    if len(px) == 0 or len(qx) == 0:
+        return 0.0, 0.0, 0, 0.0
+    dx = (qx[None, :] - px[:, None]).ravel()
+    dy = (qy[None, :] - py[:, None]).ravel()
+    ok = np.isfinite(dx) & np.isfinite(dy)
+    dx, dy = dx[ok], dy[ok]
+    if len(dx) == 0:
+        return 0.0, 0.0, 0, 0.0
+    # Bins aligned on a grid that covers every offset (plus one bin for the 2 x 2 sums).
+    x0, y0 = dx.min() - bin_px, dy.min() - bin_px
+    n_x = int((dx.max() - x0) // bin_px) + 2
+    n_y = int((dy.max() - y0) // bin_px) + 2
+    hist, ex, ey = np.histogram2d(
+        dx, dy, bins=[n_x, n_y], range=[[x0, x0 + n_x * bin_px], [y0, y0 + n_y * bin_px]]
+    )
+    summed = hist[:-1, :-1] + hist[1:, :-1] + hist[:-1, 1:] + hist[1:, 1:]
+    ix, iy = np.unravel_index(int(np.argmax(summed)), summed.shape)
+    sel = (dx >= ex[ix]) & (dx < ex[ix + 2]) & (dy >= ey[iy]) & (dy < ey[iy + 2])
+    # The chance level near the peak: the mean window in a ring around it.
+    lo_x, hi_x = max(ix - 12, 0), min(ix + 13, summed.shape[0])
+    lo_y, hi_y = max(iy - 12, 0), min(iy + 13, summed.shape[1])
+    box = summed[lo_x:hi_x, lo_y:hi_y]
+    gx, gy = np.meshgrid(np.arange(lo_x, hi_x) - ix, np.arange(lo_y, hi_y) - iy, indexing="ij")
+    ring = np.maximum(np.abs(gx), np.abs(gy)) >= 3
+    n_chance = float(box[ring].mean()) if ring.any() else 0.0
+    return float(np.median(dx[sel])), float(np.median(dy[sel])), int(sel.sum()), n_chance
+
+
 def refine_wcs(
     detections: pd.DataFrame,
     wcs_guess: WCS,
@@ -1019,21 +1130,30 @@ def refine_wcs(
     fitter: str = "linear",
     mag_column: str = "mag",
     max_fit_stars: int = 300,
+    wide_search: bool = True,
 ) -> AstrometrySolution:
     """Refine a neighbouring frame's WCS for this frame: find the drift, match, refit.
+
+    The drift is first looked for within ``max_shift_px`` (a vote on the offsets between the
+    brightest detections and the brightest predicted stars, 2 px bins). When that finds no
+    drift, or the fit from it fails, and ``wide_search`` is set, the drift is looked for over
+    the whole field with `pixel_offset` (any shift that leaves stars in common, and a rotation
+    of up to about half a degree): the catalog stars within one field width of the frame are
+    taken, as many of the brightest as match the detections' surface density.
 
     Parameters
     ----------
     detections : pandas.DataFrame
         This frame's detections (``x``, ``y``, ``flux``; ``snr``, ``flags`` when present).
     wcs_guess : astropy.wcs.WCS
-        A nearby frame's solution (or any WCS within ``max_shift_px`` and a small rotation).
+        A nearby frame's solution (any WCS of the same field: within ``max_shift_px`` for the
+        fast search, up to a field width off with ``wide_search``, and a small rotation).
     catalog : pandas.DataFrame
         Reference stars (``ra``, ``dec``, and ``mag_column`` to pick the brightest).
     image_shape : tuple of int, optional
         ``(ny, nx)``; default from the extent of the detections.
     max_shift_px : float, optional
-        Largest drift between the guess and this frame.
+        Largest drift between the guess and this frame of the fast search.
     match_radius_px : float, optional
         Match radius once the drift is removed.
     n_bright : int, optional
@@ -1048,11 +1168,14 @@ def refine_wcs(
         Catalog magnitude column.
     max_fit_stars : int, optional
         Use at most this many (brightest) matches in the fit.
+    wide_search : bool, optional
+        Search the whole field (`pixel_offset`) when the fast search fails.
 
     Returns
     -------
     AstrometrySolution
-        ``status == "failed"`` (never an exception) when the frame does not match.
+        ``status == "failed"`` (never an exception) when the frame does not match; the message
+        of a solution found by the wide search starts with the drift it found.
     """
     name = "refine"
     _check_fitter(fitter)
@@ -1067,56 +1190,191 @@ def refine_wcs(
     cat_ra, cat_dec, _ = _catalog_arrays(catalog, mag_column)
     if sip_degree is None and wcs_guess.sip is not None:
         sip_degree = int(wcs_guess.sip.a_order)
+
+    def fit(ra, dec, guess, radii_px):
+        return _iterate_fit(
+            name,
+            x,
+            y,
+            weight,
+            ra,
+            dec,
+            guess,
+            image_shape,
+            radii_px=radii_px,
+            sip_degree=sip_degree,
+            min_matches_sip=min_matches_sip,
+            min_matches=min_matches,
+            fitter=fitter,
+            final_fitter=fitter,
+            max_fit_stars=max_fit_stars,
+        )
+
     try:
-        # Cheap pre-selection on the sky, then the exact projection of the survivors.
-        ra0, dec0 = (float(v) for v in wcs_guess.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2))
-        scale = _pixel_scale_deg(wcs_guess)
-        xi, eta = _tangent(cat_ra, cat_dec, ra0, dec0)
-        reach = (0.5 * math.hypot(nx, ny) + max_shift_px) * scale * 1.2
-        near = np.nonzero(np.isfinite(xi) & (np.hypot(xi, eta) < reach))[0]
-        cat_ra, cat_dec = cat_ra[near], cat_dec[near]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            cx, cy = (
-                np.asarray(v, float) for v in wcs_guess.world_to_pixel_values(cat_ra, cat_dec)
-            )
+        ra, dec, cx, cy = _project_catalog(wcs_guess, cat_ra, cat_dec, image_shape, max_shift_px)
     except Exception as exc:  # a broken guess is a failed frame, not a crash
         return _failed(name, f"cannot project the catalog through the guess WCS: {exc}")
-    margin = max_shift_px
-    inside = np.isfinite(cx) & (cx > -margin) & (cx < nx - 1 + margin)
-    inside &= (cy > -margin) & (cy < ny - 1 + margin)
-    idx = np.nonzero(inside)[0]
-    if len(idx) < min_matches:
-        return _failed(name, f"only {len(idx)} catalog stars fall on the frame through the guess")
-    # Drift: vote on the offsets between the brightest detections and the brightest stars.
     nb = min(n_bright, len(x))
-    ib = idx[: max(nb, 2 * nb)]
-    dx, dy, n_vote = _offset_vote(cx[ib], cy[ib], x[:nb], y[:nb], max_shift_px, 2.0)
-    if n_vote < min(min_matches, 3):
-        return _failed(name, f"no common drift found within {max_shift_px:.0f} px")
-    shifted = wcs_guess.deepcopy()
+    failure = _failed(name, f"only {len(ra)} catalog stars fall on the frame through the guess")
+    if len(ra) >= min_matches:
+        # Drift: vote on the offsets between the brightest detections and the brightest stars.
+        ib = slice(0, 2 * nb)
+        dx, dy, n_vote = _offset_vote(cx[ib], cy[ib], x[:nb], y[:nb], max_shift_px, 2.0)
+        if n_vote >= min(min_matches, 3):
+            radii = (max(3.0, 1.5 * match_radius_px), match_radius_px)
+            guess = _shifted(wcs_guess, dx, dy)
+            failure = fit(ra, dec, guess, radii)
+            if failure.ok:
+                return _shift_if_better(
+                    failure, guess, x, y, weight, ra, dec, image_shape, match_radius_px
+                )
+            if not wide_search:
+                return failure
+        else:
+            failure = _failed(name, f"no common drift found within {max_shift_px:.0f} px")
+    if not wide_search:
+        return failure
+
+    # The whole field: catalog stars up to a field width off, at the detections' density.
+    try:
+        ra, dec, cx, cy = _project_catalog(wcs_guess, cat_ra, cat_dec, image_shape, max(nx, ny))
+    except Exception as exc:
+        return _failed(name, f"cannot project the catalog through the guess WCS: {exc}")
+    if len(ra) < min_matches:
+        return failure
+    cell = max(nx, ny) / 8.0
+    n_cells = len(np.unique(np.floor(np.column_stack([cx, cy]) / cell), axis=0))
+    area_ratio = max(n_cells * cell * cell / (nx * ny), 1.0)
+    n_q = max(round(2 * nb * area_ratio), 2 * nb)
+    bin_px = 4.0
+    dx, dy, n_vote, n_chance = pixel_offset(cx[:n_q], cy[:n_q], x[:nb], y[:nb], bin_px=bin_px)
+    if not _significant(n_vote, n_chance, min_matches):
+        return _failed(
+            name,
+            f"{failure.message}; no common drift over the whole field either (best {n_vote} "
+            f"stars in common, {n_chance:.1f} by chance)",
+            failure.n_matches,
+        )
+    radii = (2 * bin_px, max(3.0, 1.5 * match_radius_px), match_radius_px)
+    guess = _shifted(wcs_guess, dx, dy)
+    solution = fit(ra, dec, guess, radii)
+    if solution.ok:
+        solution = _shift_if_better(
+            solution, guess, x, y, weight, ra, dec, image_shape, match_radius_px
+        )
+    found = f"drift ({dx:.0f}, {dy:.0f}) px found over the whole field ({n_vote} stars in common)"
+    return dataclasses.replace(solution, message=f"{found}: {solution.message}")
+
+
+def _project_catalog(
+    wcs: WCS, ra: np.ndarray, dec: np.ndarray, image_shape: tuple[int, int], margin_px: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Catalog stars (ra, dec, x, y) that fall within ``margin_px`` of the frame through a WCS.
+
+    Keeps the catalog's order (brightest first). Raises when the WCS cannot project.
+    """
+    ny, nx = image_shape
+    # Cheap pre-selection on the sky, then the exact projection of the survivors.
+    ra0, dec0 = (float(v) for v in wcs.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2))
+    scale = _pixel_scale_deg(wcs)
+    xi, eta = _tangent(ra, dec, ra0, dec0)
+    reach = (0.5 * math.hypot(nx, ny) + margin_px) * scale * 1.2
+    near = np.nonzero(np.isfinite(xi) & (np.hypot(xi, eta) < reach))[0]
+    ra, dec = ra[near], dec[near]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        cx, cy = (np.asarray(v, float) for v in wcs.world_to_pixel_values(ra, dec))
+    inside = np.isfinite(cx) & (cx > -margin_px) & (cx < nx - 1 + margin_px)
+    inside &= (cy > -margin_px) & (cy < ny - 1 + margin_px)
+    return ra[inside], dec[inside], cx[inside], cy[inside]
+
+
+def _shift_if_better(
+    solution: AstrometrySolution,
+    guess: WCS,
+    x: np.ndarray,
+    y: np.ndarray,
+    weight: np.ndarray,
+    ra: np.ndarray,
+    dec: np.ndarray,
+    image_shape: tuple[int, int],
+    radius_px: float,
+) -> AstrometrySolution:
+    """The fitted solution, or the guess moved by a shift alone when that maps the field better.
+
+    A full fit (scale, rotation, shear, shift) to few stars, or to stars in one corner (a
+    frame that has drifted most of the way off its neighbour), extrapolates its noise over the
+    rest of the field; the neighbour's own scale and rotation, moved by the mean offset, do
+    not. The shift is taken unless the two differ over the field significantly more than the
+    full fit's own expected error there (from its residuals and the leverage of the stars'
+    positions on a grid): a real change of rotation or scale between the frames.
+    """
+    wcs = solution.wcs
+    cx, cy = (np.asarray(v, float) for v in wcs.world_to_pixel_values(ra, dec))
+    i, j = _mutual_match(x, y, cx, cy, radius_px)
+    # The stars the fit kept: without wrong matches and blends (4 sigma, as `_iterate_fit`).
+    distance = np.hypot(x[i] - cx[j], y[i] - cy[j])
+    good = distance < 4 * (np.median(distance) / 1.177 + 1e-3) if len(i) else distance > 0
+    i, j = i[good], j[good]
+    n = len(i)
+    if n < 3:
+        return solution
+    w = weight[i]
+    shifted = guess
+    for _ in range(2):
+        gx, gy = (np.asarray(v, float) for v in shifted.world_to_pixel_values(ra[j], dec[j]))
+        shifted = _shifted(
+            shifted, np.sum(w * (x[i] - gx)) / w.sum(), np.sum(w * (y[i] - gy)) / w.sum()
+        )
+    ny, nx = image_shape
+    gx, gy = (g.ravel() for g in np.meshgrid(np.linspace(0, nx - 1, 8), np.linspace(0, ny - 1, 8)))
+    x0, y0, size = (nx - 1) / 2, (ny - 1) / 2, max(nx, ny)
+    design = np.column_stack([np.ones(n), (x[i] - x0) / size, (y[i] - y0) / size])
+    grid = np.column_stack([np.ones(len(gx)), (gx - x0) / size, (gy - y0) / size])
+    try:
+        cov = np.linalg.inv(design.T @ (w[:, None] * design))
+    except np.linalg.LinAlgError:
+        cov = None
+    residual2 = (x[i] - cx[j]) ** 2 + (y[i] - cy[j]) ** 2
+    scale2 = float(np.sum(w * residual2)) / max(2 * n - 6, 1)  # variance per unit weight
+    if cov is None:
+        full2 = np.inf
+    else:
+        full2 = 2 * scale2 * float(np.mean(np.einsum("ij,jk,ik->i", grid, cov, grid)))
+    shift2 = 2 * scale2 / float(w.sum())
+    sx, sy = shifted.world_to_pixel_values(*wcs.pixel_to_world_values(gx, gy))
+    distance2 = float(np.mean((np.asarray(sx) - gx) ** 2 + (np.asarray(sy) - gy) ** 2))
+    # The full fit differs from the shift by its own noise (~full2) plus the true rotation or
+    # scale change: kept when the difference is significant (P ~ 2% by chance with 4 extra
+    # parameters), else the shift is the better map.
+    if distance2 > 3 * full2 + shift2:
+        return solution
+    res = solution_residuals(shifted, x[i], y[i], ra[j], dec[j])
+    rms = float(np.sqrt(np.mean(res**2)))
+    scale = _pixel_scale_deg(shifted) * 3600
+    return dataclasses.replace(
+        solution,
+        wcs=shifted,
+        n_matches=n,
+        rms_arcsec=rms,
+        rms_px=rms / scale,
+        message=(
+            f"shift of the starting WCS fitted to {n} stars, rms {rms:.3f} arcsec (a full fit "
+            f"would err by {math.sqrt(full2):.2f} px over the field, the shift by "
+            f"{math.sqrt(shift2):.2f}; they differ by {math.sqrt(distance2):.2f})"
+        ),
+    )
+
+
+def _shifted(wcs: WCS, dx: float, dy: float) -> WCS:
+    """A copy of ``wcs`` moved by (dx, dy) pixels (stars at x + dx, y + dy)."""
+    shifted = wcs.deepcopy()
     shifted.wcs.crpix = np.asarray(shifted.wcs.crpix) + np.array([dx, dy])
     if shifted.sip is not None:
         s = shifted.sip
         shifted.sip = Sip(s.a, s.b, s.ap, s.bp, shifted.wcs.crpix)
     shifted.wcs.set()
-    return _iterate_fit(
-        name,
-        x,
-        y,
-        weight,
-        cat_ra[idx],
-        cat_dec[idx],
-        shifted,
-        image_shape,
-        radii_px=(max(3.0, 1.5 * match_radius_px), match_radius_px),
-        sip_degree=sip_degree,
-        min_matches_sip=min_matches_sip,
-        min_matches=min_matches,
-        fitter=fitter,
-        final_fitter=fitter,
-        max_fit_stars=max_fit_stars,
-    )
+    return shifted
 
 
 # ---------------------------------------------------------------------------------------------

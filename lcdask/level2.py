@@ -7,9 +7,11 @@ The orchestration follows DESIGN.md (`run_level2`):
 2. the driver plate-solves one reference frame (of the three with most detections, the first
    that solves) against the reference catalog, starting from its header WCS;
 3. every frame is refined from the reference solution, with a first zero point on its detection
-   fluxes (`frame_astrometry_photometry`), one task per frame; a frame whose refinement fails is
-   retried from its solved neighbour in time (drifts larger than the refinement's search). Each
-   frame's header pointing is compared with its solution (`FrameFlag.POINTING` when far off);
+   fluxes (`frame_astrometry_photometry`), one task per frame (drifts of any size that leave
+   stars in common with the reference); a frame whose refinement fails is retried from its
+   solved neighbours in time, and, with no reference catalog, also against the neighbour's own
+   stars (a frame that has drifted off the reference's field). Each frame's header pointing is
+   compared with its solution (`FrameFlag.POINTING` when far off);
 4. up to ``coadd_frames`` solved frames, spread over the night, are co-added
    (`lcdask.coadd.coadd_tile`, one task per output tile, each reading only the windows of the
    frames it needs, scaled to a common transparency) and the ePSF is built from the co-add;
@@ -37,7 +39,12 @@ from astropy.wcs import WCS
 from scipy import ndimage
 
 from lcdask import progress
-from lcdask.astrometry import AsterismSolver, AstrometrySolution, refine_wcs
+from lcdask.astrometry import (
+    AsterismSolver,
+    AstrometrySolution,
+    refine_wcs,
+    sharper_than_stars,
+)
 from lcdask.calibrate import PixelFlag
 from lcdask.coadd import Coadd, coadd_tile, optimal_wcs, tile_size_for, tile_slices
 from lcdask.cosmics import remove_cosmics
@@ -111,7 +118,8 @@ class Level2Config:
     fit_slope : bool
         Fit the slope of catalog against instrumental magnitude (else fixed to 1).
     max_shift_px : float
-        Largest frame-to-frame drift the refinement searches.
+        Largest drift the fast refinement searches; when it finds none, the whole field is
+        searched (`lcdask.astrometry.refine_wcs`, any drift that leaves stars in common).
     flux : {"aperture", "psf", "detection"}
         The flux the light curves and zero points use: the aperture-corrected 1.5 FWHM
         aperture of the Level 3 photometry (cosmic rays cleaned, sky subtracted), its PSF flux
@@ -761,18 +769,69 @@ def _measure_task(cube_path, index, table, row, fwhm_px, psf, catalog, exptime_s
 def _retry_from_neighbours(
     lights, tables, rows, found, catalog, shape, exptime, config, photometric
 ):
-    """Refine failed frames from their nearest solved neighbour in time, in order."""
-    solved = {i: rows[i]["wcs_solved"] for i in lights if rows[i].get("wcs_solved")}
-    for position, i in enumerate(lights):
-        if i in solved:
-            continue
-        before = [j for j in lights[:position][::-1] if j in solved]
-        if not before:
-            continue
-        guess = WCS(fits.Header.fromstring(solved[before[0]]))
-        table, row = _refine_task(found[i], guess, catalog, shape, exptime[i], config, photometric)
-        if row.get("wcs_solved"):
-            tables[i], rows[i], solved[i] = table, row, row["wcs_solved"]
+    """Refine failed frames from their nearest solved neighbour in time, both ways, in order.
+
+    Passes forward (from the nearest earlier solved frame) then backward (from the nearest
+    later one), again while a pass solves something, so that a chain of solutions walks from
+    the reference to both ends of the night. Each retry starts from the neighbour's WCS with
+    the run's catalog; with an internal catalog (the reference frame's own stars) a frame that
+    has drifted off the reference's field has few of them, so it is also matched to the
+    neighbour's own detections on the sky (`_neighbour_catalog`), and the solution with more
+    stars in common is kept: frame to frame, as far as the drift goes.
+    """
+    solved = {i for i in lights if rows[i].get("wcs_solved")}
+    tried: set[tuple[int, int]] = set()
+    solved_more = True
+    while solved_more and len(solved) < len(lights):
+        solved_more = False
+        for order in (list(lights), list(lights)[::-1]):
+            last = None  # the nearest solved frame passed in this direction
+            for i in order:
+                if i in solved:
+                    last = i
+                    continue
+                if last is None or (i, last) in tried:
+                    continue
+                tried.add((i, last))
+                guess = WCS(fits.Header.fromstring(rows[last]["wcs_solved"]))
+                best = _refine_task(
+                    found[i], guess, catalog, shape, exptime[i], config, photometric
+                )
+                if not photometric:  # the one of the two with more stars in common
+                    stars = _neighbour_catalog(tables[last], config.band)
+                    table, row = _refine_task(
+                        found[i], guess, stars, shape, exptime[i], config, False
+                    )
+                    if row.get("astrometry_n_matches", 0) > best[1].get("astrometry_n_matches", 0):
+                        message = f"aligned to frame {last}'s stars: {row['astrometry_message']}"
+                        best = table, row | {"astrometry_message": message}
+                if best[1].get("wcs_solved"):
+                    tables[i], rows[i] = best
+                    solved.add(i)
+                    last, solved_more = i, True
+
+
+def _neighbour_catalog(table: pd.DataFrame | None, band: str) -> pd.DataFrame:
+    """A solved frame's clean detections on the sky, as a catalog to align its neighbours to.
+
+    ``band`` holds instrumental magnitudes (to rank the stars); an empty table when the frame
+    has none.
+    """
+    columns = ["ra", "dec", band, f"{band}_err"]
+    if table is None or not len(table) or "ra" not in table:
+        return pd.DataFrame({c: np.zeros(0) for c in columns})
+    good = table[(table["flags"] == 0) & (table["flux"] > 0) & np.isfinite(table["ra"])]
+    if "fwhm_px" in good:
+        good = good[~sharper_than_stars(good["fwhm_px"].to_numpy(float))]
+    flux = good["flux"].to_numpy(float)
+    return pd.DataFrame(
+        {
+            "ra": good["ra"].to_numpy(float),
+            "dec": good["dec"].to_numpy(float),
+            band: -2.5 * np.log10(flux) + INSTRUMENTAL_ZERO_POINT,
+            f"{band}_err": 1.0857 / good["snr"].to_numpy(float),
+        }
+    )
 
 
 def _check_pointing(cube, lights, rows, shape) -> None:
@@ -981,6 +1040,8 @@ def internal_catalog(
         )
         source = "a nominal tangent plane (no WCS in the header)"
     good = detections[(detections["flags"] == 0) & (detections["flux"] > 0)]
+    if "fwhm_px" in good:  # hot pixels of frames with no dark are no stars to align to
+        good = good[~sharper_than_stars(good["fwhm_px"].to_numpy(float))]
     ra, dec = wcs.all_pix2world(good["x"].to_numpy(), good["y"].to_numpy(), 0)
     mag = -2.5 * np.log10(good["flux"].to_numpy()) + INSTRUMENTAL_ZERO_POINT
     catalog = pd.DataFrame(

@@ -484,3 +484,91 @@ def test_paths_unused_for_tmp(tmp_path):
     tiny = pd.DataFrame({"ra": [1.0, 2.0], "dec": [0.0, 0.0], "mag": [1.0, 2.0]})
     with pytest.raises(ValueError, match="at least 10"):
         build_index(tiny, Path(tmp_path), field_width_arcmin=10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Drifts of hundreds of pixels: the whole-field search
+# ---------------------------------------------------------------------------------------------
+def _star_field(rng, n=3000, half_width=1200.0):
+    """Random stars on a wide patch of sky around (150, 20), 1"/px, and their magnitudes."""
+    base = _tan((150.0, 20.0), (256.5, 256.5), np.diag([-1.0, 1.0]) / 3600)
+    x, y = rng.uniform(-half_width, half_width + 512, (2, n))
+    ra, dec = base.pixel_to_world_values(x, y)
+    catalog = pd.DataFrame({"ra": ra, "dec": dec, "mag": rng.uniform(12, 20, n)})
+    return base, catalog.sort_values("mag", ignore_index=True)
+
+
+def _observe(truth: WCS, catalog: pd.DataFrame, rng, size=512, n_hot=0) -> pd.DataFrame:
+    """Detections of the catalog stars through a WCS (0.05 px noise), plus fixed hot pixels."""
+    x, y = truth.world_to_pixel_values(catalog["ra"].to_numpy(), catalog["dec"].to_numpy())
+    seen = (x > 0) & (x < size - 1) & (y > 0) & (y < size - 1) & (catalog["mag"] < 19).to_numpy()
+    stars = pd.DataFrame(
+        {
+            "x": x[seen] + rng.normal(0, 0.05, seen.sum()),
+            "y": y[seen] + rng.normal(0, 0.05, seen.sum()),
+            "flux": 10 ** (-0.4 * (catalog["mag"].to_numpy()[seen] - 25)),
+            "fwhm_px": rng.normal(3.0, 0.2, seen.sum()),
+        }
+    )
+    hot = np.random.default_rng(99).uniform(0, size - 1, (2, n_hot))  # same pixels every frame
+    hot_pixels = pd.DataFrame({"x": hot[0], "y": hot[1], "flux": 3e4, "fwhm_px": 0.8})
+    return pd.concat([stars, hot_pixels], ignore_index=True)
+
+
+@pytest.mark.parametrize(
+    ("shift", "rotation_deg", "grid_px"),
+    # (shift of this frame from the guess, rotation, measured grid error)
+    [((320.0, -210.0), 0.5, 0.11), ((-150.0, 40.0), 0.0, 0.01), ((30.0, 20.0), 0.0, 0.005)],
+)
+def test_refine_finds_drifts_of_hundreds_of_pixels(shift, rotation_deg, grid_px):
+    """Beyond max_shift_px the whole field is searched; the catalog covers only the guess's
+    footprint (an internal catalog), so a 320 x 210 px drift leaves 22% of the stars."""
+    rng = np.random.default_rng(1)
+    base, catalog = _star_field(rng)
+    theta = np.deg2rad(rotation_deg)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    truth = _tan((150.0, 20.0), (256.5 + shift[0], 256.5 + shift[1]), rot @ base.wcs.cd)
+    footprint = _observe(base, catalog, rng)  # the guess frame's own stars, on the sky
+    ra, dec = base.pixel_to_world_values(footprint["x"], footprint["y"])
+    internal = pd.DataFrame({"ra": ra, "dec": dec, "mag": -2.5 * np.log10(footprint["flux"])})
+    detections = _observe(truth, catalog, rng)
+    solution = refine_wcs(detections, base, internal, image_shape=(512, 512))
+    assert solution.ok, solution.message
+    if max(abs(s) for s in shift) > 60:
+        assert "whole field" in solution.message
+    # 0.05 px centroids; the 320 px drift's 44 stars sit in one corner (extrapolated fit)
+    assert wcs_grid_error_px(solution.wcs, truth, (512, 512)) < 2 * grid_px + 0.02
+    fast = refine_wcs(detections, base, internal, image_shape=(512, 512), wide_search=False)
+    assert fast.ok == (max(abs(s) for s in shift) < 60)
+
+
+def test_refine_is_not_pinned_by_hot_pixels():
+    """Frames with no dark: 60 hot pixels at the same pixels in every frame do not hold a
+    frame that drifted 150 px at zero drift (they are sharper than the stars)."""
+    rng = np.random.default_rng(2)
+    base, catalog = _star_field(rng)
+    truth = _tan((150.0, 20.0), (256.5 + 150.0, 256.5 - 20.0), base.wcs.cd)
+    reference = _observe(base, catalog, rng, n_hot=60)
+    keep = ~A.sharper_than_stars(reference["fwhm_px"].to_numpy())
+    assert keep.sum() == len(reference) - 60
+    ra, dec = base.pixel_to_world_values(reference["x"], reference["y"])
+    internal = pd.DataFrame({"ra": ra, "dec": dec, "mag": -2.5 * np.log10(reference["flux"])})
+    solution = refine_wcs(_observe(truth, catalog, rng, n_hot=60), base, internal)
+    assert solution.ok and wcs_grid_error_px(solution.wcs, truth, (512, 512)) < 0.05
+
+
+def test_pixel_offset_against_truth():
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0, 1000, (2, 50))
+    theta = np.deg2rad(0.5)  # a small rotation about the field centre spreads the peak
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    q = rot @ (p - 500) + 500 + np.array([[-412.0], [275.0]])
+    q = np.concatenate([q[:, :30], rng.uniform(-500, 1500, (2, 70))], axis=1)  # 30 in common
+    dx, dy, n_votes, n_chance = A.pixel_offset(p[0], p[1], q[0], q[1])
+    # the rotation moves points by up to 0.5 deg x 700 px = 6 px; the median of the peak
+    # offsets is within a bin (4 px) of the shift
+    assert abs(dx + 412) < 4 and abs(dy - 275) < 4
+    assert n_votes >= 15 and n_chance < 1
+    assert A.pixel_offset([], [], q[0], q[1]) == (0.0, 0.0, 0, 0.0)
+    with pytest.raises(ValueError, match="bin_px"):
+        A.pixel_offset(p[0], p[1], q[0], q[1], bin_px=0)
