@@ -156,7 +156,9 @@ def _frame_fwhm(table: pd.DataFrame, ap_radius: float) -> float:
         dist, _ = cKDTree(xy).query(xy, k=2)
         good &= dist[:, 1] > 2.0 * ap_radius
     fwhm = table["fwhm_px"].to_numpy(dtype=float)[good]
-    fwhm = fwhm[np.isfinite(fwhm) & (fwhm > 0.8)]  # below 0.8 px: cosmic rays and hot pixels
+    # A one-pixel source (a cosmic ray, a hot pixel) sits at the estimator's floor of 0.80 px
+    # (2 sqrt(0.5 / pi)), just above 0.8 in float32: cut above it; two pixels give 1.07 px.
+    fwhm = fwhm[np.isfinite(fwhm) & (fwhm > 0.85)]
     if len(fwhm) == 0:
         return float("nan")
     # A clipped mean, not a median: single-star values are quantised by the pixel count, and the
