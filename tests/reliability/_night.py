@@ -418,7 +418,11 @@ def frames_table(run_dir: Path) -> pd.DataFrame:
 # Frames are matched between a case and the clean run by their mid-exposure time (cube indices and
 # file names can differ: an added frame shifts the indices, a renamed file changes the names).
 # Sources are matched by position. Unless a case says otherwise, "the same" is exact: the good
-# frames are the same pixels passed through the same deterministic functions.
+# frames are the same pixels passed through the same deterministic functions, up to the rounding of
+# the last bits (FLOAT_RTOL) in the plate solutions' least squares, which can differ between two
+# processes (measured: 7e-11 relative in astrometry_rms_arcsec, 6e-10 px in CRPIX).
+
+FLOAT_RTOL = 1e-9
 
 TIME_KEY_DECIMALS = 7  # 1e-7 d = 9 ms: far below the 70 s between frames, above float noise
 
@@ -449,7 +453,7 @@ def assert_same_frames(case: Path, clean: Path, *, rtol: dict | None = None) -> 
         np.testing.assert_allclose(
             a[column].to_numpy(float),
             b[column].to_numpy(float),
-            rtol=(rtol or {}).get(column, 0),
+            rtol=(rtol or {}).get(column, FLOAT_RTOL),
             err_msg=column,
         )
 
@@ -473,7 +477,7 @@ def assert_same_detections(
         rows_a = rows_a.sort_values(["y", "x"]).reset_index(drop=True)
         rows_b = rows_b.sort_values(["y", "x"]).reset_index(drop=True)
         for column in DETECTION_COLUMNS:
-            rtol, atol = (tol or {}).get(column, (0, 0))
+            rtol, atol = (tol or {}).get(column, (FLOAT_RTOL, 0))
             np.testing.assert_allclose(
                 rows_a[column].to_numpy(float),
                 rows_b[column].to_numpy(float),
@@ -516,7 +520,7 @@ def assert_same_lightcurves(case: Path, clean: Path) -> None:
 
     a, b = lightcurves_by_time(case), lightcurves_by_time(clean)
     assert set(b["frame"].values) <= set(a["frame"].values)
-    xr.testing.assert_equal(a.sel(frame=b["frame"].values), b)
+    xr.testing.assert_allclose(a.sel(frame=b["frame"].values), b, rtol=FLOAT_RTOL, atol=0)
     pd.testing.assert_frame_equal(
         pd.read_parquet(case / "sources.parquet"), pd.read_parquet(clean / "sources.parquet")
     )
@@ -541,7 +545,26 @@ PRODUCTS = (
     "report.html",
     "plots",
     "catalog-cache",
+    "catalog.parquet",
+    "coadd.fits",
+    "psf.fits",
 )
+
+
+def assert_same_wcs(a: pd.Series, b: pd.Series, *, tol_px: float = 1e-6) -> None:
+    """Two columns of WCS headers (``wcs_solved``) map every pixel to the same sky position."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    assert len(a) == len(b)
+    for text_a, text_b in zip(a, b, strict=True):
+        assert bool(text_a) == bool(text_b)
+        if not text_a:
+            continue
+        wa, wb = (WCS(fits.Header.fromstring(t)) for t in (text_a, text_b))
+        px = np.array([[0.0, 0.0], [1000.0, 0.0], [0.0, 1000.0], [1000.0, 1000.0]])
+        back = wb.all_world2pix(wa.all_pix2world(px, 0), 0)
+        assert np.abs(back - px).max() < tol_px, (text_a, text_b)
 
 
 def assert_products_whole(out: Path, clean: Path) -> list[str]:
@@ -571,17 +594,35 @@ def assert_products_whole(out: Path, clean: Path) -> list[str]:
         if "calibration" in a.attrs:  # the marker the calibration writes last
             for name in ("master_dark", "master_flat", "bad_pixels", "calibrated", "pixel_flags"):
                 np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
-    for name in ("frames.parquet", "sources.parquet"):
+    for name in ("coadd.fits", "psf.fits"):
         if name in found:
-            pd.testing.assert_frame_equal(
-                pd.read_parquet(out / name), pd.read_parquet(clean / name)
-            )
+            from astropy.io import fits
+
+            with fits.open(out / name) as a, fits.open(clean / name) as b:
+                # float32 images from float64 inputs (zero points, WCS) that may differ in the
+                # last bits between runs: the tolerance assert_frame_equal gives the tables
+                for hdu_a, hdu_b in zip(a, b, strict=True):
+                    if hdu_a.data is not None and hdu_a.data.dtype.kind == "f":
+                        np.testing.assert_allclose(
+                            hdu_a.data, hdu_b.data, rtol=1e-5, atol=1e-4, err_msg=name
+                        )
+                    else:
+                        np.testing.assert_array_equal(hdu_a.data, hdu_b.data, err_msg=name)
+    for name in ("catalog.parquet", "frames.parquet", "sources.parquet"):
+        if name in found:
+            a, b = pd.read_parquet(out / name), pd.read_parquet(clean / name)
+            if "wcs_solved" in a:
+                # plate solutions as numbers: the driver's least squares may round differently
+                # in the last bits from run to run (measured: 6e-10 px in CRPIX)
+                assert_same_wcs(a.pop("wcs_solved"), b.pop("wcs_solved"))
+            pd.testing.assert_frame_equal(a, b)
     if "detections.parquet" in found:
         a, b = (pd.read_parquet(d / "detections.parquet") for d in (out, clean))
         pd.testing.assert_frame_equal(a, b)
     if "lightcurves.zarr" in found:
         a, b = (xr.open_zarr(d / "lightcurves.zarr", consolidated=None) for d in (out, clean))
-        xr.testing.assert_equal(a.load(), b.load())
+        # positions from the plate solutions: equal to the last bits' rounding (see above)
+        xr.testing.assert_allclose(a.load(), b.load(), rtol=FLOAT_RTOL, atol=0)
     if "report.html" in found:
         assert (out / "report.html").read_text().rstrip().endswith("</html>")
     if "plots" in found:
