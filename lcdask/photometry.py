@@ -44,7 +44,8 @@ Flags (`PhotFlag`, bit values shared with `lcdask.detect.DetectionFlag` where th
 --------------------------------------------------------------------------------------------------
 BLENDED (another source within ``blend_fwhm`` FWHM), EDGE (the largest aperture leaves the
 image), SATURATED (a pixel within 1 FWHM reaches ``saturation``), MASKED (masked pixels within
-the largest FWHM aperture), COSMIC (a cosmic-ray pixel within it), PSF_FAILED (no PSF flux).
+the largest FWHM aperture, or repaired ones within ``repaired_fwhm``), COSMIC (a cosmic-ray pixel
+within the largest FWHM aperture), PSF_FAILED (no PSF flux).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class PhotFlag(IntFlag):
     SATURATED = 4
     """A pixel within 1 FWHM reaches the saturation level."""
     MASKED = 8
-    """Masked (bad) pixels lie in the largest FWHM-scaled aperture."""
+    """Masked (bad) pixels lie in the largest FWHM-scaled aperture, or pixels repaired by
+    calibration (interpolated bad pixels and columns) in the flux aperture."""
     COSMIC = 16
     """A cosmic-ray pixel lies in the largest FWHM-scaled aperture (it was cleaned or masked)."""
     PSF_FAILED = 32
@@ -325,11 +327,13 @@ def photometer_frame(
     scale_psf: bool = True,
     mask: np.ndarray | None = None,
     cosmic_mask: np.ndarray | None = None,
+    repaired_mask: np.ndarray | None = None,
     saturation: float | None = None,
     apertures: Sequence[tuple[float, str]] = DEFAULT_APERTURES,
     annulus_fwhm: tuple[float, float] = (4.0, 7.0),
     aperture_correction: bool = True,
     blend_fwhm: float = 2.0,
+    repaired_fwhm: float = 1.5,
     threshold_sigma: float = 3.0,
     refine_psf_scale: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -359,6 +363,9 @@ def photometer_frame(
         True where a pixel is bad (excluded from the sky and the PSF fit, flagged MASKED).
     cosmic_mask : numpy.ndarray of bool, optional
         True where a cosmic ray was found (flagged COSMIC).
+    repaired_mask : numpy.ndarray of bool, optional
+        True where calibration replaced a pixel's value (bad pixels and columns interpolated
+        from their neighbours); one within ``repaired_fwhm`` FWHM of a star flags it MASKED.
     saturation : float, optional
         Saturation level of the frame before sky subtraction (image units).
     apertures : sequence of (float, str), optional
@@ -370,6 +377,11 @@ def photometer_frame(
         Scale aperture fluxes to total fluxes (see the module docstring).
     blend_fwhm : float, optional
         Distance (FWHM) within which a neighbour flags a star BLENDED.
+    repaired_fwhm : float, optional
+        Radius (FWHM) within which a repaired pixel flags a star MASKED: the flux aperture
+        (1.5 FWHM by default). Interpolation across a column or pixel that the star's core
+        covers misses part of the peak (a simulated star crossing a dead column dips by 10%),
+        while a repaired pixel outside the aperture changes the flux by far less than its noise.
     threshold_sigma : float, optional
         Detection threshold when positions are not given.
     refine_psf_scale : bool, optional
@@ -401,6 +413,7 @@ def photometer_frame(
         raise ValueError(f"photometer_frame needs a positive gain (e-/ADU), got {gain!r}")
     mask = _check(data, "mask", mask)
     cosmic_mask = _check(data, "cosmic_mask", cosmic_mask)
+    repaired_mask = _check(data, "repaired_mask", repaired_mask)
     background = _check(data, "background", background)
     radii = aperture_radii(apertures, fwhm_px)
     names = [f"flux_ap{k}" for k in range(1, len(radii) + 1)]
@@ -471,6 +484,10 @@ def photometer_frame(
     if cosmic_mask is not None and cosmic_mask.any():
         nc, _, _ = sep.sum_circle(cosmic_mask.astype(np.float64), x, y, r_flag, subpix=1)
         flags[nc > 0] |= PhotFlag.COSMIC
+    if repaired_mask is not None and repaired_mask.any():
+        r_rep = repaired_fwhm * fwhm_px
+        nr, _, _ = sep.sum_circle(repaired_mask.astype(np.float64), x, y, r_rep, subpix=1)
+        flags[nr > 0] |= PhotFlag.MASKED
     if saturation is not None:
         level = data if background is None else data + background
         peak = _max_within(level, x, y, max(fwhm_px, 1.0))

@@ -209,3 +209,23 @@ def test_cosmic_flag_and_detection(night):
     near = np.hypot(table["x"] - x[i], table["y"] - y[i]) < 1.0
     assert np.all(table.loc[near, "flags"].to_numpy() & PhotFlag.COSMIC)
     assert np.all(table.loc[near, "flags"].to_numpy() & PhotFlag.PSF_FAILED)  # no PSF given
+
+
+def test_repaired_pixels_in_the_flux_aperture_flag_masked():
+    # a star whose core crosses an interpolated (repaired) column: its flux is a guess there
+    fwhm = 3.0
+    yy, xx = np.mgrid[:64, :64]
+    sigma = fwhm / 2.3548
+    stars = [(20.0, 32.0), (44.0, 32.0)]
+    image = sum(
+        1000.0 * np.exp(-((xx - sx) ** 2 + (yy - sy) ** 2) / (2 * sigma**2)) for sx, sy in stars
+    )
+    repaired = np.zeros(image.shape, bool)
+    repaired[:, 21] = True  # 1 px from the first star, 23 px from the second
+    repaired[37, 49] = True  # 7 px (2.4 FWHM) from the second: beyond its 1.5 FWHM aperture
+    x, y = np.array([s[0] for s in stars]), np.array([s[1] for s in stars])
+    table, _ = photometer_frame(
+        image, fwhm_px=fwhm, gain=1.5, rms=1.0, x=x, y=y, repaired_mask=repaired
+    )
+    masked = (table["flags"].to_numpy() & PhotFlag.MASKED) != 0
+    assert masked.tolist() == [True, False]
