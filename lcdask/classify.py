@@ -81,6 +81,7 @@ __all__ = [
     "link_tracks",
     "match_target",
     "motion_statistics",
+    "near_movers",
     "parse_target",
     "variability_statistics",
 ]
@@ -237,6 +238,7 @@ def motion_statistics(ds: xr.Dataset, *, clip: float = 4.0) -> pd.DataFrame:
         span = np.where(use, tt, -np.inf).max(axis=1) - np.where(use, tt, np.inf).min(axis=1)
         span = np.where(use.any(axis=1), span, np.nan)  # no usable point: no span
         pa = np.mod(np.rad2deg(np.arctan2(rate_ra, rate_dec)), 360.0)
+        rate_snr = rate / rate_err  # inf for 2 points exactly on their line
     ra_fit = ra_med + coef["xi"][0] / 3600.0 / cosd
     dec_fit = dec_med + coef["eta"][0] / 3600.0
     t_mean = np.where(np.isfinite(t_mean), t_mean, t_found)  # no clean point: all detections
@@ -255,7 +257,7 @@ def motion_statistics(ds: xr.Dataset, *, clip: float = 4.0) -> pd.DataFrame:
             "rate_ra_arcsec_h": rate_ra,
             "rate_dec_arcsec_h": rate_dec,
             "rate_err_arcsec_h": rate_err,
-            "rate_snr": rate / rate_err,
+            "rate_snr": rate_snr,
             "pa_deg": pa,
             "motion_rms_arcsec": rms,
             "displacement_arcsec": rate * span,
@@ -447,6 +449,90 @@ def link_tracks(
     return TrackResult(sid, tracks)
 
 
+def near_movers(
+    ds: xr.Dataset,
+    movers: pd.DataFrame,
+    *,
+    radius_fwhm: float = 3.0,
+    default_fwhm_arcsec: float = 3.0,
+) -> NDArray[np.bool_]:
+    """Which (source, frame) points have a moving source passing within ``radius_fwhm`` FWHM.
+
+    A mover close to a star adds its light to the star's aperture (a Moffat wing at 3 FWHM
+    still puts ~0.5% of the mover's flux in a 1.5 FWHM aperture, at 2 FWHM ~3%), and when
+    the two are closer than the deblending limit they are one detection that no flag marks.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset: sources' median positions; ``fwhm_px`` (frame) and ``x``,
+        ``y`` give each frame's FWHM in arcsec.
+    movers
+        The moving sources: ``ra``, ``dec`` at ``epoch_mjd``, ``rate_ra_arcsec_h`` (along RA
+        cos Dec), ``rate_dec_arcsec_h``; each is placed on its line in every frame, detected
+        there or not.
+    radius_fwhm
+        The radius, in FWHM of each frame.
+    default_fwhm_arcsec
+        FWHM used when the Dataset does not give it.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean (source, frame); a mover is near itself.
+    """
+    from scipy.spatial import cKDTree
+
+    n_src, n_frm = ds.sizes["source"], ds.sizes["frame"]
+    near = np.zeros((n_src, n_frm), dtype=bool)
+    if len(movers) == 0 or n_src == 0 or n_frm == 0:
+        return near
+    with warnings.catch_warnings():  # sources without a position give NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ra = np.nanmedian(ds["ra"].to_numpy(), axis=1)
+        dec = np.nanmedian(ds["dec"].to_numpy(), axis=1)
+    has = np.isfinite(ra) & np.isfinite(dec)
+    if not has.any():
+        return near
+    centre = field_centre(ra[has], dec[has])
+    xi, eta = tangent_plane(ra[has], dec[has], *centre)
+    fwhm = np.full(n_frm, default_fwhm_arcsec)
+    scale = _pixel_scale_arcsec(ds, xi, eta, has)
+    if "fwhm_px" in ds.coords and np.isfinite(scale):
+        fwhm_px = ds["fwhm_px"].to_numpy().astype(float)
+        fwhm = np.where(np.isfinite(fwhm_px) & (fwhm_px > 0), fwhm_px * scale, fwhm)
+    t = ds["time_mjd"].to_numpy().astype(float)
+    dt_h = (t[None, :] - movers["epoch_mjd"].to_numpy(float)[:, None]) * 24.0
+    m_xi, m_eta = tangent_plane(
+        movers["ra"].to_numpy(float), movers["dec"].to_numpy(float), *centre
+    )
+    p_xi = m_xi[:, None] + movers["rate_ra_arcsec_h"].to_numpy(float)[:, None] * dt_h
+    p_eta = m_eta[:, None] + movers["rate_dec_arcsec_h"].to_numpy(float)[:, None] * dt_h
+    frame = np.broadcast_to(np.arange(n_frm), p_xi.shape).ravel()
+    radius = np.broadcast_to(radius_fwhm * fwhm, p_xi.shape).ravel()
+    points = np.column_stack([p_xi.ravel(), p_eta.ravel()])
+    fine = np.isfinite(points).all(axis=1)
+    hits = cKDTree(np.column_stack([xi, eta])).query_ball_point(points[fine], radius[fine])
+    rows = np.flatnonzero(has)
+    for f, found in zip(frame[fine], hits, strict=True):
+        near[rows[found], f] = True
+    return near
+
+
+def _pixel_scale_arcsec(ds: xr.Dataset, xi: NDArray, eta: NDArray, has: NDArray[np.bool_]) -> float:
+    """Arcsec per pixel from the sources' median pixel and sky positions (NaN without x, y)."""
+    if "x" not in ds or "y" not in ds or xi.size < 2:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        x = np.nanmedian(ds["x"].to_numpy(), axis=1)[has]
+        y = np.nanmedian(ds["y"].to_numpy(), axis=1)[has]
+    d_pix = np.hypot(np.diff(x), np.diff(y))
+    d_sky = np.hypot(np.diff(xi), np.diff(eta))
+    ok = np.isfinite(d_pix) & np.isfinite(d_sky) & (d_pix > 20.0)  # pairs far apart
+    return float(np.median(d_sky[ok] / d_pix[ok])) if ok.any() else float("nan")
+
+
 # --------------------------------------------------------------------------------------------
 # variability
 
@@ -624,6 +710,7 @@ def classify_sources(
     binned_ratio_threshold: float = 3.5,
     n_bins: int = 20,
     min_frames: int = 5,
+    mover_radius_fwhm: float = 3.0,
 ) -> pd.DataFrame:
     """The sources table (``sources.parquet``): positions, motion, scatter and class.
 
@@ -642,6 +729,9 @@ def classify_sources(
     min_frames
         Sources detected in fewer frames are classed from what there is but never moving
         unless linked as a track.
+    mover_radius_fwhm
+        Points of a fixed source with a moving source within this many FWHM (`near_movers`)
+        are left out of its variability statistics.
 
     Returns
     -------
@@ -661,6 +751,14 @@ def classify_sources(
         & (table["n_position_points"] >= min(min_frames, 3))
     ).to_numpy()
     fixed = ~moving
+    near = near_movers(ds, table[moving], radius_fwhm=mover_radius_fwhm)
+    near[np.isin(ds["source_id"].to_numpy(), table.loc[moving, "source_id"].to_numpy())] = False
+    if near.any():  # the variability without the points a mover passes by
+        blended = np.where(near, int(LightCurveFlag.BLENDED), 0).astype(ds["flags"].dtype)
+        var = variability_statistics(ds.assign(flags=ds["flags"] | blended), n_bins=n_bins)
+        var = var.set_index("source_id").loc[table["source_id"].to_numpy()]
+        for column in var.columns.drop("mag"):
+            table[column] = var[column].to_numpy()
     mag = table["mag"].to_numpy(float)
     ratio = (table["mad_scatter"] / table["noise_model"]).to_numpy(float)
     noise = table["noise_model"].to_numpy(float)
