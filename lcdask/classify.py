@@ -751,7 +751,8 @@ def classify_sources(
         & (table["n_position_points"] >= min(min_frames, 3))
     ).to_numpy()
     fixed = ~moving
-    near = near_movers(ds, table[moving], radius_fwhm=mover_radius_fwhm)
+    movers = table[moving].assign(ra=table["ra_fit"], dec=table["dec_fit"])  # at epoch_mjd
+    near = near_movers(ds, movers, radius_fwhm=mover_radius_fwhm)
     near[np.isin(ds["source_id"].to_numpy(), table.loc[moving, "source_id"].to_numpy())] = False
     if near.any():  # the variability without the points a mover passes by
         blended = np.where(near, int(LightCurveFlag.BLENDED), 0).astype(ds["flags"].dtype)
