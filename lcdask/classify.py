@@ -188,8 +188,8 @@ def motion_statistics(ds: xr.Dataset, *, clip: float = 4.0) -> pd.DataFrame:
     pandas.DataFrame
         Per source: ``source_id``, ``ra``, ``dec`` (median of all detections), ``n_frames``
         (detections), ``n_position_points`` (detections without a `BAD_FOR_POSITION` flag: the
-        ones every following statistic uses), ``epoch_mjd`` (their mean time), ``ra_fit``,
-        ``dec_fit`` (line at ``epoch_mjd``),
+        ones every following statistic uses), ``epoch_mjd`` (mean time of all the
+        detections), ``ra_fit``, ``dec_fit`` (line at ``epoch_mjd``),
         ``motion_mad_arcsec``, ``rate_ra_arcsec_h``, ``rate_dec_arcsec_h``, ``rate_err_arcsec_h``,
         ``rate_snr``, ``pa_deg``, ``motion_rms_arcsec``, ``displacement_arcsec`` (rate times the
         time span of the detections).
@@ -244,9 +244,10 @@ def motion_statistics(ds: xr.Dataset, *, clip: float = 4.0) -> pd.DataFrame:
         span = np.where(use.any(axis=1), span, np.nan)  # no usable point: no span
         pa = np.mod(np.rad2deg(np.arctan2(rate_ra, rate_dec)), 360.0)
         rate_snr = rate / rate_err  # inf for 2 points exactly on their line
-    ra_fit = ra_med + coef["xi"][0] / 3600.0 / cosd
-    dec_fit = dec_med + coef["eta"][0] / 3600.0
-    t_mean = np.where(np.isfinite(t_mean), t_mean, t_found)  # no clean point: all detections
+    # the line at the mean time of all the detections (the epoch does not move with the flags)
+    shift = np.where(np.isfinite(t_mean), t_found - t_mean, 0.0)
+    ra_fit = ra_med + (coef["xi"][0] + coef["xi"][1] * shift) / 3600.0 / cosd
+    dec_fit = dec_med + (coef["eta"][0] + coef["eta"][1] * shift) / 3600.0
     t0 = float(ds["time_mjd"].min())
     return pd.DataFrame(
         {
@@ -255,7 +256,7 @@ def motion_statistics(ds: xr.Dataset, *, clip: float = 4.0) -> pd.DataFrame:
             "dec": dec_med,
             "n_frames": n.astype(np.int64),
             "n_position_points": ok.sum(axis=1).astype(np.int64),
-            "epoch_mjd": t0 + t_mean / 24.0,
+            "epoch_mjd": t0 + t_found / 24.0,
             "ra_fit": ra_fit,
             "dec_fit": dec_fit,
             "motion_mad_arcsec": mad,
