@@ -41,6 +41,8 @@ import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "BAD_FOR_FLUX",
+    "BAD_FOR_POSITION",
     "LIGHTCURVE_VARIABLES",
     "EnsembleResult",
     "LightCurveFlag",
@@ -77,11 +79,24 @@ MAD_TO_STD = 1.4826
 
 
 class LightCurveFlag(IntFlag):
-    """Bits of the light curves' ``flags``: the detection's flags (bits 0-7) plus these."""
+    """Bits of the light curves' ``flags``: the detection's flags (bits 0-7) plus these.
+
+    The detection bits are those of `lcdask.detect.DetectionFlag` and
+    `lcdask.photometry.PhotFlag` (which share their values); the ones named here are the ones
+    the light-curve statistics act on (`BAD_FOR_FLUX`, `BAD_FOR_POSITION`).
+    """
 
     OK = 0
+    BLENDED = 1
+    """(Detection bit) deblended from a neighbour, or another source within 2 FWHM."""
+    EDGE = 2
+    """(Detection bit) the largest aperture leaves the image."""
     SATURATED = 4
     """(Detection bit) the star's peak reached saturation."""
+    MASKED = 8
+    """(Detection bit) bad pixels (masked, or replaced by cleaning) in the aperture."""
+    COSMIC = 16
+    """(Detection bit) a cosmic-ray pixel in the aperture, or the centroid failed (same bit)."""
     MISSING = 256
     """The source has no detection in this frame (values NaN unless forced)."""
     FORCED = 512
@@ -114,6 +129,23 @@ class LightCurvesConfig:
 
 
 BAD_FOR_COMPARISON = 2 | 4 | 8  # edge, saturated, masked (lcdask.detect.DetectionFlag)
+
+BAD_FOR_FLUX = (
+    LightCurveFlag.BLENDED
+    | LightCurveFlag.EDGE
+    | LightCurveFlag.SATURATED
+    | LightCurveFlag.MASKED
+    | LightCurveFlag.COSMIC
+)
+"""Points whose flux is not trusted by the variability statistics (`lcdask.classify`): a
+neighbour's light, a truncated aperture, a saturated or non-linear peak, bad or repaired pixels, a
+cosmic-ray residual. Their values stay in the light curve."""
+
+BAD_FOR_POSITION = (
+    LightCurveFlag.BLENDED | LightCurveFlag.EDGE | LightCurveFlag.MASKED | LightCurveFlag.COSMIC
+)
+"""Points whose position is not trusted by the motion statistics: the centroid of a blend, of a
+star cut by the frame edge or of bad pixels is pulled, and the pull changes as the field drifts."""
 
 
 def robust_std(values: ArrayLike, axis: int | None = None) -> NDArray[np.float64]:

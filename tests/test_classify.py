@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -161,3 +163,165 @@ def test_expected_trend_is_a_running_median():
     mag = np.linspace(10, 20, 200)
     value = 2 * mag
     np.testing.assert_allclose(expected_trend(mag, value, at=[15.0]), [30.0], rtol=0.02)
+
+
+# --------------------------------------------------------------------------------------------
+# the goals on an image-based run (issue 6): frames simulated, calibrated, measured, classified
+
+IMAGE_NIGHT = SimConfig(
+    n_frames=100,
+    size=640,
+    seed=5,
+    stars_per_deg2_r20=15000.0,  # ~2.5x the default density: ~250 stars on 640 px
+    n_slow_movers=2,
+    n_fast_movers=1,
+)
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    """A whole `lcdask.run.run` of a simulated 100-frame night; its sources matched to truth."""
+    from astropy.coordinates import SkyCoord
+
+    from lcdask.run import run
+    from lcdask.simulate import load_truth, simulate_night
+
+    root = tmp_path_factory.mktemp("classify_images")
+    simulate_night(root / "night", IMAGE_NIGHT, n_workers=1)
+    run(root / "night" / "raw", root / "run", catalog=root / "night" / "refcat.parquet")
+    truth = load_truth(root / "night")
+    sources = pd.read_parquet(root / "run" / "sources.parquet")
+    stars = truth.stars[truth.stars["kind"] != "moving"]
+    found = SkyCoord(sources["ra"].to_numpy(), sources["dec"].to_numpy(), unit="deg")
+    true = SkyCoord(stars["ra"].to_numpy(), stars["dec"].to_numpy(), unit="deg")
+    index, sep, _ = found.match_to_catalog_sky(true)
+    near = sep.arcsec < 1.0  # centroids of detected stars are good to ~0.1"
+    sources["star_id"] = np.where(near, stars["star_id"].to_numpy()[index], -1)
+    sources["true_kind"] = np.where(near, stars["kind"].to_numpy()[index], "none")
+    # a mover is where its truth line puts it at the source's epoch
+    for _, mover in truth.movers.iterrows():
+        dt_h = (sources["epoch_mjd"].to_numpy() - mover["t0_mjd"]) * 24.0
+        cosd = np.cos(np.deg2rad(mover["dec0"]))
+        ra = mover["ra0"] + mover["rate_ra_arcsec_h"] * dt_h / 3600.0 / cosd
+        dec = mover["dec0"] + mover["rate_dec_arcsec_h"] * dt_h / 3600.0
+        d = np.hypot((sources["ra"] - ra) * cosd, sources["dec"] - dec) * 3600.0
+        sources.loc[(d < 2.0).to_numpy(), ["star_id", "true_kind"]] = [mover["star_id"], "moving"]
+    return truth, sources, root / "run"
+
+
+def test_image_run_variables_found(image_run):
+    truth, sources, _ = image_run
+    stars = truth.stars.set_index("star_id")
+    variables = sources[sources["true_kind"] == "variable"]
+    amplitude = variables["star_id"].map(stars[["depth", "amplitude"]].max(axis=1))
+    big = variables[(amplitude >= 3 * variables["noise_model"]).to_numpy()]
+    assert len(big) >= 2  # of the target's transit, the eclipsing binary, the pulsator
+    assert (big["kind"] == "variable").mean() >= 0.95
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs lcdask.level2 to pass the pixels cleaning replaced to photometer_frame "
+    "(repaired_mask): 3 of the 270 stable stars cross interpolated bad columns (issue 6)",
+)
+def test_image_run_stable_stars_not_variable(image_run):
+    _, sources, _ = image_run
+    stable = sources[sources["true_kind"] == "stable"]
+    assert len(stable) >= 200  # so that 1% is 2 stars
+    false_positive = (stable["kind"] == "variable").mean()
+    assert false_positive <= 0.01, stable[stable["kind"] == "variable"]
+
+
+def test_image_run_movers_against_truth(image_run):
+    truth, sources, run_dir = image_run
+    frames = pd.read_parquet(run_dir / "frames.parquet")
+    span_h = (frames["time_mjd"].max() - frames["time_mjd"].min()) * 24.0
+    fwhm_arcsec = frames["fwhm_px"].median() * truth.config.pixel_scale_arcsec
+    movers = truth.movers.set_index("star_id")
+    rate = np.hypot(movers["rate_ra_arcsec_h"], movers["rate_dec_arcsec_h"])
+    assert (rate * span_h > fwhm_arcsec).all()  # each moves more than 1 FWHM
+    found = sources[sources["kind"] == "moving"].set_index("star_id")
+    assert set(movers.index) <= set(found.index)
+    found = found.loc[movers.index]
+    error = np.hypot(
+        found["rate_ra_arcsec_h"] - movers["rate_ra_arcsec_h"],
+        found["rate_dec_arcsec_h"] - movers["rate_dec_arcsec_h"],
+    )
+    # 2%, or 3 sigma of the fitted rate where centroid noise allows no better: the 18.7 mag
+    # slow mover crosses 1.1 FWHM in the night and its 1-sigma rate error is 1.4%
+    rate_err = np.hypot(found["rate_ra_arcsec_h"], found["rate_dec_arcsec_h"]) / found["rate_snr"]
+    assert (error < np.maximum(0.02 * rate, 3 * rate_err)).all(), error / rate
+    assert not ((sources["kind"] == "moving") & (sources["true_kind"] == "stable")).any()
+    assert not ((sources["kind"] == "moving") & (sources["true_kind"] == "none")).any()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs lcdask.level2 to pass repaired_mask to photometer_frame: a 15.7 mag star "
+    "crossing an interpolated bad column has 1.7x the noise (issue 6)",
+)
+def test_image_run_bright_stars_rms_within_the_noise_model(image_run):
+    import xarray as xr
+
+    from lcdask.lightcurves import BAD_FOR_FLUX, LightCurveFlag
+
+    _, sources, run_dir = image_run
+    ds = xr.open_zarr(run_dir / "lightcurves.zarr")
+    table = sources.set_index("source_id").loc[ds["source_id"].to_numpy()]
+    skip = int(BAD_FOR_FLUX) | int(LightCurveFlag.MISSING)
+    rel = np.where((ds["flags"].to_numpy() & skip) == 0, ds["rel_flux"].to_numpy(), np.nan)
+    with warnings.catch_warnings():  # saturated stars have no usable point
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rel = rel / np.nanmedian(rel, axis=1, keepdims=True)
+        # beyond 5 sigma: a cosmic ray on the star's core that cleaning missed (one of the 100
+        # points of a 15.4 mag star here), which a plain rms cannot absorb but the
+        # variability statistics (MAD, bins) do
+        noise = table["noise_model"].to_numpy()[:, None]
+        rms = np.nanstd(np.where(np.abs(rel - 1.0) <= 5.0 * noise, rel, np.nan), axis=1)
+    ratio = pd.Series(rms / table["noise_model"].to_numpy(), index=table.index)
+    # bright: noise model below 1% (S/N > 100)
+    bright = (table["true_kind"] == "stable") & (table["noise_model"] < 0.01) & ratio.notna()
+    assert bright.sum() >= 20
+    assert (ratio[bright] <= 1.3).all(), ratio[bright & (ratio > 1.3)]
+
+
+def _synthetic_cube(edge_flag: int):
+    """40 stars x 80 frames of white noise; star 0 drifts over the frame edge in the last 50
+    frames (flux -30%, centroid pulled up to 3" north), those points flagged ``edge_flag``."""
+    rng = np.random.default_rng(1)
+    n_star, n_frame = 40, 80
+    t = 60000 + np.arange(n_frame) * 70 / 86400
+    s, f = np.meshgrid(np.arange(n_star), np.arange(n_frame), indexing="ij")
+    flux0 = np.geomspace(1e6, 1e4, n_star)[:, None] * np.ones((1, n_frame))
+    err = np.sqrt(flux0 / 1.5 + 300.0**2)
+    flux = flux0 + rng.normal(0, 1, flux0.shape) * err
+    ra = 150 + 0.01 * s + rng.normal(0, 0.05, s.shape) / 3600
+    dec = 20 + 0.001 * s + rng.normal(0, 0.05, s.shape) / 3600
+    cut = (s == 0) & (f >= 30)
+    flux = np.where(cut, 0.7 * flux, flux)
+    dec = np.where(cut, dec + 3.0 * (f - 29) / 50 / 3600, dec)
+    det = pd.DataFrame(
+        {
+            "frame": f.ravel(),
+            "time_mjd": t[f.ravel()],
+            "flux": flux.ravel(),
+            "flux_err": err.ravel(),
+            "ra": ra.ravel(),
+            "dec": dec.ravel(),
+            "flags": np.where(cut, edge_flag, 0).ravel().astype(np.int32),
+        }
+    )
+    frames = pd.DataFrame({"frame": np.arange(n_frame), "time_mjd": t})
+    ds = build_lightcurves(det, s.ravel(), frames)
+    return apply_ensemble(ds, ensemble_photometry(ds))
+
+
+def test_edge_points_are_left_out_of_motion_and_variability():
+    from lcdask.lightcurves import LightCurveFlag
+
+    unflagged = classify_sources(_synthetic_cube(0)).set_index("source_id")
+    assert unflagged.loc[0, "kind"] == "moving"  # a growing pull looks like motion...
+    flagged = classify_sources(_synthetic_cube(int(LightCurveFlag.EDGE))).set_index("source_id")
+    assert flagged.loc[0, "kind"] == "stable"  # ...and a dip, unless the edge points are skipped
+    assert flagged.loc[0, "scatter_ratio"] < 1.6
+    assert (flagged["kind"] == "stable").all()

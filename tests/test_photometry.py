@@ -209,3 +209,64 @@ def test_cosmic_flag_and_detection(night):
     near = np.hypot(table["x"] - x[i], table["y"] - y[i]) < 1.0
     assert np.all(table.loc[near, "flags"].to_numpy() & PhotFlag.COSMIC)
     assert np.all(table.loc[near, "flags"].to_numpy() & PhotFlag.PSF_FAILED)  # no PSF given
+
+
+def test_repaired_pixels_in_the_flux_aperture_flag_masked():
+    # a star whose core crosses an interpolated (repaired) column: its flux is a guess there
+    fwhm = 3.0
+    yy, xx = np.mgrid[:64, :64]
+    sigma = fwhm / 2.3548
+    stars = [(20.0, 32.0), (44.0, 32.0)]
+    image = sum(
+        1000.0 * np.exp(-((xx - sx) ** 2 + (yy - sy) ** 2) / (2 * sigma**2)) for sx, sy in stars
+    )
+    repaired = np.zeros(image.shape, bool)
+    repaired[:, 21] = True  # 1 px from the first star, 23 px from the second
+    repaired[37, 49] = True  # 7 px (2.4 FWHM) from the second: beyond its 1.5 FWHM aperture
+    x, y = np.array([s[0] for s in stars]), np.array([s[1] for s in stars])
+    table, _ = photometer_frame(
+        image, fwhm_px=fwhm, gain=1.5, rms=1.0, x=x, y=y, repaired_mask=repaired
+    )
+    masked = (table["flags"].to_numpy() & PhotFlag.MASKED) != 0
+    assert masked.tolist() == [True, False]
+
+
+def _moffat_image(shape, stars, fwhm, beta=3.0):
+    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    image = np.zeros(shape)
+    for sx, sy, flux in stars:
+        r2 = (xx - sx) ** 2 + (yy - sy) ** 2
+        image += flux * (beta - 1) / (np.pi * alpha**2) * (1 + r2 / alpha**2) ** -beta
+    return image
+
+
+def test_wings_of_a_bright_neighbour_flag_blended():
+    # a 9th-mag star (1.5e7 ADU) and faint stars (5000 ADU, S/N ~ 10) 22 and 90 px from it:
+    # its wings fill the sky annulus (12-20 px) of the near one, not of the far one
+    fwhm, sky_std = 2.8, 20.0
+    stars = [(100.0, 100.0, 1.5e7), (122.0, 100.0, 5000.0), (100.0, 190.0, 5000.0)]
+    stars += [(180.0, 30.0, 5000.0), (190.0, 30.0, 5000.0)]  # an ordinary pair 3.6 FWHM apart
+    image = _moffat_image((220, 220), stars, fwhm)
+    image += np.random.default_rng(0).normal(0.0, sky_std, image.shape)
+    x, y = np.array([s[0] for s in stars]), np.array([s[1] for s in stars])
+    table, _ = photometer_frame(image, fwhm_px=fwhm, gain=1.5, rms=sky_std, x=x, y=y)
+    blended = (table["flags"].to_numpy() & PhotFlag.BLENDED) != 0
+    assert blended.tolist() == [False, True, False, False, False]
+
+
+def test_unresolved_pair_flags_blended():
+    # 16 isolated stars at S/N > 100 and one with a companion 1.65 FWHM away, 0.6 mag fainter
+    # (a simulated close pair), that the detection did not split: its 1.5 FWHM fraction is 0.71
+    # of the 3 FWHM one, a star's 0.92 +- 0.003
+    fwhm, sky_std = 2.8, 10.0
+    grid = [(30.0 + 40 * i, 30.0 + 40 * j, 50000.0) for i in range(4) for j in range(4)]
+    pair = (190.0, 190.0, 50000.0)
+    stars = [*grid, pair, (190.0 + 1.65 * fwhm, 190.0, 50000.0 * 10**-0.24)]
+    image = _moffat_image((220, 220), stars, fwhm)
+    image += np.random.default_rng(1).normal(0.0, sky_std, image.shape)
+    x = np.array([s[0] for s in stars[:-1]])
+    y = np.array([s[1] for s in stars[:-1]])
+    table, _ = photometer_frame(image, fwhm_px=fwhm, gain=1.5, rms=sky_std, x=x, y=y)
+    blended = (table["flags"].to_numpy() & PhotFlag.BLENDED) != 0
+    assert blended[-1] and not blended[:-1].any()
