@@ -172,7 +172,7 @@ def frame_forced_photometry(
         this repeats Level 2's photometry; the PSF read back from ``psf.fits`` is float32).
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
-    image, sky, mask, cosmic, gain = _prepared_frame(cube_path, index, config, fwhm_px)
+    image, sky, mask, cosmic, gain, repaired = _prepared_frame(cube_path, index, config, fwhm_px)
     frame = {
         "fwhm_px": fwhm_px,
         "gain": gain,
@@ -180,6 +180,7 @@ def frame_forced_photometry(
         "background": sky.background,
         "mask": mask,
         "cosmic_mask": cosmic,
+        "repaired_mask": repaired,
     }
     # the flux Level 2 keeps (lcdask.level2.frame_photometry)
     column = "flux_psf" if config.flux == "psf" and psf is not None else "flux_ap2"

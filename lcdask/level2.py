@@ -268,14 +268,20 @@ def frame_detections(
 
 
 def _prepared_frame(cube_path: str | Path, index: int, config: Level2Config, fwhm_px: float):
-    """A calibrated frame with cosmic rays cleaned and the sky subtracted, and its masks."""
+    """A calibrated frame with cosmic rays cleaned and the sky subtracted, and its masks.
+
+    Returns ``(image, sky, mask, cosmic, gain, repaired)``: ``mask`` the bad pixels left as they
+    are, ``repaired`` those the calibration's cleaning replaced by interpolation.
+    """
     root = zarr.open_group(str(cube_path), mode="r")
     image = root["calibrated"][index].astype(np.float32)
     mask = ~np.isfinite(image)
+    repaired = np.zeros(image.shape, bool)
     if "pixel_flags" in root:  # bad pixels that cleaning did not replace
         flags = root["pixel_flags"][index]
         bad = (flags & (PixelFlag.HOT | PixelFlag.DEAD | PixelFlag.BAD_COLUMN)) != 0
         mask |= bad & ((flags & PixelFlag.INTERPOLATED) == 0)
+        repaired = (flags & PixelFlag.INTERPOLATED) != 0  # values guessed by the cleaning
     gain = float(root["gain_e_adu"][index]) if "gain_e_adu" in root else np.nan
     read_noise = float(root["rdnoise_e"][index]) if "rdnoise_e" in root else np.nan
     gain = gain if np.isfinite(gain) and gain > 0 else 1.0
@@ -290,7 +296,7 @@ def _prepared_frame(cube_path: str | Path, index: int, config: Level2Config, fwh
             image, gain=gain, read_noise_e=read_noise, method=method, mask=mask
         )
     subtracted, sky = subtract_sky(image, mask=mask | cosmic)
-    return subtracted, sky, mask, cosmic, gain
+    return subtracted, sky, mask, cosmic, gain, repaired
 
 
 def reference_psf(
@@ -312,7 +318,7 @@ def reference_psf(
     -------
     lcdask.psf.PSFModel or None
     """
-    image, _, mask, cosmic, _ = _prepared_frame(cube_path, index, config, fwhm_px)
+    image, _, mask, cosmic, _, _ = _prepared_frame(cube_path, index, config, fwhm_px)
     try:
         psf, _ = build_epsf(image, mask=mask | cosmic, fwhm_px=fwhm_px, oversampling=3)
     except (LcdaskError, ValueError, RuntimeError) as exc:
@@ -354,7 +360,7 @@ def frame_photometry(
     """
     if config.flux == "detection" or detections is None or not len(detections):
         return detections
-    image, sky, mask, cosmic, gain = _prepared_frame(cube_path, index, config, fwhm_px)
+    image, sky, mask, cosmic, gain, repaired = _prepared_frame(cube_path, index, config, fwhm_px)
     table, _ = photometer_frame(
         image,
         fwhm_px=fwhm_px,
@@ -366,6 +372,7 @@ def frame_photometry(
         psf=psf,
         mask=mask,
         cosmic_mask=cosmic,
+        repaired_mask=repaired,
     )
     out = detections.rename(columns={"flux": "flux_det", "flux_err": "flux_det_err"})
     column = "flux_psf" if config.flux == "psf" and psf is not None else "flux_ap2"

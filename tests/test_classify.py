@@ -219,11 +219,6 @@ def test_image_run_variables_found(image_run):
     assert (big["kind"] == "variable").mean() >= 0.95
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs lcdask.level2 to pass the pixels cleaning replaced to photometer_frame "
-    "(repaired_mask): 3 of the 270 stable stars cross interpolated bad columns (issue 6)",
-)
 def test_image_run_stable_stars_not_variable(image_run):
     _, sources, _ = image_run
     stable = sources[sources["true_kind"] == "stable"]
@@ -255,11 +250,6 @@ def test_image_run_movers_against_truth(image_run):
     assert not ((sources["kind"] == "moving") & (sources["true_kind"] == "none")).any()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs lcdask.level2 to pass repaired_mask to photometer_frame: a 15.7 mag star "
-    "crossing an interpolated bad column has 1.7x the noise (issue 6)",
-)
 def test_image_run_bright_stars_rms_within_the_noise_model(image_run):
     import xarray as xr
 
