@@ -19,7 +19,11 @@ Ensemble differential photometry (`ensemble_photometry`)
 3. Every comparison star is compared with the ensemble without itself (leave-one-out). A star
    whose scatter exceeds ``reject_ratio`` times its expected noise (the median of its
    ``flux_err / flux``) *and* ``clip`` robust standard deviations above the ensemble's typical
-   ratio is dropped as variable, and steps 2-3 repeat (at most ``max_iter`` times).
+   ratio is dropped as variable, and steps 2-3 repeat (at most ``max_iter`` times). So is a star
+   with ``min_outliers`` or more points (and more than ``outlier_fraction`` of them) off the
+   ensemble's median by more than 5 times its noise: an eclipsing binary or a flare star, whose MAD
+   ignores an eclipse of a tenth of the night but whose eclipse would print on every other
+   star's relative flux (and on the target's) as a bump.
 4. ``rel_flux = flux / T`` normalised to the source's median (comparison stars against the
    leave-one-out ensemble), ``rel_flux_err`` from ``flux_err`` and the ensemble's error.
 
@@ -444,6 +448,8 @@ def ensemble_photometry(
     clip: float = 4.0,
     max_iter: int = 10,
     min_comparison: int = 2,
+    min_outliers: int = 3,
+    outlier_fraction: float = 0.02,
 ) -> EnsembleResult:
     """Ensemble differential photometry (module docstring): transparency and relative fluxes.
 
@@ -462,6 +468,10 @@ def ensemble_photometry(
         Largest number of rejection rounds.
     min_comparison
         Fewest comparison stars accepted.
+    min_outliers, outlier_fraction
+        A comparison star with at least ``min_outliers`` points, and more than
+        ``outlier_fraction`` of its points, off the ensemble by more than 5 times its noise is
+        dropped (Gaussian noise puts 6e-7 of the points there).
 
     Returns
     -------
@@ -515,10 +525,21 @@ def ensemble_photometry(
         typical = np.nanmedian(ratio)
         spread = max(float(robust_std(ratio)), 0.05 * typical)
         bad = (ratio > reject_ratio) & (ratio > typical + clip * spread) | ~np.isfinite(ratio)
+        # against the ensemble's median, which one eclipsing star does not move (it prints on
+        # the weighted mean, hence on every other star's leave-one-out residuals)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN frames
+            to_median = x / np.nanmedian(x, axis=0)
+            to_median /= np.nanmedian(to_median, axis=1, keepdims=True)
+            off = np.abs(to_median - 1.0) > 5.0 * np.fmax(scatter, expected)[:, None]
+        n_off, n_points = off.sum(axis=1), np.isfinite(to_median).sum(axis=1)
+        eclipsing = (n_off >= min_outliers) & (n_off > outlier_fraction * n_points)
+        bad |= eclipsing
         if not bad.any() or comp.size - bad.sum() < min_comparison:
             break
         # drop the worst offender first (its signal pollutes the others' residuals)
-        worst = int(np.nanargmax(np.where(np.isfinite(ratio), ratio, np.inf)))
+        score = np.where(np.isfinite(ratio), ratio, np.inf) + np.where(eclipsing, 1e6 * n_off, 0)
+        worst = int(np.nanargmax(np.where(bad, score, -np.inf)))
         rejected.append(int(comp[worst]))
         comp = np.delete(comp, worst)
     with np.errstate(all="ignore"):

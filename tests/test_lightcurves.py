@@ -184,3 +184,26 @@ def test_detrend_removes_an_airmass_trend(night, ensemble):
     assert float(alone["detrend_coef"].sel(regressor="airmass")[i]) == pytest.approx(0.5, rel=0.2)
     with pytest.raises(ValueError, match="regressors"):
         detrend(cube, regressors=("humidity",))
+
+
+def test_an_eclipsing_comparison_star_is_dropped(night, ensemble):
+    """A comparison star eclipsed in 15 of 150 frames: its MAD hardly moves, the rule drops it."""
+    truth, _, _, _, ds, star_id = night
+    result, _ = ensemble
+    target = truth.stars.loc[truth.stars["is_target"], "star_id"].to_numpy()
+    exclude = ds["source_id"].to_numpy()[np.isin(star_id, target)]
+    eclipsed = int(result.comparison_ids[0])
+    row = int(np.flatnonzero(ds["source_id"].to_numpy() == eclipsed)[0])
+    flux = ds["flux"].to_numpy().copy()
+    flux[row, 60:75] *= 0.8  # a 20% eclipse, a tenth of the night
+    changed = ds.assign(flux=(ds["flux"].dims, flux))
+    zp = truth.frames["zero_point"].to_numpy()
+    expected = 10 ** (0.4 * (zp - np.median(zp)))
+
+    dropped = ensemble_photometry(changed, exclude_ids=exclude)
+    assert eclipsed in dropped.rejected_ids and eclipsed not in dropped.comparison_ids
+    assert np.std(dropped.transparency / expected) < 1e-3
+    # without the rule the star stays and its eclipse prints on the transparency
+    kept = ensemble_photometry(changed, exclude_ids=exclude, min_outliers=10**6)
+    assert eclipsed in kept.comparison_ids
+    assert np.std(kept.transparency / expected) > 2e-3
