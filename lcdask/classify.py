@@ -243,7 +243,10 @@ def motion_statistics(ds: xr.Dataset, *, clip: float = 4.0) -> pd.DataFrame:
         span = np.where(use, tt, -np.inf).max(axis=1) - np.where(use, tt, np.inf).min(axis=1)
         span = np.where(use.any(axis=1), span, np.nan)  # no usable point: no span
         pa = np.mod(np.rad2deg(np.arctan2(rate_ra, rate_dec)), 360.0)
-        rate_snr = rate / rate_err  # inf for 2 points exactly on their line
+        # two points lie exactly on their line: no error, no significance (their rms is
+        # rounding noise, which made rate_snr 1e16 one run and 2e16 the next)
+        rate_err = np.where(nw >= 3, rate_err, np.nan)
+        rate_snr = rate / rate_err
     # the line at the mean time of all the detections (the epoch does not move with the flags)
     shift = np.where(np.isfinite(t_mean), t_found - t_mean, 0.0)
     ra_fit = ra_med + (coef["xi"][0] + coef["xi"][1] * shift) / 3600.0 / cosd
