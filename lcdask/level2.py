@@ -123,7 +123,7 @@ class Level2Config:
     flux : {"aperture", "psf", "detection"}
         The flux the light curves and zero points use: the aperture-corrected 1.5 FWHM
         aperture of the Level 3 photometry (cosmic rays cleaned, sky subtracted), its PSF flux
-        with the ePSF of the reference frame, or the detection's own 2.5 FWHM aperture
+        with the ePSF of the co-add, or the detection's own 2.5 FWHM aperture
         (fastest; 2-3% of the flux outside it).
     coadd_frames : int
         Solved frames co-added into ``coadd.fits`` (spread evenly over the night, so that
