@@ -4,8 +4,8 @@ Moving sources (`motion_statistics`, `classify_sources`)
 -------------------------------------------------------
 For each source, its positions are projected on the tangent plane at its median position.
 Only the detections without a `~lcdask.lightcurves.BAD_FOR_POSITION` flag are used from here on
-(``n_position_points`` of them): near the frame edge, on bad pixels, in a blend or under a cosmic
-ray the centroid is pulled, and as the field drifts across the detector the pull changes, which
+(``n_position_points`` of them): near the frame edge, in a blend or under a cosmic ray the
+centroid is pulled, and as the field drifts across the detector the pull changes, which
 looks like motion (on a simulated 200-frame night, two stars and one spurious source that touch
 the edge were classed moving before).
 ``motion_mad_arcsec = 1.4826 * hypot(MAD(xi), MAD(eta))`` is compared with the same statistic
@@ -179,7 +179,7 @@ def motion_statistics(ds: xr.Dataset, *, clip: float = 4.0) -> pd.DataFrame:
     ds
         The light-curve Dataset (``ra``, ``dec``, ``time_mjd``, ``flags``); forced entries are
         ignored, and so are flagged ones (`lcdask.lightcurves.BAD_FOR_POSITION`: blends, the
-        frame edge, bad pixels, cosmic rays) except for the median position.
+        frame edge, cosmic rays) except for the median position.
     clip
         Residuals beyond ``clip`` times their rms are dropped once before the final fit.
 

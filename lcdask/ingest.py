@@ -12,6 +12,7 @@ is built under a temporary name and renamed when whole.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -229,7 +230,8 @@ def _map(client, func, *iterables, **kwargs) -> list:
     """Map over a Dask client (one task per item, retried on a lost worker) or serially."""
     if client is None:
         return [func(*args, **kwargs) for args in zip(*iterables, strict=True)]
-    futures = client.map(func, *iterables, pure=False, retries=2, **kwargs)
+    # keywords bound in a partial (see lcdask.level2._map)
+    futures = client.map(functools.partial(func, **kwargs), *iterables, pure=False, retries=2)
     progress.show(futures, f"ingest: {func.__name__.strip('_').replace('_', ' ')}")
     return client.gather(futures)
 

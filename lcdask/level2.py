@@ -24,6 +24,7 @@ Failed frames are flagged with their reason, never fatal.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -544,7 +545,9 @@ def _solution_row(solution: AstrometrySolution) -> dict[str, Any]:
 def _map(client, func, *iterables, **kwargs) -> list:
     if client is None:
         return [func(*args, **kwargs) for args in zip(*iterables, strict=True)]
-    return client.map(func, *iterables, pure=False, **kwargs)
+    # keywords bound in a partial: distributed would make a task of a list keyword under the
+    # keyword's own name, which the next run on the same client collides with
+    return client.map(functools.partial(func, **kwargs), *iterables, pure=False)
 
 
 def _submit(client, func, *args):
@@ -892,10 +895,8 @@ def _coadd_run(cube, cube_path, lights, rows, stats, *, client, config) -> Coadd
     skies = [float(stats[i].get("sky", 0.0)) for i in chosen]
     scales = _transparency_scales(cube, chosen, rows)
     tiles = tile_slices(out_shape, tile_size_for(len(chosen), 256e6))
-    futures = _map(
-        client,
+    task = functools.partial(
         _coadd_tile_task,
-        tiles,
         cube_path=cube_path,
         frames=[int(i) for i in chosen],
         headers=headers,
@@ -905,6 +906,7 @@ def _coadd_run(cube, cube_path, lights, rows, stats, *, client, config) -> Coadd
         scales=scales,
         method=config.coadd_method,
     )
+    futures = _map(client, task, tiles)
     image = np.full(out_shape, np.nan, np.float32)
     n_used = np.zeros(out_shape, np.int16)
     for tile, (data, used) in zip(tiles, _gather(client, futures, "level2: co-add"), strict=True):

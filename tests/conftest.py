@@ -68,10 +68,23 @@ def dask_local_client():
 
 
 @pytest.fixture(scope="session")
-def lowell_run(lowell_dir, tmp_path_factory) -> Path:
+def session_client():
+    """A LocalCluster of two worker processes shared by the long end-to-end runs of the suite."""
+    from lcdask.cluster import dask_client
+
+    with dask_client(n_workers=2, dashboard=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def lowell_run(lowell_dir, tmp_path_factory, session_client) -> Path:
     """A whole `lcdask.run.run` of the Lowell night, with no reference catalog."""
     from lcdask.run import run
 
     out = tmp_path_factory.mktemp("lowell") / "run"
-    run([lowell_dir / "bias", lowell_dir / "flat", lowell_dir / "science"], out)
+    run(
+        [lowell_dir / "bias", lowell_dir / "flat", lowell_dir / "science"],
+        out,
+        client=session_client,
+    )
     return out

@@ -179,7 +179,7 @@ IMAGE_NIGHT = SimConfig(
 
 
 @pytest.fixture(scope="module")
-def image_run(tmp_path_factory):
+def image_run(tmp_path_factory, session_client):
     """A whole `lcdask.run.run` of a simulated 100-frame night; its sources matched to truth."""
     from astropy.coordinates import SkyCoord
 
@@ -187,8 +187,13 @@ def image_run(tmp_path_factory):
     from lcdask.simulate import load_truth, simulate_night
 
     root = tmp_path_factory.mktemp("classify_images")
-    simulate_night(root / "night", IMAGE_NIGHT, n_workers=1)
-    run(root / "night" / "raw", root / "run", catalog=root / "night" / "refcat.parquet")
+    simulate_night(root / "night", IMAGE_NIGHT, n_workers=2)
+    run(
+        root / "night" / "raw",
+        root / "run",
+        catalog=root / "night" / "refcat.parquet",
+        client=session_client,
+    )
     truth = load_truth(root / "night")
     sources = pd.read_parquet(root / "run" / "sources.parquet")
     stars = truth.stars[truth.stars["kind"] != "moving"]

@@ -76,7 +76,7 @@ def _jump_night(out: Path, size: int, seed: int) -> Path:
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sim_night, "frame_conditions", _with_jump(sim_night.frame_conditions))
-        simulate_night(out, cfg, n_workers=1)
+        simulate_night(out, cfg, n_workers=2)
     drift = load_truth(out).frames[["drift_x_px", "drift_y_px"]].to_numpy()
     step = np.hypot(*np.diff(drift, axis=0).T)
     assert step[JUMP_AT - 1] > JUMP_PX and np.delete(step, JUMP_AT - 1).max() < 40
@@ -171,7 +171,7 @@ def _strip_wcs(path: Path, focallen_mm: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def ordinary_run(tmp_path_factory) -> tuple[Path, Path]:
+def ordinary_run(tmp_path_factory, session_client) -> tuple[Path, Path]:
     """The jump night with no calibration frames, no WCS, no catalog, run end to end."""
     base = tmp_path_factory.mktemp("ordinary")
     night = _jump_night(base / "night", 640, seed=5)
@@ -183,7 +183,12 @@ def ordinary_run(tmp_path_factory) -> tuple[Path, Path]:
         shutil.copy(path, folder / path.name)
         _strip_wcs(folder / path.name, focallen)
     # offline: no catalog file and no network, as on a laptop at the telescope
-    run(folder, base / "run", config=load_config(catalog={"offline": True}))
+    run(
+        folder,
+        base / "run",
+        config=load_config(catalog={"offline": True}),
+        client=session_client,
+    )
     return night, base / "run"
 
 
@@ -231,4 +236,7 @@ def test_ordinary_night_light_curves_against_truth(ordinary_run):
     # measured 91%: the rest scatter 5-10% as they cross 400 px of the un-flat-fielded field
     assert (matched["kind"] == "stable").mean() > 0.85
     # measured median 1.0 (scatter / the noise the run expects from photon and read noise)
-    assert np.median(matched["scatter_ratio"]) < 1.3, matched["scatter_ratio"].describe()
+    # NaN: stars whose every point is flagged (hot pixels nobody mapped: there is no dark)
+    ratio = matched["scatter_ratio"]
+    assert ratio.notna().sum() >= 0.5 * len(ratio), ratio.describe()
+    assert np.nanmedian(ratio) < 1.3, ratio.describe()

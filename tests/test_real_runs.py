@@ -42,12 +42,12 @@ def test_lowell_run_record_explains_the_missing_catalog(lowell_run):
 
 
 @pytest.fixture(scope="module")
-def c14_run(c14_frames, tmp_path_factory):
+def c14_run(c14_frames, tmp_path_factory, session_client):
     """A whole run of the C14 night: one folder with lights, darks and bias, no flat, no WCS."""
     from lcdask.run import run
 
     out = tmp_path_factory.mktemp("c14") / "run"
-    run(c14_frames, out)
+    run(c14_frames, out, client=session_client)
     return out
 
 
