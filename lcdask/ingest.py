@@ -205,6 +205,21 @@ def _fill_frame(
     return index, int(flags), reason, digest
 
 
+def _fill(client, store: Path, frames: pd.DataFrame) -> list[tuple[int, int, str, str]]:
+    """`_fill_frame` for every row of ``frames`` (its index is the position in the cube)."""
+    return _map(
+        client,
+        _fill_frame,
+        [str(store)] * len(frames),
+        frames.index.tolist(),
+        frames["path"].tolist(),
+        frames["hdu_index"].tolist(),
+        frames["trimsec"].tolist(),
+        frames["biassec"].tolist(),
+        frames["saturate_adu"].astype(float).tolist(),
+    )
+
+
 def _duplicates(frames: pd.DataFrame, digests: dict[int, str]) -> dict[int, str]:
     """Frames repeating an earlier one (same type, time and pixels): ``{index: reason}``."""
     first: dict[tuple, int] = {}
@@ -301,17 +316,7 @@ def ingest(
     }
     with atomic_path(final) as tmp:
         cube_io.create_cube(tmp, frames, shape, dtype=dtype, attrs=attrs)
-        results = _map(
-            client,
-            _fill_frame,
-            [str(tmp)] * len(frames),
-            frames.index.tolist(),
-            frames["path"].tolist(),
-            frames["hdu_index"].tolist(),
-            frames["trimsec"].tolist(),
-            frames["biassec"].tolist(),
-            frames["saturate_adu"].astype(float).tolist(),
-        )
+        results = _fill(client, tmp, frames)
         digests = {index: digest for index, _, _, digest in results}
         duplicates = _duplicates(frames, digests)
         flagged = []
@@ -407,17 +412,7 @@ def append(
     start = time.perf_counter()
     index = cube_io.append_frames(final, frames)
     frames.index = list(index)
-    results = _map(
-        client,
-        _fill_frame,
-        [str(final)] * len(frames),
-        frames.index.tolist(),
-        frames["path"].tolist(),
-        frames["hdu_index"].tolist(),
-        frames["trimsec"].tolist(),
-        frames["biassec"].tolist(),
-        frames["saturate_adu"].astype(float).tolist(),
-    )
+    results = _fill(client, final, frames)
     flagged = []
     for i, flags, reason, _ in results:
         if flags:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+from astropy.wcs import WCS
 
 from lcdask.simulate.conditions import frame_conditions, night_geometry
 from lcdask.simulate.config import SimConfig
@@ -60,6 +61,7 @@ __all__ = [
     "make_benchmark_detections",
     "make_detections",
     "simulate_truth",
+    "truth_wcs",
 ]
 
 DETECTIONS_COLUMNS = (
@@ -553,3 +555,25 @@ def make_benchmark_detections(
             "star_id": np.concatenate(id_parts)[order],
         }
     )
+
+
+def truth_wcs(frame) -> WCS:
+    """The simulator's true TAN WCS of a frame, from its row of ``truth/frames.parquet``.
+
+    Parameters
+    ----------
+    frame : pandas.Series or namedtuple
+        With ``crval1``, ``crval2``, ``crpix1``, ``crpix2`` (FITS, 1-based) and ``cd1_1`` ...
+        ``cd2_2`` (degrees per pixel).
+
+    Returns
+    -------
+    astropy.wcs.WCS
+    """
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [frame.crval1, frame.crval2]
+    wcs.wcs.crpix = [frame.crpix1, frame.crpix2]
+    wcs.wcs.cd = [[frame.cd1_1, frame.cd1_2], [frame.cd2_1, frame.cd2_2]]
+    wcs.wcs.set()
+    return wcs

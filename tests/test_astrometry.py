@@ -30,6 +30,7 @@ from lcdask.detect import detect_frame
 
 pytest.importorskip("lcdask.simulate")
 from lcdask.simulate import SimConfig, simulate_night, truth_light_image
+from lcdask.testing import truth_wcs
 
 HAVE_SOLVE_FIELD = shutil.which("solve-field") and shutil.which("build-astrometry-index")
 SIZE = 512
@@ -46,14 +47,6 @@ def _tan(crval, crpix, cd) -> WCS:
     wcs.wcs.cd = np.asarray(cd)
     wcs.wcs.set()
     return wcs
-
-
-def _truth_wcs(row: pd.Series) -> WCS:
-    return _tan(
-        (row.crval1, row.crval2),
-        (row.crpix1, row.crpix2),
-        [[row.cd1_1, row.cd1_2], [row.cd2_1, row.cd2_2]],
-    )
 
 
 def _perturbed_guess(
@@ -102,7 +95,7 @@ def sim_night(request, tmp_path_factory):
         image = rng.poisson(image * cfg.gain_e_adu) / cfg.gain_e_adu
         image += rng.normal(0, cfg.read_noise_e / cfg.gain_e_adu, image.shape)
         detections, _ = detect_frame(image, saturation=cfg.saturate_adu)
-        frames.append((detections, _truth_wcs(row), image.shape))
+        frames.append((detections, truth_wcs(row), image.shape))
     refcat = night.refcat.rename(columns={"r": "mag"})
     return {"frames": frames, "refcat": refcat, "seed": seed, "flip": flip}
 

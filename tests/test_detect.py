@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from astropy.wcs import WCS
 from numpy.testing import assert_allclose
 from scipy.spatial import cKDTree
 
@@ -13,6 +12,7 @@ from lcdask.detect import DETECTION_SCHEMA, DetectionFlag, detect_frame, empty_d
 
 pytest.importorskip("lcdask.simulate")
 from lcdask.simulate import SimConfig, catalog_flux_adu, simulate_night, truth_light_image
+from lcdask.testing import truth_wcs
 
 CFG = SimConfig(
     n_frames=1,
@@ -25,16 +25,6 @@ CFG = SimConfig(
     n_bias=1,
     n_close_pairs=0,
 )
-
-
-def _truth_wcs(row: pd.Series) -> WCS:
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [row.crval1, row.crval2]
-    wcs.wcs.crpix = [row.crpix1, row.crpix2]
-    wcs.wcs.cd = [[row.cd1_1, row.cd1_2], [row.cd2_1, row.cd2_2]]
-    wcs.wcs.set()
-    return wcs
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +40,7 @@ def sim_frame(tmp_path_factory):
     image += rng.normal(0.0, CFG.read_noise_e / gain, image.shape)
     stars = night.truth.stars
     stars = stars[stars["kind"] == "stable"].copy()
-    x, y = _truth_wcs(frame).world_to_pixel_values(stars["ra"], stars["dec"])
+    x, y = truth_wcs(frame).world_to_pixel_values(stars["ra"], stars["dec"])
     stars["x"], stars["y"] = x, y
     stars["flux"] = catalog_flux_adu(stars["mag"], frame.zero_point, frame.slope, frame.exptime_s)
     return image, stars, frame

@@ -30,6 +30,7 @@ from lcdask.pipeline import calibrate_cube
 from lcdask.run import run
 from lcdask.simulate import SimConfig, load_truth, simulate_night
 from lcdask.simulate.tan import pixel_to_world
+from lcdask.testing import truth_wcs
 
 JUMP_PX = 150.0
 JUMP_AT = 9  # the first frame after the jump
@@ -84,16 +85,6 @@ def _jump_night(out: Path, size: int, seed: int) -> Path:
     return out
 
 
-def _truth_wcs(row) -> WCS:
-    header = fits.Header()
-    header["CTYPE1"], header["CTYPE2"] = "RA---TAN", "DEC--TAN"
-    header["CRVAL1"], header["CRVAL2"] = row.crval1, row.crval2
-    header["CRPIX1"], header["CRPIX2"] = row.crpix1, row.crpix2
-    for key in ("cd1_1", "cd1_2", "cd2_1", "cd2_2"):
-        header[key.upper()] = getattr(row, key)
-    return WCS(header)
-
-
 def _relative_errors(frames: pd.DataFrame, truth: pd.DataFrame, shape) -> np.ndarray:
     """RMS over a grid of each frame's pixel-to-pixel map onto the first frame, solved vs true.
 
@@ -103,7 +94,7 @@ def _relative_errors(frames: pd.DataFrame, truth: pd.DataFrame, shape) -> np.nda
     against the same through the true WCSs.
     """
     solved = [WCS(fits.Header.fromstring(text)) for text in frames["wcs_solved"]]
-    true = [_truth_wcs(row) for row in truth.itertuples()]
+    true = [truth_wcs(row) for row in truth.itertuples()]
     gx, gy = (
         g.ravel()
         for g in np.meshgrid(np.linspace(0, shape[1] - 1, 16), np.linspace(0, shape[0] - 1, 16))
@@ -135,7 +126,7 @@ def test_drift_and_jump_aligned_against_truth(tmp_path):
     assert frames["astrometry_message"].str.contains("whole field").sum() >= 5
     shape = (cube.sizes["y"], cube.sizes["x"])
     errors = [
-        wcs_grid_error_px(WCS(fits.Header.fromstring(row.wcs_solved)), _truth_wcs(true), shape)
+        wcs_grid_error_px(WCS(fits.Header.fromstring(row.wcs_solved)), truth_wcs(true), shape)
         for row, true in zip(frames.itertuples(), truth.itertuples(), strict=True)
     ]
     # ~60-100 catalog stars per frame: measured 0.014-0.026 px
@@ -208,7 +199,7 @@ def test_ordinary_night_runs_and_says_what_it_skipped(ordinary_run):
 
 def _to_run_frame(ra, dec, frames: pd.DataFrame, truth: pd.DataFrame):
     """True sky positions in the run's own sky frame (frame 0's nominal WCS)."""
-    x, y = _truth_wcs(truth.iloc[0]).world_to_pixel_values(ra, dec)
+    x, y = truth_wcs(truth.iloc[0]).world_to_pixel_values(ra, dec)
     return WCS(fits.Header.fromstring(frames["wcs_solved"].iloc[0])).pixel_to_world_values(x, y)
 
 

@@ -14,17 +14,7 @@ from lcdask.io.cube import open_cube
 from lcdask.level2 import Level2Config, run_level2
 from lcdask.pipeline import calibrate_cube
 from lcdask.simulate import SimConfig, load_truth, simulate_night
-
-
-def _truth_wcs(row) -> WCS:
-    """The simulator's true WCS of a frame, from the columns of truth/frames.parquet."""
-    header = fits.Header()
-    header["CTYPE1"], header["CTYPE2"] = "RA---TAN", "DEC--TAN"
-    header["CRVAL1"], header["CRVAL2"] = row.crval1, row.crval2
-    header["CRPIX1"], header["CRPIX2"] = row.crpix1, row.crpix2
-    for key in ("cd1_1", "cd1_2", "cd2_1", "cd2_2"):
-        header[key.upper()] = getattr(row, key)
-    return WCS(header)
+from lcdask.testing import truth_wcs
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +39,7 @@ def test_every_frame_solved_to_a_tenth_of_a_pixel(solved_night):
     for row in frames.itertuples():
         position = int(np.flatnonzero(light_order == row.frame)[0])
         solved = WCS(fits.Header.fromstring(row.wcs_solved))
-        true = _truth_wcs(truth.iloc[position])
+        true = truth_wcs(truth.iloc[position])
         # the issue's goal: 0.1 px RMS against the truth over the field
         assert wcs_grid_error_px(solved, true, (512, 512)) < 0.1
 
