@@ -44,6 +44,7 @@ __all__ = [
     "frame_statistics",
     "master_dark",
     "master_flat",
+    "nanmedian_first_axis",
     "pixel_flags",
     "reject_frames",
     "variance",
@@ -341,13 +342,32 @@ def reject_frames(
 # ---------------------------------------------------------------------------------------------
 # Combination along frame
 # ---------------------------------------------------------------------------------------------
-def _median_first_axis(stack: np.ndarray, finite: np.ndarray, has_nan: bool) -> np.ndarray:
+def nanmedian_first_axis(
+    stack: np.ndarray, finite: np.ndarray | None = None, has_nan: bool | None = None
+) -> np.ndarray:
     """Median along the first (short) axis, NaN ignored: by one sort.
 
     ``np.median`` over a short first axis partitions pixel by pixel (2-3x slower than sorting
-    the whole stack along that axis, which numpy vectorises); NaN sort last, so the median of
-    the ``n`` finite values of a pixel sits at ``(n - 1) // 2`` and ``n // 2``.
+    the whole stack along that axis, which numpy vectorises), and ``np.nanmedian`` goes through
+    masked arrays (10x slower); NaN sort last, so the median of the ``n`` finite values of a
+    pixel sits at ``(n - 1) // 2`` and ``n // 2``.
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        ``(n, ...)`` values, NaN where missing.
+    finite, has_nan : optional
+        ``np.isfinite(stack)`` and whether any is False, when the caller has them.
+
+    Returns
+    -------
+    numpy.ndarray
+        The median of each pixel's finite values; NaN where it has none.
     """
+    if finite is None:
+        finite = np.isfinite(stack)
+    if has_nan is None:
+        has_nan = not bool(finite.all())
     ordered = np.sort(stack, axis=0)
     if not has_nan:
         n = stack.shape[0]
@@ -383,11 +403,11 @@ def combine_kernel(
     stack = np.ascontiguousarray(np.moveaxis(np.asarray(stack), -1, 0), dtype=np.float32)
     finite = np.isfinite(stack)
     has_nan = not finite.all()
-    median = _median_first_axis(stack, finite, has_nan)
+    median = nanmedian_first_axis(stack, finite, has_nan)
     if method == "median":
         return median.astype(np.float32)
     deviation = np.abs(stack - median)
-    mad = _median_first_axis(deviation, finite, has_nan)
+    mad = nanmedian_first_axis(deviation, finite, has_nan)
     sigma = np.float32(1.4826) * mad
     keep = deviation <= np.float32(clip_sigma) * sigma  # False for NaN
     del deviation
