@@ -9,8 +9,8 @@ exactly the photometry of the detections:
   the cube, prepares it as Level 2 does (`lcdask.level2._prepared_frame`: cosmic rays cleaned,
   sky subtracted) and measures the flux Level 2 keeps (``[level2] flux``: the 1.5 FWHM aperture
   with its aperture correction, or the PSF flux) with the frame's own aperture correction and
-  PSF scale, found again from its detections exactly as Level 2 found them (the re-measured
-  detections are compared with the stored ones: ``max_pull_redone``);
+  PSF scale from the frames table, at the forced positions and the detections together (the
+  detections' fluxes measured again are compared with the stored ones: ``max_pull_redone``);
 * the fluxes are calibrated with the frame's zero point and slope (`frame_calibration`), with the
   calibration error the detections carry, so ``mag``, ``mag_err`` and ``flux_jy`` are on the same
   scale as the detections' (instrumental magnitudes + 25 when the run has no reference catalog).
@@ -61,6 +61,7 @@ __all__ = [
 log = logging.getLogger("lcdask")
 
 _DEFAULT_LEVEL2 = Level2Config()
+_CORRECTIONS = ("fwhm_px", "aperture_correction", "psf_scale")
 
 FORCED_COLUMNS = {
     "source_id": "int64",
@@ -132,19 +133,19 @@ def frame_forced_photometry(
     x: np.ndarray,
     y: np.ndarray,
     detections: pd.DataFrame,
-    fwhm_px: float,
+    frame: dict[str, float],
     psf: PSFModel | None,
     config: Level2Config,
 ) -> tuple[pd.DataFrame, float]:
     """Photometry of one frame at forced positions, exactly as of its detections (one task).
 
-    The frame is prepared once (`lcdask.level2._prepared_frame`: cosmic rays, sky). The
-    detections are measured first as Level 2 measures them (`lcdask.level2.frame_photometry`'s
-    call of `lcdask.photometry.photometer_frame`), which fixes the frame's aperture corrections
-    and PSF scale; the forced positions are then measured together with the detections (for
-    the blend flags and the joint PSF fits) with those corrections and that PSF, not new ones,
-    which the forced positions themselves would perturb (a forced position on a bright star's
-    wing changes which stars count as isolated).
+    The frame is prepared once (`lcdask.level2._prepared_frame`: cosmic rays, sky) and the
+    forced positions are measured together with the detections (for the blend flags and the
+    joint PSF fits) with the frame's own aperture correction and PSF scale from Level 2
+    (`lcdask.level2.frame_photometry`), not new ones, which the forced positions themselves
+    would perturb (a forced position on a bright star's wing changes which stars count as
+    isolated). A frames table without them (a run of an earlier version) has them found again
+    from the detections as Level 2 found them.
 
     Parameters
     ----------
@@ -155,9 +156,9 @@ def frame_forced_photometry(
     x, y : numpy.ndarray
         Forced positions (0-based pixels).
     detections : pandas.DataFrame
-        The frame's detections: ``x``, ``y``, ``flux``, ``flux_err``.
-    fwhm_px : float
-        The frame's FWHM.
+        The frame's detections: ``x``, ``y``, ``flux``.
+    frame : dict
+        The frame's ``fwhm_px``, ``aperture_correction`` and ``psf_scale`` (frames table).
     psf : lcdask.psf.PSFModel or None
         The run's ePSF.
     config : Level2Config
@@ -168,12 +169,13 @@ def frame_forced_photometry(
     table : pandas.DataFrame
         ``x``, ``y``, ``flux``, ``flux_err``, ``flags`` (photometry bits) per forced position.
     max_pull_redone : float
-        Largest ``|flux - stored flux| / flux_err`` of the re-measured detections (about 0 when
-        this repeats Level 2's photometry; the PSF read back from ``psf.fits`` is float32).
+        Largest ``|flux - stored flux| / flux_err`` of the detections measured again (about 0
+        when this repeats Level 2's photometry; the PSF read back from ``psf.fits`` is float32).
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
+    fwhm_px = float(frame["fwhm_px"])
     image, sky, mask, cosmic, gain, repaired = _prepared_frame(cube_path, index, config, fwhm_px)
-    frame = {
+    options = {
         "fwhm_px": fwhm_px,
         "gain": gain,
         "rms": sky.rms,
@@ -185,14 +187,15 @@ def frame_forced_photometry(
     # the flux Level 2 keeps (lcdask.level2.frame_photometry)
     column = "flux_psf" if config.flux == "psf" and psf is not None else "flux_ap2"
     det_x, det_y = detections["x"].to_numpy(float), detections["y"].to_numpy(float)
-    redone, info = photometer_frame(image, x=det_x, y=det_y, psf=psf, **frame)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        pull = np.abs(redone[column].to_numpy() - detections["flux"].to_numpy(float))
-        pull = pull / redone[f"{column}_err"].to_numpy()
-    max_pull = float(np.nanmax(pull)) if np.isfinite(pull).any() else 0.0
+    factor = float(frame.get("aperture_correction", np.nan))
+    scale = float(frame.get("psf_scale", np.nan))
+    if not np.isfinite(factor):  # not stored: measured again as Level 2 did
+        _, info = photometer_frame(image, x=det_x, y=det_y, psf=psf, **options)
+        factor = info["aperture_correction"].get(column, 1.0)  # 1 for the PSF flux
+        scale = info["psf_scale"]
     model = None
-    if psf is not None and np.isfinite(info["psf_scale"]):
-        model = replace(psf, scale=info["psf_scale"])
+    if psf is not None and np.isfinite(scale):
+        model = replace(psf, scale=scale)
     table, _ = photometer_frame(
         image,
         x=np.concatenate([det_x, x]),
@@ -201,17 +204,21 @@ def frame_forced_photometry(
         scale_psf=False,
         refine_psf_scale=False,
         aperture_correction=False,
-        **frame,
+        **options,
     )
-    table = table.iloc[len(det_x) :].reset_index(drop=True)
-    factor = info["aperture_correction"].get(column, 1.0)  # 1 for the PSF flux
+    flux = table[column].to_numpy() * factor
+    flux_err = table[f"{column}_err"].to_numpy() * factor
+    n = len(det_x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pull = np.abs(flux[:n] - detections["flux"].to_numpy(float)) / flux_err[:n]
+    max_pull = float(np.nanmax(pull)) if np.isfinite(pull).any() else 0.0
     return pd.DataFrame(
         {
             "x": x,
             "y": y,
-            "flux": table[column].to_numpy() * factor,
-            "flux_err": table[f"{column}_err"].to_numpy() * factor,
-            "flags": table["flags"].to_numpy().astype(np.int32),
+            "flux": flux[n:],
+            "flux_err": flux_err[n:],
+            "flags": table["flags"].to_numpy()[n:].astype(np.int32),
         }
     ), max_pull
 
@@ -322,7 +329,8 @@ def forced_photometry(
         The detections of the frames in ``ds`` (``frame``, ``x``, ``y``, ``flux``, ``flux_err``,
         ``mag_err``, ``flags``).
     frames : pandas.DataFrame
-        The frames table (``frame``, ``wcs_solved``, ``fwhm_px``, ``exptime_s``, ``zero_point``,
+        The frames table (``frame``, ``wcs_solved``, ``fwhm_px``, ``aperture_correction``,
+        ``psf_scale``, ``exptime_s``, ``zero_point``,
         ``zp_slope``, ``zp_slope_err``, ``photcal_message``).
     cube_path : str or Path
         The cube store the workers read their frames from.
@@ -380,7 +388,7 @@ def forced_photometry(
             rows["x"].to_numpy(),
             rows["y"].to_numpy(),
             det_of.get(frame, empty_det)[["x", "y", "flux"]],
-            float(by_frame.loc[frame, "fwhm_px"]),
+            {k: float(by_frame.loc[frame].get(k, np.nan)) for k in _CORRECTIONS},
             psf,
             config,
         )

@@ -96,6 +96,8 @@ FRAME_COLUMNS = {
     "photcal_message": "str",
     "pointing_offset_arcmin": "float64",
     "pointing_message": "str",
+    "aperture_correction": "float64",
+    "psf_scale": "float64",
 }
 """Per-frame results of Level 2, stored as coordinates on ``frame`` in the cube."""
 
@@ -335,7 +337,7 @@ def frame_photometry(
     fwhm_px: float,
     psf: PSFModel | None,
     config: Level2Config,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, dict[str, float]]:
     """Level 3 photometry of one frame at its detections: cosmic rays, sky, apertures, PSF.
 
     Parameters
@@ -354,15 +356,20 @@ def frame_photometry(
 
     Returns
     -------
-    pandas.DataFrame
+    table : pandas.DataFrame
         The detections with ``flux``/``flux_err`` replaced by the flux `Level2Config.flux`
         chooses, the detection's own kept as ``flux_det``/``flux_det_err``, and every aperture
         and PSF column of the photometry; flags merged.
+    corrections : dict
+        ``aperture_correction`` (the factor applied to that flux; 1 for the PSF flux) and
+        ``psf_scale`` (the ePSF's scale on this frame, NaN without one): the frame's own
+        photometry, which `lcdask.forced` repeats at forced positions.
     """
+    nan = {"aperture_correction": np.nan, "psf_scale": np.nan}
     if config.flux == "detection" or detections is None or not len(detections):
-        return detections
+        return detections, nan
     image, sky, mask, cosmic, gain, repaired = _prepared_frame(cube_path, index, config, fwhm_px)
-    table, _ = photometer_frame(
+    table, info = photometer_frame(
         image,
         fwhm_px=fwhm_px,
         gain=gain,
@@ -381,7 +388,11 @@ def frame_photometry(
     out = pd.concat([out.reset_index(drop=True), extra], axis=1)
     out["flux"], out["flux_err"] = table[column].to_numpy(), table[f"{column}_err"].to_numpy()
     out["flags"] = out["flags"].to_numpy() | table["flags"].to_numpy().astype(np.int32)
-    return out
+    corrections = {
+        "aperture_correction": float(info["aperture_correction"].get(column, 1.0)),
+        "psf_scale": float(info["psf_scale"]),
+    }
+    return out, corrections
 
 
 def frame_astrometry_photometry(
@@ -772,7 +783,8 @@ def _refine_task(detections, wcs_guess, catalog, shape, exptime_s, config, photo
 def _measure_task(cube_path, index, table, row, fwhm_px, psf, catalog, exptime_s, config):
     """Level 3 photometry of one solved frame, then its zero point from those fluxes."""
     if config.flux != "detection":
-        table = frame_photometry(cube_path, index, table, fwhm_px, psf, config)
+        table, corrections = frame_photometry(cube_path, index, table, fwhm_px, psf, config)
+        row = row | corrections
     return frame_photcal(table, row, catalog, exptime_s=exptime_s, config=config)
 
 
