@@ -49,9 +49,15 @@ def _target(night: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def local_run(night, tmp_path_factory) -> Path:
+def local_run(night, tmp_path_factory, session_client) -> Path:
     out = tmp_path_factory.mktemp("local") / "run"
-    run(night / "raw", out, catalog=night / "refcat.parquet", target=_target(night))
+    run(
+        night / "raw",
+        out,
+        catalog=night / "refcat.parquet",
+        target=_target(night),
+        client=session_client,
+    )
     return out
 
 
@@ -298,8 +304,6 @@ def test_resume_after_sigkill_equals_uninterrupted(local_run, night, tmp_path):
         str(night / "raw"),
         "--out",
         str(out),
-        "--workers",
-        "1",
         "--catalog",
         str(night / "refcat.parquet"),
         "--target",
@@ -402,7 +406,7 @@ def test_distributed_scheduler_and_workers_equal_local(local_run, night, tmp_pat
             process.wait(timeout=30)
 
 
-def test_frames_added_later_are_appended_alone(night, local_run, tmp_path):
+def test_frames_added_later_are_appended_alone(night, local_run, tmp_path, session_client):
     """The night goes on: a rerun with new lights in the folder processes them alone."""
     import shutil
 
@@ -414,12 +418,13 @@ def test_frames_added_later_are_appended_alone(night, local_run, tmp_path):
     for path in lights[18:]:
         shutil.move(path, late / path.name)
     out = tmp_path / "run"
-    run(raw, out, catalog=night / "refcat.parquet", target=_target(night))
+    options = {"catalog": night / "refcat.parquet", "target": _target(night)}
+    run(raw, out, client=session_client, **options)
     first = pd.read_parquet(out / "frames.parquet")
     first_detections = pd.read_parquet(out / "detections.parquet")
     for path in late.iterdir():
         shutil.move(path, raw / path.name)
-    record = run(raw, out, catalog=night / "refcat.parquet", target=_target(night))
+    record = run(raw, out, client=session_client, **options)
 
     # appended: the new frames went through ingest, calibration and Level 2 alone
     for stage in ("ingest", "calibrate", "level2"):
