@@ -172,7 +172,9 @@ def frame_forced_photometry(
         this repeats Level 2's photometry; the PSF read back from ``psf.fits`` is float32).
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
-    image, sky, mask, cosmic, gain, repaired = _prepared_frame(cube_path, index, config, fwhm_px)
+    image, sky, mask, cosmic, gain, repaired = _prepared_frame(
+        cube_path, index, config, fwhm_px, psf
+    )
     frame = {
         "fwhm_px": fwhm_px,
         "gain": gain,
