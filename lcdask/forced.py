@@ -174,7 +174,9 @@ def frame_forced_photometry(
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
     fwhm_px = float(frame["fwhm_px"])
-    image, sky, mask, cosmic, gain, repaired = _prepared_frame(cube_path, index, config, fwhm_px)
+    image, sky, mask, cosmic, gain, repaired = _prepared_frame(
+        cube_path, index, config, fwhm_px, psf
+    )
     options = {
         "fwhm_px": fwhm_px,
         "gain": gain,

@@ -135,12 +135,15 @@ class Level2Config:
     coadd_method : {"median", "sigma_clip"}
         How the co-add combines its frames pixel by pixel: median, or a mean after clipping
         at 3 sigma about the median (deeper, as robust with 5 frames or more).
-    cosmics : {"auto", "fast", "tiles", "none"}
+    cosmics : {"auto", "fast", "psf", "tiles", "none"}
         Cosmic-ray detection before photometry: "auto" takes the fast L.A.Cosmic for frames
-        with FWHM of 2 px or more and none for undersampled ones, where a sharpness test
-        cannot tell cosmic rays from star cores (on the Lowell frames, FWHM 1.8 px, both
-        methods flagged 6,500-9,400 pixels of a 300 s frame, mostly stars); "tiles" runs
-        astroscrappy around candidates whatever the FWHM.
+        with FWHM of 2 px or more and the PSF test ("psf", `lcdask.cosmics`: a pixel sharper
+        than the run's ePSF allows at any sub-pixel phase) for undersampled ones, where
+        L.A.Cosmic's sharpness test cannot tell cosmic rays from star cores (on the Lowell
+        frames, FWHM 1.5-1.8 px, it and astroscrappy flagged 6,500-10,000 pixels of a 300 s
+        frame; the PSF test 630-1,260, cosmic rays by eye). Without an ePSF (the reference
+        frame's own, built before it) "psf" does nothing. "tiles" runs astroscrappy around
+        candidates whatever the FWHM.
     """
 
     threshold_sigma: float = 3.0
@@ -160,9 +163,9 @@ class Level2Config:
             raise ValueError(f"backend must be 'sep' or 'photutils', not {self.backend!r}")
         if self.flux not in ("aperture", "psf", "detection"):
             raise ValueError(f"flux must be 'aperture', 'psf' or 'detection', not {self.flux!r}")
-        if self.cosmics not in ("auto", "fast", "tiles", "none"):
+        if self.cosmics not in ("auto", "fast", "psf", "tiles", "none"):
             raise ValueError(
-                f"cosmics must be 'auto', 'fast', 'tiles' or 'none', not {self.cosmics!r}"
+                f"cosmics must be 'auto', 'fast', 'psf', 'tiles' or 'none', not {self.cosmics!r}"
             )
         if self.coadd_method not in ("median", "sigma_clip"):
             raise ValueError(
@@ -270,7 +273,9 @@ def frame_detections(
     return index, detections, stats
 
 
-def _prepared_frame(cube_path: str | Path, index: int, config: Level2Config, fwhm_px: float):
+def _prepared_frame(
+    cube_path: str | Path, index: int, config: Level2Config, fwhm_px: float, psf=None
+):
     """A calibrated frame with cosmic rays cleaned and the sky subtracted, and its masks.
 
     Returns ``(image, sky, mask, cosmic, gain, repaired)``: ``mask`` the bad pixels left as they
@@ -280,11 +285,15 @@ def _prepared_frame(cube_path: str | Path, index: int, config: Level2Config, fwh
     image = root["calibrated"][index].astype(np.float32)
     mask = ~np.isfinite(image)
     repaired = np.zeros(image.shape, bool)
+    saturation = None  # the lowest calibrated value of a saturated pixel: no cosmic ray above
     if "pixel_flags" in root:  # bad pixels that cleaning did not replace
         flags = root["pixel_flags"][index]
         bad = (flags & (PixelFlag.HOT | PixelFlag.DEAD | PixelFlag.BAD_COLUMN)) != 0
         mask |= bad & ((flags & PixelFlag.INTERPOLATED) == 0)
         repaired = (flags & PixelFlag.INTERPOLATED) != 0  # values guessed by the cleaning
+        saturated = ((flags & PixelFlag.SATURATED) != 0) & np.isfinite(image)
+        if saturated.any():
+            saturation = float(image[saturated].min())
     gain = float(root["gain_e_adu"][index]) if "gain_e_adu" in root else np.nan
     read_noise = float(root["rdnoise_e"][index]) if "rdnoise_e" in root else np.nan
     gain = gain if np.isfinite(gain) and gain > 0 else 1.0
@@ -292,11 +301,21 @@ def _prepared_frame(cube_path: str | Path, index: int, config: Level2Config, fwh
     image = np.where(mask, 0.0, image).astype(np.float32)
     cosmic = np.zeros(image.shape, bool)
     method = config.cosmics
+    sharp = np.isfinite(fwhm_px) and fwhm_px >= 2.0
     if method == "auto":
-        method = "fast" if np.isfinite(fwhm_px) and fwhm_px >= 2.0 else "none"
+        method = "fast" if sharp else "psf"
+    if method == "psf" and (psf is None or not np.isfinite(fwhm_px)):
+        method = "none"  # no ePSF yet (reference_psf): no test for an undersampled frame
     if method != "none":
+        extra = {"psf": psf, "fwhm_px": fwhm_px} if method == "psf" else {}
         image, cosmic = remove_cosmics(
-            image, gain=gain, read_noise_e=read_noise, method=method, mask=mask
+            image,
+            gain=gain,
+            read_noise_e=read_noise,
+            method=method,
+            mask=mask,
+            saturation=saturation,
+            **extra,
         )
     subtracted, sky = subtract_sky(image, mask=mask | cosmic)
     return subtracted, sky, mask, cosmic, gain, repaired
@@ -368,7 +387,9 @@ def frame_photometry(
     nan = {"aperture_correction": np.nan, "psf_scale": np.nan}
     if config.flux == "detection" or detections is None or not len(detections):
         return detections, nan
-    image, sky, mask, cosmic, gain, repaired = _prepared_frame(cube_path, index, config, fwhm_px)
+    image, sky, mask, cosmic, gain, repaired = _prepared_frame(
+        cube_path, index, config, fwhm_px, psf
+    )
     table, info = photometer_frame(
         image,
         fwhm_px=fwhm_px,
