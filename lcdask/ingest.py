@@ -241,6 +241,22 @@ def _duplicates(frames: pd.DataFrame, digests: dict[int, str]) -> dict[int, str]
     return found
 
 
+def _flag(store: Path, frames: pd.DataFrame, results: list) -> list[Skipped]:
+    """Write the flags and reasons of the filled frames (theirs, and duplicates among them)."""
+    duplicates = _duplicates(frames, {index: digest for index, _, _, digest in results})
+    flagged = []
+    for index, flags, reason, _ in results:
+        if index in duplicates:
+            flags, reason = flags | FrameFlag.DUPLICATE, duplicates[index]
+        if flags:
+            frames.loc[index, ["flags", "flag_reason"]] = [flags, reason]
+            flagged.append(Skipped(frames.loc[index, "path"], reason))
+    if flagged:
+        cube_io.set_frame_values(store, "flags", frames.index, frames["flags"].to_numpy())
+        cube_io.set_frame_values(store, "flag_reason", frames.index, frames["flag_reason"])
+    return flagged
+
+
 def _map(client, func, *iterables, **kwargs) -> list:
     """Map over a Dask client (one task per item, retried on a lost worker) or serially."""
     if client is None:
@@ -316,19 +332,7 @@ def ingest(
     }
     with atomic_path(final) as tmp:
         cube_io.create_cube(tmp, frames, shape, dtype=dtype, attrs=attrs)
-        results = _fill(client, tmp, frames)
-        digests = {index: digest for index, _, _, digest in results}
-        duplicates = _duplicates(frames, digests)
-        flagged = []
-        for index, flags, reason, _ in results:
-            if index in duplicates:
-                flags, reason = flags | FrameFlag.DUPLICATE, duplicates[index]
-            if flags:
-                frames.loc[index, ["flags", "flag_reason"]] = [flags, reason]
-                flagged.append(Skipped(frames.loc[index, "path"], reason))
-        if flagged:
-            cube_io.set_frame_values(tmp, "flags", frames.index, frames["flags"].to_numpy())
-            cube_io.set_frame_values(tmp, "flag_reason", frames.index, frames["flag_reason"])
+        flagged = _flag(tmp, frames, _fill(client, tmp, frames))
         cube_io.consolidate(tmp)
     timings["fill"] = time.perf_counter() - start
 
@@ -412,13 +416,7 @@ def append(
     start = time.perf_counter()
     index = cube_io.append_frames(final, frames)
     frames.index = list(index)
-    results = _fill(client, final, frames)
-    flagged = []
-    for i, flags, reason, _ in results:
-        if flags:
-            flagged.append(Skipped(frames.loc[i, "path"], reason))
-            cube_io.set_frame_values(final, "flags", [i], [flags])
-            cube_io.set_frame_values(final, "flag_reason", [i], [reason])
+    flagged = _flag(final, frames, _fill(client, final, frames))
     group = zarr.open_group(str(final), mode="r+")
     before = json.loads(cube.attrs.get("skipped", "[]"))
     group.attrs["skipped"] = json.dumps(before + [s.__dict__ for s in skipped])

@@ -18,7 +18,7 @@ from conftest import write_fits
 from lcdask.cli import main
 from lcdask.errors import LcdaskError
 from lcdask.flags import FrameFlag
-from lcdask.ingest import ingest
+from lcdask.ingest import NotAppendable, append, ingest
 from lcdask.io.cube import open_cube
 from lcdask.io.discover import discover_frames
 from lcdask.io.fits import read_frame
@@ -291,3 +291,33 @@ def test_existing_cube_is_kept_unless_overwrite(tmp_path):
         ingest(tmp_path / "raw", tmp_path / "run")
     ingest(tmp_path / "raw", tmp_path / "run", overwrite=True)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["cube.zarr"]
+
+
+def test_append_later_lights_and_flag_repeats(tmp_path):
+    data = _night(tmp_path / "raw")
+    ingest(tmp_path / "raw", tmp_path / "run")
+    late = tmp_path / "late"
+    new = []
+    for i in (4, 5):
+        t = Time("2024-05-01T03:00:00") + i * 60 * u.s
+        new.append(write_fits(late / f"light_{i}.fits", date_obs=t.isot, seed=i))
+    shutil.copy(late / "light_5.fits", late / "light_5_copy.fits")  # the same frame twice
+    paths = sorted(late.glob("*.fits"))
+    result = append(paths, tmp_path / "run")
+    cube = open_cube(tmp_path / "run")
+    assert result.n_frames == cube.sizes["frame"] == 11
+    names = [Path(p).name for p in cube["path"].values]
+    for name, pixels in (("light_0.fits", data[0]), ("light_4.fits", new[0])):
+        np.testing.assert_array_equal(cube["raw"][names.index(name)].values, pixels)
+    copy = names.index("light_5_copy.fits")
+    assert cube["flags"].values[copy] == FrameFlag.DUPLICATE
+    assert "duplicate of" in str(cube["flag_reason"].values[copy])
+    assert [Path(s.path).name for s in result.flagged] == ["light_5_copy.fits"]
+    assert cube["flags"].values[names.index("light_5.fits")] == 0
+    # an earlier light, or a calibration frame, cannot be appended: the cube is left as it is
+    write_fits(tmp_path / "early" / "light_x.fits", date_obs="2024-05-01T02:00:00", seed=9)
+    write_fits(tmp_path / "dark" / "dark_x.fits", imagetyp="Dark Frame", seed=8)
+    for folder, match in (("early", "earlier than"), ("dark", "dark frames")):
+        with pytest.raises(NotAppendable, match=match):
+            append(sorted((tmp_path / folder).glob("*.fits")), tmp_path / "run")
+    assert open_cube(tmp_path / "run").sizes["frame"] == 11
