@@ -120,12 +120,19 @@ class LightCurvesConfig:
         FORCED. Movers and frames without a plate solution are not forced.
     forced_min_detections : int
         Sources detected in fewer frames are not forced (mostly noise and cosmic-ray residuals).
+    max_rate_arcsec_h : float
+        Fastest motion the track linking looks for (`lcdask.classify.link_tracks`): main-belt
+        asteroids move 20-60"/h, near-Earth objects up to thousands. A faster mover must still
+        be detected as a point in each frame (trailed by less than a few FWHM).
     """
 
     forced: bool = True
     forced_min_detections: int = 3
+    max_rate_arcsec_h: float = 600.0
 
     def __post_init__(self) -> None:
+        if not self.max_rate_arcsec_h > 0:
+            raise ValueError(f"max_rate_arcsec_h must be positive, not {self.max_rate_arcsec_h!r}")
         if self.forced_min_detections < 1:
             raise ValueError(
                 f"forced_min_detections must be 1 or more, not {self.forced_min_detections!r}"

@@ -318,7 +318,12 @@ def run(
         )
         detections = detections[detections["frame"].isin(frames["frame"])]
         match = match_detections(detections, frames)
-        tracks = link_tracks(detections, match.source_id, centre=match.centre)
+        tracks = link_tracks(
+            detections,
+            match.source_id,
+            centre=match.centre,
+            max_rate_arcsec_h=config.lightcurves.max_rate_arcsec_h,
+        )
         ds = build_lightcurves(detections, tracks.source_id, frames)
         forced = {"forced": "off ([lightcurves] forced = false)"}
         if config.lightcurves.forced:

@@ -320,3 +320,22 @@ def test_edge_points_are_left_out_of_motion_and_variability():
     assert flagged.loc[0, "kind"] == "stable"  # ...and a dip, unless the edge points are skipped
     assert flagged.loc[0, "scatter_ratio"] < 1.6
     assert (flagged["kind"] == "stable").all()
+
+
+def test_link_tracks_finds_a_fast_mover_up_to_its_max_rate():
+    """A near-Earth object at 2000"/h (39"/frame) is linked only when the rate limit allows it."""
+    n = 30
+    t = 60000 + np.arange(n) * 70 / 86400
+    rng = np.random.default_rng(3)
+    det = pd.DataFrame(
+        {
+            "frame": np.arange(n),
+            "time_mjd": t,
+            "ra": 150 + (np.arange(n) * 70 / 3600 * 2000 / 3600) / np.cos(np.deg2rad(20)),
+            "dec": 20 + rng.normal(0, 0.2, n) / 3600,
+        }
+    )
+    assert len(link_tracks(det, np.full(n, -1)).tracks) == 0  # default 600"/h
+    result = link_tracks(det, np.full(n, -1), max_rate_arcsec_h=3000.0)
+    assert len(result.tracks) == 1 and (result.source_id >= 0).mean() > 0.95
+    assert result.tracks["rate_ra_arcsec_h"].iloc[0] == pytest.approx(2000, rel=0.01)

@@ -41,6 +41,7 @@ def test_values_are_read_and_overrides_win(tmp_path):
         ("[level2]\nbackend = 'sextractor'\n", "backend must be 'sep' or 'photutils'"),
         ("[lightcurves]\nforced_min_detections = 0\n", "forced_min_detections must be 1"),
         ("[lightcurves]\nforced = 'yes'\n", "lightcurves.forced must be true or false"),
+        ("[lightcurves]\nmax_rate_arcsec_h = 0\n", "max_rate_arcsec_h must be positive"),
         ("[cluster\n", "not valid TOML"),
     ],
 )
