@@ -276,25 +276,24 @@ def _target_section(ds: xr.Dataset, sources: pd.DataFrame, *, n_comparison: int,
             y_axis_label="relative flux - offset",
         )
         _mjd_axis(cfig)
-        renderers = []
-        for k, cid in enumerate(comp_ids):
-            csrc = ColumnDataSource(
-                {
-                    "time_mjd": t,
-                    "rel_flux": _finite(crel[k]),
-                    "shown": _finite(crel[k]) - k * step,
-                    "source_id": np.full(t.size, cid, dtype=np.int64),
-                },
-                name=f"comparison_source_{cid}",
-            )
-            renderers.append(
-                cfig.scatter(
-                    "time_mjd", "shown", source=csrc, size=3, color=_PALETTE[k % len(_PALETTE)]
-                )
-            )
+        # one source and one glyph for all the stars (a renderer per star made the page slow)
+        n_comp = comp_ids.size
+        offset = np.repeat(np.arange(n_comp) * step, t.size)
+        colours = [_PALETTE[k % len(_PALETTE)] for k in range(n_comp)]
+        csrc = ColumnDataSource(
+            {
+                "time_mjd": np.tile(t, n_comp),
+                "rel_flux": _finite(crel).ravel(),
+                "shown": _finite(crel).ravel() - offset,
+                "source_id": np.repeat(comp_ids, t.size),
+                "colour": np.repeat(colours, t.size),
+            },
+            name="comparison_source",
+        )
+        pts = cfig.scatter("time_mjd", "shown", source=csrc, size=3, color="colour")
         _hover(
             cfig,
-            renderers,
+            [pts],
             [("source", "@source_id"), ("MJD", "@time_mjd{0.00000}"), ("rel. flux", "@rel_flux")],
         )
         children.append(cfig)

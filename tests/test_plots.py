@@ -12,8 +12,11 @@ from lcdask.plots import (
     bin_lightcurve,
     frames_figure,
     movers_coadd_figure,
+    movers_figure,
     scatter_magnitude_figure,
     target_figure,
+    variables_figure,
+    with_frame_coords,
     write_plots,
     write_run_plots,
 )
@@ -63,6 +66,33 @@ def test_run_plots_are_valid_pngs(run, written):
             grey = np.asarray(im.convert("L"), dtype=float)
         assert grey.std() > 10, path.name  # not blank
     assert not list((run_dir / "plots").glob(".*tmp-*"))  # written atomically
+
+
+def test_plot_labels_inside_the_figure(run):
+    # the plots have fixed margins (no layout engine): every label must still fit
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    run_dir, _, ds, sources = run
+    frames = with_frame_coords(pd.read_parquet(run_dir / "frames.parquet"), ds)
+    figures = {
+        "target": target_figure(ds, sources),
+        "variables": variables_figure(ds, sources),
+        "movers": movers_figure(ds, sources),
+        "movers_coadd": movers_coadd_figure(run_dir / "coadd.fits", ds, sources),
+        "scatter": scatter_magnitude_figure(sources),
+        "frames": frames_figure(frames),
+    }
+    for name, fig in figures.items():
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        drawn = fig.get_tightbbox(renderer).transformed(fig.dpi_scale_trans)  # pixels
+        box = fig.bbox
+        inside = (
+            drawn.x0 >= box.x0 - 1
+            and drawn.y0 >= box.y0 - 1
+            and drawn.x1 <= box.x1 + 1
+            and drawn.y1 <= box.y1 + 1
+        )
+        assert inside, (name, drawn.bounds, box.bounds)
 
 
 def test_scatter_plot_data_match_sources(run):
