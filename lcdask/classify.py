@@ -83,6 +83,7 @@ __all__ = [
     "TrackResult",
     "classify_sources",
     "expected_trend",
+    "flag_near_movers",
     "link_tracks",
     "match_target",
     "motion_statistics",
@@ -458,6 +459,40 @@ def link_tracks(
     return TrackResult(sid, tracks)
 
 
+def _near_fixed(ds: xr.Dataset, movers: pd.DataFrame, radius_fwhm: float) -> NDArray[np.bool_]:
+    """`near_movers` for the sources that are not movers themselves."""
+    near = near_movers(ds, movers, radius_fwhm=radius_fwhm)
+    near[np.isin(ds["source_id"].to_numpy(), movers["source_id"].to_numpy())] = False
+    return near
+
+
+def flag_near_movers(
+    ds: xr.Dataset, sources: pd.DataFrame, *, radius_fwhm: float = 3.0
+) -> xr.Dataset:
+    """Set `LightCurveFlag.NEAR_MOVER` where a moving source passes a fixed one.
+
+    These are the points `classify_sources` leaves out of the variability statistics; the flag
+    shows them in ``lightcurves.zarr``.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The light curves.
+    sources : pandas.DataFrame
+        `classify_sources`' table (movers at ``ra``, ``dec`` on ``epoch_mjd`` with their rates).
+    radius_fwhm : float, optional
+        As ``mover_radius_fwhm`` of `classify_sources`.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ds`` with the bit set in ``flags``.
+    """
+    near = _near_fixed(ds, sources[sources["kind"] == "moving"], radius_fwhm)
+    bit = np.where(near, int(LightCurveFlag.NEAR_MOVER), 0).astype(ds["flags"].dtype)
+    return ds.assign(flags=ds["flags"] | bit)
+
+
 def near_movers(
     ds: xr.Dataset,
     movers: pd.DataFrame,
@@ -761,8 +796,7 @@ def classify_sources(
     ).to_numpy()
     fixed = ~moving
     movers = table[moving].assign(ra=table["ra_fit"], dec=table["dec_fit"])  # at epoch_mjd
-    near = near_movers(ds, movers, radius_fwhm=mover_radius_fwhm)
-    near[np.isin(ds["source_id"].to_numpy(), table.loc[moving, "source_id"].to_numpy())] = False
+    near = _near_fixed(ds, movers, mover_radius_fwhm)
     if near.any():  # the variability without the points a mover passes by
         blended = np.where(near, int(LightCurveFlag.BLENDED), 0).astype(ds["flags"].dtype)
         var = variability_statistics(ds.assign(flags=ds["flags"] | blended), n_bins=n_bins)

@@ -105,6 +105,9 @@ class LightCurveFlag(IntFlag):
     """The source has no detection in this frame (values NaN unless forced)."""
     FORCED = 512
     """The values come from forced photometry at the predicted position."""
+    NEAR_MOVER = 1024
+    """A moving source passes within 3 FWHM (`lcdask.classify.flag_near_movers`): its light may
+    be in the aperture; left out of the variability statistics."""
 
 
 @dataclass(frozen=True)

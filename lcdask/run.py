@@ -41,7 +41,7 @@ from astropy.wcs import WCS
 
 from lcdask import __version__
 from lcdask.catalogs import load_catalog, query_sdss
-from lcdask.classify import classify_sources, link_tracks
+from lcdask.classify import classify_sources, flag_near_movers, link_tracks
 from lcdask.config import Config
 from lcdask.errors import LcdaskError
 from lcdask.flags import LEVEL2_FLAGS, FrameFlag
@@ -330,6 +330,7 @@ def run(
             ds, forced = _forced_photometry(ds, detections, frames)
         ds = apply_ensemble(ds, ensemble_photometry(ds))
         sources = classify_sources(ds, target=target_radec)
+        ds = flag_near_movers(ds, sources)
         _write_dataset(out / "lightcurves.zarr", ds)
         with atomic_path(out / "sources.parquet") as tmp:
             sources.to_parquet(tmp, index=False)

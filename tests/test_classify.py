@@ -339,3 +339,41 @@ def test_link_tracks_finds_a_fast_mover_up_to_its_max_rate():
     result = link_tracks(det, np.full(n, -1), max_rate_arcsec_h=3000.0)
     assert len(result.tracks) == 1 and (result.source_id >= 0).mean() > 0.95
     assert result.tracks["rate_ra_arcsec_h"].iloc[0] == pytest.approx(2000, rel=0.01)
+
+
+def test_points_a_mover_passes_are_flagged_near_mover():
+    from lcdask.classify import flag_near_movers
+    from lcdask.lightcurves import LightCurveFlag
+
+    n = 40
+    t = 60000 + np.arange(n) * 70 / 86400
+    stars = {0: (150.0, 20.0), 1: (150.0, 20.01)}  # star 1 is 36" north of star 0
+    det = pd.DataFrame(
+        [
+            {"frame": f, "time_mjd": t[f], "ra": ra, "dec": dec, "flux": 1e4, "flux_err": 100.0}
+            for f in range(n)
+            for ra, dec in stars.values()
+        ]
+    )
+    ids = np.tile([0, 1], n)
+    ds = build_lightcurves(det, ids, pd.DataFrame({"frame": np.arange(n), "time_mjd": t}))
+    # a mover at 100"/h due east crosses star 0 at frame 20 (1.94"/frame)
+    rate = 100.0
+    mover = pd.DataFrame(
+        {
+            "source_id": [2],
+            "kind": ["moving"],
+            "ra": [150.0],
+            "dec": [20.0],
+            "epoch_mjd": [t[20]],
+            "rate_ra_arcsec_h": [rate],
+            "rate_dec_arcsec_h": [0.0],
+        }
+    )
+    flagged = flag_near_movers(ds, mover)
+    near = (flagged["flags"].values & LightCurveFlag.NEAR_MOVER) != 0
+    # within 3 FWHM (3" when the frames give none) = 9": |frame - 20| * 1.944" <= 9
+    distance = np.abs(np.arange(n) - 20) * rate * 70 / 3600
+    assert np.array_equal(near[0], distance <= 9.0)
+    assert not near[1].any()  # 36" away or more the whole time
+    assert np.array_equal(flagged["flags"].values & ~LightCurveFlag.NEAR_MOVER, ds["flags"].values)
