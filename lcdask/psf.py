@@ -654,7 +654,7 @@ def forced_psf_photometry(
     n = x.size
     if n == 0:
         return pd.DataFrame({k: pd.Series(dtype=v) for k, v in FORCED_PSF_SCHEMA.items()})
-    ny, nx = data.shape
+    nx = data.shape[1]
     bad = ~np.isfinite(data)
     if mask is not None:
         bad |= np.asarray(mask, dtype=bool)
@@ -672,7 +672,16 @@ def forced_psf_photometry(
     d_fit = np.where(in_fit, data[ys, xs], 0.0) - sky_star[:, None]
     var_at = _variance_at(rms, data, bad)
     v_fit = var_at(ys, xs)
-    flat_sq = (ys * nx + xs)[inside]
+    # The model of all stars is needed only on the stamps' pixels: it is kept on that set
+    # (``pixels``, sorted flat indices) rather than on the whole frame.
+    pixels, compact = np.unique((ys * nx + xs)[inside], return_inverse=True)
+    at_sq = np.zeros(inside.shape, np.int64)
+    at_sq[inside] = compact
+
+    def on_stamps(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in ``pixels`` of flat indices, and which of them are stamp pixels."""
+        at = np.minimum(np.searchsorted(pixels, flat), pixels.size - 1)
+        return at, pixels[at] == flat
 
     labels = _groups(x, y, 2.0 * r_fit)
     sizes = np.bincount(labels)
@@ -682,11 +691,11 @@ def forced_psf_photometry(
         members = np.flatnonzero(labels == g)
         sel = in_fit[members]
         flat = (ys[members] * nx + xs[members])[sel]
-        uniq, _first = np.unique(flat, return_index=True)
+        uniq = np.unique(flat)
         py, px = np.divmod(uniq, nx)
         design = np.stack([psf.evaluate(px - x[j], py - y[j]) for j in members], axis=1)
         rhs0 = data[py, px] - sky_star[members].mean()
-        groups.append((members, py, px, design, rhs0))
+        groups.append((members, py, px, on_stamps(uniq)[0], design, rhs0))
 
     big = int(np.ceil(min(psf.radius_px, 6.0 * fwhm)))
     wings: list = []
@@ -696,7 +705,7 @@ def forced_psf_photometry(
     flux = np.zeros(n)
     err = np.full(n, np.nan)
     model_at_fit = np.zeros_like(d_fit)
-    model_img = np.zeros_like(data)
+    model = np.zeros(pixels.size)
     for it in range(max(1, n_iter)):
         resid = d_fit - model_at_fit
         var = v_fit if (it == 0 or not gain) else v_fit + np.clip(model_at_fit, 0, None) / gain
@@ -708,8 +717,8 @@ def forced_psf_photometry(
             flux[single] += np.where(a > 0, b / a, np.nan)
             err[single] = np.where(a > 0, 1.0 / np.sqrt(a), np.nan)
         # blends: one small dense solve per group on the union of the members' fit regions
-        for members, py, px, design, rhs0 in groups:
-            m_here = model_img[py, px] if it > 0 else 0.0
+        for members, py, px, at, design, rhs0 in groups:
+            m_here = model[at] if it > 0 else 0.0
             var_g = var_at(py, px)
             if it > 0 and gain:
                 var_g = var_g + np.clip(m_here, 0, None) / gain
@@ -724,7 +733,7 @@ def forced_psf_photometry(
             err[members] = np.sqrt(np.clip(np.diag(cov), 0.0, None))
         # the model of every star: fit stamps for faint stars, the full extent for bright ones
         f_ok = np.where(np.isfinite(flux), flux, 0.0)
-        model_flat = np.bincount(flat_sq, weights=(f_ok[:, None] * p_sq)[inside], minlength=ny * nx)
+        model = np.bincount(compact, weights=(f_ok[:, None] * p_sq)[inside], minlength=pixels.size)
         if it == 0 and big > h:
             # stars whose light beyond their fit stamp matters (above 0.05 sigma of a pixel)
             # get their wings on a stamp of the radius they need, in two tiers
@@ -740,13 +749,13 @@ def forced_psf_photometry(
                     np.abs(xb - np.rint(x[sel])[:, None]), np.abs(yb - np.rint(y[sel])[:, None])
                 )
                 keep = inside_b & (outer > h)
-                p_wing = psf.evaluate(xb - x[sel][:, None], yb - y[sel][:, None])[keep]
-                row_b = np.broadcast_to(np.arange(sel.size)[:, None], keep.shape)[keep]
-                wings.append((sel, (yb * nx + xb)[keep], row_b, p_wing))
-        for sel, flat_b, row_b, p_wing in wings:
-            model_flat += np.bincount(flat_b, weights=f_ok[sel][row_b] * p_wing, minlength=ny * nx)
-        model_img = model_flat.reshape(ny, nx)
-        model_at_fit = np.where(in_fit, model_img[ys, xs], 0.0)
+                at, hit = on_stamps((yb * nx + xb)[keep])  # wings matter on stamps only
+                p_wing = psf.evaluate(xb - x[sel][:, None], yb - y[sel][:, None])[keep][hit]
+                row_b = np.broadcast_to(np.arange(sel.size)[:, None], keep.shape)[keep][hit]
+                wings.append((sel, at[hit], row_b, p_wing))
+        for sel, at, row_b, p_wing in wings:
+            model += np.bincount(at, weights=f_ok[sel][row_b] * p_wing, minlength=pixels.size)
+        model_at_fit = np.where(in_fit, model[at_sq], 0.0)
 
     var = v_fit + (np.clip(model_at_fit, 0, None) / gain if gain else 0.0)
     r2 = np.where(in_fit, (d_fit - model_at_fit) ** 2 / var, 0.0)
