@@ -576,7 +576,7 @@ def photometer_frame(
     table["sky_err"] = sky_err
     table["flags"] = flags
     schema = photometry_schema(apertures)
-    out = pd.DataFrame(table)[list(schema)].astype(schema)
+    out = pd.DataFrame({k: np.asarray(table[k], dtype=t) for k, t in schema.items()}, copy=False)
     return out, info
 
 
