@@ -322,9 +322,9 @@ def _extract_sep(
     import sep
 
     bkg = sep.Background(data, mask=bad, bw=box_size, bh=box_size, fw=filter_size, fh=filter_size)
-    back = bkg.back()
     rms = bkg.rms()
-    sub = data - back
+    sub = np.array(data, dtype=np.result_type(data.dtype, np.float32))
+    bkg.subfrom(sub)  # in place: no full-frame background array
     if bad is not None:
         sub[bad] = 0.0
     sep.set_extract_pixstack(max(300000, data.size // 4))
@@ -363,7 +363,7 @@ def _extract_sep(
         "theta": objs["theta"].astype(float),
         "npix": objs["npix"].astype(float),
         "blended": (objs["flag"] & sep.OBJ_MERGED) != 0,
-        "bkg_at_peak": back[yp, xp],
+        "bkg_at_peak": data[yp, xp] - sub[yp, xp],  # a peak is never a masked pixel
     }
     return columns, segmap, labels, bkg.globalback, bkg.globalrms, rms, sub
 
@@ -480,7 +480,7 @@ def _extract_photutils(
         "theta": np.deg2rad(np.asarray(cat.orientation.value, dtype=float)),
         "npix": np.asarray(cat.area.value, dtype=float),
         "blended": blended,
-        "bkg_at_peak": back[yp, xp],
+        "bkg_at_peak": data[yp, xp] - sub[yp, xp],  # a peak is never a masked pixel
     }
     return columns, segmap, labels, bkg.background_median, bkg.background_rms_median, rms, sub
 
