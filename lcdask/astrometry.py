@@ -21,8 +21,11 @@ within a radius and refits (a weighted linear least-squares TAN or TAN-SIP fit, 
 no drift is found within its search radius it searches the whole field (`pixel_offset`, a 2-D
 histogram of all pairwise offsets: drifts of hundreds of pixels, ~10-30 ms). With few stars in
 common (a frame drifted mostly off its neighbour) the neighbour's WCS moved by a shift is kept
-rather than a full fit that would extrapolate its noise. Detections sharper than the stars
-(`sharper_than_stars`: hot pixels of frames with no dark) are left out of every match.
+rather than a full fit that would extrapolate its noise. A frame turned against its neighbour
+(a meridian flip: 180 deg; field rotation, re-framing: any angle) is found when both searches
+fail, from the neighbour's WCS turned by 180 deg, then by triangle asterisms at its scale.
+Detections sharper than the stars (`sharper_than_stars`: hot pixels of frames with no dark) are
+left out of every match.
 
 Conventions: detections are a table with ``x``, ``y`` (0-based pixels, numpy convention) and
 ``flux`` (and optionally ``snr``, ``flags``), as `lcdask.detect.detect_frame` makes; catalogs
@@ -1131,6 +1134,7 @@ def refine_wcs(
     mag_column: str = "mag",
     max_fit_stars: int = 300,
     wide_search: bool = True,
+    rotation_search: bool = True,
 ) -> AstrometrySolution:
     """Refine a neighbouring frame's WCS for this frame: find the drift, match, refit.
 
@@ -1140,6 +1144,15 @@ def refine_wcs(
     the whole field with `pixel_offset` (any shift that leaves stars in common, and a rotation
     of up to about half a degree): the catalog stars within one field width of the frame are
     taken, as many of the brightest as match the detections' surface density.
+
+    When both fail (or find only a doubtful match: fewer than ``3 * min_matches`` stars, or an
+    rms over half the match radius) and ``rotation_search`` is set, the frame may be turned
+    against the guess: the same searches start from the guess turned by 180 deg about the
+    frame centre (a German equatorial mount's meridian flip, ~10-30 ms more), then (with
+    ``wide_search``) triangle asterisms of the detections (`AsterismSolver`, rotation
+    invariant) are matched to the catalog stars within a field width of the guess's pointing
+    at its scale (any angle, ~50-300 ms). The solution with the most matched stars is kept;
+    its message starts with the rotation and the drift found.
 
     Parameters
     ----------
@@ -1170,12 +1183,18 @@ def refine_wcs(
         Use at most this many (brightest) matches in the fit.
     wide_search : bool, optional
         Search the whole field (`pixel_offset`) when the fast search fails.
+    rotation_search : bool, optional
+        When the searches fail, search again with the guess turned by 180 deg, then at any
+        angle (triangle asterisms, with ``wide_search`` only).
 
     Returns
     -------
     AstrometrySolution
         ``status == "failed"`` (never an exception) when the frame does not match; the message
-        of a solution found by the wide search starts with the drift it found.
+        of a solution found by the wide search starts with the drift it found, of one found
+        turned with the rotation and drift: ``"turned 180 deg (meridian flip?) and drift
+        (dx, dy) px ..."``, ``"turned 30.0 deg and drift (dx, dy) px found by triangle
+        asterisms: ..."`` (the drift of the frame centre after turning about it).
     """
     name = "refine"
     _check_fitter(fitter)
@@ -1210,60 +1229,163 @@ def refine_wcs(
             max_fit_stars=max_fit_stars,
         )
 
-    try:
-        ra, dec, cx, cy = _project_catalog(wcs_guess, cat_ra, cat_dec, image_shape, max_shift_px)
-    except Exception as exc:  # a broken guess is a failed frame, not a crash
-        return _failed(name, f"cannot project the catalog through the guess WCS: {exc}")
     nb = min(n_bright, len(x))
-    failure = _failed(name, f"only {len(ra)} catalog stars fall on the frame through the guess")
-    if len(ra) >= min_matches:
-        # Drift: vote on the offsets between the brightest detections and the brightest stars.
-        ib = slice(0, 2 * nb)
-        dx, dy, n_vote = _offset_vote(cx[ib], cy[ib], x[:nb], y[:nb], max_shift_px, 2.0)
-        if n_vote >= min(min_matches, 3):
-            radii = (max(3.0, 1.5 * match_radius_px), match_radius_px)
-            guess = _shifted(wcs_guess, dx, dy)
-            failure = fit(ra, dec, guess, radii)
-            if failure.ok:
-                return _shift_if_better(
-                    failure, guess, x, y, weight, ra, dec, image_shape, match_radius_px
-                )
-            if not wide_search:
-                return failure
-        else:
-            failure = _failed(name, f"no common drift found within {max_shift_px:.0f} px")
-    if not wide_search:
-        return failure
 
-    # The whole field: catalog stars up to a field width off, at the detections' density.
-    try:
-        ra, dec, cx, cy = _project_catalog(wcs_guess, cat_ra, cat_dec, image_shape, max(nx, ny))
-    except Exception as exc:
-        return _failed(name, f"cannot project the catalog through the guess WCS: {exc}")
-    if len(ra) < min_matches:
-        return failure
-    cell = max(nx, ny) / 8.0
-    n_cells = len(np.unique(np.floor(np.column_stack([cx, cy]) / cell), axis=0))
-    area_ratio = max(n_cells * cell * cell / (nx * ny), 1.0)
-    n_q = max(round(2 * nb * area_ratio), 2 * nb)
-    bin_px = 4.0
-    dx, dy, n_vote, n_chance = pixel_offset(cx[:n_q], cy[:n_q], x[:nb], y[:nb], bin_px=bin_px)
-    if not _significant(n_vote, n_chance, min_matches):
-        return _failed(
-            name,
-            f"{failure.message}; no common drift over the whole field either (best {n_vote} "
-            f"stars in common, {n_chance:.1f} by chance)",
-            failure.n_matches,
+    def search(guess0: WCS) -> AstrometrySolution:
+        """The fast drift vote from ``guess0``, then (``wide_search``) the whole field."""
+        try:
+            ra, dec, cx, cy = _project_catalog(guess0, cat_ra, cat_dec, image_shape, max_shift_px)
+        except Exception as exc:  # a broken guess is a failed frame, not a crash
+            return _failed(name, f"cannot project the catalog through the guess WCS: {exc}")
+        failure = _failed(name, f"only {len(ra)} catalog stars fall on the frame through the guess")
+        if len(ra) >= min_matches:
+            # Drift: vote on the offsets between the brightest detections and the brightest stars.
+            ib = slice(0, 2 * nb)
+            dx, dy, n_vote = _offset_vote(cx[ib], cy[ib], x[:nb], y[:nb], max_shift_px, 2.0)
+            if n_vote >= min(min_matches, 3):
+                radii = (max(3.0, 1.5 * match_radius_px), match_radius_px)
+                guess = _shifted(guess0, dx, dy)
+                failure = fit(ra, dec, guess, radii)
+                if failure.ok:
+                    return _shift_if_better(
+                        failure, guess, x, y, weight, ra, dec, image_shape, match_radius_px
+                    )
+                if not wide_search:
+                    return failure
+            else:
+                failure = _failed(name, f"no common drift found within {max_shift_px:.0f} px")
+        if not wide_search:
+            return failure
+
+        # The whole field: catalog stars up to a field width off, at the detections' density.
+        try:
+            ra, dec, cx, cy = _project_catalog(guess0, cat_ra, cat_dec, image_shape, max(nx, ny))
+        except Exception as exc:
+            return _failed(name, f"cannot project the catalog through the guess WCS: {exc}")
+        if len(ra) < min_matches:
+            return failure
+        cell = max(nx, ny) / 8.0
+        n_cells = len(np.unique(np.floor(np.column_stack([cx, cy]) / cell), axis=0))
+        area_ratio = max(n_cells * cell * cell / (nx * ny), 1.0)
+        n_q = max(round(2 * nb * area_ratio), 2 * nb)
+        bin_px = 4.0
+        dx, dy, n_vote, n_chance = pixel_offset(cx[:n_q], cy[:n_q], x[:nb], y[:nb], bin_px=bin_px)
+        if not _significant(n_vote, n_chance, min_matches):
+            return _failed(
+                name,
+                f"{failure.message}; no common drift over the whole field either (best {n_vote} "
+                f"stars in common, {n_chance:.1f} by chance)",
+                failure.n_matches,
+            )
+        radii = (2 * bin_px, max(3.0, 1.5 * match_radius_px), match_radius_px)
+        guess = _shifted(guess0, dx, dy)
+        solution = fit(ra, dec, guess, radii)
+        if solution.ok:
+            solution = _shift_if_better(
+                solution, guess, x, y, weight, ra, dec, image_shape, match_radius_px
+            )
+        found = (
+            f"drift ({dx:.0f}, {dy:.0f}) px found over the whole field ({n_vote} stars in common)"
         )
-    radii = (2 * bin_px, max(3.0, 1.5 * match_radius_px), match_radius_px)
-    guess = _shifted(wcs_guess, dx, dy)
-    solution = fit(ra, dec, guess, radii)
-    if solution.ok:
-        solution = _shift_if_better(
-            solution, guess, x, y, weight, ra, dec, image_shape, match_radius_px
+        return dataclasses.replace(solution, message=f"{found}: {solution.message}")
+
+    solution = search(wcs_guess)
+
+    def convincing(found: AstrometrySolution) -> bool:
+        # Chance matches (uniform within the last radius) have an rms of 0.7 radius; a frame
+        # turned away from the guess can give a few of them a significant-looking fit.
+        return found.ok and (
+            found.n_matches >= 3 * min_matches and found.rms_px <= 0.5 * match_radius_px
         )
-    found = f"drift ({dx:.0f}, {dy:.0f}) px found over the whole field ({n_vote} stars in common)"
-    return dataclasses.replace(solution, message=f"{found}: {solution.message}")
+
+    if not rotation_search or convincing(solution):
+        return solution
+    # A meridian flip: the camera turned 180 deg with the tube, often with a shift.
+    candidates = [solution]
+    turned = _turned_180(wcs_guess, image_shape)
+    flipped = search(turned)
+    if flipped.ok:
+        _, dx, dy = _turn_and_drift(flipped.wcs, wcs_guess, image_shape)
+        found = "turned 180 deg (meridian flip?) and "
+        if not flipped.message.startswith("drift ("):
+            found += f"drift ({dx:.0f}, {dy:.0f}) px: "
+        candidates.append(dataclasses.replace(flipped, message=found + flipped.message))
+    if wide_search and not convincing(flipped):
+        # Any angle: triangle asterisms (rotation-invariant) at the guess's scale, within a
+        # field width of its pointing; the match is then refined as any frame's.
+        asterism = AsterismSolver(
+            n_detections=max(nb, 4),
+            max_pointing_error_arcmin=max(nx, ny) * _pixel_scale_deg(wcs_guess) * 60,
+            scale_tolerance=0.03,
+            min_matches=min_matches,
+            sip_degree=sip_degree,
+            min_matches_sip=min_matches_sip,
+            fitter="linear",
+            mag_column=mag_column,
+            max_fit_stars=max_fit_stars,
+            name=name,
+        ).solve(detections, image_shape, wcs_guess=wcs_guess, catalog=catalog)
+        if asterism.ok:
+            refined = search(asterism.wcs)
+            found = refined if refined.ok else asterism
+            angle, dx, dy = _turn_and_drift(found.wcs, wcs_guess, image_shape)
+            message = (
+                f"turned {angle:.1f} deg and drift ({dx:.0f}, {dy:.0f}) px found by triangle "
+                f"asterisms: {found.message}"
+            )
+            candidates.append(dataclasses.replace(found, message=message))
+    solved = [c for c in candidates if c.ok]
+    if solved:
+        return max(solved, key=lambda c: c.n_matches)  # the first of equals: the plain search
+    return _failed(
+        name,
+        f"{solution.message}; not found turned by 180 deg either"
+        + (", nor at any angle by triangle asterisms" if wide_search else ""),
+        solution.n_matches,
+    )
+
+
+def _turned_180(wcs: WCS, image_shape: tuple[int, int]) -> WCS:
+    """``wcs`` turned by 180 deg about the frame centre: pixel (x, y) is its (nx-1-x, ny-1-y).
+
+    CD (or PC) changes sign and CRPIX goes to ``n + 1 - CRPIX`` (FITS pixels); a SIP term
+    ``u**p v**q`` of the forward and inverse polynomials changes by ``(-1)**(p + q + 1)``,
+    which keeps the distortion exactly.
+    """
+    ny, nx = image_shape
+    turned = wcs.deepcopy()
+    if turned.wcs.has_cd():
+        turned.wcs.cd = -np.asarray(turned.wcs.cd)
+    else:
+        turned.wcs.pc = -np.asarray(turned.wcs.get_pc())
+    turned.wcs.crpix = np.array([nx + 1.0, ny + 1.0]) - np.asarray(turned.wcs.crpix)
+    if wcs.sip is not None:
+        s = wcs.sip
+
+        def odd(coeff):
+            if coeff is None:
+                return None
+            p, q = np.indices(np.shape(coeff))
+            return np.asarray(coeff) * (-1.0) ** (p + q + 1)
+
+        turned.sip = Sip(odd(s.a), odd(s.b), odd(s.ap), odd(s.bp), turned.wcs.crpix)
+    turned.wcs.set()
+    return turned
+
+
+def _turn_and_drift(
+    wcs: WCS, guess: WCS, image_shape: tuple[int, int]
+) -> tuple[float, float, float]:
+    """Rotation (deg) and drift (px) taking ``guess``'s pixels to ``wcs``'s: a star at guess
+    pixel ``p`` is at ``R (p - c) + c + (dx, dy)`` with ``c`` the frame centre."""
+    ny, nx = image_shape
+    c = np.array([(nx - 1) / 2.0, (ny - 1) / 2.0])
+    turn = np.linalg.inv(wcs.celestial.pixel_scale_matrix) @ guess.celestial.pixel_scale_matrix
+    angle = math.atan2(turn[1, 0], turn[0, 0])
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    g = np.array([float(v) for v in guess.world_to_pixel_values(*wcs.pixel_to_world_values(*c))])
+    dx, dy = -rot @ (g - c)
+    return math.degrees(angle), float(dx), float(dy)
 
 
 def _project_catalog(
