@@ -47,7 +47,7 @@ from lcdask.level2 import (
 )
 from lcdask.lightcurves import LightCurveFlag, missing_entries
 from lcdask.photcal import ZeroPointFit, calibrate_fluxes, instrumental_mag, instrumental_mag_err
-from lcdask.photometry import photometer_frame
+from lcdask.photometry import PhotFlag, photometer_frame
 from lcdask.psf import PSFModel
 
 __all__ = [
@@ -195,8 +195,8 @@ def frame_forced_photometry(
         _, info = photometer_frame(image, x=det_x, y=det_y, psf=psf, **options)
         factor = info["aperture_correction"].get(column, 1.0)  # 1 for the PSF flux
         scale = info["psf_scale"]
-    model = None
-    if psf is not None and np.isfinite(scale):
+    model = None  # PSF fluxes only when they are the ones kept
+    if column == "flux_psf" and np.isfinite(scale):
         model = replace(psf, scale=scale)
     table, _ = photometer_frame(
         image,
@@ -210,6 +210,9 @@ def frame_forced_photometry(
     )
     flux = table[column].to_numpy() * factor
     flux_err = table[f"{column}_err"].to_numpy() * factor
+    flags = table["flags"].to_numpy().astype(np.int32)
+    if model is None:  # no PSF fit was asked for
+        flags &= ~np.int32(PhotFlag.PSF_FAILED)
     n = len(det_x)
     with np.errstate(invalid="ignore", divide="ignore"):
         pull = np.abs(flux[:n] - detections["flux"].to_numpy(float)) / flux_err[:n]
@@ -220,7 +223,7 @@ def frame_forced_photometry(
             "y": y,
             "flux": flux[n:],
             "flux_err": flux_err[n:],
-            "flags": table["flags"].to_numpy()[n:].astype(np.int32),
+            "flags": flags[n:],
         }
     ), max_pull
 
