@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# test processes (pytest-xdist, one per core of the CI machine)
+TEST_JOBS ?= 2
 
 .PHONY: demo test lint bench clean
 
@@ -21,7 +23,7 @@ test: $(STAMP)
 	-scripts/install-browser.sh  # Debian chromium for the report test in a real browser
 	$(BIN)/ruff check lcdask tests benchmarks
 	$(BIN)/ruff format --check lcdask tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix lcdask tests benchmarks

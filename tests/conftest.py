@@ -11,6 +11,19 @@ from astropy.io import fits
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+# `make test` runs the suite on two processes (pytest-xdist, --dist loadgroup): each test file is
+# a group that one process runs whole (its module fixtures are made once), and files that share
+# an expensive session fixture are one group, so that it too is made once.
+_SHARED_GROUPS = {"test_api.py": "lowell_run", "test_real_runs.py": "lowell_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(item.path)
+        group = "reliability" if path.parent.name == "reliability" else path.name
+        item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(path.name, group)))
+
+
 def shared_data(name: str) -> Path:
     """Path of a real data set in ../shared/data, or skip when the folder is absent."""
     path = SHARED_DATA / name
