@@ -17,6 +17,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 _SHARED_GROUPS = {"test_api.py": "lowell_run", "test_real_runs.py": "lowell_run"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         path = Path(item.path)
