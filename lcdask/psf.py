@@ -686,16 +686,26 @@ def forced_psf_photometry(
     labels = _groups(x, y, 2.0 * r_fit)
     sizes = np.bincount(labels)
     single = np.flatnonzero(sizes[labels] == 1)
-    groups = []
-    for g in np.flatnonzero(sizes > 1):
-        members = np.flatnonzero(labels == g)
-        sel = in_fit[members]
-        flat = (ys[members] * nx + xs[members])[sel]
-        uniq = np.unique(flat)
+    groups, offsets = [], []
+    in_group = np.flatnonzero(sizes[labels] > 1)  # blends, group by group (ascending label)
+    by_group = in_group[np.argsort(labels[in_group], kind="stable")]
+    for members in np.split(by_group, np.cumsum(sizes[sizes > 1])[:-1]) if in_group.size else []:
+        uniq = np.unique((ys[members] * nx + xs[members])[in_fit[members]])
         py, px = np.divmod(uniq, nx)
-        design = np.stack([psf.evaluate(px - x[j], py - y[j]) for j in members], axis=1)
-        rhs0 = data[py, px] - sky_star[members].mean()
-        groups.append((members, py, px, on_stamps(uniq)[0], design, rhs0))
+        offsets.append((px[:, None] - x[members], py[:, None] - y[members]))
+        groups.append((members, py, px, on_stamps(uniq)[0]))
+    if groups:  # every member's PSF on its group's pixels, in one evaluation
+        values = psf.evaluate(
+            np.concatenate([dx.ravel() for dx, _ in offsets]),
+            np.concatenate([dy.ravel() for _, dy in offsets]),
+        )
+        ends = np.cumsum([dx.size for dx, _ in offsets])[:-1]
+        groups = [
+            (members, py, px, at, design.reshape(dx.shape), data[py, px] - sky_star[members].mean())
+            for (members, py, px, at), design, (dx, _) in zip(
+                groups, np.split(values, ends), offsets, strict=True
+            )
+        ]
 
     big = int(np.ceil(min(psf.radius_px, 6.0 * fwhm)))
     wings: list = []
