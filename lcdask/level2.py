@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +199,9 @@ class Level2Result:
         catalog of the reference frame's stars.
     photometric : bool
         Whether ``catalog`` has photometric magnitudes.
+    timings : dict
+        Seconds of each step: ``detection``, ``reference``, ``astrometry``, ``coadd``,
+        ``epsf``, ``photometry`` (those that ran).
     """
 
     detections: pd.DataFrame
@@ -206,6 +210,7 @@ class Level2Result:
     psf: PSFModel | None
     catalog: pd.DataFrame | None = None
     photometric: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -646,9 +651,18 @@ def run_level2(
         if missing:
             raise ValueError(f"the reference catalog lacks the column(s) {missing}")
 
+    timings: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(step: str) -> None:
+        now = time.perf_counter()
+        timings[step] = round(now - clock[0], 3)
+        clock[0] = now
+
     # 1. detection, one task per frame
     detected = _map(client, _safe_detections, [cube_path] * len(lights), lights, config=config)
     results = _gather(client, detected, "level2: detection")
+    lap("detection")
     stats = {i: s for i, _, s in results}
     found = {i: d for i, d, _ in results}
     counts = {i: (len(d) if d is not None else 0) for i, d, _ in results}
@@ -661,9 +675,12 @@ def run_level2(
         reference, start_wcs, catalog, photometric = _reference(
             cube, found, counts, catalog, config
         )
+        lap("reference")
         if start_wcs is None:
             rows = {i: _failed_row("no reference frame could be plate-solved") for i in lights}
-            return _result(lights, stats, counts, rows, {}, None, None, catalog, photometric)
+            return _result(
+                lights, stats, counts, rows, {}, None, None, catalog, photometric, timings
+            )
 
     # 3. every frame refined from the reference (one task each), failures from a neighbour
     exptime = cube["exptime_s"].values
@@ -689,14 +706,17 @@ def run_level2(
             lights, tables, rows, found, catalog, shape, exptime, config, photometric
         )
     _check_pointing(cube, lights, rows, shape)
+    lap("astrometry")
 
     # 4. the co-add of the solved frames (tiles as tasks) and its ePSF
     coadd = None
     if previous is None:
         coadd = _coadd_run(cube, cube_path, lights, rows, stats, client=client, config=config)
+        lap("coadd")
         psf = None
         if config.flux != "detection":
             psf = _run_psf(cube_path, coadd, reference, stats, client=client, config=config)
+            lap("epsf")
 
     # 5. Level 3 photometry and the zero point of every solved frame, one task each
     solved = [i for i in lights if rows[i].get("wcs_solved")]
@@ -721,7 +741,8 @@ def run_level2(
         solved, _gather(client, measured, "level2: photometry"), strict=True
     ):
         tables[i], rows[i] = table, row
-    return _result(lights, stats, counts, rows, tables, coadd, psf, catalog, photometric)
+    lap("photometry")
+    return _result(lights, stats, counts, rows, tables, coadd, psf, catalog, photometric, timings)
 
 
 def _reference(cube, found, counts, catalog, config):
@@ -763,7 +784,9 @@ def _failed_row(message: str) -> dict[str, Any]:
     return {"astrometry_status": "failed", "astrometry_message": message}
 
 
-def _result(lights, stats, counts, rows, tables, coadd, psf, catalog, photometric) -> Level2Result:
+def _result(
+    lights, stats, counts, rows, tables, coadd, psf, catalog, photometric, timings
+) -> Level2Result:
     """The per-frame rows and the detections of every frame, as `run_level2` returns them."""
     frames = []
     for i in lights:
@@ -774,7 +797,7 @@ def _result(lights, stats, counts, rows, tables, coadd, psf, catalog, photometri
     )
     parts = [t.assign(frame=int(i)) for i, t in tables.items() if t is not None and len(t)]
     detections = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    return Level2Result(detections, frames, coadd, psf, catalog, photometric)
+    return Level2Result(detections, frames, coadd, psf, catalog, photometric, timings)
 
 
 def _safe_detections(cube_path: str, index: int, *, config: Level2Config):

@@ -305,6 +305,7 @@ def run(
             "n_astrometry_failed": len(failed),
             "coadd_frames": [] if result.coadd is None else list(result.coadd.frames),
             "photometric": result.photometric,
+            "step_seconds": result.timings,
         }
 
     if not appended:

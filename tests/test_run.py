@@ -89,6 +89,9 @@ def test_products_and_record(local_run, night):
     with fits.open(local_run / "coadd.fits") as hdul:
         coadd = Coadd.from_hdulist(hdul)
     assert coadd.frames == tuple(record["stages"]["level2"]["coadd_frames"])
+    steps = record["stages"]["level2"]["step_seconds"]  # each step of Level 2 timed, in order
+    assert list(steps) == ["detection", "reference", "astrometry", "coadd", "epsf", "photometry"]
+    assert 0 < sum(steps.values()) <= record["stages"]["level2"]["seconds"]
     assert len(coadd.frames) == 24 and coadd.n_used.max() == 24
     # north up: the rotated, drifting frames leave empty corners; every covered pixel has data
     assert coadd.wcs.has_celestial and (coadd.n_used == 24).mean() > 0.5
