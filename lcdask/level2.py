@@ -142,7 +142,7 @@ class Level2Config:
         than the run's ePSF allows at any sub-pixel phase) for undersampled ones, where
         L.A.Cosmic's sharpness test cannot tell cosmic rays from star cores (on the Lowell
         frames, FWHM 1.5-1.8 px, it and astroscrappy flagged 6,500-10,000 pixels of a 300 s
-        frame; the PSF test 630-1,260, cosmic rays by eye). Without an ePSF (the reference
+        frame; the PSF test 820-1,770, by eye cosmic rays). Without an ePSF (the reference
         frame's own, built before it) "psf" does nothing. "tiles" runs astroscrappy around
         candidates whatever the FWHM.
     """
