@@ -205,6 +205,14 @@ def detect_cosmics(
     )
 
 
+def _protected(data: np.ndarray, bad: np.ndarray, saturation: float | None) -> np.ndarray:
+    """Pixels never taken for cosmic rays: bad ones, and saturated ones with two around them."""
+    protect = bad.copy()
+    if saturation is not None:
+        protect |= ndimage.binary_dilation(data >= saturation, iterations=2)
+    return protect
+
+
 def _fast(
     data: np.ndarray,
     bad: np.ndarray,
@@ -218,9 +226,7 @@ def _fast(
 ) -> np.ndarray:
     lap, sigma = _excess(data, gain, read_noise_e)
     signif = lap / sigma
-    protect = bad.copy()
-    if saturation is not None:
-        protect |= ndimage.binary_dilation(data >= saturation, iterations=2)
+    protect = _protected(data, bad, saturation)
     cand = (signif > sigclip) & ~protect
     iy, ix = np.nonzero(cand)
     crs = np.zeros(data.shape, dtype=bool)
@@ -421,9 +427,7 @@ def _psf(
     n_grow: int = 2,
 ) -> np.ndarray:
     lap, sigma = _excess(data, gain, read_noise_e)
-    protect = bad.copy()
-    if saturation is not None:
-        protect |= ndimage.binary_dilation(data >= saturation, iterations=2)
+    protect = _protected(data, bad, saturation)
     iy, ix = np.nonzero((lap > sigclip * sigma) & ~protect)
     crs = np.zeros(data.shape, dtype=bool)
     if iy.size == 0:

@@ -55,6 +55,15 @@ def _stars(out, i, size):
     return x[keep], y[keep], float(frame["fwhm_px"])
 
 
+def _scored(crs, truth, cx, cy, ce, cfg):
+    """Cosmic-ray pixels found among those whose deposit is above 5x their noise (fainter ones
+    are invisible), how many of those there are, and the flagged pixels that are no cosmic ray."""
+    sig = ce > 5.0 * np.sqrt(truth[cy, cx] * cfg.gain_e_adu + cfg.read_noise_e**2)
+    true_mask = np.zeros_like(crs)
+    true_mask[cy, cx] = True
+    return int(crs[cy, cx][sig].sum()), int(sig.sum()), np.nonzero(crs & ~true_mask)
+
+
 def test_fast_recall_and_stars_touched(night, frames):
     cfg = load_truth(night).config
     hits = touched = n_sig = n_stars = 0
@@ -62,14 +71,9 @@ def test_fast_recall_and_stars_touched(night, frames):
         crs = detect_cosmics(
             image, gain=cfg.gain_e_adu, read_noise_e=cfg.read_noise_e, saturation=cfg.saturate_adu
         )
-        # recall over pixels whose deposit is above 5x their noise (fainter ones are invisible)
-        noise_e = np.sqrt(truth[cy, cx] * cfg.gain_e_adu + cfg.read_noise_e**2)
-        sig = ce > 5.0 * noise_e
-        hits += crs[cy, cx][sig].sum()
-        n_sig += sig.sum()
-        true_mask = np.zeros_like(crs)
-        true_mask[cy, cx] = True
-        fy, fx = np.nonzero(crs & ~true_mask)
+        found, n_visible, (fy, fx) = _scored(crs, truth, cx, cy, ce, cfg)
+        hits += found
+        n_sig += n_visible
         x, y, fwhm = _stars(night, i, cfg.size)
         n_stars += x.size
         if fx.size:
@@ -209,13 +213,9 @@ def test_psf_recall_stars_and_movers_undersampled(undersampled):
             psf=psf,
             fwhm_px=fwhm,
         )
-        noise_e = np.sqrt(truth[cy, cx] * cfg.gain_e_adu + cfg.read_noise_e**2)
-        sig = ce > 5.0 * noise_e
-        hits += crs[cy, cx][sig].sum()
-        n_sig += sig.sum()
-        true_mask = np.zeros_like(crs)
-        true_mask[cy, cx] = True
-        fy, fx = np.nonzero(crs & ~true_mask)
+        found, n_visible, (fy, fx) = _scored(crs, truth, cx, cy, ce, cfg)
+        hits += found
+        n_sig += n_visible
         _, x, y, flux = source_positions_fluxes(frame, tr.stars, tr.movers)
         is_mover = np.arange(x.size) >= x.size - len(tr.movers)
         keep = (x > 3) & (x < cfg.size - 4) & (y > 3) & (y < cfg.size - 4) & (flux > 100)
