@@ -123,6 +123,7 @@ class _Writer:
             fill_value=fill_value,
             dimension_names=dims,
             attributes=attrs or {},
+            config=cube_io.FRAME_WRITE_CONFIG,
         )
         self.pending[name] = tmp
         return array
@@ -409,6 +410,7 @@ def calibrate_cube(
             fill = 0 if dtype.kind == "u" else np.nan
             if name in in_place and (store / name).exists():
                 target = zarr.open_array(str(store / name), mode="r+")
+                target = target.with_config(cube_io.FRAME_WRITE_CONFIG)
             else:
                 target = writer.create(
                     name, shape, dtype, ("frame", "y", "x"), chunks=(1, *shape[1:]), fill_value=fill
