@@ -107,8 +107,10 @@ def _check_inputs(
         raise ValueError(f"threshold_sigma must be > 0, got {threshold_sigma!r}")
     if int(min_area) < 1:
         raise ValueError(f"min_area must be >= 1, got {min_area!r}")
-    # Native byte order and contiguous float64: FITS data are big-endian, sep refuses them.
-    data = np.ascontiguousarray(image, dtype=np.float64)
+    # Native byte order and contiguous (FITS data are big-endian, sep refuses them); float32
+    # stays float32 (sep computes in float32 anyway: half the memory traffic), else float64.
+    dtype = np.float32 if image.dtype == np.float32 else np.float64
+    data = np.ascontiguousarray(image, dtype=dtype)
     bad = ~np.isfinite(data)
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
@@ -116,8 +118,7 @@ def _check_inputs(
             raise ValueError(f"mask shape {mask.shape} differs from the image shape {data.shape}")
         bad = bad | mask
     if bad.any():
-        data[bad] = 0.0
-        return data, np.ascontiguousarray(bad)
+        return np.where(bad, dtype(0.0), data), np.ascontiguousarray(bad)  # never the caller's
     return data, None
 
 

@@ -38,7 +38,6 @@ import zarr
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
-from scipy import ndimage
 
 from lcdask import progress
 from lcdask.astrometry import (
@@ -268,14 +267,35 @@ def frame_detections(
     )
     if pixel_flags is not None and len(detections):
         # A detection whose core touches a saturated raw pixel is flagged saturated.
-        saturated = ndimage.binary_dilation((pixel_flags & PixelFlag.SATURATED) != 0, iterations=2)
-        ix = np.clip(np.round(detections["x"].to_numpy()).astype(int), 0, image.shape[1] - 1)
-        iy = np.clip(np.round(detections["y"].to_numpy()).astype(int), 0, image.shape[0] - 1)
-        hit = saturated[iy, ix]
+        hit = _near_flagged(
+            (pixel_flags & PixelFlag.SATURATED) != 0,
+            detections["x"].to_numpy(),
+            detections["y"].to_numpy(),
+        )
         detections["flags"] = detections["flags"].to_numpy() | np.where(
             hit, int(DetectionFlag.SATURATED), 0
         ).astype(np.int32)
     return index, detections, stats
+
+
+_WITHIN_2 = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if abs(dy) + abs(dx) <= 2]
+
+
+def _near_flagged(flagged: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Whether a flagged pixel lies within 2 steps (up/down/left/right) of each position's pixel.
+
+    The same as looking ``flagged`` dilated twice by the 4-connected cross up at the positions,
+    without dilating the whole frame (45 ms on 2048^2): only the 13 pixels around each position.
+    """
+    ny, nx = flagged.shape
+    ix = np.clip(np.round(x).astype(int), 0, nx - 1)
+    iy = np.clip(np.round(y).astype(int), 0, ny - 1)
+    hit = np.zeros(len(ix), bool)
+    if not flagged.any():
+        return hit
+    for dy, dx in _WITHIN_2:  # clipped at the edges: a pixel nearer the position, same answer
+        hit |= flagged[np.clip(iy + dy, 0, ny - 1), np.clip(ix + dx, 0, nx - 1)]
+    return hit
 
 
 def _prepared_frame(

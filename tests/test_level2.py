@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
+from scipy import ndimage
 
 from lcdask.astrometry import wcs_grid_error_px
 from lcdask.catalogs import load_catalog
 from lcdask.ingest import ingest
 from lcdask.io.cube import open_cube
-from lcdask.level2 import Level2Config, run_level2
+from lcdask.level2 import Level2Config, _near_flagged, run_level2
 from lcdask.pipeline import calibrate_cube
 from lcdask.simulate import SimConfig, load_truth, simulate_night
 from lcdask.testing import truth_wcs
@@ -113,3 +114,17 @@ def test_coadd_of_the_run_registered_and_clean_of_movers(solved_night):
     # the ePSF of the co-add: FWHM within 3% of the injected mean seeing
     fwhm = truth.frames["fwhm_px"].mean()
     assert abs(result.psf.fwhm_px / fwhm - 1) < 0.03, (result.psf.fwhm_px, fwhm)
+
+
+def test_near_flagged_equals_the_dilated_mask_looked_up():
+    """Saturated-core test of detections: the 13-pixel lookup is the twice-dilated mask's value,
+    at the edges too (positions off the frame are clipped onto it)."""
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        flagged = rng.random((60, 80)) < 0.01
+        x, y = rng.uniform(-3, 82, 500), rng.uniform(-3, 62, 500)
+        dilated = ndimage.binary_dilation(flagged, iterations=2)
+        ix = np.clip(np.round(x).astype(int), 0, 79)
+        iy = np.clip(np.round(y).astype(int), 0, 59)
+        assert np.array_equal(_near_flagged(flagged, x, y), dilated[iy, ix])
+    assert not _near_flagged(np.zeros((5, 5), bool), np.array([2.0]), np.array([2.0])).any()
