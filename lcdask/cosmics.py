@@ -205,11 +205,32 @@ def detect_cosmics(
     )
 
 
+# pixel offsets of a twice-dilated 4-connected cross (within 2 steps) and of the 3x3 box
+_CROSS_2 = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if abs(dy) + abs(dx) <= 2]
+_BOX_3 = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
+def _dilated(mask: np.ndarray, offsets: list[tuple[int, int]]) -> np.ndarray:
+    """``mask`` dilated by the structuring element of ``offsets``, from its set pixels only.
+
+    Equal to `scipy.ndimage.binary_dilation` with that element (which sweeps the whole frame,
+    45-220 ms per 2048^2 frame) for the sparse masks here: saturated cores, cosmic rays. An
+    offset that leaves the frame is clipped onto it, to a pixel nearer the set one and so in
+    the dilation anyway.
+    """
+    iy, ix = np.nonzero(mask)
+    out = mask.copy()
+    ny, nx = mask.shape
+    for dy, dx in offsets:
+        out[np.clip(iy + dy, 0, ny - 1), np.clip(ix + dx, 0, nx - 1)] = True
+    return out
+
+
 def _protected(data: np.ndarray, bad: np.ndarray, saturation: float | None) -> np.ndarray:
     """Pixels never taken for cosmic rays: bad ones, and saturated ones with two around them."""
     protect = bad.copy()
     if saturation is not None:
-        protect |= ndimage.binary_dilation(data >= saturation, iterations=2)
+        protect |= _dilated(data >= saturation, _CROSS_2)
     return protect
 
 
@@ -242,7 +263,7 @@ def _fast(
     ny, nx = data.shape
     o = np.arange(-3, 4)
     for _ in range(n_grow):
-        ring = ndimage.binary_dilation(crs, structure=np.ones((3, 3), bool)) & ~crs & ~protect
+        ring = _dilated(crs, _BOX_3) & ~crs & ~protect
         ry, rx = np.nonzero(ring)
         if ry.size == 0:
             break
@@ -448,7 +469,7 @@ def _psf(
     # by as much (a track's faint end; a star's pixels next to a cosmic ray keep within them)
     low = sigfrac * sigclip
     for _ in range(n_grow):
-        ring = ndimage.binary_dilation(crs, structure=np.ones((3, 3), bool)) & ~crs & ~protect
+        ring = _dilated(crs, _BOX_3) & ~crs & ~protect
         ry, rx = np.nonzero(ring)
         if ry.size == 0:
             break

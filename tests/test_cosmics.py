@@ -6,9 +6,18 @@ import dataclasses
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from lcdask.cosmics import clean_cosmics, detect_cosmics, psf_sharpness_limits, remove_cosmics
+from lcdask.cosmics import (
+    _BOX_3,
+    _CROSS_2,
+    _dilated,
+    clean_cosmics,
+    detect_cosmics,
+    psf_sharpness_limits,
+    remove_cosmics,
+)
 from lcdask.psf import build_epsf
 from lcdask.simulate import SimConfig, load_truth, simulate_night, truth_light_image
 from lcdask.simulate.detector import cosmic_rays
@@ -246,3 +255,14 @@ def test_psf_method_keeps_undersampled_star_cores(undersampled):
     ).sum()
     # measured: 105 pixels wrongly flagged by the fast test, 12 by the PSF test
     assert wrong_psf < 20 and wrong_fast > 4 * wrong_psf, (wrong_fast, wrong_psf)
+
+
+def test_sparse_dilation_equals_scipy():
+    """The dilations of saturated cores and cosmic rays, from their pixels only, are scipy's."""
+    rng = np.random.default_rng(2)
+    for fraction in (0.001, 0.02, 0.3, 0.001, 0.02, 0.3):
+        mask = rng.random((50, 70)) < fraction
+        cross = ndimage.binary_dilation(mask, iterations=2)
+        box = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool))
+        assert np.array_equal(_dilated(mask, _CROSS_2), cross)
+        assert np.array_equal(_dilated(mask, _BOX_3), box)
