@@ -6,10 +6,11 @@ a blend, a cosmic ray). `forced_photometry` measures it there, at its median pos
 exactly the photometry of the detections:
 
 * one task per frame (`frame_forced_photometry`): the worker reads its own calibrated frame from
-  the cube, prepares it as Level 2 does (`lcdask.level2._prepared_frame`: cosmic rays cleaned,
-  sky subtracted) and measures the flux Level 2 keeps (``[level2] flux``: the 1.5 FWHM aperture
-  with its aperture correction, or the PSF flux) with the frame's own aperture correction and
-  PSF scale from the frames table, at the forced positions and the detections together (the
+  the cube, prepares it as Level 2 does (`lcdask.level2._prepared_frame`: the cosmic-ray
+  pixels Level 3 found, from the frames table, cleaned; sky subtracted) and measures the flux
+  Level 2 keeps (``[level2] flux``: the 1.5 FWHM aperture with its aperture correction, or the
+  PSF flux) with the frame's own aperture correction and PSF scale from the frames table, at
+  the forced positions and the detections together (the
   detections' fluxes measured again are compared with the stored ones: ``max_pull_redone``);
 * the fluxes are calibrated with the frame's zero point and slope (`frame_calibration`), with the
   calibration error the detections carry, so ``mag``, ``mag_err`` and ``flux_jy`` are on the same
@@ -158,7 +159,8 @@ def frame_forced_photometry(
     detections : pandas.DataFrame
         The frame's detections: ``x``, ``y``, ``flux``.
     frame : dict
-        The frame's ``fwhm_px``, ``aperture_correction`` and ``psf_scale`` (frames table).
+        The frame's ``fwhm_px``, ``aperture_correction``, ``psf_scale`` and ``cosmic_pixels``
+        (frames table; cosmic rays are detected again when the last is None).
     psf : lcdask.psf.PSFModel or None
         The run's ePSF.
     config : Level2Config
@@ -175,7 +177,7 @@ def frame_forced_photometry(
     x, y = np.asarray(x, float), np.asarray(y, float)
     fwhm_px = float(frame["fwhm_px"])
     image, sky, mask, cosmic, gain, repaired = _prepared_frame(
-        cube_path, index, config, fwhm_px, psf
+        cube_path, index, config, fwhm_px, psf, cosmic_pixels=frame.get("cosmic_pixels")
     )
     options = {
         "fwhm_px": fwhm_px,
@@ -311,6 +313,15 @@ def _calibrate(
     return table.assign(mag=mag, mag_err=mag_err, flux_jy=jy, flux_jy_err=jy_err)
 
 
+def _cosmic_pixels(row: pd.Series) -> np.ndarray | None:
+    """Level 3's cosmic-ray pixels of a frame, or None (not recorded: a run of an earlier
+    version, or no Level 3 photometry), when they must be detected again."""
+    pixels = row.get("cosmic_pixels")
+    if pixels is None or (np.ndim(pixels) == 0 and pd.isna(pixels)):
+        return None
+    return np.asarray(pixels, np.int64)
+
+
 def forced_photometry(
     ds: xr.Dataset,
     detections: pd.DataFrame,
@@ -393,7 +404,8 @@ def forced_photometry(
             rows["x"].to_numpy(),
             rows["y"].to_numpy(),
             det_of.get(frame, empty_det)[["x", "y", "flux"]],
-            {k: float(by_frame.loc[frame].get(k, np.nan)) for k in _CORRECTIONS},
+            {k: float(by_frame.loc[frame].get(k, np.nan)) for k in _CORRECTIONS}
+            | {"cosmic_pixels": _cosmic_pixels(by_frame.loc[frame])},
             psf,
             config,
         )

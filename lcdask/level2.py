@@ -48,7 +48,7 @@ from lcdask.astrometry import (
 )
 from lcdask.calibrate import PixelFlag
 from lcdask.coadd import Coadd, coadd_tile, optimal_wcs, tile_size_for, tile_slices
-from lcdask.cosmics import remove_cosmics
+from lcdask.cosmics import clean_cosmics, remove_cosmics
 from lcdask.detect import DetectionFlag, detect_frame
 from lcdask.errors import FrameError, LcdaskError
 from lcdask.flags import UNUSABLE
@@ -98,8 +98,11 @@ FRAME_COLUMNS = {
     "pointing_message": "str",
     "aperture_correction": "float64",
     "psf_scale": "float64",
+    "cosmic_pixels": "object",
 }
-"""Per-frame results of Level 2, stored as coordinates on ``frame`` in the cube."""
+"""Per-frame results of Level 2 (``frames.parquet``; the scalars also as coordinates on ``frame``
+in the cube). ``cosmic_pixels`` holds the flat indices (``y * nx + x``, int32) of the pixels
+Level 3 took for cosmic rays, which forced photometry reuses (`lcdask.forced`)."""
 
 
 @dataclass(frozen=True)
@@ -299,12 +302,19 @@ def _near_flagged(flagged: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
 
 
 def _prepared_frame(
-    cube_path: str | Path, index: int, config: Level2Config, fwhm_px: float, psf=None
+    cube_path: str | Path,
+    index: int,
+    config: Level2Config,
+    fwhm_px: float,
+    psf=None,
+    cosmic_pixels: np.ndarray | None = None,
 ):
     """A calibrated frame with cosmic rays cleaned and the sky subtracted, and its masks.
 
     Returns ``(image, sky, mask, cosmic, gain, repaired)``: ``mask`` the bad pixels left as they
-    are, ``repaired`` those the calibration's cleaning replaced by interpolation.
+    are, ``repaired`` those the calibration's cleaning replaced by interpolation. Given
+    ``cosmic_pixels`` (flat indices that an earlier call found), those are cleaned instead of
+    detecting cosmic rays again: the same frame comes out, without the detection's cost.
     """
     root = zarr.open_group(str(cube_path), mode="r")
     image = root["calibrated"][index].astype(np.float32)
@@ -331,7 +341,11 @@ def _prepared_frame(
         method = "fast" if sharp else "psf"
     if method == "psf" and (psf is None or not np.isfinite(fwhm_px)):
         method = "none"  # no ePSF yet (reference_psf): no test for an undersampled frame
-    if method != "none":
+    if cosmic_pixels is not None:
+        cosmic.flat[np.asarray(cosmic_pixels, np.int64)] = True
+        if cosmic.any():  # as remove_cosmics cleans what it detects
+            image = clean_cosmics(image, cosmic, bad_mask=mask)
+    elif method != "none":
         extra = {"psf": psf, "fwhm_px": fwhm_px} if method == "psf" else {}
         image, cosmic = remove_cosmics(
             image,
@@ -405,11 +419,12 @@ def frame_photometry(
         chooses, the detection's own kept as ``flux_det``/``flux_det_err``, and every aperture
         and PSF column of the photometry; flags merged.
     corrections : dict
-        ``aperture_correction`` (the factor applied to that flux; 1 for the PSF flux) and
-        ``psf_scale`` (the ePSF's scale on this frame, NaN without one): the frame's own
+        ``aperture_correction`` (the factor applied to that flux; 1 for the PSF flux),
+        ``psf_scale`` (the ePSF's scale on this frame, NaN without one) and ``cosmic_pixels``
+        (flat indices of the cosmic-ray pixels; None without photometry): the frame's own
         photometry, which `lcdask.forced` repeats at forced positions.
     """
-    nan = {"aperture_correction": np.nan, "psf_scale": np.nan}
+    nan = {"aperture_correction": np.nan, "psf_scale": np.nan, "cosmic_pixels": None}
     if config.flux == "detection" or detections is None or not len(detections):
         return detections, nan
     image, sky, mask, cosmic, gain, repaired = _prepared_frame(
@@ -437,6 +452,7 @@ def frame_photometry(
     corrections = {
         "aperture_correction": float(info["aperture_correction"].get(column, 1.0)),
         "psf_scale": float(info["psf_scale"]),
+        "cosmic_pixels": np.flatnonzero(cosmic).astype(np.int32),
     }
     return out, corrections
 
@@ -797,6 +813,8 @@ def _reference(cube, found, counts, catalog, config):
 
 
 def _default(dtype: str):
+    if dtype == "object":
+        return None  # not measured (no Level 3 photometry of the frame)
     return "" if dtype == "str" else (0 if dtype == "int64" else np.nan)
 
 
@@ -813,7 +831,7 @@ def _result(
         row = {"frame": int(i), **stats.get(i, {}), **rows[i], "n_sources": counts[i]}
         frames.append({k: row.get(k, _default(t)) for k, t in FRAME_COLUMNS.items()})
     frames = pd.DataFrame(frames, columns=list(FRAME_COLUMNS)).astype(
-        {k: v for k, v in FRAME_COLUMNS.items() if v != "str"}
+        {k: v for k, v in FRAME_COLUMNS.items() if v not in ("str", "object")}
     )
     parts = [t.assign(frame=int(i)) for i, t in tables.items() if t is not None and len(t)]
     detections = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

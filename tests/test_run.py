@@ -22,8 +22,9 @@ from astropy.wcs import WCS
 from lcdask.astrometry import wcs_grid_error_px
 from lcdask.classify import link_tracks
 from lcdask.coadd import Coadd
-from lcdask.forced import forced_photometry
+from lcdask.forced import forced_photometry, frame_forced_photometry
 from lcdask.io.cube import open_cube
+from lcdask.level2 import Level2Config
 from lcdask.lightcurves import LightCurveFlag, build_lightcurves, insert_forced
 from lcdask.match import match_detections
 from lcdask.psf import PSFModel
@@ -196,6 +197,30 @@ def test_forced_photometry_of_missing_entries_against_truth(local_run, night):
     assert 0.8 < MAD_TO_STD * np.median(np.abs(pull - np.median(pull))) < 1.3
     assert -1.2 < np.median(pull) < 0.0
     assert np.mean(np.abs(pull) > 4) < 0.03
+
+
+def test_forced_photometry_reuses_level3_cosmic_rays(local_run):
+    """Forced photometry cleans the cosmic-ray pixels Level 3 recorded (frames.parquet) instead
+    of detecting them again: the same measurements as detecting them again."""
+    frames = pd.read_parquet(local_run / "frames.parquet").set_index("frame")
+    detections = pd.read_parquet(local_run / "detections.parquet")
+    with fits.open(local_run / "psf.fits") as hdus:
+        psf = PSFModel.from_hdu(hdus["EPSF"])
+    frame = int(frames["cosmic_pixels"].map(len).idxmax())  # the most hit frame (13 px)
+    row = frames.loc[frame]
+    pixels = np.asarray(row["cosmic_pixels"])
+    assert pixels.dtype == np.int32 and 5 < len(pixels) < 0.001 * 448 * 448
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(20, 428, 50), rng.uniform(20, 428, 50)
+    det = detections[detections["frame"] == frame][["x", "y", "flux"]]
+    common = {k: float(row[k]) for k in ("fwhm_px", "aperture_correction", "psf_scale")}
+    cube, config = local_run / "cube.zarr", Level2Config()
+    tables = [
+        frame_forced_photometry(cube, frame, x, y, det, common | {"cosmic_pixels": cr}, psf, config)
+        for cr in (pixels, None)
+    ]
+    pd.testing.assert_frame_equal(tables[0][0], tables[1][0])
+    assert tables[0][1] == tables[1][1] < 0.01
 
 
 def test_forced_fills_dropped_detections_but_not_unsolved_frames(local_run, night):
