@@ -581,12 +581,13 @@ def _needed_radius(need: np.ndarray, radii: np.ndarray) -> np.ndarray:
     return np.where(any_, radii[last], 0)
 
 
-def _variance_at(rms: float | np.ndarray | None, data: np.ndarray, bad: np.ndarray):
+def _variance_at(rms: float | np.ndarray | None, data: np.ndarray, mask: np.ndarray | None):
     """A function giving the sky variance at pixel indices (no full-frame copy of a map)."""
     if rms is None:
         from astropy.stats import mad_std
 
-        var = float(mad_std(data[~bad])) ** 2
+        good = np.isfinite(data) if mask is None else np.isfinite(data) & ~mask
+        var = float(mad_std(data[good].astype(np.float64))) ** 2
         return lambda yy, xx: np.full(np.shape(yy), var)
     rms = np.asarray(rms)
     if rms.ndim == 0:
@@ -648,16 +649,24 @@ def forced_psf_photometry(
     y = np.atleast_1d(np.asarray(y, dtype=np.float64))
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"x and y must be 1-D of one length, got {x.shape} and {y.shape}")
-    data = np.asarray(image, dtype=np.float64)
+    # Only the stamps' pixels are read (as float64), never a whole-frame copy or mask: this is
+    # called once per frame and eight times more by `refine_scale`.
+    data = np.asarray(image)
     if data.ndim != 2:
         raise ValueError(f"forced_psf_photometry needs a 2-D image, got shape {data.shape}")
     n = x.size
     if n == 0:
         return pd.DataFrame({k: pd.Series(dtype=v) for k, v in FORCED_PSF_SCHEMA.items()})
     nx = data.shape[1]
-    bad = ~np.isfinite(data)
-    if mask is not None:
-        bad |= np.asarray(mask, dtype=bool)
+    mask = None if mask is None else np.asarray(mask, dtype=bool)
+
+    def pix(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        return data[yy, xx].astype(np.float64)
+
+    def bad_at(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        bad = ~np.isfinite(data[yy, xx])
+        return bad | mask[yy, xx] if mask is not None else bad
+
     fwhm = psf.effective_fwhm_px
     r_fit = max(1.5 * fwhm, 2.5) if fit_radius is None else float(fit_radius)
     h = int(np.ceil(r_fit))
@@ -667,10 +676,10 @@ def forced_psf_photometry(
     xs, ys, inside = _stamps(data.shape, x, y, h)
     p_sq = np.where(inside, psf.evaluate(xs - x[:, None], ys - y[:, None]), 0.0)
     in_fit = inside & ((xs - x[:, None]) ** 2 + (ys - y[:, None]) ** 2 <= r_fit**2)
-    in_fit &= ~bad[ys, xs]
+    in_fit &= ~bad_at(ys, xs)
     p_fit = np.where(in_fit, p_sq, 0.0)
-    d_fit = np.where(in_fit, data[ys, xs], 0.0) - sky_star[:, None]
-    var_at = _variance_at(rms, data, bad)
+    d_fit = np.where(in_fit, pix(ys, xs), 0.0) - sky_star[:, None]
+    var_at = _variance_at(rms, data, mask)
     v_fit = var_at(ys, xs)
     # The model of all stars is needed only on the stamps' pixels: it is kept on that set
     # (``pixels``, sorted flat indices) rather than on the whole frame.
@@ -701,7 +710,7 @@ def forced_psf_photometry(
         )
         ends = np.cumsum([dx.size for dx, _ in offsets])[:-1]
         groups = [
-            (members, py, px, at, design.reshape(dx.shape), data[py, px] - sky_star[members].mean())
+            (members, py, px, at, design.reshape(dx.shape), pix(py, px) - sky_star[members].mean())
             for (members, py, px, at), design, (dx, _) in zip(
                 groups, np.split(values, ends), offsets, strict=True
             )
