@@ -135,6 +135,10 @@ class Level2Config:
         Solved frames co-added into ``coadd.fits`` (spread evenly over the night, so that
         movers and cosmic rays are rejected); its ePSF is the PSF model of every frame,
         scaled to each frame's FWHM. 0: no co-add, the ePSF comes from the reference frame.
+        20 by default: on a simulated night of 40 frames of 2048^2 a co-add of 20 gave the
+        same light curves as one of all 40 (ePSF within 0.8% of its peak, zero points within
+        0.0005 mag, stable stars' scatter equal) at half the co-add's cost, which grows with
+        the frames; more make a deeper ``coadd.fits``.
     coadd_method : {"median", "sigma_clip"}
         How the co-add combines its frames pixel by pixel: median, or a mean after clipping
         at 3 sigma about the median (deeper, as robust with 5 frames or more).
@@ -158,7 +162,7 @@ class Level2Config:
     max_shift_px: float = 60.0
     flux: str = "aperture"
     cosmics: str = "auto"
-    coadd_frames: int = 50
+    coadd_frames: int = 20
     coadd_method: str = "sigma_clip"
 
     def __post_init__(self) -> None:
