@@ -260,14 +260,12 @@ def frame_detections(
         ``(index, detections, stats)`` as `lcdask.detect.detect_frame` gives them.
     """
     image = zarr.open_array(str(Path(cube_path) / "calibrated"), mode="r")[index]
-    mask = ~np.isfinite(image)
-    if mask.all():
+    if not np.isfinite(image).any():
         raise FrameError(f"frame {index}: no finite pixels")
     root = zarr.open_group(str(cube_path), mode="r")
     pixel_flags = root["pixel_flags"][index] if "pixel_flags" in root else None
     detections, stats = detect_frame(
-        np.where(mask, 0.0, image).astype(np.float32),
-        mask=mask,
+        image,  # its non-finite pixels are masked (and zeroed) by detect_frame
         threshold_sigma=config.threshold_sigma,
         min_area=config.min_area,
         backend=config.backend,
