@@ -441,7 +441,7 @@ def photometer_frame(
     bad = ~np.isfinite(data)
     if mask is not None:
         bad |= mask.astype(bool)
-    clean = np.where(bad, 0.0, data).astype(data.dtype) if bad.any() else data
+    clean = np.where(bad, data.dtype.type(0), data) if bad.any() else data
     if rms is None:
         from astropy.stats import mad_std
 
@@ -490,14 +490,14 @@ def photometer_frame(
     fwhm_ap = [r for r, (_, u) in zip(radii, apertures, strict=True) if u == "fwhm"]
     r_flag = max(fwhm_ap) if fwhm_ap else 2.0 * fwhm_px
     if bad.any():
-        nb, _, _ = sep.sum_circle(bad.astype(np.float64), x, y, r_flag, subpix=1)
+        nb, _, _ = sep.sum_circle(bad.astype(np.float32), x, y, r_flag, subpix=1)
         flags[nb > 0] |= PhotFlag.MASKED
     if cosmic_mask is not None and cosmic_mask.any():
-        nc, _, _ = sep.sum_circle(cosmic_mask.astype(np.float64), x, y, r_flag, subpix=1)
+        nc, _, _ = sep.sum_circle(cosmic_mask.astype(np.float32), x, y, r_flag, subpix=1)
         flags[nc > 0] |= PhotFlag.COSMIC
     if repaired_mask is not None and repaired_mask.any():
         r_rep = flux_fwhm * fwhm_px
-        nr, _, _ = sep.sum_circle(repaired_mask.astype(np.float64), x, y, r_rep, subpix=1)
+        nr, _, _ = sep.sum_circle(repaired_mask.astype(np.float32), x, y, r_rep, subpix=1)
         flags[nr > 0] |= PhotFlag.MASKED
     if saturation is not None:
         level = data if background is None else data + background
