@@ -30,6 +30,7 @@ name                        content
 from __future__ import annotations
 
 import html
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,12 @@ from lcdask.plots import (
     read_coadd,
     scatter_curve,
     select_lightcurves,
+    submit_run_plots,
     with_frame_coords,
+    write_run_plots,
 )
 
-__all__ = ["REPORT_NAMES", "build_report", "write_report"]
+__all__ = ["REPORT_NAMES", "build_report", "write_report", "write_run_report"]
 
 REPORT_NAMES = (
     "summary",
@@ -181,7 +184,9 @@ def _target_section(ds: xr.Dataset, sources: pd.DataFrame, *, n_comparison: int,
     sid = int(row["source_id"])
     comp = sources[sources["is_comparison"].to_numpy(bool)].sort_values("mag")
     comp_ids = comp["source_id"].to_numpy(np.int64)[:n_comparison]
-    sub = select_lightcurves(ds, [sid, *comp_ids])
+    sub = select_lightcurves(
+        ds, [sid, *comp_ids], variables=("rel_flux", "rel_flux_err", "mag", "flags")
+    )
     t = np.asarray(sub["time_mjd"].to_numpy(), dtype=float)
     rel = _finite(sub["rel_flux"].to_numpy()[0])
     err = _finite(sub["rel_flux_err"].to_numpy()[0])
@@ -308,7 +313,9 @@ def _variables_section(ds: xr.Dataset, sources: pd.DataFrame, *, max_variables: 
     if var.empty:
         return _note("No variable sources (besides the target).", "variables_none")
     shown = var.iloc[:max_variables]
-    sub = select_lightcurves(ds, shown["source_id"].to_numpy(np.int64))
+    sub = select_lightcurves(
+        ds, shown["source_id"].to_numpy(np.int64), variables=("rel_flux", "rel_flux_err")
+    )
     t = np.asarray(sub["time_mjd"].to_numpy(), dtype=float)
     figs = []
     for k, (_, row) in enumerate(shown.iterrows()):
@@ -645,7 +652,9 @@ def build_report(
     return column(sections, name="report")
 
 
-def write_report(run_dir: str | Path, *, out: str | Path | None = None, **kwargs: Any) -> Path:
+def write_report(
+    run_dir: str | Path, *, out: str | Path | None = None, client=None, **kwargs: Any
+) -> Path:
     """Write ``RUN/report.html``: the run's plots as one standalone, offline bokeh page.
 
     Parameters
@@ -655,6 +664,9 @@ def write_report(run_dir: str | Path, *, out: str | Path | None = None, **kwargs
         ``coadd.fits`` when present).
     out
         Another path for the page.
+    client : distributed.Client, optional
+        Build the page in a task on this cluster (the run directory seen by the workers at the
+        same path); in this process when None.
     **kwargs
         Passed to `build_report` (``max_variables``, ``n_comparison``, ``n_bins``,
         ``coadd_pixels``).
@@ -664,6 +676,15 @@ def write_report(run_dir: str | Path, *, out: str | Path | None = None, **kwargs
     Path
         The page, written atomically.
     """
+    if client is not None:
+        return client.submit(
+            write_report,
+            str(run_dir),
+            out=None if out is None else str(out),
+            pure=False,
+            key=f"lcdask-report-{uuid.uuid4().hex}",
+            **kwargs,
+        ).result()
     from bokeh.embed import file_html
     from bokeh.resources import INLINE
 
@@ -674,3 +695,29 @@ def write_report(run_dir: str | Path, *, out: str | Path | None = None, **kwargs
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return path
+
+
+def write_run_report(run_dir: str | Path, *, client=None) -> tuple[Path, list[Path]]:
+    """Write a run's report page and its PNG plots: the run's last stage.
+
+    Parameters
+    ----------
+    run_dir
+        The run directory.
+    client : distributed.Client, optional
+        The cluster's workers draw the PNG figures, one task each
+        (`lcdask.plots.submit_run_plots`), while this process builds the page; all of it here,
+        one after the other, when None. On 2 cores this halves the stage (the page and the
+        figures cost about the same).
+
+    Returns
+    -------
+    tuple
+        ``report.html`` (`write_report`) and the PNG files (`lcdask.plots.write_run_plots`).
+    """
+    if client is None:
+        plots = write_run_plots(run_dir)
+        return write_report(run_dir), plots
+    pending = submit_run_plots(run_dir, client)
+    page = write_report(run_dir)
+    return page, client.gather(pending)
