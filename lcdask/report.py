@@ -652,6 +652,26 @@ def build_report(
     return column(sections, name="report")
 
 
+def _page(layout: Any, *, title: str) -> str:
+    """The standalone HTML page of a layout, bokeh's JavaScript inline.
+
+    What `bokeh.embed.file_html` writes with ``resources=INLINE``, without its validation of
+    the document (a quarter of a second for the ~1000 models of a report, to log warnings
+    only; tests/test_report.py checks that the report's document has no issue).
+    """
+    from bokeh.document import Document
+    from bokeh.embed.bundle import bundle_for_objs_and_resources
+    from bokeh.embed.elements import html_page_for_render_items
+    from bokeh.embed.util import standalone_docs_json_and_render_items
+    from bokeh.resources import INLINE
+
+    doc = Document()
+    doc.add_root(layout)
+    docs_json, render_items = standalone_docs_json_and_render_items([layout])
+    bundle = bundle_for_objs_and_resources([doc], INLINE)
+    return html_page_for_render_items(bundle, docs_json, render_items, title=title)
+
+
 def write_report(
     run_dir: str | Path, *, out: str | Path | None = None, client=None, **kwargs: Any
 ) -> Path:
@@ -685,12 +705,8 @@ def write_report(
             key=f"lcdask-report-{uuid.uuid4().hex}",
             **kwargs,
         ).result()
-    from bokeh.embed import file_html
-    from bokeh.resources import INLINE
-
     run = read_run(run_dir)
-    layout = build_report(run, **kwargs)
-    page = file_html(layout, resources=INLINE, title=f"lcdask report: {run.run_dir.name}")
+    page = _page(build_report(run, **kwargs), title=f"lcdask report: {run.run_dir.name}")
     path = Path(out) if out is not None else run.run_dir / "report.html"
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
