@@ -3,7 +3,8 @@
 Each plot has a function that builds a matplotlib `~matplotlib.figure.Figure` from data
 (``*_figure``: for notebooks and tests) and one that writes it as a PNG (``plot_*``: returns the
 path). `write_plots` writes them all from a light-curve Dataset and a sources table;
-`write_run_plots` reads a run directory first. matplotlib is imported inside the functions,
+`write_run_plots` reads a run directory first (with a ``client``, one task per figure on the
+cluster: `write_run_plot`, `submit_run_plots`). matplotlib is imported inside the functions,
 with the non-interactive Agg canvas, so importing this module costs nothing and needs no display.
 
 ===========================  ================================================================
