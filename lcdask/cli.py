@@ -87,6 +87,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write RUN/report.html and RUN/plots/ from a run's products")
     p.add_argument("run", type=Path)
+    # without either, in this process (a cluster takes longer to start than the report)
+    _cluster_args(p)
 
     p = sub.add_parser("export", help="export light curves as CSV, ECSV or FITS")
     p.add_argument("run", type=Path)
@@ -206,11 +208,16 @@ def _run_summary(out: Path, record: dict) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from lcdask.plots import write_run_plots
-    from lcdask.report import write_report
+    from lcdask.report import write_run_report
 
-    write_run_plots(args.run)
-    print(f"report: {write_report(args.run)}")
+    if args.scheduler is None and args.workers is None:
+        page, _ = write_run_report(args.run)
+    else:
+        from lcdask.cluster import dask_client
+
+        with dask_client(scheduler=args.scheduler, n_workers=args.workers) as client:
+            page, _ = write_run_report(args.run, client=client)
+    print(f"report: {page}")
     return 0
 
 

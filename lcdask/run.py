@@ -60,9 +60,8 @@ from lcdask.lightcurves import (
 )
 from lcdask.match import match_detections
 from lcdask.pipeline import calibrate_cube
-from lcdask.plots import write_run_plots
 from lcdask.psf import PSFModel
-from lcdask.report import write_report
+from lcdask.report import write_run_report
 from lcdask.targets import resolve_target
 
 __all__ = ["STAGES", "read_run_record", "run"]
@@ -375,8 +374,8 @@ def run(
     _stage(record, "lightcurves", ["lightcurves.zarr", "sources.parquet"], do_lightcurves)
 
     def do_report() -> dict:
-        plots = write_run_plots(out)
-        return {"report": str(write_report(out)), "plots": [str(p) for p in plots]}
+        page, plots = write_run_report(out, client=client)
+        return {"report": str(page), "plots": [str(p) for p in plots]}
 
     _stage(record, "report", ["report.html", "plots"], do_report)
 

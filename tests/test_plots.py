@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -66,6 +68,24 @@ def test_run_plots_are_valid_pngs(run, written):
             grey = np.asarray(im.convert("L"), dtype=float)
         assert grey.std() > 10, path.name  # not blank
     assert not list((run_dir / "plots").glob(".*tmp-*"))  # written atomically
+
+
+def test_run_plots_on_a_cluster_are_the_same(run, written, tmp_path, dask_local_client):
+    # one task per figure on the workers, the page in this process: the same files, pixel for pixel
+    from lcdask.report import write_report, write_run_report
+
+    run_dir, *_ = run
+    other = tmp_path / "run"
+    shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("plots", "report.html"))
+    page, paths = write_run_report(other, client=dask_local_client)
+    assert page == other / "report.html" and page.exists()
+    assert [p.name for p in paths] == [p.name for p in written]
+    for serial, parallel in zip(written, paths, strict=True):
+        assert parallel.parent == other / "plots"
+        with Image.open(serial) as a, Image.open(parallel) as b:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the page alone, built in a task
+    assert write_report(other, out=tmp_path / "r.html", client=dask_local_client).exists()
 
 
 def test_plot_labels_inside_the_figure(run):

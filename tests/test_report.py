@@ -190,6 +190,14 @@ def test_report_models_have_stable_names(run, document):
     assert f"source {int(sources.loc[sources['is_target'], 'source_id'].iloc[0])}:" in summary
 
 
+def test_report_document_passes_bokeh_validation(document):
+    # write_report skips bokeh's validation (it costs time and only logs): it is checked here
+    from bokeh.core.validation import check_integrity
+
+    issues = check_integrity(document.models)
+    assert issues.error == [] and issues.warning == []
+
+
 def test_report_scatter_source_matches_sources_table(run, document):
     _, _, _, sources = run
     data = document.select_one({"name": "scatter_source"}).data
