@@ -197,7 +197,14 @@ def _untangent(
 
 def _pixel_scale_deg(wcs: WCS) -> float:
     """Mean pixel scale (degrees per pixel) of a celestial WCS."""
-    return float(np.sqrt(abs(np.linalg.det(wcs.celestial.pixel_scale_matrix))))
+    return float(np.sqrt(abs(np.linalg.det(_celestial(wcs).pixel_scale_matrix))))
+
+
+def _celestial(wcs: WCS) -> WCS:
+    """``wcs.celestial``, without its copy (~0.4 ms) when ``wcs`` is already (lon, lat)."""
+    if wcs.naxis == 2 and wcs.wcs.lng == 0 and wcs.wcs.lat == 1:
+        return wcs
+    return wcs.celestial
 
 
 def _sep_arcsec(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndarray) -> np.ndarray:
@@ -426,17 +433,18 @@ def _detection_arrays(
     missing = {"x", "y", "flux"} - set(detections.columns)
     if missing:
         raise ValueError(f"detections lack the columns {sorted(missing)} (need x, y, flux)")
-    table = detections
-    if "flags" in table.columns and drop_flags:
-        table = table[(table["flags"].to_numpy() & drop_flags) == 0]
-    if "fwhm_px" in table.columns:
-        table = table[~sharper_than_stars(table["fwhm_px"].to_numpy(dtype=float))]
-    x = table["x"].to_numpy(dtype=float)
-    y = table["y"].to_numpy(dtype=float)
-    flux = table["flux"].to_numpy(dtype=float)
+    columns = detections.columns
+    keep = np.ones(len(detections), dtype=bool)
+    if "flags" in columns and drop_flags:
+        keep = (detections["flags"].to_numpy() & drop_flags) == 0
+    if "fwhm_px" in columns:
+        keep[keep] = ~sharper_than_stars(detections["fwhm_px"].to_numpy(dtype=float)[keep])
+    x = detections["x"].to_numpy(dtype=float)[keep]
+    y = detections["y"].to_numpy(dtype=float)[keep]
+    flux = detections["flux"].to_numpy(dtype=float)[keep]
     good = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux) & (flux > 0)
-    if "snr" in table.columns:
-        snr = table["snr"].to_numpy(dtype=float)
+    if "snr" in columns:
+        snr = detections["snr"].to_numpy(dtype=float)[keep]
         snr = np.where(np.isfinite(snr) & (snr > 0), snr, 1.0)
     else:
         snr = np.sqrt(np.clip(flux, 1.0, None))
@@ -1380,7 +1388,7 @@ def _turn_and_drift(
     pixel ``p`` is at ``R (p - c) + c + (dx, dy)`` with ``c`` the frame centre."""
     ny, nx = image_shape
     c = np.array([(nx - 1) / 2.0, (ny - 1) / 2.0])
-    turn = np.linalg.inv(wcs.celestial.pixel_scale_matrix) @ guess.celestial.pixel_scale_matrix
+    turn = np.linalg.inv(_celestial(wcs).pixel_scale_matrix) @ _celestial(guess).pixel_scale_matrix
     angle = math.atan2(turn[1, 0], turn[0, 0])
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     g = np.array([float(v) for v in guess.world_to_pixel_values(*wcs.pixel_to_world_values(*c))])

@@ -467,13 +467,13 @@ def frame_astrometry_photometry(
         max_shift_px=config.max_shift_px,
         mag_column=config.band,
     )
-    out = detections.copy()
-    out["ra"], out["dec"] = np.nan, np.nan
     row = _solution_row(solution)
+    ra, dec = np.full(len(detections), np.nan), np.full(len(detections), np.nan)
     if solution.ok:
-        out["ra"], out["dec"] = solution.wcs.all_pix2world(
-            out["x"].to_numpy(), out["y"].to_numpy(), 0
+        ra, dec = solution.wcs.all_pix2world(
+            detections["x"].to_numpy(), detections["y"].to_numpy(), 0
         )
+    out = _with_columns(detections, {"ra": ra, "dec": dec})
     return frame_photcal(
         out, row, catalog if photometric else None, exptime_s=exptime_s, config=config
     )
@@ -512,26 +512,25 @@ def frame_photcal(
         ``row`` with the zero point's keys of `FRAME_COLUMNS` set.
     """
     band = config.band
-    out = detections.copy()
-    for name in ("mag", "mag_err", "flux_jy", "flux_jy_err"):
-        out[name] = np.nan
+    names = ("mag", "mag_err", "flux_jy", "flux_jy_err")
+    uncalibrated = {name: np.full(len(detections), np.nan) for name in names}
     row = row | _PHOTCAL_DEFAULTS
     if not row.get("wcs_solved"):
         row["photcal_message"] = "no WCS: photometric calibration skipped"
-        return out, row
-    flux, flux_err = out["flux"].to_numpy(), out["flux_err"].to_numpy()
+        return _with_columns(detections, uncalibrated), row
+    flux, flux_err = detections["flux"].to_numpy(), detections["flux_err"].to_numpy()
     if catalog is None:
         with np.errstate(invalid="ignore", divide="ignore"):
-            out["mag"] = instrumental_mag(flux, exptime_s) + INSTRUMENTAL_ZERO_POINT
-            out["mag_err"] = 1.0857 * flux_err / np.abs(flux)
+            uncalibrated["mag"] = instrumental_mag(flux, exptime_s) + INSTRUMENTAL_ZERO_POINT
+            uncalibrated["mag_err"] = 1.0857 * flux_err / np.abs(flux)
         row["photcal_message"] = NO_CATALOG_MESSAGE
-        return out, row
-    ra, dec = out["ra"].to_numpy(), out["dec"].to_numpy()
+        return _with_columns(detections, uncalibrated), row
+    ra, dec = detections["ra"].to_numpy(), detections["dec"].to_numpy()
     match = match_to_catalog(
         ra, dec, catalog["ra"], catalog["dec"], radius_arcsec=config.match_radius_arcsec
     )
     det, cat = match.det_index, match.cat_index
-    good = (out["flags"].to_numpy()[det] == 0) & (flux[det] > 0)
+    good = (detections["flags"].to_numpy()[det] == 0) & (flux[det] > 0)
     try:
         fit = fit_zero_point(
             instrumental_mag(flux[det], exptime_s),
@@ -543,9 +542,9 @@ def frame_photcal(
         )
     except FrameError as exc:
         row["photcal_message"] = str(exc)
-        return out, row
-    mag, mag_err, jy, jy_err = calibrate_fluxes(flux, flux_err, exptime_s, fit)
-    out["mag"], out["mag_err"], out["flux_jy"], out["flux_jy_err"] = mag, mag_err, jy, jy_err
+        return _with_columns(detections, uncalibrated), row
+    calibrated = calibrate_fluxes(flux, flux_err, exptime_s, fit)
+    out = _with_columns(detections, dict(zip(names, calibrated, strict=True)))
     row.update(
         zero_point=fit.zero_point,
         zero_point_err=fit.zero_point_err,
@@ -555,6 +554,20 @@ def frame_photcal(
         zp_rms=fit.rms,
     )
     return out, row
+
+
+def _with_columns(table: pd.DataFrame, columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A copy of ``table`` with ``columns`` set: existing ones replaced, new ones appended.
+
+    New columns are appended in one concatenation (inserting them one by one costs ~0.3 ms
+    each with pandas' string column index).
+    """
+    if not table.index.is_unique or any(name in table.columns for name in columns):
+        out = table.copy()
+        for name, values in columns.items():
+            out[name] = values
+        return out
+    return pd.concat([table, pd.DataFrame(columns, index=table.index)], axis=1)
 
 
 _PHOTCAL_DEFAULTS: dict[str, Any] = {
