@@ -512,7 +512,8 @@ def _mutual_match(
     """Indices (i, j) of mutual nearest neighbours of points p and q closer than ``radius``."""
     if len(px) == 0 or len(qx) == 0:
         return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
-    tree_q = cKDTree(np.column_stack([qx, qy]))
+    # An unbalanced tree builds in half the time and finds the same nearest neighbours.
+    tree_q = cKDTree(np.column_stack([qx, qy]), balanced_tree=False)
     dist, j = tree_q.query(np.column_stack([px, py]), distance_upper_bound=radius)
     ok = np.isfinite(dist)
     i = np.nonzero(ok)[0]
@@ -648,17 +649,25 @@ def _iterate_fit(
     final_fitter: str,
     max_fit_stars: int,
     clip_sigma: float = 4.0,
+    start_xy: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> AstrometrySolution:
-    """Match all detections to the catalog through ``wcs`` and refit, shrinking the radius."""
+    """Match all detections to the catalog through ``wcs`` and refit, shrinking the radius.
+
+    ``start_xy``, when given, is the catalog's pixel positions through ``wcs`` (saves their
+    projection in the first step).
+    """
     ny, nx = image_shape
     n_matches = 0
     ii = jj = np.zeros(0, dtype=int)
     for step, radius in enumerate(radii_px):
         last = step == len(radii_px) - 1
-        with warnings.catch_warnings():
-            # SIP inverses extrapolated to stars far off the frame may not converge: harmless.
-            warnings.simplefilter("ignore", UserWarning)
-            cx, cy = wcs.world_to_pixel_values(cat_ra, cat_dec)
+        if step == 0 and start_xy is not None:
+            cx, cy = start_xy
+        else:
+            with warnings.catch_warnings():
+                # SIP inverses extrapolated to stars far off the frame may not converge: harmless.
+                warnings.simplefilter("ignore", UserWarning)
+                cx, cy = wcs.world_to_pixel_values(cat_ra, cat_dec)
         cx, cy = np.asarray(cx, float), np.asarray(cy, float)
         inside = np.isfinite(cx) & (cx > -radius) & (cx < nx - 1 + radius)
         inside &= (cy > -radius) & (cy < ny - 1 + radius)
@@ -1218,7 +1227,7 @@ def refine_wcs(
     if sip_degree is None and wcs_guess.sip is not None:
         sip_degree = int(wcs_guess.sip.a_order)
 
-    def fit(ra, dec, guess, radii_px):
+    def fit(ra, dec, guess, radii_px, start_xy):
         return _iterate_fit(
             name,
             x,
@@ -1235,6 +1244,7 @@ def refine_wcs(
             fitter=fitter,
             final_fitter=fitter,
             max_fit_stars=max_fit_stars,
+            start_xy=start_xy,
         )
 
     nb = min(n_bright, len(x))
@@ -1252,11 +1262,21 @@ def refine_wcs(
             dx, dy, n_vote = _offset_vote(cx[ib], cy[ib], x[:nb], y[:nb], max_shift_px, 2.0)
             if n_vote >= min(min_matches, 3):
                 radii = (max(3.0, 1.5 * match_radius_px), match_radius_px)
-                guess = _shifted(guess0, dx, dy)
-                failure = fit(ra, dec, guess, radii)
+                # The catalog through the shifted guess is its projection moved by the shift.
+                guess, guess_xy = _shifted(guess0, dx, dy), (cx + dx, cy + dy)
+                failure = fit(ra, dec, guess, radii, guess_xy)
                 if failure.ok:
                     return _shift_if_better(
-                        failure, guess, x, y, weight, ra, dec, image_shape, match_radius_px
+                        failure,
+                        guess,
+                        x,
+                        y,
+                        weight,
+                        ra,
+                        dec,
+                        image_shape,
+                        match_radius_px,
+                        guess_xy=guess_xy,
                     )
                 if not wide_search:
                     return failure
@@ -1286,11 +1306,20 @@ def refine_wcs(
                 failure.n_matches,
             )
         radii = (2 * bin_px, max(3.0, 1.5 * match_radius_px), match_radius_px)
-        guess = _shifted(guess0, dx, dy)
-        solution = fit(ra, dec, guess, radii)
+        guess, guess_xy = _shifted(guess0, dx, dy), (cx + dx, cy + dy)
+        solution = fit(ra, dec, guess, radii, guess_xy)
         if solution.ok:
             solution = _shift_if_better(
-                solution, guess, x, y, weight, ra, dec, image_shape, match_radius_px
+                solution,
+                guess,
+                x,
+                y,
+                weight,
+                ra,
+                dec,
+                image_shape,
+                match_radius_px,
+                guess_xy=guess_xy,
             )
         found = (
             f"drift ({dx:.0f}, {dy:.0f}) px found over the whole field ({n_vote} stars in common)"
@@ -1429,6 +1458,8 @@ def _shift_if_better(
     dec: np.ndarray,
     image_shape: tuple[int, int],
     radius_px: float,
+    *,
+    guess_xy: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> AstrometrySolution:
     """The fitted solution, or the guess moved by a shift alone when that maps the field better.
 
@@ -1438,6 +1469,9 @@ def _shift_if_better(
     not. The shift is taken unless the two differ over the field significantly more than the
     full fit's own expected error there (from its residuals and the leverage of the stars'
     positions on a grid): a real change of rotation or scale between the frames.
+
+    ``guess_xy``, when given, is the pixel positions of (ra, dec) through ``guess``: a shifted
+    WCS maps them to those positions plus the shift (`_shifted`), without projecting again.
     """
     wcs = solution.wcs
     cx, cy = (np.asarray(v, float) for v in wcs.world_to_pixel_values(ra, dec))
@@ -1451,11 +1485,15 @@ def _shift_if_better(
         return solution
     w = weight[i]
     shifted = guess
+    total = np.zeros(2)  # the shift of ``shifted`` from ``guess``
     for _ in range(2):
-        gx, gy = (np.asarray(v, float) for v in shifted.world_to_pixel_values(ra[j], dec[j]))
-        shifted = _shifted(
-            shifted, np.sum(w * (x[i] - gx)) / w.sum(), np.sum(w * (y[i] - gy)) / w.sum()
-        )
+        if guess_xy is None:
+            gx, gy = (np.asarray(v, float) for v in shifted.world_to_pixel_values(ra[j], dec[j]))
+        else:
+            gx, gy = guess_xy[0][j] + total[0], guess_xy[1][j] + total[1]
+        step = np.sum(w * (x[i] - gx)) / w.sum(), np.sum(w * (y[i] - gy)) / w.sum()
+        shifted = _shifted(shifted, *step)
+        total += step
     ny, nx = image_shape
     gx, gy = (g.ravel() for g in np.meshgrid(np.linspace(0, nx - 1, 8), np.linspace(0, ny - 1, 8)))
     x0, y0, size = (nx - 1) / 2, (ny - 1) / 2, max(nx, ny)

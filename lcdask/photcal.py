@@ -126,7 +126,8 @@ def match_to_catalog(
     cat_ok = np.flatnonzero(np.isfinite(cat_ra) & np.isfinite(cat_dec))
     if det_ok.size == 0 or cat_ok.size == 0:
         return empty
-    tree = cKDTree(_unit_vectors(cat_ra[cat_ok], cat_dec[cat_ok]))
+    # An unbalanced tree builds in half the time and finds the same nearest neighbours.
+    tree = cKDTree(_unit_vectors(cat_ra[cat_ok], cat_dec[cat_ok]), balanced_tree=False)
     dist, idx = tree.query(
         _unit_vectors(det_ra[det_ok], det_dec[det_ok]),
         k=1,
