@@ -847,14 +847,20 @@ def _refine_task(detections, wcs_guess, catalog, shape, exptime_s, config, photo
     )
 
 
-def _wcs_message(wcs: WCS) -> tuple[str, tuple[int, int] | None]:
+def _wcs_message(wcs: WCS) -> tuple[str, tuple[int, int] | None] | WCS:
     """A WCS as its header and pixel shape, to send to the tasks that refine from it.
 
     A pickled WCS travels as a FITS file written with the same header: the driver took ~5 ms
     to pickle it for every task, and a worker ~7 ms to unpickle it; a worker parses the
-    header once (`_wcs_from_message`) to the same values.
+    header once (`_wcs_from_message`) to the same values. A WCS with distortion lookup tables
+    (not in a header string) is returned as it is.
     """
+    if any(getattr(wcs, name, None) is not None for name in _LOOKUP_TABLES):
+        return wcs
     return wcs.to_header_string(relax=True), wcs.pixel_shape
+
+
+_LOOKUP_TABLES = ("cpdis1", "cpdis2", "det2im1", "det2im2")
 
 
 @functools.lru_cache(maxsize=4)
