@@ -197,7 +197,14 @@ def _untangent(
 
 def _pixel_scale_deg(wcs: WCS) -> float:
     """Mean pixel scale (degrees per pixel) of a celestial WCS."""
-    return float(np.sqrt(abs(np.linalg.det(wcs.celestial.pixel_scale_matrix))))
+    return float(np.sqrt(abs(np.linalg.det(_celestial(wcs).pixel_scale_matrix))))
+
+
+def _celestial(wcs: WCS) -> WCS:
+    """``wcs.celestial``, without its copy (~0.4 ms) when ``wcs`` is already (lon, lat)."""
+    if wcs.naxis == 2 and wcs.wcs.lng == 0 and wcs.wcs.lat == 1:
+        return wcs
+    return wcs.celestial
 
 
 def _sep_arcsec(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndarray) -> np.ndarray:
@@ -426,17 +433,18 @@ def _detection_arrays(
     missing = {"x", "y", "flux"} - set(detections.columns)
     if missing:
         raise ValueError(f"detections lack the columns {sorted(missing)} (need x, y, flux)")
-    table = detections
-    if "flags" in table.columns and drop_flags:
-        table = table[(table["flags"].to_numpy() & drop_flags) == 0]
-    if "fwhm_px" in table.columns:
-        table = table[~sharper_than_stars(table["fwhm_px"].to_numpy(dtype=float))]
-    x = table["x"].to_numpy(dtype=float)
-    y = table["y"].to_numpy(dtype=float)
-    flux = table["flux"].to_numpy(dtype=float)
+    columns = detections.columns
+    keep = np.ones(len(detections), dtype=bool)
+    if "flags" in columns and drop_flags:
+        keep = (detections["flags"].to_numpy() & drop_flags) == 0
+    if "fwhm_px" in columns:
+        keep[keep] = ~sharper_than_stars(detections["fwhm_px"].to_numpy(dtype=float)[keep])
+    x = detections["x"].to_numpy(dtype=float)[keep]
+    y = detections["y"].to_numpy(dtype=float)[keep]
+    flux = detections["flux"].to_numpy(dtype=float)[keep]
     good = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux) & (flux > 0)
-    if "snr" in table.columns:
-        snr = table["snr"].to_numpy(dtype=float)
+    if "snr" in columns:
+        snr = detections["snr"].to_numpy(dtype=float)[keep]
         snr = np.where(np.isfinite(snr) & (snr > 0), snr, 1.0)
     else:
         snr = np.sqrt(np.clip(flux, 1.0, None))
@@ -504,7 +512,8 @@ def _mutual_match(
     """Indices (i, j) of mutual nearest neighbours of points p and q closer than ``radius``."""
     if len(px) == 0 or len(qx) == 0:
         return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
-    tree_q = cKDTree(np.column_stack([qx, qy]))
+    # An unbalanced tree builds in half the time and finds the same nearest neighbours.
+    tree_q = cKDTree(np.column_stack([qx, qy]), balanced_tree=False)
     dist, j = tree_q.query(np.column_stack([px, py]), distance_upper_bound=radius)
     ok = np.isfinite(dist)
     i = np.nonzero(ok)[0]
@@ -640,17 +649,25 @@ def _iterate_fit(
     final_fitter: str,
     max_fit_stars: int,
     clip_sigma: float = 4.0,
+    start_xy: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> AstrometrySolution:
-    """Match all detections to the catalog through ``wcs`` and refit, shrinking the radius."""
+    """Match all detections to the catalog through ``wcs`` and refit, shrinking the radius.
+
+    ``start_xy``, when given, is the catalog's pixel positions through ``wcs`` (saves their
+    projection in the first step).
+    """
     ny, nx = image_shape
     n_matches = 0
     ii = jj = np.zeros(0, dtype=int)
     for step, radius in enumerate(radii_px):
         last = step == len(radii_px) - 1
-        with warnings.catch_warnings():
-            # SIP inverses extrapolated to stars far off the frame may not converge: harmless.
-            warnings.simplefilter("ignore", UserWarning)
-            cx, cy = wcs.world_to_pixel_values(cat_ra, cat_dec)
+        if step == 0 and start_xy is not None:
+            cx, cy = start_xy
+        else:
+            with warnings.catch_warnings():
+                # SIP inverses extrapolated to stars far off the frame may not converge: harmless.
+                warnings.simplefilter("ignore", UserWarning)
+                cx, cy = wcs.world_to_pixel_values(cat_ra, cat_dec)
         cx, cy = np.asarray(cx, float), np.asarray(cy, float)
         inside = np.isfinite(cx) & (cx > -radius) & (cx < nx - 1 + radius)
         inside &= (cy > -radius) & (cy < ny - 1 + radius)
@@ -1210,7 +1227,7 @@ def refine_wcs(
     if sip_degree is None and wcs_guess.sip is not None:
         sip_degree = int(wcs_guess.sip.a_order)
 
-    def fit(ra, dec, guess, radii_px):
+    def fit(ra, dec, guess, radii_px, start_xy):
         return _iterate_fit(
             name,
             x,
@@ -1227,6 +1244,7 @@ def refine_wcs(
             fitter=fitter,
             final_fitter=fitter,
             max_fit_stars=max_fit_stars,
+            start_xy=start_xy,
         )
 
     nb = min(n_bright, len(x))
@@ -1244,11 +1262,21 @@ def refine_wcs(
             dx, dy, n_vote = _offset_vote(cx[ib], cy[ib], x[:nb], y[:nb], max_shift_px, 2.0)
             if n_vote >= min(min_matches, 3):
                 radii = (max(3.0, 1.5 * match_radius_px), match_radius_px)
-                guess = _shifted(guess0, dx, dy)
-                failure = fit(ra, dec, guess, radii)
+                # The catalog through the shifted guess is its projection moved by the shift.
+                guess, guess_xy = _shifted(guess0, dx, dy), (cx + dx, cy + dy)
+                failure = fit(ra, dec, guess, radii, guess_xy)
                 if failure.ok:
                     return _shift_if_better(
-                        failure, guess, x, y, weight, ra, dec, image_shape, match_radius_px
+                        failure,
+                        guess,
+                        x,
+                        y,
+                        weight,
+                        ra,
+                        dec,
+                        image_shape,
+                        match_radius_px,
+                        guess_xy=guess_xy,
                     )
                 if not wide_search:
                     return failure
@@ -1278,11 +1306,20 @@ def refine_wcs(
                 failure.n_matches,
             )
         radii = (2 * bin_px, max(3.0, 1.5 * match_radius_px), match_radius_px)
-        guess = _shifted(guess0, dx, dy)
-        solution = fit(ra, dec, guess, radii)
+        guess, guess_xy = _shifted(guess0, dx, dy), (cx + dx, cy + dy)
+        solution = fit(ra, dec, guess, radii, guess_xy)
         if solution.ok:
             solution = _shift_if_better(
-                solution, guess, x, y, weight, ra, dec, image_shape, match_radius_px
+                solution,
+                guess,
+                x,
+                y,
+                weight,
+                ra,
+                dec,
+                image_shape,
+                match_radius_px,
+                guess_xy=guess_xy,
             )
         found = (
             f"drift ({dx:.0f}, {dy:.0f}) px found over the whole field ({n_vote} stars in common)"
@@ -1380,7 +1417,7 @@ def _turn_and_drift(
     pixel ``p`` is at ``R (p - c) + c + (dx, dy)`` with ``c`` the frame centre."""
     ny, nx = image_shape
     c = np.array([(nx - 1) / 2.0, (ny - 1) / 2.0])
-    turn = np.linalg.inv(wcs.celestial.pixel_scale_matrix) @ guess.celestial.pixel_scale_matrix
+    turn = np.linalg.inv(_celestial(wcs).pixel_scale_matrix) @ _celestial(guess).pixel_scale_matrix
     angle = math.atan2(turn[1, 0], turn[0, 0])
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     g = np.array([float(v) for v in guess.world_to_pixel_values(*wcs.pixel_to_world_values(*c))])
@@ -1421,6 +1458,8 @@ def _shift_if_better(
     dec: np.ndarray,
     image_shape: tuple[int, int],
     radius_px: float,
+    *,
+    guess_xy: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> AstrometrySolution:
     """The fitted solution, or the guess moved by a shift alone when that maps the field better.
 
@@ -1430,6 +1469,9 @@ def _shift_if_better(
     not. The shift is taken unless the two differ over the field significantly more than the
     full fit's own expected error there (from its residuals and the leverage of the stars'
     positions on a grid): a real change of rotation or scale between the frames.
+
+    ``guess_xy``, when given, is the pixel positions of (ra, dec) through ``guess``: a shifted
+    WCS maps them to those positions plus the shift (`_shifted`), without projecting again.
     """
     wcs = solution.wcs
     cx, cy = (np.asarray(v, float) for v in wcs.world_to_pixel_values(ra, dec))
@@ -1443,11 +1485,15 @@ def _shift_if_better(
         return solution
     w = weight[i]
     shifted = guess
+    total = np.zeros(2)  # the shift of ``shifted`` from ``guess``
     for _ in range(2):
-        gx, gy = (np.asarray(v, float) for v in shifted.world_to_pixel_values(ra[j], dec[j]))
-        shifted = _shifted(
-            shifted, np.sum(w * (x[i] - gx)) / w.sum(), np.sum(w * (y[i] - gy)) / w.sum()
-        )
+        if guess_xy is None:
+            gx, gy = (np.asarray(v, float) for v in shifted.world_to_pixel_values(ra[j], dec[j]))
+        else:
+            gx, gy = guess_xy[0][j] + total[0], guess_xy[1][j] + total[1]
+        step = np.sum(w * (x[i] - gx)) / w.sum(), np.sum(w * (y[i] - gy)) / w.sum()
+        shifted = _shifted(shifted, *step)
+        total += step
     ny, nx = image_shape
     gx, gy = (g.ravel() for g in np.meshgrid(np.linspace(0, nx - 1, 8), np.linspace(0, ny - 1, 8)))
     x0, y0, size = (nx - 1) / 2, (ny - 1) / 2, max(nx, ny)

@@ -128,3 +128,30 @@ def test_near_flagged_equals_the_dilated_mask_looked_up():
         iy = np.clip(np.round(y).astype(int), 0, 59)
         assert np.array_equal(_near_flagged(flagged, x, y), dilated[iy, ix])
     assert not _near_flagged(np.zeros((5, 5), bool), np.array([2.0]), np.array([2.0])).any()
+
+
+def test_wcs_message_parses_to_the_unpickled_wcs():
+    """Astrometry tasks get the reference WCS as its header: the values pickling would give."""
+    import pickle
+
+    from lcdask.astrometry import fit_wcs_linear
+    from lcdask.level2 import _wcs_from_message, _wcs_message
+
+    truth = WCS(naxis=2)
+    truth.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    truth.wcs.crval, truth.wcs.crpix = [150.0, 20.0], [256.5, 256.5]
+    truth.wcs.cd = np.array([[-2.8e-4, 1e-6], [1e-6, 2.8e-4]])
+    x, y = np.random.default_rng(0).uniform(0, 511, (2, 300))
+    ra, dec = truth.pixel_to_world_values(x + 2e-6 * (x - 256) ** 2, y - 1e-6 * (x - 256) * y)
+    wcs = fit_wcs_linear(x, y, ra, dec, sip_degree=2, image_shape=(512, 512))
+    unpickled = pickle.loads(pickle.dumps(wcs))
+    message = pickle.loads(pickle.dumps(_wcs_message(wcs)))
+    parsed, again = _wcs_from_message(message), _wcs_from_message(message)
+    assert parsed is not again  # each task its own copy
+    assert parsed.pixel_shape == unpickled.pixel_shape == (512, 512)
+    for name in ("a", "b", "ap", "bp"):
+        np.testing.assert_array_equal(getattr(parsed.sip, name), getattr(unpickled.sip, name))
+    gx, gy = (g.ravel() for g in np.meshgrid(np.linspace(0, 511, 9), np.linspace(0, 511, 9)))
+    np.testing.assert_array_equal(
+        parsed.all_pix2world(gx, gy, 0), unpickled.all_pix2world(gx, gy, 0)
+    )

@@ -22,6 +22,8 @@ from lcdask.errors import FrameError, LcdaskError
 from lcdask.photcal import (
     PhotometricCalibrationError,
     ZeroPointFit,
+    _ransac_inliers,
+    _sample_without_replacement,
     calibrate_fluxes,
     calibrate_image_jy,
     fit_zero_point,
@@ -193,6 +195,69 @@ def test_fit_bad_inputs(kwargs, message):
 def test_fit_shape_mismatch():
     with pytest.raises(ValueError, match="equal length"):
         fit_zero_point(np.zeros(5), np.zeros(5), np.zeros(4), np.zeros(5))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_ransac_finds_the_inliers_of_sklearn_ransac(seed):
+    """`_ransac_inliers` is scikit-learn's RANSACRegressor without its overhead: same inliers."""
+    from sklearn.linear_model import LinearRegression, RANSACRegressor
+
+    rng = np.random.default_rng(seed)
+    n, n_par = int(rng.integers(5, 400)), 1 + seed % 3
+    design = np.column_stack([np.ones(n)] + [rng.normal(-6, 2, n) for _ in range(n_par - 1)])
+    sigma = rng.uniform(0.01, 0.05, n)
+    target = design @ np.array([22.0, 1.0, 0.1][:n_par]) + rng.normal(0, 1, n) * sigma
+    wrong = rng.random(n) < rng.uniform(0, 0.6)  # wrong catalog entries, blends
+    target[wrong] += rng.normal(0, 0.5, wrong.sum())
+    if seed % 4 == 0:
+        target = np.round(target, 1)  # ties of the inlier count
+    x, y = design / sigma[:, None], target / sigma
+    slope_index = 1 if n_par > 1 else None
+    slope_range = (0.5, 2.0) if seed % 5 else (0.999, 1.001)  # some models rejected
+
+    def valid(estimator, _x, _y):
+        coef = estimator.coef_
+        return slope_index is None or bool(slope_range[0] <= coef[slope_index] <= slope_range[1])
+
+    ransac = RANSACRegressor(
+        LinearRegression(fit_intercept=False),
+        min_samples=n_par,
+        residual_threshold=3.0,
+        is_model_valid=valid,
+        max_trials=200,
+        random_state=seed,
+    )
+    try:
+        expected = ransac.fit(x, y).inlier_mask_
+    except ValueError:  # no consensus
+        expected = None
+    found = _ransac_inliers(
+        x,
+        y,
+        residual_threshold=3.0,
+        slope_index=slope_index,
+        slope_range=slope_range,
+        max_trials=200,
+        random_state=seed,
+    )
+    if expected is None:
+        assert found is None
+    else:
+        np.testing.assert_array_equal(found, expected)
+
+
+@pytest.mark.parametrize("n_population", [1, 3, 5, 50, 299, 300, 301, 1000])
+def test_sampler_draws_sklearns_subsets(n_population):
+    """The three methods scikit-learn's "auto" picks by the ratio, each draw for draw."""
+    from sklearn.utils.random import sample_without_replacement
+
+    for n_samples in range(min(n_population, 3) + 1):
+        ours, theirs = np.random.RandomState(7), np.random.RandomState(7)
+        for _ in range(20):
+            np.testing.assert_array_equal(
+                _sample_without_replacement(ours, n_population, n_samples),
+                sample_without_replacement(n_population, n_samples, random_state=theirs),
+            )
 
 
 def _exact_fit(zero_point: float, slope: float) -> ZeroPointFit:
