@@ -206,12 +206,20 @@ def frame_statistics_kernel(image: np.ndarray, saturate_adu: float = np.inf) -> 
         ``(..., 4)`` float64: median, std, saturated_fraction, bright_fraction.
     """
     lead = image.shape[:-2]
-    flat = image.reshape(*lead, -1).astype(np.float32, copy=False)
+    # 8- and 16-bit integers are exact in float32 and always finite: used as they are (no
+    # float32 copy, no finite test), with the bright limit rounded to float32 as the float32
+    # comparison would, the results are the same
+    exact = image.dtype.kind in "ui" and image.dtype.itemsize <= 2
+    flat = image.reshape(*lead, -1)
+    if not exact:
+        flat = flat.astype(np.float32, copy=False)
     saturate = np.broadcast_to(np.asarray(saturate_adu, dtype=np.float64), lead)
     out = np.empty((*lead, len(FRAME_STATISTICS)))
     for index in np.ndindex(*lead):
         values = flat[index]
-        values = values[np.isfinite(values)]
+        if not exact:
+            finite = np.isfinite(values)
+            values = values if finite.all() else values[finite]
         if values.size == 0:
             out[index] = np.nan
             continue
@@ -224,7 +232,8 @@ def frame_statistics_kernel(image: np.ndarray, saturate_adu: float = np.inf) -> 
             median,
             std,
             np.count_nonzero(values >= saturate[index]) / values.size,
-            np.count_nonzero(values > median + _BRIGHT_SIGMA * max(std, 1e-12)) / values.size,
+            np.count_nonzero(values > np.float32(median + _BRIGHT_SIGMA * max(std, 1e-12)))
+            / values.size,
         )
     return out
 
@@ -1146,9 +1155,32 @@ def clean_frame(
         flags[~np.isfinite(image)] = PixelFlag.MASKED
         return image, flags
     out = image.copy()
-    ys, xs = np.nonzero(bad)
+    _clean_in_place(out, bad, flags, method=method, sigma_px=sigma_px, size_px=size_px)
+    return out, flags
+
+
+def _clean_in_place(
+    image: np.ndarray,
+    bad: np.ndarray,
+    flags: np.ndarray,
+    *,
+    method: str,
+    sigma_px: float,
+    size_px: int,
+) -> None:
+    """`clean_frame` into ``image`` itself, its flags OR-ed into ``flags``.
+
+    ``bad`` must include every non-finite pixel; only bad pixels change, so only they are
+    visited (the windows are read before any value is written back).
+    """
+    if method == "none":
+        flags[~np.isfinite(image)] |= np.uint8(PixelFlag.MASKED)
+        return
+    ys, xs = _nonzero(bad)
+    if not len(ys):
+        return
     if method == "mask":
-        out[ys, xs] = np.nan
+        image[ys, xs] = np.nan
     else:
         if method == "interpolate":
             window = _gaussian_window(sigma_px).astype(np.float32)
@@ -1169,12 +1201,10 @@ def clean_frame(
                 masked = np.where(good, patches, np.nan).reshape(len(patches), -1)
                 with np.errstate(all="ignore"):
                     values[sl] = np.nanmedian(masked, axis=1) if masked.size else values[sl]
-        out[ys, xs] = values
-    # only bad pixels change, and every non-finite pixel is bad: flags need only those
-    flags[ys, xs] = np.where(
-        np.isfinite(out[ys, xs]), np.uint8(PixelFlag.INTERPOLATED), np.uint8(PixelFlag.MASKED)
+        image[ys, xs] = values
+    flags[ys, xs] |= np.where(
+        np.isfinite(image[ys, xs]), np.uint8(PixelFlag.INTERPOLATED), np.uint8(PixelFlag.MASKED)
     )
-    return out, flags
 
 
 def _bad_free_patches(
@@ -1186,14 +1216,39 @@ def _bad_free_patches(
     building that image: cleaning then costs in proportion to the bad pixels, not the frame.
     """
     n_rows, n_cols = image.shape
+    width = 2 * half + 1
     offsets = np.arange(-half, half + 1)
-    rows = ys[:, None, None] + offsets[None, :, None]
-    cols = xs[:, None, None] + offsets[None, None, :]
-    outside = (rows < 0) | (rows >= n_rows) | (cols < 0) | (cols >= n_cols)
-    index = np.clip(rows, 0, n_rows - 1) * n_cols + np.clip(cols, 0, n_cols - 1)
+    index = (ys * n_cols + xs)[:, None] + (offsets[:, None] * n_cols + offsets).ravel()
+    edge = np.flatnonzero((ys < half) | (ys >= n_rows - half) | (xs < half) | (xs >= n_cols - half))
+    if len(edge):  # windows that cross the frame's border: clipped indices, NaN outside
+        rows = ys[edge, None, None] + offsets[None, :, None]
+        cols = xs[edge, None, None] + offsets[None, None, :]
+        outside = ((rows < 0) | (rows >= n_rows) | (cols < 0) | (cols >= n_cols)).reshape(
+            len(edge), -1
+        )
+        clipped = np.clip(rows, 0, n_rows - 1) * n_cols + np.clip(cols, 0, n_cols - 1)
+        index[edge] = clipped.reshape(len(edge), -1)
     patches = image.ravel()[index]
-    patches[outside | bad.ravel()[index]] = np.nan
-    return patches
+    invalid = bad.ravel()[index]
+    if len(edge):
+        invalid[edge] |= outside
+    patches[invalid] = np.nan
+    return patches.reshape(len(ys), width, width)
+
+
+def _nonzero(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a sparse 2-D bool mask (the same indices in the same order), ~8x faster:
+    the nonzero 8-byte words first, then the pixels within them."""
+    flat = np.ascontiguousarray(mask).reshape(-1)
+    n_whole = flat.size // 8 * 8
+    words = np.flatnonzero(flat[:n_whole].view(np.uint64))
+    if len(words) > n_whole // 64:  # not sparse: no gain
+        return np.nonzero(mask)
+    candidates = (words[:, None] * 8 + np.arange(8)).reshape(-1)
+    index = candidates[flat[candidates]]
+    if n_whole < flat.size:
+        index = np.concatenate([index, n_whole + np.flatnonzero(flat[n_whole:])])
+    return np.divmod(index, mask.shape[1])
 
 
 def _clean_depth(config: CalibrationConfig) -> int:
@@ -1311,23 +1366,43 @@ def calibrate_frame(
         ``(y, x)`` uint8 `PixelFlag` bits.
     """
     raw = np.asarray(raw)
-    calibrated = raw.astype(np.float32) - dark
-    if flat is not None:
-        calibrated /= np.where(flat > 0, flat, np.float32(np.nan))
-    calibrated = calibrated.astype(np.float32, copy=False)
-    flags = np.asarray(bad_pixels, np.uint8).copy()
-    flags[raw >= saturate_adu] |= np.uint8(PixelFlag.SATURATED)
-    if raw.dtype.kind == "f":
-        flags[~np.isfinite(raw)] |= np.uint8(PixelFlag.NONFINITE)
-    cleaned, clean_flags = clean_frame(
-        calibrated,
-        (flags & np.uint8(_STATIC_BAD)) != 0,
-        method=config.clean,
-        sigma_px=config.clean_sigma_px,
-        size_px=config.clean_size_px,
-    )
-    flags |= clean_flags
-    return cleaned, flags
+    shape = raw.shape
+    calibrated = np.empty(shape, np.float32)
+    flags = np.empty(shape, np.uint8)
+    bad = np.empty(shape, bool)  # to clean: static bad or not finite
+    dark = np.broadcast_to(np.asarray(dark, np.float32), shape)
+    static = np.uint8(_STATIC_BAD)
+    nan = np.float32(np.nan)
+    # a cache-sized block of rows at a time: the same operations as `calibrate_frames`,
+    # `pixel_flags` and `clean_bad_pixels` without frame-sized temporaries
+    step = max(1, _BLOCK_PIXELS // max(shape[1], 1))
+    for r0 in range(0, shape[0], step):
+        rows = slice(r0, r0 + step)
+        out, raw_rows = calibrated[rows], raw[rows]
+        np.subtract(raw_rows.astype(np.float32), dark[rows], out=out)
+        if flat is not None:
+            flat_rows = flat[rows]
+            np.divide(out, np.where(flat_rows > 0, flat_rows, nan), out=out)
+        flag_rows = flags[rows]
+        np.copyto(flag_rows, bad_pixels[rows], casting="unsafe")
+        np.bitwise_or(
+            flag_rows, np.uint8(PixelFlag.SATURATED), out=flag_rows, where=raw_rows >= saturate_adu
+        )
+        if raw.dtype.kind == "f":
+            nonfinite = ~np.isfinite(raw_rows)
+            np.bitwise_or(flag_rows, np.uint8(PixelFlag.NONFINITE), out=flag_rows, where=nonfinite)
+        np.not_equal(flag_rows & static, 0, out=bad[rows])
+        bad[rows] |= ~np.isfinite(out)
+    if config.clean == "none" or bad.any():
+        _clean_in_place(
+            calibrated,
+            bad,
+            flags,
+            method=config.clean,
+            sigma_px=config.clean_sigma_px,
+            size_px=config.clean_size_px,
+        )
+    return calibrated, flags
 
 
 def variance_frame(

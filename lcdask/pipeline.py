@@ -416,27 +416,26 @@ def calibrate_cube(
                 targets[name] = writer.create(
                     name, shape, dtype, ("frame", "y", "x"), chunks=(1, *shape[1:]), fill_value=fill
                 )
-        # one task per light (read, calibrate, flag, clean, write): the masters are read back
-        # from the store once and shared by the tasks
-        bad_stored = _stored(store, "bad_pixels", yx).data
+        # one task per light (read, calibrate, flag, clean, write); every input is a chunk of a
+        # lazy array whose key all tasks share, so each master is read from the store once
         if "frame" in dark_l.dims:  # (y, x, frame) when scaled: frame first
             dark_l = dark_l.transpose("frame", *yx)
-        bias_stored = m_bias_s.data if (persist_variance and m_bias_s is not None) else None
+        dark_at = _frame_chunks(dark_l.data)
+        flat_at = _frame_chunks(flat_l.data) if flat_l is not None else (lambda i: None)
+        bad_at = _frame_chunks(_stored(store, "bad_pixels", yx).data)
+        raw_at = _frame_chunks(raw.data)
+        bias_at = _frame_chunks(m_bias_s.data) if m_bias_s is not None else (lambda i: None)
         tasks = []
         for i, frame in enumerate(todo):
-            dark_i = dark_l.data if dark_l.ndim == 2 else dark_l.data[i]
-            flat_i = None
-            if flat_l is not None:
-                flat_i = flat_l.data if flat_l.ndim == 2 else flat_l.data[i]
             variance_args = (
-                (bias_stored, float(gain[i]), float(rdnoise[i])) if persist_variance else None
+                (bias_at(i), float(gain[i]), float(rdnoise[i])) if persist_variance else None
             )
             tasks.append(
                 dask.delayed(_calibrate_light, pure=False)(
-                    raw.data[frame],
-                    dark_i,
-                    flat_i,
-                    bad_stored,
+                    raw_at(frame),
+                    dark_at(i),
+                    flat_at(i),
+                    bad_at(i),
                     sat_l[i],
                     config,
                     targets,
@@ -489,6 +488,16 @@ def calibrate_cube(
     group.attrs["calibration"] = json.dumps(summary, default=str)
     cube_io.consolidate(store)
     return summary
+
+
+def _frame_chunks(data: da.Array):
+    """``at(i)``: the delayed ``(y, x)`` plane of frame ``i`` of a ``(frame, y, x)`` array (or the
+    ``(y, x)`` array itself), as a chunk whose key every caller shares."""
+    if data.ndim == 2:
+        whole = data.rechunk(data.shape).to_delayed().ravel()[0]
+        return lambda i: whole
+    chunks = data.rechunk((1, *data.shape[1:])).to_delayed().ravel()
+    return lambda i: chunks[i][0]
 
 
 def _calibrate_light(
