@@ -61,6 +61,15 @@ CALIBRATION_ARRAYS = (
 DEFAULT_CONFIG = CalibrationConfig()
 
 _CODEC = BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
+_CODEC_BYTES = BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle")
+"""For 1-byte arrays (bit flags): bit-shuffling a 2048^2 uint8 frame of sparse flags took 4x the
+time (~55 vs ~13 ms) for twice the size (0.11 vs 0.06 MB)."""
+
+
+def _compressors(dtype) -> tuple | str:
+    if dtype is str:
+        return "auto"
+    return (_CODEC_BYTES,) if np.dtype(dtype).itemsize == 1 else (_CODEC,)
 
 
 def _cube_store(path: str | Path) -> Path:
@@ -119,7 +128,7 @@ class _Writer:
             shape=shape,
             dtype=dtype,
             chunks=chunks or shape,
-            compressors=(_CODEC,) if dtype is not str else "auto",
+            compressors=_compressors(dtype),
             fill_value=fill_value,
             dimension_names=dims,
             attributes=attrs or {},
