@@ -164,16 +164,6 @@ def _start(store: Path, keep: Sequence[str] = ()) -> None:
     cube_io.consolidate(store)
 
 
-def _light_runs(positions: np.ndarray) -> list[tuple[int, int, int]]:
-    """Contiguous runs of frame positions: (first index into positions, start, stop)."""
-    runs, begin = [], 0
-    for i in range(1, len(positions) + 1):
-        if i == len(positions) or positions[i] != positions[i - 1] + 1:
-            runs.append((begin, int(positions[begin]), int(positions[i - 1]) + 1))
-            begin = i
-    return runs
-
-
 def calibrate_cube(
     cube_path: str | Path,
     *,
