@@ -312,8 +312,9 @@ def test_calibrate_frame_equals_the_lazy_chain(clean):
         )
         np.testing.assert_array_equal(image.view(np.uint32), cleaned.values[i].view(np.uint32))
         np.testing.assert_array_equal(frame_flags, flags.values[i])
-        frame_var = cal.variance_frame(image, dark - bias, flat, 1.5, 8.0)
-        np.testing.assert_array_equal(frame_var, var.values[i])
+        with np.errstate(divide="ignore"):  # the flat of 0 at (7, 8): an infinite variance
+            frame_var = cal.variance_frame(image, dark - bias, flat, 1.5, 8.0)
+            np.testing.assert_array_equal(frame_var, var.values[i])
 
 
 def test_calibration_chain_dask_equals_numpy():
