@@ -14,6 +14,7 @@ flat is stored already dark-subtracted and normalised to a median of 1.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,9 +22,7 @@ from enum import IntFlag
 
 import dask.array as da
 import numpy as np
-import scipy.ndimage as ndi
 import xarray as xr
-from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = [
     "FRAME_STATISTICS",
@@ -207,12 +206,20 @@ def frame_statistics_kernel(image: np.ndarray, saturate_adu: float = np.inf) -> 
         ``(..., 4)`` float64: median, std, saturated_fraction, bright_fraction.
     """
     lead = image.shape[:-2]
-    flat = image.reshape(*lead, -1).astype(np.float32, copy=False)
+    # 8- and 16-bit integers are exact in float32 and always finite: used as they are (no
+    # float32 copy, no finite test), with the bright limit rounded to float32 as the float32
+    # comparison would, the results are the same
+    exact = image.dtype.kind in "ui" and image.dtype.itemsize <= 2
+    flat = image.reshape(*lead, -1)
+    if not exact:
+        flat = flat.astype(np.float32, copy=False)
     saturate = np.broadcast_to(np.asarray(saturate_adu, dtype=np.float64), lead)
     out = np.empty((*lead, len(FRAME_STATISTICS)))
     for index in np.ndindex(*lead):
         values = flat[index]
-        values = values[np.isfinite(values)]
+        if not exact:
+            finite = np.isfinite(values)
+            values = values if finite.all() else values[finite]
         if values.size == 0:
             out[index] = np.nan
             continue
@@ -225,7 +232,8 @@ def frame_statistics_kernel(image: np.ndarray, saturate_adu: float = np.inf) -> 
             median,
             std,
             np.count_nonzero(values >= saturate[index]) / values.size,
-            np.count_nonzero(values > median + _BRIGHT_SIGMA * max(std, 1e-12)) / values.size,
+            np.count_nonzero(values > np.float32(median + _BRIGHT_SIGMA * max(std, 1e-12)))
+            / values.size,
         )
     return out
 
@@ -378,34 +386,135 @@ def nanmedian_first_axis(
     return np.where(n > 0, 0.5 * (low + high), np.nan)
 
 
-def combine_kernel(
-    stack: np.ndarray, *, method: str = "sigma_clip", clip_sigma: float = 3.0, iterations: int = 2
-) -> np.ndarray:
-    """Combine frames along the last axis.
+_BLOCK_PIXELS = 32768
+"""Pixels per block of the frame-wise kernels: ``n`` float32 planes of a block and their
+temporaries stay in a core's L2 cache."""
+
+
+@functools.lru_cache(maxsize=64)
+def _selection_network(n: int, ranks: tuple[int, ...]) -> tuple[tuple[int, int, bool, bool], ...]:
+    """The compare-exchange steps that put the values of ``ranks`` (0 = smallest) of ``n`` in place.
+
+    Batcher's odd-even merge sort for the next power of two, less the comparators that touch the
+    padding (padded with +inf, they never move anything) and, walking back from the outputs
+    wanted, less those whose results are never read.
 
     Parameters
     ----------
-    stack : numpy.ndarray
-        ``(..., frame)`` values; NaN are ignored.
-    method : {"sigma_clip", "median"}
-        Median, or mean of the values within ``clip_sigma`` robust sigma of the centre. The first
-        pass clips about the median with sigma = 1.4826 MAD (so one outlier among 3-5 frames is
-        caught); later passes about the clipped mean with the clipped standard deviation.
-    clip_sigma : float, optional
-    iterations : int, optional
+    n : int
+        Number of values.
+    ranks : tuple of int
+        Sorted positions wanted.
 
     Returns
     -------
-    numpy.ndarray
-        ``(...)`` float32.
+    tuple
+        ``(a, b, need_min, need_max)`` steps with ``a < b``: the minimum goes to ``a`` (when
+        ``need_min``) and the maximum to ``b`` (when ``need_max``).
     """
-    # frames first and contiguous: the reductions below then run over whole rows of memory
-    stack = np.ascontiguousarray(np.moveaxis(np.asarray(stack), -1, 0), dtype=np.float32)
+    size = 1 << max(0, (n - 1).bit_length())
+    steps = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    a, b = i + j, i + j + k
+                    if a // (2 * p) == b // (2 * p) and b < n:
+                        steps.append((a, b))
+            k //= 2
+        p *= 2
+    needed, kept = set(ranks), []
+    for a, b in reversed(steps):
+        need_min, need_max = a in needed, b in needed
+        if need_min or need_max:
+            kept.append((a, b, need_min, need_max))
+            needed |= {a, b}
+    return tuple(reversed(kept))
+
+
+def _select_planes(planes: Sequence[np.ndarray], ranks: tuple[int, ...]) -> list[np.ndarray]:
+    """The values of ``ranks`` among same-shape arrays, element by element (NaN-free input).
+
+    A selection network of `numpy.minimum` / `numpy.maximum` over whole planes: exact (each
+    output is one of the inputs) and, for the few frames of a master, several times faster than
+    sorting along the frame axis, which numpy does pixel by pixel.
+    """
+    work = list(planes)
+    for a, b, need_min, need_max in _selection_network(len(work), ranks):
+        low, high = work[a], work[b]
+        if need_min:
+            work[a] = np.minimum(low, high)
+        if need_max:
+            work[b] = np.maximum(low, high)
+    return [work[r] for r in ranks]
+
+
+def _median_planes(planes: Sequence[np.ndarray]) -> np.ndarray:
+    """Element-wise median of NaN-free planes: ``0.5 * (low + high)`` of the middle ranks."""
+    n = len(planes)
+    low, high = _select_planes(planes, ((n - 1) // 2, n // 2))
+    return 0.5 * (low + high)
+
+
+def _kept(keep: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """uint32 masks (all bits set where kept) and the int64 count of kept values."""
+    count = np.zeros(keep[0].shape, np.uint8 if len(keep) < 256 else np.int64)
+    masks = []
+    for k in keep:
+        count += k
+        mask = k.astype(np.uint32)
+        np.negative(mask, out=mask)
+        masks.append(mask)
+    return masks, count.astype(np.int64)
+
+
+def _kept_sum(planes: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Float32 sum of the kept values in frame order, bit for bit
+    ``np.where(keep, stack, 0).sum(axis=0)`` (a bitwise AND zeroes the others: no branches)."""
+    total = np.bitwise_and(planes[0].view(np.uint32), masks[0]).view(np.float32)
+    for plane, mask in zip(planes[1:], masks[1:], strict=True):
+        total += np.bitwise_and(plane.view(np.uint32), mask).view(np.float32)
+    return total
+
+
+def _combine_finite(
+    block: np.ndarray, method: str, clip_sigma: float, iterations: int
+) -> np.ndarray:
+    """`combine_kernel` of a ``(n, pixels)`` float32 block without NaN, a plane at a time.
+
+    The same operations in the same float types and order as `_combine_any` (so the same bits),
+    on cache-sized planes, with selection networks for the medians.
+    """
+    planes = list(block)
+    median = _median_planes(planes)
+    if method == "median":
+        return median
+    deviation = [np.abs(plane - median) for plane in planes]
+    sigma = np.float32(1.4826) * _median_planes(deviation)
+    threshold = np.float32(clip_sigma) * sigma
+    masks, count = _kept([d <= threshold for d in deviation])
+    del deviation
+    for _ in range(iterations - 1):
+        count = np.maximum(count, 1)
+        mean = (_kept_sum(planes, masks) / count).astype(np.float32)
+        offsets = [plane - mean for plane in planes]
+        var = _kept_sum([o * o for o in offsets], masks) / np.maximum(count - 1, 1)
+        sigma = np.maximum(np.sqrt(var), sigma)  # never tighter than the robust first pass
+        limit = clip_sigma * sigma
+        masks, count = _kept([np.abs(o) <= limit for o in offsets])
+    mean = _kept_sum(planes, masks) / np.maximum(count, 1)
+    return np.where(count > 0, mean, median)
+
+
+def _combine_any(stack: np.ndarray, method: str, clip_sigma: float, iterations: int) -> np.ndarray:
+    """`combine_kernel` of ``(n, ...)`` float32 values, NaN and infinities ignored."""
     finite = np.isfinite(stack)
     has_nan = not finite.all()
     median = nanmedian_first_axis(stack, finite, has_nan)
     if method == "median":
-        return median.astype(np.float32)
+        return median
     deviation = np.abs(stack - median)
     mad = nanmedian_first_axis(deviation, finite, has_nan)
     sigma = np.float32(1.4826) * mad
@@ -423,7 +532,45 @@ def combine_kernel(
         keep = finite & (np.abs(filled - mean.astype(np.float32)) <= clip_sigma * sigma)
     n = keep.sum(axis=0)
     mean = np.where(keep, filled, zero).sum(axis=0) / np.maximum(n, 1)
-    return np.where(n > 0, mean, median).astype(np.float32)
+    return np.where(n > 0, mean, median)
+
+
+def combine_kernel(
+    stack: np.ndarray, *, method: str = "sigma_clip", clip_sigma: float = 3.0, iterations: int = 2
+) -> np.ndarray:
+    """Combine frames along the last axis.
+
+    Works through blocks of `_BLOCK_PIXELS` pixels: a block without NaN or infinities goes
+    plane by plane through selection networks (`_combine_finite`), any other block through the
+    NaN-aware array code (`_combine_any`); both give the same bits for the same values.
+
+    Parameters
+    ----------
+    stack : numpy.ndarray
+        ``(..., frame)`` values; NaN are ignored.
+    method : {"sigma_clip", "median"}
+        Median, or mean of the values within ``clip_sigma`` robust sigma of the centre. The first
+        pass clips about the median with sigma = 1.4826 MAD (so one outlier among 3-5 frames is
+        caught); later passes about the clipped mean with the clipped standard deviation.
+    clip_sigma : float, optional
+    iterations : int, optional
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(...)`` float32.
+    """
+    stack = np.moveaxis(np.asarray(stack), -1, 0)  # a view: frame-first chunks stay contiguous
+    shape = stack.shape[1:]
+    pixels = stack.reshape(stack.shape[0], -1)
+    out = np.empty(pixels.shape[1], np.float32)
+    for start in range(0, pixels.shape[1], _BLOCK_PIXELS):
+        part = slice(start, start + _BLOCK_PIXELS)
+        block = pixels[:, part].astype(np.float32)
+        finite = bool(np.isfinite(block).all())
+        combine = _combine_finite if finite else _combine_any
+        out[part] = combine(block, method, clip_sigma, iterations)
+    return out.reshape(shape)
 
 
 def combine_frames(
@@ -718,6 +865,39 @@ def _robust_center_sigma(values: np.ndarray) -> tuple[float, float]:
     return center, 1.4826 * float(np.median(np.abs(values - center)))
 
 
+def _median_filter_line(image: np.ndarray, size: int, *, axis: int) -> np.ndarray:
+    """``scipy.ndimage.median_filter`` of a 2-D NaN-free image over ``size`` pixels along one
+    axis, ``mode="nearest"``: the same values, ~10x faster.
+
+    The median of the ``size`` shifted views of the edge-padded image by a selection network,
+    a block of rows at a time (cache-sized planes).
+    """
+    half = size // 2
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (half, half)
+    padded = np.pad(image, pad, mode="edge")
+    out = np.empty_like(image)
+    n_rows, n_cols = image.shape
+    step = max(1, _BLOCK_PIXELS // max(n_cols, 1))
+    for r0 in range(0, n_rows, step):
+        r1 = min(r0 + step, n_rows)
+        if axis == 1:
+            views = [padded[r0:r1, k : k + n_cols] for k in range(size)]
+        else:
+            views = [padded[r0 + k : r1 + k] for k in range(size)]
+        (out[r0:r1],) = _select_planes(views, (half,))
+    return out
+
+
+def _column_nanmedian(values: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(values, axis=0)``: the plain median for columns without NaN (2.5x faster)."""
+    median = np.median(values, axis=0)
+    has_nan = np.isnan(median)
+    if has_nan.any():
+        median[has_nan] = np.nanmedian(values[:, has_nan], axis=0)
+    return median
+
+
 def bad_pixel_kernel(
     dark_signal: np.ndarray | None,
     flat: np.ndarray | None,
@@ -756,11 +936,11 @@ def bad_pixel_kernel(
         # that still ignores single bad pixels and 1-px wide bad columns
         filled = np.nan_to_num(flat, nan=0.0).astype(np.float32)
         size = config.flat_smooth_px
-        smooth = ndi.median_filter(filled, size=(1, size), mode="nearest")
-        smooth = ndi.median_filter(smooth, size=(size, 1), mode="nearest")
+        smooth = _median_filter_line(filled, size, axis=1)
+        smooth = _median_filter_line(smooth, size, axis=0)
         response = flat / np.where(smooth > 0, smooth, np.nan)
         mask[~(response >= config.dead_response)] |= np.uint8(PixelFlag.DEAD)
-        dead_columns = np.nanmedian(response, axis=0) < config.dead_response
+        dead_columns = _column_nanmedian(response) < config.dead_response
         mask[:, dead_columns] |= np.uint8(PixelFlag.DEAD)
     bad = (mask & (PixelFlag.HOT | PixelFlag.DEAD)) != 0
     bad_columns = bad.mean(axis=0) >= config.bad_column_fraction
@@ -975,21 +1155,42 @@ def clean_frame(
         flags[~np.isfinite(image)] = PixelFlag.MASKED
         return image, flags
     out = image.copy()
-    ys, xs = np.nonzero(bad)
+    _clean_in_place(out, bad, flags, method=method, sigma_px=sigma_px, size_px=size_px)
+    return out, flags
+
+
+def _clean_in_place(
+    image: np.ndarray,
+    bad: np.ndarray,
+    flags: np.ndarray,
+    *,
+    method: str,
+    sigma_px: float,
+    size_px: int,
+) -> None:
+    """`clean_frame` into ``image`` itself, its flags OR-ed into ``flags``.
+
+    ``bad`` must include every non-finite pixel; only bad pixels change, so only they are
+    visited (the windows are read before any value is written back).
+    """
+    if method == "none":
+        flags[~np.isfinite(image)] |= np.uint8(PixelFlag.MASKED)
+        return
+    ys, xs = _nonzero(bad)
+    if not len(ys):
+        return
     if method == "mask":
-        out[ys, xs] = np.nan
+        image[ys, xs] = np.nan
     else:
         if method == "interpolate":
             window = _gaussian_window(sigma_px).astype(np.float32)
         else:
             window = np.ones((size_px, size_px), np.float32)
             window[size_px // 2, size_px // 2] = 0.0
-        half = window.shape[0] // 2
-        padded = np.pad(np.where(bad, np.nan, image), half, constant_values=np.nan)
         values = np.empty(len(ys), np.float32)
         for start in range(0, len(ys), 65536):  # bounded memory for very bad frames
             sl = slice(start, start + 65536)
-            patches = sliding_window_view(padded, window.shape)[ys[sl], xs[sl]]
+            patches = _bad_free_patches(image, bad, ys[sl], xs[sl], window.shape[0] // 2)
             good = np.isfinite(patches) & (window > 0)
             if method == "interpolate":
                 weight = (good * window).sum(axis=(1, 2))
@@ -1000,12 +1201,54 @@ def clean_frame(
                 masked = np.where(good, patches, np.nan).reshape(len(patches), -1)
                 with np.errstate(all="ignore"):
                     values[sl] = np.nanmedian(masked, axis=1) if masked.size else values[sl]
-        out[ys, xs] = values
-    replaced = np.zeros(image.shape, bool)
-    replaced[ys, xs] = np.isfinite(out[ys, xs])
-    flags[replaced] = PixelFlag.INTERPOLATED
-    flags[~np.isfinite(out)] = PixelFlag.MASKED
-    return out, flags
+        image[ys, xs] = values
+    flags[ys, xs] |= np.where(
+        np.isfinite(image[ys, xs]), np.uint8(PixelFlag.INTERPOLATED), np.uint8(PixelFlag.MASKED)
+    )
+
+
+def _bad_free_patches(
+    image: np.ndarray, bad: np.ndarray, ys: np.ndarray, xs: np.ndarray, half: int
+) -> np.ndarray:
+    """``(n, w, w)`` windows of ``image`` about ``(ys, xs)``, NaN at bad pixels and outside.
+
+    The same values as windows of the whole image NaN-ed at bad pixels and NaN-padded, without
+    building that image: cleaning then costs in proportion to the bad pixels, not the frame.
+    """
+    n_rows, n_cols = image.shape
+    width = 2 * half + 1
+    offsets = np.arange(-half, half + 1)
+    index = (ys * n_cols + xs)[:, None] + (offsets[:, None] * n_cols + offsets).ravel()
+    edge = np.flatnonzero((ys < half) | (ys >= n_rows - half) | (xs < half) | (xs >= n_cols - half))
+    if len(edge):  # windows that cross the frame's border: clipped indices, NaN outside
+        rows = ys[edge, None, None] + offsets[None, :, None]
+        cols = xs[edge, None, None] + offsets[None, None, :]
+        outside = ((rows < 0) | (rows >= n_rows) | (cols < 0) | (cols >= n_cols)).reshape(
+            len(edge), -1
+        )
+        clipped = np.clip(rows, 0, n_rows - 1) * n_cols + np.clip(cols, 0, n_cols - 1)
+        index[edge] = clipped.reshape(len(edge), -1)
+    patches = image.ravel()[index]
+    invalid = bad.ravel()[index]
+    if len(edge):
+        invalid[edge] |= outside
+    patches[invalid] = np.nan
+    return patches.reshape(len(ys), width, width)
+
+
+def _nonzero(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a sparse 2-D bool mask (the same indices in the same order), ~8x faster:
+    the nonzero 8-byte words first, then the pixels within them."""
+    flat = np.ascontiguousarray(mask).reshape(-1)
+    n_whole = flat.size // 8 * 8
+    words = np.flatnonzero(flat[:n_whole].view(np.uint64))
+    if len(words) > n_whole // 64:  # not sparse: no gain
+        return np.nonzero(mask)
+    candidates = (words[:, None] * 8 + np.arange(8)).reshape(-1)
+    index = candidates[flat[candidates]]
+    if n_whole < flat.size:
+        index = np.concatenate([index, n_whole + np.flatnonzero(flat[n_whole:])])
+    return np.divmod(index, mask.shape[1])
 
 
 def _clean_depth(config: CalibrationConfig) -> int:
@@ -1082,3 +1325,117 @@ def clean_bad_pixels(
     masked = (~finite).astype(np.uint8) * np.uint8(PixelFlag.MASKED)
     new_flags = (flags | interpolated | masked).astype(np.uint8).rename("pixel_flags")
     return cleaned, new_flags
+
+
+# ---------------------------------------------------------------------------------------------
+# One light in one pass
+# ---------------------------------------------------------------------------------------------
+def calibrate_frame(
+    raw: np.ndarray,
+    dark: np.ndarray,
+    flat: np.ndarray | None,
+    bad_pixels: np.ndarray,
+    *,
+    saturate_adu: float = np.inf,
+    config: CalibrationConfig = CalibrationConfig(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrate, flag and clean one light (numpy): `calibrate_frames`, `pixel_flags` and
+    `clean_bad_pixels` of one frame, with the same values and flags, in one task.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray
+        ``(y, x)`` raw pixels.
+    dark : numpy.ndarray
+        ``(y, x)`` float32: what to subtract (this frame's plane of `dark_for_frames`).
+    flat : numpy.ndarray or None
+        ``(y, x)`` float32 normalised flat (this frame's plane of `flat_for_frames`); None for
+        no flat-fielding.
+    bad_pixels : numpy.ndarray
+        ``(y, x)`` uint8 from `bad_pixel_map`.
+    saturate_adu : float, optional
+        The frame's saturation level (see `pixel_flags`; infinity for none).
+    config : CalibrationConfig, optional
+        ``clean``, ``clean_sigma_px``, ``clean_size_px``.
+
+    Returns
+    -------
+    calibrated : numpy.ndarray
+        ``(y, x)`` float32, cleaned.
+    flags : numpy.ndarray
+        ``(y, x)`` uint8 `PixelFlag` bits.
+    """
+    raw = np.asarray(raw)
+    shape = raw.shape
+    calibrated = np.empty(shape, np.float32)
+    flags = np.empty(shape, np.uint8)
+    bad = np.empty(shape, bool)  # to clean: static bad or not finite
+    dark = np.broadcast_to(np.asarray(dark, np.float32), shape)
+    static = np.uint8(_STATIC_BAD)
+    nan = np.float32(np.nan)
+    # a cache-sized block of rows at a time: the same operations as `calibrate_frames`,
+    # `pixel_flags` and `clean_bad_pixels` without frame-sized temporaries
+    step = max(1, _BLOCK_PIXELS // max(shape[1], 1))
+    for r0 in range(0, shape[0], step):
+        rows = slice(r0, r0 + step)
+        out, raw_rows = calibrated[rows], raw[rows]
+        np.subtract(raw_rows.astype(np.float32), dark[rows], out=out)
+        if flat is not None:
+            flat_rows = flat[rows]
+            np.divide(out, np.where(flat_rows > 0, flat_rows, nan), out=out)
+        flag_rows = flags[rows]
+        np.copyto(flag_rows, bad_pixels[rows], casting="unsafe")
+        np.bitwise_or(
+            flag_rows, np.uint8(PixelFlag.SATURATED), out=flag_rows, where=raw_rows >= saturate_adu
+        )
+        if raw.dtype.kind == "f":
+            nonfinite = ~np.isfinite(raw_rows)
+            np.bitwise_or(flag_rows, np.uint8(PixelFlag.NONFINITE), out=flag_rows, where=nonfinite)
+        np.not_equal(flag_rows & static, 0, out=bad[rows])
+        bad[rows] |= ~np.isfinite(out)
+    if config.clean == "none" or bad.any():
+        _clean_in_place(
+            calibrated,
+            bad,
+            flags,
+            method=config.clean,
+            sigma_px=config.clean_sigma_px,
+            size_px=config.clean_size_px,
+        )
+    return calibrated, flags
+
+
+def variance_frame(
+    calibrated: np.ndarray,
+    dark_signal: np.ndarray | None,
+    flat: np.ndarray | None,
+    gain_e_adu: float,
+    rdnoise_e: float,
+) -> np.ndarray:
+    """`variance` of one frame (numpy), the same float types and operations.
+
+    Parameters
+    ----------
+    calibrated : numpy.ndarray
+        ``(y, x)`` float32 from `calibrate_frame`.
+    dark_signal : numpy.ndarray or None
+        ``(y, x)`` float32 dark minus bias as subtracted; None without a bias (no dark signal).
+    flat : numpy.ndarray or None
+        ``(y, x)`` float32 flat used; None for none.
+    gain_e_adu, rdnoise_e : float
+        NaN counts as 1 e-/ADU and 0 e-.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(y, x)`` float32 ADU^2.
+    """
+    gain = np.float64(1.0 if np.isnan(gain_e_adu) else gain_e_adu)
+    rdnoise = np.float64(0.0 if np.isnan(rdnoise_e) else rdnoise_e)
+    one = np.float32(1.0)
+    signal = calibrated * (one if flat is None else flat)
+    signal = signal + (np.float32(0.0) if dark_signal is None else dark_signal)
+    electrons = np.clip(signal, 0, None) / gain
+    return ((electrons + (rdnoise / gain) ** 2) / (one if flat is None else flat) ** 2).astype(
+        np.float32
+    )

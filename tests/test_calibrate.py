@@ -243,6 +243,80 @@ def test_combine_dask_equals_numpy(method):
     assert abs(lazy.values[5, 7] - 1000) < 15  # the cosmic ray is rejected (median or clipping)
 
 
+@pytest.mark.parametrize("n_frames", [1, 2, 3, 5, 8, 9, 17])
+@pytest.mark.parametrize(
+    ("method", "iterations"), [("median", 2), ("sigma_clip", 1), ("sigma_clip", 3)]
+)
+def test_combine_fast_path_equals_nan_path(n_frames, method, iterations):
+    # blocks without NaN go through selection networks, others through the NaN-aware sort:
+    # the same bits (integer-valued data, so that ties and equal deviations occur)
+    rng = np.random.default_rng(n_frames)
+    stack = rng.normal(100, 5, (n_frames, 3000)).round().astype(np.float32)
+    stack[0, :10] = 1e4  # outliers to clip
+    fast = cal._combine_finite(stack, method, 3.0, iterations)
+    slow = cal._combine_any(stack, method, 3.0, iterations)
+    np.testing.assert_array_equal(fast.view(np.uint32), slow.view(np.uint32))
+
+
+def test_selection_median_filter_equals_scipy():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 5, (37, 70)).astype(np.float32)  # ties everywhere
+    for size in (3, 9):
+        for axis, footprint in ((1, (1, size)), (0, (size, 1))):
+            expected = ndi.median_filter(image, size=footprint, mode="nearest")
+            np.testing.assert_array_equal(cal._median_filter_line(image, size, axis=axis), expected)
+
+
+def test_sparse_nonzero_equals_numpy():
+    rng = np.random.default_rng(4)
+    for shape in ((64, 64), (33, 29), (1, 7)):
+        mask = rng.random(shape) < 0.01
+        for got, expected in zip(cal._nonzero(mask), np.nonzero(mask), strict=True):
+            np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("clean", ["interpolate", "median", "mask", "none"])
+def test_calibrate_frame_equals_the_lazy_chain(clean):
+    # the one-pass kernel of calibrate_cube against calibrate_frames + pixel_flags +
+    # clean_bad_pixels (and variance), bit for bit
+    rng = np.random.default_rng(5)
+    raw = _synthetic_stack(n_frames=5, seed=6)
+    raw[:, 20, 30] = 60000
+    raw[1, 0, :5] = np.inf
+    dark = rng.normal(100, 1, raw.shape[1:]).astype(np.float32)
+    flat = rng.uniform(0.8, 1.2, raw.shape[1:]).astype(np.float32)
+    flat[7, 8] = 0.0
+    bad = np.zeros(raw.shape[1:], np.uint8)
+    bad[3, 4] = PixelFlag.HOT
+    bad[:, 33] = PixelFlag.DEAD | PixelFlag.BAD_COLUMN
+    bias = np.full(raw.shape[1:], 90, np.float32)
+    config = CalibrationConfig(clean=clean)
+    y_x = ("y", "x")
+    raw_da = _as_dataarray(raw)
+    calibrated = cal.calibrate_frames(
+        raw_da, xr.DataArray(dark, dims=y_x), xr.DataArray(flat, dims=y_x)
+    )
+    flags = cal.pixel_flags(raw_da, xr.DataArray(bad, dims=y_x), 50000.0)
+    cleaned, flags = cal.clean_bad_pixels(calibrated, flags, config=config)
+    var = cal.variance(
+        cleaned,
+        xr.DataArray(dark, dims=y_x),
+        xr.DataArray(bias, dims=y_x),
+        xr.DataArray(flat, dims=y_x),
+        xr.DataArray(np.full(len(raw), 1.5), dims="frame"),  # per frame, as calibrate_cube
+        xr.DataArray(np.full(len(raw), 8.0), dims="frame"),
+    )
+    for i in range(raw.shape[0]):
+        image, frame_flags = cal.calibrate_frame(
+            raw[i], dark, flat, bad, saturate_adu=50000.0, config=config
+        )
+        np.testing.assert_array_equal(image.view(np.uint32), cleaned.values[i].view(np.uint32))
+        np.testing.assert_array_equal(frame_flags, flags.values[i])
+        with np.errstate(divide="ignore"):  # the flat of 0 at (7, 8): an infinite variance
+            frame_var = cal.variance_frame(image, dark - bias, flat, 1.5, 8.0)
+            np.testing.assert_array_equal(frame_var, var.values[i])
+
+
 def test_calibration_chain_dask_equals_numpy():
     rng = np.random.default_rng(1)
     raw = _synthetic_stack(n_frames=6, seed=2)
