@@ -802,17 +802,13 @@ def _reference(cube, found, counts, catalog, config):
 
     Returns ``(reference, wcs, catalog, photometric)``; ``wcs`` is None when no frame could be
     solved nor has enough stars for an internal catalog.
-
-    The solve's final fit is `fit_wcs_linear` (weighted, ~10 ms), as in `refine_wcs`:
-    astropy's ``fit_wcs_from_points`` took ~0.3 s on the driver while the workers waited, and
-    was no closer to the truth (0.008-0.012 px rms over 2048^2 frames, both).
     """
     shape = (cube.sizes["y"], cube.sizes["x"])
     band = config.band
     order = sorted(found, key=lambda i: -counts[i])
     for candidate in order[:3] if catalog is not None else []:
         guess = header_wcs(fits.Header.fromstring(str(cube["wcs_header"].values[candidate])))
-        solution = AsterismSolver(mag_column=band, fitter="linear").solve(
+        solution = AsterismSolver(mag_column=band).solve(
             found[candidate], shape, wcs_guess=guess, catalog=catalog
         )
         if solution.ok:
