@@ -1227,8 +1227,13 @@ def refine_wcs(
     if sip_degree is None and wcs_guess.sip is not None:
         sip_degree = int(wcs_guess.sip.a_order)
 
-    def fit(ra, dec, guess, radii_px, start_xy):
-        return _iterate_fit(
+    def shifted_fit(guess0, ra, dec, cx, cy, dx, dy, radii_px):
+        """The fit from the guess shifted by (dx, dy), kept as a pure shift when that is better.
+
+        The catalog through the shifted guess is its projection ``(cx, cy)`` moved by the shift.
+        """
+        guess, guess_xy = _shifted(guess0, dx, dy), (cx + dx, cy + dy)
+        solution = _iterate_fit(
             name,
             x,
             y,
@@ -1244,7 +1249,12 @@ def refine_wcs(
             fitter=fitter,
             final_fitter=fitter,
             max_fit_stars=max_fit_stars,
-            start_xy=start_xy,
+            start_xy=guess_xy,
+        )
+        if not solution.ok:
+            return solution
+        return _shift_if_better(
+            solution, guess, x, y, weight, ra, dec, image_shape, match_radius_px, guess_xy=guess_xy
         )
 
     nb = min(n_bright, len(x))
@@ -1262,22 +1272,9 @@ def refine_wcs(
             dx, dy, n_vote = _offset_vote(cx[ib], cy[ib], x[:nb], y[:nb], max_shift_px, 2.0)
             if n_vote >= min(min_matches, 3):
                 radii = (max(3.0, 1.5 * match_radius_px), match_radius_px)
-                # The catalog through the shifted guess is its projection moved by the shift.
-                guess, guess_xy = _shifted(guess0, dx, dy), (cx + dx, cy + dy)
-                failure = fit(ra, dec, guess, radii, guess_xy)
+                failure = shifted_fit(guess0, ra, dec, cx, cy, dx, dy, radii)
                 if failure.ok:
-                    return _shift_if_better(
-                        failure,
-                        guess,
-                        x,
-                        y,
-                        weight,
-                        ra,
-                        dec,
-                        image_shape,
-                        match_radius_px,
-                        guess_xy=guess_xy,
-                    )
+                    return failure
                 if not wide_search:
                     return failure
             else:
@@ -1306,21 +1303,7 @@ def refine_wcs(
                 failure.n_matches,
             )
         radii = (2 * bin_px, max(3.0, 1.5 * match_radius_px), match_radius_px)
-        guess, guess_xy = _shifted(guess0, dx, dy), (cx + dx, cy + dy)
-        solution = fit(ra, dec, guess, radii, guess_xy)
-        if solution.ok:
-            solution = _shift_if_better(
-                solution,
-                guess,
-                x,
-                y,
-                weight,
-                ra,
-                dec,
-                image_shape,
-                match_radius_px,
-                guess_xy=guess_xy,
-            )
+        solution = shifted_fit(guess0, ra, dec, cx, cy, dx, dy, radii)
         found = (
             f"drift ({dx:.0f}, {dy:.0f}) px found over the whole field ({n_vote} stars in common)"
         )
