@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
-from astropy.coordinates import SkyCoord
+from astropy.coordinates import angular_separation
 from astropy.io import fits
 from astropy.wcs import WCS
 
@@ -733,6 +733,7 @@ def run_level2(
     # 3. every frame refined from the reference (one task each), failures from a neighbour
     exptime = cube["exptime_s"].values
     guess = start_wcs if client is None else _wcs_message(start_wcs)
+    pointing = _header_pointing(cube, lights)
     refined = [
         _submit(
             client,
@@ -744,6 +745,7 @@ def run_level2(
             float(exptime[i]),
             config,
             photometric,
+            pointing[i],
         )
         for p, i in enumerate(lights)
     ]
@@ -858,10 +860,13 @@ def _safe_detections(cube_path: str, index: int, *, config: Level2Config):
         return index, None, {"detect_message": str(exc)}
 
 
-def _refine_task(detections, wcs_guess, catalog, shape, exptime_s, config, photometric):
+def _refine_task(
+    detections, wcs_guess, catalog, shape, exptime_s, config, photometric, pointing=None
+):
     """Astrometry of one frame, and a first zero point from its detection fluxes.
 
-    ``wcs_guess`` is a WCS or, sent to a worker, its `_wcs_message`.
+    ``wcs_guess`` is a WCS or, sent to a worker, its `_wcs_message`. With ``pointing`` (the
+    frame's `_header_pointing`) a solved frame's row also gets its `pointing_offset`.
     """
     if isinstance(detections, tuple):  # a detection task's (index, table, stats)
         detections = detections[1]
@@ -869,7 +874,7 @@ def _refine_task(detections, wcs_guess, catalog, shape, exptime_s, config, photo
         wcs_guess = _wcs_from_message(wcs_guess)
     if detections is None or len(detections) < 3:
         return None, _failed_row("too few detections to plate-solve")
-    return frame_astrometry_photometry(
+    table, row = frame_astrometry_photometry(
         detections,
         wcs_guess,
         catalog,
@@ -878,6 +883,9 @@ def _refine_task(detections, wcs_guess, catalog, shape, exptime_s, config, photo
         config=config,
         photometric=photometric,
     )
+    if pointing is not None and row.get("wcs_solved"):
+        row.update(pointing_offset(row["wcs_solved"], *pointing, shape))
+    return table, row
 
 
 def _wcs_message(wcs: WCS) -> tuple[str, tuple[int, int] | None] | WCS:
@@ -985,40 +993,73 @@ def _neighbour_catalog(table: pd.DataFrame | None, band: str) -> pd.DataFrame:
 
 
 def _check_pointing(cube, lights, rows, shape) -> None:
-    """Record each solved frame's header pointing offset; note the ones far off.
+    """`pointing_offset` of every solved frame whose row does not have it yet, into its row.
+
+    The refine tasks measure it on the workers (`_refine_task`); this covers the frames solved
+    afterwards in this process (`_retry_from_neighbours`).
+    """
+    todo = [
+        i for i in lights if rows[i].get("wcs_solved") and "pointing_offset_arcmin" not in rows[i]
+    ]
+    for i, pointing in _header_pointing(cube, todo).items():
+        rows[i].update(pointing_offset(rows[i]["wcs_solved"], *pointing, shape))
+
+
+def _header_pointing(cube, lights) -> dict[int, tuple[str, float, float]]:
+    """Each frame's header pointing as `pointing_offset` takes it: WCS header text, RA, Dec."""
+    text, ra, dec = (cube[k].values for k in ("wcs_header", "ra_deg", "dec_deg"))
+    return {int(i): (str(text[i]), float(ra[i]), float(dec[i])) for i in lights}
+
+
+def pointing_offset(
+    wcs_solved: str, wcs_header: str, ra_deg: float, dec_deg: float, shape: tuple[int, int]
+) -> dict[str, Any]:
+    """A solved frame's header pointing offset; a note when it is far off.
 
     The offset is the distance between the field centre by the header (its WCS, else its
     RA/Dec) and by the plate solution. It is noted in ``pointing_message`` when larger than half
     the field's short side or 5 arcmin (mounts point to a few arcmin): a wrong header (a
     pointing model error, a stale RA/Dec typed by hand) that later users of the header would
     trust.
+
+    Parameters
+    ----------
+    wcs_solved : str
+        The plate solution's header (``wcs_solved`` of the frame's row).
+    wcs_header : str
+        The frame's header WCS keywords (the cube's ``wcs_header``; empty when none).
+    ra_deg, dec_deg : float
+        The header pointing, used when the header has no WCS.
+    shape : tuple of int
+        ``(ny, nx)``.
+
+    Returns
+    -------
+    dict
+        ``pointing_offset_arcmin`` and, when far off, ``pointing_message``; empty when the
+        header gives no finite pointing.
     """
     ny, nx = shape
     cx, cy = (nx - 1) / 2, (ny - 1) / 2
-    for i in lights:
-        text = rows[i].get("wcs_solved")
-        if not text:
-            continue
-        solved = WCS(fits.Header.fromstring(text))
-        header = header_wcs(fits.Header.fromstring(str(cube["wcs_header"].values[i])))
-        if header is not None:
-            ra, dec = header.all_pix2world([cx], [cy], 0)
-            ra, dec = float(ra[0]), float(dec[0])
-        else:
-            ra, dec = float(cube["ra_deg"].values[i]), float(cube["dec_deg"].values[i])
-        if not (np.isfinite(ra) and np.isfinite(dec)):
-            continue
-        centre = solved.pixel_to_world(cx, cy)
-        offset = centre.separation(SkyCoord(ra, dec, unit="deg")).arcmin
-        scale = np.sqrt(abs(np.linalg.det(solved.pixel_scale_matrix))) * 60  # arcmin/px
-        rows[i]["pointing_offset_arcmin"] = offset
-        limit = max(0.5 * min(nx, ny) * scale, 5.0)
-        if offset > limit:
-            rows[i]["pointing_message"] = (
-                f"header pointing {offset:.1f}' from the plate solution (more than {limit:.1f}'): "
-                f"header RA {ra:.4f} Dec {dec:+.4f}, solved RA {centre.ra.deg:.4f} "
-                f"Dec {centre.dec.deg:+.4f}"
-            )
+    header = header_wcs(fits.Header.fromstring(wcs_header)) if wcs_header else None
+    if header is not None:
+        ra, dec = (float(v[0]) for v in header.all_pix2world([cx], [cy], 0))
+    else:
+        ra, dec = float(ra_deg), float(dec_deg)
+    if not (np.isfinite(ra) and np.isfinite(dec)):
+        return {}
+    solved = WCS(fits.Header.fromstring(wcs_solved))
+    ra_c, dec_c = (float(v[0]) for v in solved.all_pix2world([cx], [cy], 0))
+    offset = float(np.rad2deg(angular_separation(*np.deg2rad([ra_c, dec_c, ra, dec])))) * 60
+    scale = np.sqrt(abs(np.linalg.det(solved.pixel_scale_matrix))) * 60  # arcmin/px
+    row: dict[str, Any] = {"pointing_offset_arcmin": offset}
+    limit = max(0.5 * min(nx, ny) * scale, 5.0)
+    if offset > limit:
+        row["pointing_message"] = (
+            f"header pointing {offset:.1f}' from the plate solution (more than {limit:.1f}'): "
+            f"header RA {ra:.4f} Dec {dec:+.4f}, solved RA {ra_c:.4f} Dec {dec_c:+.4f}"
+        )
+    return row
 
 
 def _coadd_run(cube, cube_path, lights, rows, stats, *, client, config) -> Coadd | None:
