@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy import units as u
-from astropy.coordinates import EarthLocation, get_body
+from astropy.coordinates import EarthLocation, SkyCoord, get_body
 from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
@@ -707,6 +707,27 @@ def test_bjd_tdb_against_geometry():
     assert (bjd_sun - t.jd) * 86400 == pytest.approx(tdb_minus_utc - light_s, abs=3.0)
     # Opposite directions: the corrections cancel (to the Roemer delay's linearity).
     assert ((bjd_anti + bjd_sun) / 2 - t.jd) * 86400 == pytest.approx(tdb_minus_utc, abs=0.01)
+
+
+def test_bjd_tdb_equals_astropys_light_travel_time():
+    """Without the IERS tables (UT1 = UTC, no polar motion) the same as astropy's with them.
+
+    Site terms differ by < 3 microseconds; a full JD in float64 is rounded to ~20 microseconds.
+    A site term missing (up to 21 ms) or wrong in sign would show by three orders of magnitude.
+    """
+    rng = np.random.default_rng(7)
+    n = 60
+    mjd = rng.uniform(51000, 60000, n)  # final IERS values: astropy needs no download
+    ra, dec = rng.uniform(0, 360, n), np.rad2deg(np.arcsin(rng.uniform(-1, 1, n)))
+    lat, lon, height = rng.uniform(-70, 70, n), rng.uniform(-180, 180, n), rng.uniform(0, 5e3, n)
+    times = Time(
+        mjd, format="mjd", scale="utc", location=EarthLocation.from_geodetic(lon, lat, height)
+    )
+    expected = times.tdb + times.light_travel_time(SkyCoord(ra, dec, unit="deg"))
+    ours = bjd_tdb(mjd, ra, dec, lat, lon, height)
+    assert np.max(np.abs((ours - expected.jd1) - expected.jd2)) * 86400 < 25e-6
+    # a night beyond the IERS predictions (astropy would need a download) is still timed
+    assert np.isfinite(bjd_tdb(70000.3, 124.6, 25.3, 35.1, -111.5, 0.0))
 
 
 def test_bjd_tdb_arrays_and_nan():
