@@ -21,8 +21,9 @@ no linear motion. Tracks from `link_tracks` go through the same test.
 Movers too fast to make a dense cloud are left unassigned by the matching; `link_tracks` links
 the unassigned detections into straight tracks in (time, RA, Dec): seed lines from pairs of
 detections a few frames apart (speed at most ``max_rate_arcsec_h``), ranked by the number of
-detections they pass within ``tolerance_arcsec``, each refined by scikit-learn's
-`~sklearn.linear_model.RANSACRegressor` (position against time, Euclidean residuals) and accepted
+detections they pass within ``tolerance_arcsec``, each refined by RANSAC (position against
+time, Euclidean residuals; scikit-learn's `~sklearn.linear_model.RANSACRegressor`, step for
+step, in `_ransac_track`) and accepted
 when it holds ``min_points`` detections (one per frame) and moves more than
 ``min_motion_arcsec``. Each track becomes a new source.
 
@@ -74,9 +75,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from numpy.typing import ArrayLike, NDArray
+from scipy import linalg
 
 from lcdask.lightcurves import BAD_FOR_FLUX, BAD_FOR_POSITION, LightCurveFlag, robust_std
 from lcdask.match import field_centre, tangent_plane
+from lcdask.photcal import _sample_without_replacement
 
 __all__ = [
     "SOURCE_COLUMNS",
@@ -292,8 +295,83 @@ class TrackResult:
     tracks: pd.DataFrame
 
 
-def _euclid_loss(y_true: NDArray, y_pred: NDArray) -> NDArray:
-    return np.sqrt(((y_true - y_pred) ** 2).sum(axis=1))
+def _line_fit(t: NDArray[np.float64], xy: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
+    """``LinearRegression().fit(t[:, None], xy)`` as scikit-learn computes it: rate, intercept.
+
+    The data centred on their means, then ``scipy.linalg.lstsq`` with ``cond=1e-6`` (its
+    ``tol``): the same floating-point operations, so the same values to the last bit.
+    """
+    t_mean, xy_mean = np.mean(t[:, None], axis=0), np.mean(xy, axis=0)
+    rate = linalg.lstsq(t[:, None] - t_mean, xy - xy_mean, cond=1e-6)[0].T  # (2, 1)
+    return rate, xy_mean - t_mean @ rate.T
+
+
+def _line_at(t: NDArray[np.float64], line: tuple[NDArray, NDArray]) -> NDArray[np.float64]:
+    """A `_line_fit` line's positions at times ``t`` (scikit-learn's ``predict``)."""
+    rate, intercept = line
+    return t[:, None] @ rate.T + intercept
+
+
+def _r2_score(y_true: NDArray[np.float64], y_pred: NDArray[np.float64]) -> float:
+    """`sklearn.metrics.r2_score` of (n, k) outputs, uniform average, force_finite."""
+    if y_true.shape[0] < 2:
+        return float("nan")
+    numerator = np.sum((y_true - y_pred) ** 2, axis=0)
+    denominator = np.sum((y_true - np.average(y_true, axis=0)) ** 2, axis=0)
+    scores = np.ones(y_true.shape[1])
+    valid = (numerator != 0) & (denominator != 0)
+    scores[valid] = 1 - numerator[valid] / denominator[valid]
+    scores[(numerator != 0) & (denominator == 0)] = 0.0
+    return float(np.average(scores))
+
+
+def _ransac_track(
+    t: NDArray[np.float64],
+    xy: NDArray[np.float64],
+    *,
+    residual_threshold: float,
+    max_trials: int,
+    random_state: int,
+) -> tuple[NDArray[np.bool_], tuple[NDArray, NDArray]] | None:
+    """Inliers of a straight track ``xy(t)`` and the line fitted to them, by RANSAC.
+
+    What ``RANSACRegressor(LinearRegression(), min_samples=2, loss=<Euclidean distance>,
+    residual_threshold=..., max_trials=..., random_state=...)`` finds, step for step: the same
+    random pairs (`lcdask.photcal._sample_without_replacement`), line fits (`_line_fit`),
+    R^2 tie-breaks and stopping rule (as `lcdask.photcal._ransac_inliers`), and the final fit
+    on the inliers; without importing scikit-learn (~2 s in the run's process).
+
+    Returns
+    -------
+    tuple or None
+        ``(inlier mask, line)``; None where scikit-learn raises (no consensus set).
+    """
+    n_samples = t.size
+    if n_samples < 2:
+        return None
+    rng = np.random.RandomState(random_state)
+    nom = max(np.spacing(1), 1.0 - 0.99)  # scikit-learn's stop_probability
+    n_best, score_best, best = 1, -np.inf, None
+    n_trials, limit = 0, max_trials
+    while n_trials < limit:
+        n_trials += 1
+        subset = _sample_without_replacement(rng, n_samples, 2)
+        line = _line_fit(t[subset], xy[subset])
+        predicted = _line_at(t, line)
+        inliers = np.sqrt(((xy - predicted) ** 2).sum(axis=1)) <= residual_threshold
+        n_inliers = int(np.sum(inliers))
+        if n_inliers < n_best:
+            continue
+        score = _r2_score(xy[inliers], predicted[inliers])
+        if n_inliers == n_best and score < score_best:
+            continue
+        n_best, score_best, best = n_inliers, score, inliers
+        denom = max(np.spacing(1), 1.0 - (n_inliers / float(n_samples)) ** 2)
+        if denom != 1:
+            limit = min(limit, abs(float(np.ceil(np.log(nom) / np.log(denom)))))
+    if best is None:
+        return None
+    return best, _line_fit(t[best], xy[best])
 
 
 def link_tracks(
@@ -341,7 +419,6 @@ def link_tracks(
         The updated ids (new sources numbered after the largest input id) and the tracks.
     """
     from scipy.spatial import cKDTree
-    from sklearn.linear_model import LinearRegression, RANSACRegressor
 
     sid = np.asarray(source_id, dtype=np.int64).copy()
     empty = pd.DataFrame(
@@ -416,32 +493,29 @@ def link_tracks(
         near = idx[np.hypot(*(xy[idx] - pred).T) <= 2 * tolerance_arcsec]
         if np.unique(frank[near]).size < min_points:
             continue
-        ransac = RANSACRegressor(
-            LinearRegression(),
-            min_samples=2,
+        found = _ransac_track(
+            t[near],
+            xy[near],
             residual_threshold=tolerance_arcsec,
-            loss=_euclid_loss,
             max_trials=100,
             random_state=seed,
         )
-        try:
-            ransac.fit(t[near, None], xy[near])
-        except ValueError:
+        if found is None:
             continue
-        inl = near[ransac.inlier_mask_]
-        resid = np.hypot(*(xy[inl] - ransac.predict(t[inl, None])).T)
+        inl = near[found[0]]
+        resid = np.hypot(*(xy[inl] - _line_at(t[inl], found[1])).T)
         # one detection per frame: the closest to the line
         keep = pd.DataFrame({"f": frank[inl], "r": resid, "j": inl}).sort_values(["f", "r"])
         inl = keep.drop_duplicates("f")["j"].to_numpy()
         if inl.size < min_points:
             continue
-        fit = LinearRegression().fit(t[inl, None], xy[inl])
-        rate = fit.coef_[:, 0]
+        line = _line_fit(t[inl], xy[inl])
+        rate = line[0][:, 0]
         span = t[inl].max() - t[inl].min()
         alive[inl] = False  # used, whether a track or a fixed faint source
         if np.hypot(*rate) * span < min_motion_arcsec:
             continue
-        rms = float(np.sqrt(np.mean(np.sum((xy[inl] - fit.predict(t[inl, None])) ** 2, axis=1))))
+        rms = float(np.sqrt(np.mean(np.sum((xy[inl] - _line_at(t[inl], line)) ** 2, axis=1))))
         sid[pool[inl]] = next_id
         rows.append(
             {
