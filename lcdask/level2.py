@@ -52,6 +52,7 @@ from lcdask.cosmics import _CROSS_2, clean_cosmics, remove_cosmics
 from lcdask.detect import DetectionFlag, detect_frame
 from lcdask.errors import FrameError, LcdaskError
 from lcdask.flags import UNUSABLE
+from lcdask.io import cube as cube_io
 from lcdask.io.headers import header_wcs
 from lcdask.photcal import calibrate_fluxes, fit_zero_point, instrumental_mag, match_to_catalog
 from lcdask.photometry import photometer_frame
@@ -259,11 +260,10 @@ def frame_detections(
     tuple
         ``(index, detections, stats)`` as `lcdask.detect.detect_frame` gives them.
     """
-    image = zarr.open_array(str(Path(cube_path) / "calibrated"), mode="r")[index]
+    image = cube_io.read_item(cube_path, "calibrated", index)
     if not np.isfinite(image).any():
         raise FrameError(f"frame {index}: no finite pixels")
-    root = zarr.open_group(str(cube_path), mode="r")
-    pixel_flags = root["pixel_flags"][index] if "pixel_flags" in root else None
+    pixel_flags = cube_io.read_item(cube_path, "pixel_flags", index)
     detections, stats = detect_frame(
         image,  # its non-finite pixels are masked (and zeroed) by detect_frame
         threshold_sigma=config.threshold_sigma,
@@ -315,21 +315,21 @@ def _prepared_frame(
     ``cosmic_pixels`` (flat indices that an earlier call found), those are cleaned instead of
     detecting cosmic rays again: the same frame comes out, without the detection's cost.
     """
-    root = zarr.open_group(str(cube_path), mode="r")
-    image = root["calibrated"][index].astype(np.float32)
+    image = cube_io.read_item(cube_path, "calibrated", index).astype(np.float32)
     mask = ~np.isfinite(image)
     repaired = np.zeros(image.shape, bool)
     saturation = None  # the lowest calibrated value of a saturated pixel: no cosmic ray above
-    if "pixel_flags" in root:  # bad pixels that cleaning did not replace
-        flags = root["pixel_flags"][index]
+    flags = cube_io.read_item(cube_path, "pixel_flags", index)
+    if flags is not None:  # bad pixels that cleaning did not replace
         bad = (flags & (PixelFlag.HOT | PixelFlag.DEAD | PixelFlag.BAD_COLUMN)) != 0
         mask |= bad & ((flags & PixelFlag.INTERPOLATED) == 0)
         repaired = (flags & PixelFlag.INTERPOLATED) != 0  # values guessed by the cleaning
         saturated = ((flags & PixelFlag.SATURATED) != 0) & np.isfinite(image)
         if saturated.any():
             saturation = float(image[saturated].min())
-    gain = float(root["gain_e_adu"][index]) if "gain_e_adu" in root else np.nan
-    read_noise = float(root["rdnoise_e"][index]) if "rdnoise_e" in root else np.nan
+    gain, read_noise = (cube_io.read_item(cube_path, k, index) for k in ("gain_e_adu", "rdnoise_e"))
+    gain = np.nan if gain is None else float(gain)
+    read_noise = np.nan if read_noise is None else float(read_noise)
     gain = gain if np.isfinite(gain) and gain > 0 else 1.0
     read_noise = read_noise if np.isfinite(read_noise) and read_noise > 0 else 10.0
     image = np.where(mask, 0.0, image).astype(np.float32)

@@ -117,6 +117,31 @@ def write_frame(path: str | Path, index: int, image: np.ndarray, *, name: str = 
     array[index] = image.astype(array.dtype, copy=False)
 
 
+def read_item(path: str | Path, name: str, index: int) -> Any:
+    """Frame ``index`` of the cube's array ``name`` (pixels or a value), None when there is none.
+
+    Opens that array alone: opening the cube's group reads every array's metadata (~8 ms a
+    call, paid by every per-frame task that did it).
+
+    Parameters
+    ----------
+    path : str or Path
+        The cube store.
+    name : str
+        The array (``calibrated``, ``pixel_flags``, ``gain_e_adu``...).
+    index : int
+        Position along ``frame``.
+
+    Returns
+    -------
+    numpy.ndarray or scalar or None
+    """
+    array_path = Path(path) / name
+    if not (array_path / "zarr.json").exists():
+        return None
+    return zarr.open_array(str(array_path), mode="r")[index]
+
+
 def set_frame_values(path: str | Path, name: str, indices: Sequence[int], values: Sequence) -> None:
     """Overwrite entries of a per-frame coordinate.
 
