@@ -769,8 +769,9 @@ def run_level2(
             psf = _run_psf(cube_path, coadd, reference, stats, client=client, config=config)
             lap("epsf")
 
-    # 5. Level 3 photometry and the zero point of every solved frame, one task each
-    solved = [i for i in lights if rows[i].get("wcs_solved")]
+    # 5. Level 3 photometry and the zero point of every solved frame, one task each; with
+    # flux = "detection" the refine tasks' zero points stand (the same fit of the same fluxes)
+    solved = [i for i in lights if rows[i].get("wcs_solved") and config.flux != "detection"]
     fwhm = {i: float(stats[i].get("fwhm_px", np.nan)) for i in lights}
     measured = [
         _submit(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
@@ -12,7 +13,7 @@ from lcdask.astrometry import wcs_grid_error_px
 from lcdask.catalogs import load_catalog
 from lcdask.ingest import ingest
 from lcdask.io.cube import open_cube
-from lcdask.level2 import Level2Config, _near_flagged, run_level2
+from lcdask.level2 import Level2Config, _near_flagged, frame_photcal, run_level2
 from lcdask.pipeline import calibrate_cube
 from lcdask.simulate import SimConfig, load_truth, simulate_night
 from lcdask.testing import truth_wcs
@@ -155,3 +156,23 @@ def test_wcs_message_parses_to_the_unpickled_wcs():
     np.testing.assert_array_equal(
         parsed.all_pix2world(gx, gy, 0), unpickled.all_pix2world(gx, gy, 0)
     )
+
+
+def test_detection_fluxes_keep_the_refine_tasks_zero_points(solved_night):
+    """With flux = "detection" the zero-point pass is not run again: it would refit the same
+    fluxes to the same values (frame_photcal is a pure function of them)."""
+    out, cube, _, _, _ = solved_night
+    catalog = load_catalog(out / "night" / "refcat.parquet")
+    config = Level2Config(flux="detection", coadd_frames=0)
+    result = run_level2(cube, out / "run" / "cube.zarr", catalog, config=config)
+    assert result.timings["photometry"] < 0.05  # no tasks
+    names = ["mag", "mag_err", "flux_jy", "flux_jy_err"]
+    keys = ["zero_point", "zero_point_err", "zp_slope", "zp_slope_err", "zp_n_stars", "zp_rms"]
+    for row in result.frames.to_dict("records"):
+        table = result.detections[result.detections["frame"] == row["frame"]]
+        again, again_row = frame_photcal(
+            table, row, catalog, exptime_s=float(cube["exptime_s"][row["frame"]]), config=config
+        )
+        assert np.isfinite(row["zero_point"])
+        assert {k: again_row[k] for k in keys} == {k: row[k] for k in keys}
+        pd.testing.assert_frame_equal(again[names], table[names])
