@@ -44,6 +44,7 @@ from lcdask.level2 import (
     Level2Config,
     _gather,
     _prepared_frame,
+    _shared,
     _submit,
 )
 from lcdask.lightcurves import LightCurveFlag, missing_entries
@@ -395,6 +396,7 @@ def forced_photometry(
     groups = dict(tuple(positions.groupby("frame", sort=True)))
     det_of = dict(tuple(detections.groupby("frame", sort=True)))
     empty_det = detections.iloc[:0]
+    shared_psf = _shared(client, psf)
     futures = [
         _submit(
             client,
@@ -406,7 +408,7 @@ def forced_photometry(
             det_of.get(frame, empty_det)[["x", "y", "flux"]],
             {k: float(by_frame.loc[frame].get(k, np.nan)) for k in _CORRECTIONS}
             | {"cosmic_pixels": _cosmic_pixels(by_frame.loc[frame])},
-            psf,
+            shared_psf,
             config,
         )
         for frame, rows in groups.items()

@@ -640,6 +640,17 @@ def _submit(client, func, *args):
     return func(*args) if client is None else client.submit(func, *args, pure=False)
 
 
+def _shared(client, data):
+    """``data`` sent once to every worker (a future its tasks take), or itself without a cluster.
+
+    A table passed to each task as it is is pickled and sent with every one of them (the
+    reference catalog: ~0.3 MB, ~4 ms of the run's process a task).
+    """
+    if client is None or data is None:
+        return data
+    return client.scatter(data, broadcast=True, hash=False)
+
+
 def _gather(client, futures: list, label: str = "level2") -> list:
     """The results of a step's futures (a progress bar meanwhile), or the serial results."""
     if client is None:
@@ -734,13 +745,14 @@ def run_level2(
     exptime = cube["exptime_s"].values
     guess = start_wcs if client is None else _wcs_message(start_wcs)
     pointing = _header_pointing(cube, lights)
+    shared_catalog = _shared(client, catalog)
     refined = [
         _submit(
             client,
             _refine_task,
             detected[p] if client is not None else results[p],
             guess,
-            catalog,
+            shared_catalog,
             shape,
             float(exptime[i]),
             config,
@@ -773,6 +785,7 @@ def run_level2(
     # flux = "detection" the refine tasks' zero points stand (the same fit of the same fluxes)
     solved = [i for i in lights if rows[i].get("wcs_solved") and config.flux != "detection"]
     fwhm = {i: float(stats[i].get("fwhm_px", np.nan)) for i in lights}
+    shared_psf = _shared(client, psf) if solved else psf
     measured = [
         _submit(
             client,
@@ -782,8 +795,8 @@ def run_level2(
             tables[i],
             rows[i],
             fwhm[i],
-            psf,
-            catalog if photometric else None,
+            shared_psf,
+            shared_catalog if photometric else None,
             float(exptime[i]),
             config,
         )
