@@ -261,7 +261,8 @@ def frame_detections(
         ``(index, detections, stats)`` as `lcdask.detect.detect_frame` gives them.
     """
     image = cube_io.read_item(cube_path, "calibrated", index)
-    if not np.isfinite(image).any():
+    # a sparse sample first: a whole-frame isfinite pass (4 ms) only for a frame mostly NaN
+    if not (np.isfinite(image[::61, ::59]).any() or np.isfinite(image).any()):
         raise FrameError(f"frame {index}: no finite pixels")
     pixel_flags = cube_io.read_item(cube_path, "pixel_flags", index)
     detections, stats = detect_frame(
