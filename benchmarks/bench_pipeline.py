@@ -118,12 +118,14 @@ def main() -> None:
     same_steps = Config(level2=Level2Config(flux="detection", cosmics="none", coadd_frames=0))
     lcdask_s, stages, peak_gb = {}, {}, {}
     for name, config in (("full", Config()), ("same_steps", same_steps)):
+        run_dir = scratch / f"run-{name}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a run left there would be resumed, not timed
         with dask_client(n_workers=args.workers, dashboard=False) as client:
             client.run(lambda: None)
             start = time.perf_counter()
             record = run(
                 raw,
-                scratch / f"run-{name}",
+                run_dir,
                 catalog=night / "refcat.parquet",
                 client=client,
                 config=config,
