@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -1093,15 +1094,18 @@ def write_run_plot(run_dir: str | Path, name: str, *, out_dir: str | Path | None
     run = read_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run.run_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    return _write_plot(
-        name,
-        run.lightcurves,
-        run.sources,
-        out,
-        frames=run.frames,
-        coadd=run.coadd_path,
-        max_variables=12,
-    )
+    # read the few chunks in this task: through the cluster, each small read is a round trip
+    # of the scheduler and waits for a worker's thread, busy with the other figures
+    with dask.config.set(scheduler="synchronous"):
+        return _write_plot(
+            name,
+            run.lightcurves,
+            run.sources,
+            out,
+            frames=run.frames,
+            coadd=run.coadd_path,
+            max_variables=12,
+        )
 
 
 def submit_run_plots(run_dir: str | Path, client, *, out_dir: str | Path | None = None) -> list:

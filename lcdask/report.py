@@ -35,6 +35,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -704,7 +705,11 @@ def write_report(
             **kwargs,
         ).result()
     run = read_run(run_dir)
-    page = _page(build_report(run, **kwargs), title=f"lcdask report: {run.run_dir.name}")
+    # the light curves' few selected chunks are read here, not sent through the cluster (a
+    # default Client's round trips, behind the workers' drawing of the PNG figures)
+    with dask.config.set(scheduler="synchronous"):
+        layout = build_report(run, **kwargs)
+    page = _page(layout, title=f"lcdask report: {run.run_dir.name}")
     path = Path(out) if out is not None else run.run_dir / "report.html"
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")

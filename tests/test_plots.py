@@ -88,6 +88,24 @@ def test_run_plots_on_a_cluster_are_the_same(run, written, tmp_path, dask_local_
     assert write_report(other, out=tmp_path / "r.html", client=dask_local_client).exists()
 
 
+def test_run_report_reads_in_its_own_process(run, tmp_path):
+    # The page and each figure's task read their few chunks themselves: through a default
+    # Client, every small read was a round trip of the scheduler, waiting for a worker's thread
+    # busy with another figure (a run's report stage took twice as long).
+    import dask
+
+    from lcdask.plots import write_run_plot
+    from lcdask.report import write_report
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report's reads went through the default scheduler")
+
+    run_dir, *_ = run
+    with dask.config.set(scheduler=refuse):
+        assert write_report(run_dir, out=tmp_path / "r.html").exists()
+        assert write_run_plot(run_dir, "variables", out_dir=tmp_path).exists()
+
+
 def test_plot_labels_inside_the_figure(run):
     # the plots have fixed margins (no layout engine): every label must still fit
     from matplotlib.backends.backend_agg import FigureCanvasAgg
