@@ -52,11 +52,12 @@ from lcdask.plots import (
     scatter_curve,
     select_lightcurves,
     submit_run_plots,
+    warm_up,
     with_frame_coords,
     write_run_plots,
 )
 
-__all__ = ["REPORT_NAMES", "build_report", "write_report", "write_run_report"]
+__all__ = ["REPORT_NAMES", "build_report", "warm_workers", "write_report", "write_run_report"]
 
 REPORT_NAMES = (
     "summary",
@@ -714,6 +715,34 @@ def write_report(
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return path
+
+
+def warm_workers(client) -> None:
+    """Start `lcdask.plots.warm_up` once on each of the cluster's workers; do not wait.
+
+    Each worker imports matplotlib and loads its fonts while it would be idle, before the report
+    stage gives it a figure: `lcdask.run` calls this as the light-curve stage starts (the
+    driver then matches and classifies for seconds, the workers wait). The tasks come last
+    (low priority) and are not waited for (`distributed.fire_and_forget`).
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The cluster.
+    """
+    from distributed import fire_and_forget
+
+    for address in client.scheduler_info(n_workers=-1)["workers"]:
+        fire_and_forget(
+            client.submit(
+                warm_up,
+                workers=[address],
+                allow_other_workers=False,
+                pure=False,
+                priority=-100,
+                key=f"lcdask-warm-up-{uuid.uuid4().hex}",
+            )
+        )
 
 
 def write_run_report(run_dir: str | Path, *, client=None) -> tuple[Path, list[Path]]:

@@ -106,6 +106,28 @@ def test_run_report_reads_in_its_own_process(run, tmp_path):
         assert write_run_plot(run_dir, "variables", out_dir=tmp_path).exists()
 
 
+def _drew_a_figure() -> bool:
+    import sys
+
+    return "matplotlib.backends.backend_agg" in sys.modules and "PIL.PngImagePlugin" in sys.modules
+
+
+def test_warm_workers_loads_matplotlib_on_every_worker(dask_local_client):
+    # lcdask.run starts this as the light curves are built: each worker's first report figure
+    # then pays no import nor font loading
+    import time
+
+    from lcdask.report import warm_workers
+
+    client = dask_local_client
+    assert not any(client.run(_drew_a_figure).values())  # fresh workers
+    warm_workers(client)  # returns at once; the tasks are not waited for
+    deadline = time.monotonic() + 60  # ~1 s of work; a loaded machine
+    while not all(done := client.run(_drew_a_figure).values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(done) == 2 and all(done)
+
+
 def test_plot_labels_inside_the_figure(run):
     # the plots have fixed margins (no layout engine): every label must still fit
     from matplotlib.backends.backend_agg import FigureCanvasAgg
