@@ -652,23 +652,43 @@ def build_report(
     return column(sections, name="report")
 
 
+class _Collected:
+    """A document's models, already collected, where bokeh's bundle looks for ``references()``."""
+
+    def __init__(self, doc: Any) -> None:
+        self._models = set(doc.models)
+
+    def references(self) -> set:
+        return self._models
+
+
 def _page(layout: Any, *, title: str) -> str:
     """The standalone HTML page of a layout, bokeh's JavaScript inline.
 
-    What `bokeh.embed.file_html` writes with ``resources=INLINE``, without its validation of
-    the document (a quarter of a second for the ~1000 models of a report, to log warnings
-    only; tests/test_report.py checks that the report's document has no issue).
+    What `bokeh.embed.file_html` writes with ``resources=INLINE``, with its document's models
+    collected once (by ``add_root``) rather than four times. Left out: the validation of the
+    document (a quarter of a second for the ~1000 models of a report, to log warnings only;
+    tests/test_report.py checks that the report's document has no issue), and the warning
+    about Python callbacks, which the report has none of; the bundle of JavaScript (which
+    components: widgets, tables, WebGL, MathJax) is chosen from the collected models, as bokeh
+    would from the document's roots.
     """
     from bokeh.document import Document
     from bokeh.embed.bundle import bundle_for_objs_and_resources
     from bokeh.embed.elements import html_page_for_render_items
-    from bokeh.embed.util import standalone_docs_json_and_render_items
+    from bokeh.embed.util import RenderItem
     from bokeh.resources import INLINE
+    from bokeh.util.serialization import (
+        make_globally_unique_css_safe_id,
+        make_globally_unique_id,
+    )
 
     doc = Document()
     doc.add_root(layout)
-    docs_json, render_items = standalone_docs_json_and_render_items([layout])
-    bundle = bundle_for_objs_and_resources([doc], INLINE)
+    docid = make_globally_unique_id()
+    docs_json = {docid: doc.to_json(deferred=False)}
+    render_items = [RenderItem(docid, roots={layout: make_globally_unique_css_safe_id()})]
+    bundle = bundle_for_objs_and_resources([_Collected(doc)], INLINE)
     return html_page_for_render_items(bundle, docs_json, render_items, title=title)
 
 
