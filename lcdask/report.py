@@ -72,6 +72,7 @@ REPORT_NAMES = (
 """Names of the report's sections (``frames`` holds the ``frame_<quantity>`` plots)."""
 
 _WIDTH = 900
+_REPORT_PRIORITY = 10  # the page starts before the figures (lcdask.plots._PLOT_COST: 2 to 5)
 _TOOLS = ("pan", "box_zoom", "wheel_zoom", "reset", "save")
 _PALETTE = (
     "#1f77b4",
@@ -717,17 +718,10 @@ def write_report(
         The page, written atomically.
     """
     if client is not None:
-        return client.submit(
-            write_report,
-            str(run_dir),
-            out=None if out is None else str(out),
-            pure=False,
-            key=f"lcdask-report-{uuid.uuid4().hex}",
-            **kwargs,
-        ).result()
+        return _submit_report(run_dir, client, out=out, **kwargs).result()
     run = read_run(run_dir)
-    # the light curves' few selected chunks are read here, not sent through the cluster (a
-    # default Client's round trips, behind the workers' drawing of the PNG figures)
+    # the light curves' few selected chunks are read here, not sent through the cluster (with a
+    # default Client, a round trip per read, behind the workers' other tasks: the figures)
     with dask.config.set(scheduler="synchronous"):
         layout = build_report(run, **kwargs)
     page = _page(layout, title=f"lcdask report: {run.run_dir.name}")
@@ -737,13 +731,41 @@ def write_report(
     return path
 
 
-def warm_workers(client) -> None:
-    """Start `lcdask.plots.warm_up` once on each of the cluster's workers; do not wait.
+def _submit_report(run_dir: str | Path, client, *, out: str | Path | None = None, **kwargs: Any):
+    """Start `write_report` in a task on the cluster, before the figures; return its future."""
+    return client.submit(
+        write_report,
+        str(run_dir),
+        out=None if out is None else str(out),
+        pure=False,
+        key=f"lcdask-report-{uuid.uuid4().hex}",
+        priority=_REPORT_PRIORITY,
+        **kwargs,
+    )
 
-    Each worker imports matplotlib and loads its fonts while it would be idle, before the report
-    stage gives it a figure: `lcdask.run` calls this as the light-curve stage starts (the
-    driver then matches and classifies for seconds, the workers wait). The tasks come last
-    (low priority) and are not waited for (`distributed.fire_and_forget`).
+
+def _warm_up() -> None:
+    """`lcdask.plots.warm_up`, then bokeh imported and a small page built in memory."""
+    from bokeh.layouts import column, gridplot
+
+    warm_up()
+    fig = _figure("warm_up", "warm up", height=100, width=100)
+    _mjd_axis(fig)
+    pts = fig.scatter([0.0, 1.0], [0.0, 1.0], size=3, color="gray")
+    fig.line([0.0, 1.0], [0.0, 1.0], color=KIND_COLOURS["variable"])
+    _hover(fig, [pts], [("x", "@x")])
+    _page(column([_heading("warm up"), gridplot([fig], ncols=1)]), title="warm up")
+
+
+def warm_workers(client) -> None:
+    """Prepare each of the cluster's workers for the report stage, in a task; do not wait.
+
+    Each worker imports matplotlib and loads its fonts (`lcdask.plots.warm_up`), imports bokeh
+    and builds a small page, while it would be idle, before the report stage gives it a figure
+    or the page (`write_run_report`): about 1 s of the first figure and 0.7 s of the page.
+    `lcdask.run` calls this as the light-curve stage starts (the driver then matches and
+    classifies for seconds, the workers wait). The tasks come last (low priority) and are not
+    waited for (`distributed.fire_and_forget`).
 
     Parameters
     ----------
@@ -755,7 +777,7 @@ def warm_workers(client) -> None:
     for address in client.scheduler_info(n_workers=-1)["workers"]:
         fire_and_forget(
             client.submit(
-                warm_up,
+                _warm_up,
                 workers=[address],
                 allow_other_workers=False,
                 pure=False,
@@ -773,11 +795,12 @@ def write_run_report(run_dir: str | Path, *, client=None) -> tuple[Path, list[Pa
     run_dir
         The run directory.
     client : distributed.Client, optional
-        The cluster's workers draw the PNG figures, one task each
-        (`lcdask.plots.submit_run_plots`), while this process builds the page; all of it here,
-        one after the other, when None. The page and the figures cost about the same CPU
-        (~3.5 and ~4 s on a 40-frame 2048^2 run, against ~8.5 s in one process before): the
-        stage's longest process then takes half as long.
+        The cluster's workers build the page and draw the PNG figures, one task each
+        (`lcdask.plots.submit_run_plots`), the page first (the dearest: ~2.5 s of CPU on a
+        100-frame 2048^2 run, the figures 0.4-1.3 s each on a warmed worker, `warm_workers`);
+        this process waits. All of it here, one after the other, when None. The page was
+        built in this process before: a third process on a 2-core machine, and its import
+        of bokeh (0.7 s) could not be done ahead.
 
     Returns
     -------
@@ -787,6 +810,6 @@ def write_run_report(run_dir: str | Path, *, client=None) -> tuple[Path, list[Pa
     if client is None:
         plots = write_run_plots(run_dir)
         return write_report(run_dir), plots
+    page = _submit_report(run_dir, client)
     pending = submit_run_plots(run_dir, client)
-    page = write_report(run_dir)
-    return page, client.gather(pending)
+    return page.result(), client.gather(pending)
