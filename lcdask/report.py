@@ -797,10 +797,10 @@ def write_run_report(run_dir: str | Path, *, client=None) -> tuple[Path, list[Pa
     client : distributed.Client, optional
         The cluster's workers build the page and draw the PNG figures, one task each
         (`lcdask.plots.submit_run_plots`), the page first (the dearest: ~2.5 s of CPU on a
-        100-frame 2048^2 run, the figures 0.4-1.3 s each on a warmed worker, `warm_workers`);
-        this process waits. All of it here, one after the other, when None. The page was
-        built in this process before: a third process on a 2-core machine, and its import
-        of bokeh (0.7 s) could not be done ahead.
+        100-frame 2048^2 run, the figures 0.4-1.3 s each on a worker warmed by
+        `warm_workers`), while this process waits: it would be a third busy process on a
+        2-core machine, importing bokeh within the stage. All of it here, one after the
+        other, when None.
 
     Returns
     -------
