@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -66,6 +67,7 @@ __all__ = [
     "target_figure",
     "time_offset",
     "variables_figure",
+    "warm_up",
     "with_frame_coords",
     "write_plots",
     "write_run_plot",
@@ -322,6 +324,32 @@ def _save(fig: Figure, path: str | Path) -> Path:
         # zlib level 3 writes these plots in 2/3 of the time of the default 6, in files as small
         fig.savefig(tmp, format="png", dpi=_DPI, pil_kwargs={"compress_level": 3})
     return path
+
+
+def warm_up() -> None:
+    """Import what the figures need and draw a small one into memory, writing no file.
+
+    A process's first figure pays for importing matplotlib and for loading its fonts (text,
+    the log axes' mathtext): about a second, as much as drawing the figure. A worker that ran
+    this while it was idle (`lcdask.report.warm_workers`) draws its first run plot without it.
+    """
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    import lcdask.export  # noqa: F401  (read_run, in write_run_plot)
+
+    fig = _new_figure(2.0, 2.0)
+    ax = fig.add_gridspec(1, 1).subplots()
+    ax.errorbar([1.0, 2.0], [0.1, 1.0], yerr=[0.01, 0.1], fmt=".", ms=2, elinewidth=0.5)
+    ax.plot([1.0, 2.0], [0.2, 0.5], "o-", ms=3, lw=1, label="warm")
+    ax.set_yscale("log")
+    ax.set_title("warm", fontsize="small")
+    ax.legend(fontsize="x-small")
+    ax.tick_params(labelsize="x-small")
+    fig.supxlabel("x")
+    FigureCanvasAgg(fig)
+    fig.savefig(io.BytesIO(), format="png", dpi=_DPI, pil_kwargs={"compress_level": 3})
 
 
 # --------------------------------------------------------------------------------------------
@@ -1093,15 +1121,18 @@ def write_run_plot(run_dir: str | Path, name: str, *, out_dir: str | Path | None
     run = read_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run.run_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    return _write_plot(
-        name,
-        run.lightcurves,
-        run.sources,
-        out,
-        frames=run.frames,
-        coadd=run.coadd_path,
-        max_variables=12,
-    )
+    # read the few chunks in this task: through the cluster, each small read is a round trip
+    # of the scheduler and waits for a worker's thread, busy with the other figures
+    with dask.config.set(scheduler="synchronous"):
+        return _write_plot(
+            name,
+            run.lightcurves,
+            run.sources,
+            out,
+            frames=run.frames,
+            coadd=run.coadd_path,
+            max_variables=12,
+        )
 
 
 def submit_run_plots(run_dir: str | Path, client, *, out_dir: str | Path | None = None) -> list:

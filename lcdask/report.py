@@ -35,6 +35,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -51,11 +52,12 @@ from lcdask.plots import (
     scatter_curve,
     select_lightcurves,
     submit_run_plots,
+    warm_up,
     with_frame_coords,
     write_run_plots,
 )
 
-__all__ = ["REPORT_NAMES", "build_report", "write_report", "write_run_report"]
+__all__ = ["REPORT_NAMES", "build_report", "warm_workers", "write_report", "write_run_report"]
 
 REPORT_NAMES = (
     "summary",
@@ -70,6 +72,7 @@ REPORT_NAMES = (
 """Names of the report's sections (``frames`` holds the ``frame_<quantity>`` plots)."""
 
 _WIDTH = 900
+_REPORT_PRIORITY = 10  # the page starts before the figures (lcdask.plots._PLOT_COST: 2 to 5)
 _TOOLS = ("pan", "box_zoom", "wheel_zoom", "reset", "save")
 _PALETTE = (
     "#1f77b4",
@@ -650,23 +653,43 @@ def build_report(
     return column(sections, name="report")
 
 
+class _Collected:
+    """A document's models, already collected, where bokeh's bundle looks for ``references()``."""
+
+    def __init__(self, doc: Any) -> None:
+        self._models = set(doc.models)
+
+    def references(self) -> set:
+        return self._models
+
+
 def _page(layout: Any, *, title: str) -> str:
     """The standalone HTML page of a layout, bokeh's JavaScript inline.
 
-    What `bokeh.embed.file_html` writes with ``resources=INLINE``, without its validation of
-    the document (a quarter of a second for the ~1000 models of a report, to log warnings
-    only; tests/test_report.py checks that the report's document has no issue).
+    What `bokeh.embed.file_html` writes with ``resources=INLINE``, with its document's models
+    collected once (by ``add_root``) rather than four times. Left out: the validation of the
+    document (a quarter of a second for the ~1000 models of a report, to log warnings only;
+    tests/test_report.py checks that the report's document has no issue), and the warning
+    about Python callbacks, which the report has none of; the bundle of JavaScript (which
+    components: widgets, tables, WebGL, MathJax) is chosen from the collected models, as bokeh
+    would from the document's roots.
     """
     from bokeh.document import Document
     from bokeh.embed.bundle import bundle_for_objs_and_resources
     from bokeh.embed.elements import html_page_for_render_items
-    from bokeh.embed.util import standalone_docs_json_and_render_items
+    from bokeh.embed.util import RenderItem
     from bokeh.resources import INLINE
+    from bokeh.util.serialization import (
+        make_globally_unique_css_safe_id,
+        make_globally_unique_id,
+    )
 
     doc = Document()
     doc.add_root(layout)
-    docs_json, render_items = standalone_docs_json_and_render_items([layout])
-    bundle = bundle_for_objs_and_resources([doc], INLINE)
+    docid = make_globally_unique_id()
+    docs_json = {docid: doc.to_json(deferred=False)}
+    render_items = [RenderItem(docid, roots={layout: make_globally_unique_css_safe_id()})]
+    bundle = bundle_for_objs_and_resources([_Collected(doc)], INLINE)
     return html_page_for_render_items(bundle, docs_json, render_items, title=title)
 
 
@@ -695,20 +718,73 @@ def write_report(
         The page, written atomically.
     """
     if client is not None:
-        return client.submit(
-            write_report,
-            str(run_dir),
-            out=None if out is None else str(out),
-            pure=False,
-            key=f"lcdask-report-{uuid.uuid4().hex}",
-            **kwargs,
-        ).result()
+        return _submit_report(run_dir, client, out=out, **kwargs).result()
     run = read_run(run_dir)
-    page = _page(build_report(run, **kwargs), title=f"lcdask report: {run.run_dir.name}")
+    # the light curves' few selected chunks are read here, not sent through the cluster (with a
+    # default Client, a round trip per read, behind the workers' other tasks: the figures)
+    with dask.config.set(scheduler="synchronous"):
+        layout = build_report(run, **kwargs)
+    page = _page(layout, title=f"lcdask report: {run.run_dir.name}")
     path = Path(out) if out is not None else run.run_dir / "report.html"
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return path
+
+
+def _submit_report(run_dir: str | Path, client, *, out: str | Path | None = None, **kwargs: Any):
+    """Start `write_report` in a task on the cluster, before the figures; return its future."""
+    return client.submit(
+        write_report,
+        str(run_dir),
+        out=None if out is None else str(out),
+        pure=False,
+        key=f"lcdask-report-{uuid.uuid4().hex}",
+        priority=_REPORT_PRIORITY,
+        **kwargs,
+    )
+
+
+def _warm_up() -> None:
+    """`lcdask.plots.warm_up`, then bokeh imported and a small page built in memory."""
+    from bokeh.layouts import column, gridplot
+
+    warm_up()
+    fig = _figure("warm_up", "warm up", height=100, width=100)
+    _mjd_axis(fig)
+    pts = fig.scatter([0.0, 1.0], [0.0, 1.0], size=3, color="gray")
+    fig.line([0.0, 1.0], [0.0, 1.0], color=KIND_COLOURS["variable"])
+    _hover(fig, [pts], [("x", "@x")])
+    _page(column([_heading("warm up"), gridplot([fig], ncols=1)]), title="warm up")
+
+
+def warm_workers(client) -> None:
+    """Prepare each of the cluster's workers for the report stage, in a task; do not wait.
+
+    Each worker imports matplotlib and loads its fonts (`lcdask.plots.warm_up`), imports bokeh
+    and builds a small page, while it would be idle, before the report stage gives it a figure
+    or the page (`write_run_report`): about 1 s of the first figure and 0.7 s of the page.
+    `lcdask.run` calls this as the light-curve stage starts (the driver then matches and
+    classifies for seconds, the workers wait). The tasks come last (low priority) and are not
+    waited for (`distributed.fire_and_forget`).
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The cluster.
+    """
+    from distributed import fire_and_forget
+
+    for address in client.scheduler_info(n_workers=-1)["workers"]:
+        fire_and_forget(
+            client.submit(
+                _warm_up,
+                workers=[address],
+                allow_other_workers=False,
+                pure=False,
+                priority=-100,
+                key=f"lcdask-warm-up-{uuid.uuid4().hex}",
+            )
+        )
 
 
 def write_run_report(run_dir: str | Path, *, client=None) -> tuple[Path, list[Path]]:
@@ -719,11 +795,12 @@ def write_run_report(run_dir: str | Path, *, client=None) -> tuple[Path, list[Pa
     run_dir
         The run directory.
     client : distributed.Client, optional
-        The cluster's workers draw the PNG figures, one task each
-        (`lcdask.plots.submit_run_plots`), while this process builds the page; all of it here,
-        one after the other, when None. The page and the figures cost about the same CPU
-        (~3.5 and ~4 s on a 40-frame 2048^2 run, against ~8.5 s in one process before): the
-        stage's longest process then takes half as long.
+        The cluster's workers build the page and draw the PNG figures, one task each
+        (`lcdask.plots.submit_run_plots`), the page first (the dearest: ~2.5 s of CPU on a
+        100-frame 2048^2 run, the figures 0.4-1.3 s each on a worker warmed by
+        `warm_workers`), while this process waits: it would be a third busy process on a
+        2-core machine, importing bokeh within the stage. All of it here, one after the
+        other, when None.
 
     Returns
     -------
@@ -733,6 +810,6 @@ def write_run_report(run_dir: str | Path, *, client=None) -> tuple[Path, list[Pa
     if client is None:
         plots = write_run_plots(run_dir)
         return write_report(run_dir), plots
+    page = _submit_report(run_dir, client)
     pending = submit_run_plots(run_dir, client)
-    page = write_report(run_dir)
-    return page, client.gather(pending)
+    return page.result(), client.gather(pending)

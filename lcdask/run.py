@@ -61,7 +61,7 @@ from lcdask.lightcurves import (
 from lcdask.match import match_detections
 from lcdask.pipeline import calibrate_cube
 from lcdask.psf import PSFModel
-from lcdask.report import write_run_report
+from lcdask.report import warm_workers, write_run_report
 from lcdask.targets import resolve_target
 
 __all__ = ["STAGES", "read_run_record", "run"]
@@ -311,6 +311,10 @@ def run(
         _stage(record, "level2", ["frames.parquet", "detections.parquet"], do_level2)
 
     def do_lightcurves() -> dict:
+        if client is not None:
+            # the workers wait while this process matches and classifies: they load matplotlib
+            # now, for the report's figures (a second of each worker's first figure)
+            warm_workers(client)
         detections = pd.read_parquet(out / "detections.parquet")
         frames = pd.read_parquet(out / "frames.parquet")
         frames = frames[frames["astrometry_status"] == "ok"].rename(

@@ -71,14 +71,19 @@ def test_run_plots_are_valid_pngs(run, written):
 
 
 def test_run_plots_on_a_cluster_are_the_same(run, written, tmp_path, dask_local_client):
-    # one task per figure on the workers, the page in this process: the same files, pixel for pixel
+    # one task per figure and one for the page on the workers: the same files, pixel for pixel
+    from distributed import get_task_stream
+
     from lcdask.report import write_report, write_run_report
 
     run_dir, *_ = run
     other = tmp_path / "run"
     shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("plots", "report.html"))
-    page, paths = write_run_report(other, client=dask_local_client)
+    with get_task_stream(dask_local_client) as tasks:
+        page, paths = write_run_report(other, client=dask_local_client)
     assert page == other / "report.html" and page.exists()
+    # the page too is built on a worker (the driver waits)
+    assert sum(str(t["key"]).startswith("lcdask-report-") for t in tasks.data) == 1
     assert [p.name for p in paths] == [p.name for p in written]
     for serial, parallel in zip(written, paths, strict=True):
         assert parallel.parent == other / "plots"
@@ -86,6 +91,50 @@ def test_run_plots_on_a_cluster_are_the_same(run, written, tmp_path, dask_local_
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # the page alone, built in a task
     assert write_report(other, out=tmp_path / "r.html", client=dask_local_client).exists()
+
+
+def test_run_report_reads_in_its_own_process(run, tmp_path):
+    # The page and each figure's task read their few chunks themselves: through a default
+    # Client, every small read was a round trip of the scheduler, waiting for a worker's thread
+    # busy with another figure (a run's report stage took twice as long).
+    import dask
+
+    from lcdask.plots import write_run_plot
+    from lcdask.report import write_report
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report's reads went through the default scheduler")
+
+    run_dir, *_ = run
+    with dask.config.set(scheduler=refuse):
+        assert write_report(run_dir, out=tmp_path / "r.html").exists()
+        assert write_run_plot(run_dir, "variables", out_dir=tmp_path).exists()
+
+
+def _ready_for_the_report() -> bool:
+    import sys
+
+    return all(
+        m in sys.modules
+        for m in ("matplotlib.backends.backend_agg", "PIL.PngImagePlugin", "bokeh.plotting")
+    )
+
+
+def test_warm_workers_loads_matplotlib_and_bokeh_on_every_worker(dask_local_client):
+    # lcdask.run starts this as the light curves are built: each worker's first report figure
+    # or page then pays no import nor font loading
+    import time
+
+    from lcdask.report import warm_workers
+
+    client = dask_local_client
+    assert not any(client.run(_ready_for_the_report).values())  # fresh workers
+    warm_workers(client)  # returns at once; the tasks are not waited for
+    deadline = time.monotonic() + 60  # ~1 s of work; a loaded machine
+    ready = _ready_for_the_report
+    while not all(done := client.run(ready).values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(done) == 2 and all(done)
 
 
 def test_plot_labels_inside_the_figure(run):

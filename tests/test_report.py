@@ -217,6 +217,26 @@ def test_report_target_data_show_the_transit(run, document):
     assert depth == pytest.approx(expected, rel=0.2)  # ~50 points at S/N ~250 each in transit
 
 
+def _without_ids(page: str) -> str:
+    """A page with its model ids and UUIDs numbered in order of appearance."""
+    ids: dict[str, str] = {}
+    pattern = r"\bp\d{4,}\b|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    return re.sub(pattern, lambda m: ids.setdefault(m.group(), f"<id{len(ids)}>"), page)
+
+
+def test_report_page_is_bokehs_file_html(run):
+    # write_report's page collects the document's models once, bokeh's four times: the same page
+    from bokeh.embed import file_html
+    from bokeh.resources import INLINE
+
+    from lcdask.report import _page
+
+    products = read_run(run[0])
+    ours = _page(build_report(products), title="t")
+    theirs = file_html(build_report(products), INLINE, title="t")
+    assert _without_ids(ours) == _without_ids(theirs)
+
+
 def test_report_without_target_or_movers(run, tmp_path):
     run_dir, *_ = run
     other = tmp_path / "run"
