@@ -388,7 +388,9 @@ def _measure_sep(
     ok &= np.hypot(xw - x0, yw - y0) < 2.0 * win_sigma * _FWHM_PER_SIGMA
     x = np.where(ok, xw, x0)
     y = np.where(ok, yw, y0)
-    kwargs: dict[str, Any] = {"err": rms, "mask": bad, "subpix": 5}
+    # exact circular overlap, as Level 3 photometry: continuous in the position (5x5 sub-pixels
+    # jump by a sub-pixel's share of an edge pixel when a centroid moves by 1e-5 px)
+    kwargs: dict[str, Any] = {"err": rms, "mask": bad, "subpix": 0}
     if gain is not None:
         kwargs["gain"] = float(gain)
     flux, flux_err, aflag = sep.sum_circle(sub, x, y, radius, **kwargs)
