@@ -225,6 +225,9 @@ def frame_statistics_kernel(image: np.ndarray, saturate_adu: float = np.inf) -> 
         if values.size == 0:
             out[index] = np.nan
             continue
+        if exact:
+            out[index] = _integer_statistics(values, saturate[index])
+            continue
         # median and MAD from at most ~1M pixels (a regular subsample): the level to 0.1% of
         # sigma, 4x faster on a 2048^2 frame; the fractions below count every pixel
         sample = values[:: max(1, values.size // 1_000_000)]
@@ -238,6 +241,56 @@ def frame_statistics_kernel(image: np.ndarray, saturate_adu: float = np.inf) -> 
             / values.size,
         )
     return out
+
+
+def _integer_statistics(values: np.ndarray, saturate_adu: float) -> tuple[float, ...]:
+    """`frame_statistics_kernel` of one frame of 8- or 16-bit integers, the same numbers.
+
+    The medians of the subsample and of its absolute deviations come from its histogram (the
+    same order statistics as ``np.median``'s partition, averaged the same way, ~5x faster), and
+    the two counts compare the integers with the integer limit that the float comparisons
+    amount to (no float copy of the frame).
+    """
+    sample = values[:: max(1, values.size // 1_000_000)]
+    offset = int(sample.min())
+    counts = np.bincount(sample.astype(np.intp) - offset)
+    n = sample.size
+    ranks = ((n - 1) // 2, n // 2)
+    low, high = (offset + int(np.searchsorted(np.cumsum(counts), k, side="right")) for k in ranks)
+    median = (low + high) / 2
+    present = np.flatnonzero(counts)
+    deviation = np.abs((present + offset) - median)
+    order = np.argsort(deviation, kind="stable")
+    cumulative = np.cumsum(counts[present][order])
+    d_low, d_high = (deviation[order][np.searchsorted(cumulative, k, side="right")] for k in ranks)
+    std = 1.4826 * float((d_low + d_high) / 2)
+    bright = np.float32(median + _BRIGHT_SIGMA * max(std, 1e-12))
+    return (
+        median,
+        std,
+        _count_at_least(values, saturate_adu) / values.size,
+        _count_above(values, bright) / values.size,
+    )
+
+
+def _count_at_least(values: np.ndarray, limit: float) -> int:
+    """``np.count_nonzero(values >= limit)`` of integers, compared as integers."""
+    info = np.iinfo(values.dtype)
+    if np.isnan(limit) or limit > info.max:
+        return 0
+    if limit <= info.min:
+        return values.size
+    return int(np.count_nonzero(values >= values.dtype.type(math.ceil(limit))))
+
+
+def _count_above(values: np.ndarray, limit: float) -> int:
+    """``np.count_nonzero(values > limit)`` of integers, compared as integers."""
+    info = np.iinfo(values.dtype)
+    if np.isnan(limit) or limit >= info.max:
+        return 0
+    if limit < info.min:
+        return values.size
+    return int(np.count_nonzero(values > values.dtype.type(math.floor(limit))))
 
 
 def frame_statistics(frames: xr.DataArray, saturate_adu: xr.DataArray | float) -> xr.DataArray:
