@@ -222,7 +222,7 @@ def calibrate_cube(
     start_all = time.perf_counter()
     store = _cube_store(cube_path)
     with dask.config.set(scheduler="threads"):  # small coordinates: not worth a round trip
-        ds = cube_io.open_cube(store)
+        ds = cube_io.open_cube(store, dask_arrays=False)
     # the pixels straight from zarr: tasks then carry a light zarr.Array rather than xarray's
     # backend wrapper, which costs a store round trip per task on a distributed cluster
     raw = ds["raw"].copy(data=_from_zarr(store, "raw"))
@@ -249,7 +249,11 @@ def calibrate_cube(
 
     # --- statistics and rejection of calibration frames: one task per frame ------------------
     t0 = time.perf_counter()
-    raw_array = zarr.open_array(str(store / "raw"), mode="r")
+    # one graph key for the raw zarr.Array that every task reads from (building a task that
+    # holds the array itself walks its fields, ~1 ms each)
+    raw_array = dask.delayed(
+        zarr.open_array(str(store / "raw"), mode="r"), name=f"raw-{uuid.uuid4().hex}"
+    )
     task = functools.partial(dask.delayed, pure=False)
     candidates = {kind: _group(ds, kind, calib_usable) for kind in ("bias", "dark", "flat")}
     calib_frames = np.concatenate(list(candidates.values()))
@@ -302,13 +306,40 @@ def calibrate_cube(
             for i, rows in enumerate(blocks)
         ]
 
-    bias_parts = combine(used["bias"], "raw", {}) if used["bias"].size else None
-    m_bias = task(_stack_rows)(*bias_parts) if bias_parts is not None else None
+    # the choices first (pure): the flats' chain of tasks (their dark, medians, combination,
+    # normalisation, dead pixels) is the longest, so it and what it needs go first
+    has_bias = bool(used["bias"].size)
     dark_exptimes = {int(f): float(exptimes[f]) for f in used["dark"]}
     light_exptime = _most_common(exptimes[lights])
     choice = cal.choose_dark(
-        dark_exptimes, light_exptime, has_bias=m_bias is not None, rtol=config.exptime_rtol
+        dark_exptimes, light_exptime, has_bias=has_bias, rtol=config.exptime_rtol
     )
+    flat_filters = [str(f) for f in np.unique(filters[used["flat"]])]
+    flat_plans = []
+    for name in flat_filters:
+        frames = used["flat"][filters[used["flat"]] == name]
+        f_choice = cal.choose_dark(
+            dark_exptimes,
+            _most_common(exptimes[frames]),
+            has_bias=has_bias,
+            rtol=config.exptime_rtol,
+            purpose=f"flats {name!r}",
+        )
+        same = (f_choice.strategy, f_choice.frames) == (choice.strategy, choice.frames)
+        same = same and f_choice.exptime_s == choice.exptime_s
+        # `calibrate.dark_for_frames`: the master itself, or scaled to each flat's exposure
+        ratio = exptimes[frames] / f_choice.exptime_s
+        unscaled = not has_bias or f_choice.strategy in ("bias_only", "none")
+        scaled = None if unscaled or np.allclose(ratio, 1.0, rtol=1e-6) else (f_choice.exptime_s,)
+        flat_plans.append((name, frames, f_choice, same, scaled))
+    flats_need_bias = any(
+        p[2].strategy in ("scaled", "bias_only") or p[4] is not None for p in flat_plans
+    )
+    flats_need_dark = any(p[3] for p in flat_plans)
+
+    with dask.annotate(priority=int(flats_need_bias)):
+        bias_parts = combine(used["bias"], "raw", {}) if has_bias else None
+        m_bias = task(_stack_rows)(*bias_parts) if has_bias else None
     notes.append(choice.note)
     if choice.strategy == "none":
         log.warning("%s: %s", store, choice.note)
@@ -324,48 +355,34 @@ def calibrate_cube(
             return bias_parts
         return [task(np.zeros)((r1 - r0, shape[1]), np.float32) for r0, r1 in blocks]
 
-    m_dark_parts = dark_parts(choice)
-    m_dark = task(_stack_rows)(*m_dark_parts)
+    with dask.annotate(priority=int(flats_need_dark)):
+        m_dark_parts = dark_parts(choice)
+        m_dark = task(_stack_rows)(*m_dark_parts)
 
-    flat_filters = [str(f) for f in np.unique(filters[used["flat"]])]
     flat_masters, flat_choices, dark_flat = [], {}, None
-    for name in flat_filters:
-        frames = used["flat"][filters[used["flat"]] == name]
-        flat_exptime = _most_common(exptimes[frames])
-        f_choice = cal.choose_dark(
-            dark_exptimes,
-            flat_exptime,
-            has_bias=m_bias is not None,
-            rtol=config.exptime_rtol,
-            purpose=f"flats {name!r}",
-        )
+    for name, frames, f_choice, same, scaled in flat_plans:
         flat_choices[name] = f_choice
         notes.append(f_choice.note)
-        same = (f_choice.strategy, f_choice.frames) == (choice.strategy, choice.frames)
-        same = same and f_choice.exptime_s == choice.exptime_s
-        if same:
-            m_dark_f_parts, m_dark_f = m_dark_parts, m_dark
-        else:
-            m_dark_f_parts = dark_parts(f_choice)
-            m_dark_f = task(_stack_rows)(*m_dark_f_parts)
-        if dark_flat is None:
-            dark_flat = m_dark_f
-        # `calibrate.dark_for_frames`: the master itself, or scaled to each flat's exposure
-        ratio = exptimes[frames] / f_choice.exptime_s
-        unscaled = m_bias is None or f_choice.strategy in ("bias_only", "none")
-        scaled = None if unscaled or np.allclose(ratio, 1.0, rtol=1e-6) else (f_choice.exptime_s,)
-        bias_for_flat = m_bias if scaled else None
-        medians = [
-            task(_flat_median_task)(
-                raw_array, int(f), m_dark_f, bias_for_flat, float(exptimes[f]), scaled
-            )
-            for f in frames
-        ]
-        extra = {"exptimes": [float(exptimes[f]) for f in frames], "scaled": scaled}
-        extra["medians"] = medians
-        bias_rows = bias_parts if scaled else [None] * len(blocks)
-        parts = combine(frames, "flat", extra, m_dark_f_parts, bias_rows)
-        flat_masters.append(task(_normalise_flat)(*parts))
+        with dask.annotate(priority=1):
+            if same:
+                m_dark_f_parts, m_dark_f = m_dark_parts, m_dark
+            else:
+                m_dark_f_parts = dark_parts(f_choice)
+                m_dark_f = task(_stack_rows)(*m_dark_f_parts)
+            if dark_flat is None:
+                dark_flat = m_dark_f
+            bias_for_flat = m_bias if scaled else None
+            medians = [
+                task(_flat_median_task)(
+                    raw_array, int(f), m_dark_f, bias_for_flat, float(exptimes[f]), scaled
+                )
+                for f in frames
+            ]
+            extra = {"exptimes": [float(exptimes[f]) for f in frames], "scaled": scaled}
+            extra["medians"] = medians
+            bias_rows = bias_parts if scaled else [None] * len(blocks)
+            parts = combine(frames, "flat", extra, m_dark_f_parts, bias_rows)
+            flat_masters.append(task(_normalise_flat)(*parts))
     m_flat = task(np.stack)(flat_masters) if flat_masters else None
 
     has_dark_signal = choice.strategy in ("matching", "scaled", "nearest")
@@ -374,43 +391,44 @@ def calibrate_cube(
     if m_flat is None:
         notes.append("no flats: dead pixels not mapped, lights not flat-fielded")
     hot = task(_hot_pixels_task)(m_dark, m_bias, config) if has_dark_signal else None
-    dead = [task(_dead_pixels_task)(flat, config) for flat in flat_masters]
-    lazy = {"master_dark": m_dark}
-    if m_bias is not None:
-        lazy["master_bias"] = m_bias
-    if dark_flat is not None:
-        lazy["master_dark_flat"] = dark_flat
-    if m_flat is not None:
-        lazy["master_flat"] = m_flat
-    if hot is not None or dead:
-        lazy["bad_pixels"] = task(_bad_pixels_task)(hot, config, *dead)
-    values = dict(zip(lazy, _compute(client, *lazy.values()), strict=True))
-    bad_pixels = values.pop("bad_pixels", np.zeros(shape, np.uint8))
-    timings["masters"] = time.perf_counter() - t0
-
+    with dask.annotate(priority=1):
+        dead = [task(_dead_pixels_task)(flat, config) for flat in flat_masters]
+    # the workers write the masters (no round trip of the arrays through the driver)
     writer = _Writer(store)
     yx = ("y", "x")
-    for name in ("master_bias", "master_dark", "master_dark_flat"):
-        if name in values:
-            writer.write(name, np.asarray(values[name], np.float32), yx, fill_value=np.nan)
+    writes = []
+    for name, value in (
+        ("master_bias", m_bias),
+        ("master_dark", m_dark),
+        ("master_dark_flat", dark_flat),
+    ):
+        if value is not None:
+            target = writer.create(name, shape, np.float32, yx, fill_value=np.nan)
+            writes.append(task(_write_task)(target, value))
     if m_flat is not None:
-        writer.write(
+        target = writer.create(
             "master_flat",
-            np.asarray(values["master_flat"], np.float32),
-            ("flat_filter", "y", "x"),
+            (len(flat_filters), *shape),
+            np.float32,
+            ("flat_filter", *yx),
             fill_value=np.nan,
-            chunks=(1, *raw.shape[1:]),
+            chunks=(1, *shape),
         )
+        writes.append(task(_write_task)(target, m_flat))
         writer.write(
             "flat_filter", np.array(flat_filters, dtype=object), ("flat_filter",), fill_value=""
         )
-    writer.write(
+    target = writer.create(
         "bad_pixels",
-        bad_pixels,
+        shape,
+        np.uint8,
         yx,
         fill_value=0,
         attrs={"flag_meanings": {f.name: int(f) for f in PixelFlag if f.value}},
     )
+    bad = task(_bad_pixels_task)(hot, config, *dead) if hot is not None or dead else None
+    bad_counts, *_ = _compute(client, task(_write_bad_pixels_task)(target, bad, shape), *writes)
+    timings["masters"] = time.perf_counter() - t0
     written = writer.commit()
     cube_io.consolidate(store)
 
@@ -526,9 +544,7 @@ def calibrate_cube(
         ],
         "flat_filters": flat_filters,
         "missing_flat_filters": [str(m) for m in missing],
-        "n_hot_pixels": int(np.count_nonzero(bad_pixels & PixelFlag.HOT)),
-        "n_dead_pixels": int(np.count_nonzero(bad_pixels & PixelFlag.DEAD)),
-        "n_bad_columns": int(np.count_nonzero((bad_pixels & PixelFlag.BAD_COLUMN).any(axis=0))),
+        **bad_counts,
         "notes": notes,
         "arrays": written,
         "timings_s": timings,
@@ -719,6 +735,25 @@ def _bad_pixels_task(
         mask = cal._with_bad_columns(mask, config=config)
         out = mask if out is None else out | mask
     return out
+
+
+def _write_task(target: zarr.Array, value: np.ndarray) -> None:
+    """Write a whole array (a master) into its zarr array."""
+    target[...] = value
+
+
+def _write_bad_pixels_task(
+    target: zarr.Array, bad_pixels: np.ndarray | None, shape: tuple[int, int]
+) -> dict[str, int]:
+    """Write the bad-pixel map (zeros when there is none) and count its kinds of bad pixels."""
+    if bad_pixels is None:
+        bad_pixels = np.zeros(shape, np.uint8)
+    target[...] = bad_pixels
+    return {
+        "n_hot_pixels": int(np.count_nonzero(bad_pixels & PixelFlag.HOT)),
+        "n_dead_pixels": int(np.count_nonzero(bad_pixels & PixelFlag.DEAD)),
+        "n_bad_columns": int(np.count_nonzero((bad_pixels & PixelFlag.BAD_COLUMN).any(axis=0))),
+    }
 
 
 def _flag_rejected(store: Path, ds: xr.Dataset, rejected: dict[int, str]) -> None:
