@@ -294,8 +294,6 @@ def calibrate_cube(
     shape = raw.shape[1:]
     exptimes = ds["exptime_s"].values.astype(np.float64)
     filters = ds["filter"].values
-    n_stack = max([len(v) for v in used.values()] + [1])
-    blocks = _row_blocks(shape, n_stack * shape[0] * shape[1] * 4)
 
     def combine(frames, kind: str, extra: dict, *row_arrays) -> list:
         frames = [int(f) for f in frames]
@@ -336,6 +334,13 @@ def calibrate_cube(
         p[2].strategy in ("scaled", "bias_only") or p[4] is not None for p in flat_plans
     )
     flats_need_dark = any(p[3] for p in flat_plans)
+    # one partition into rows for every master (a master's blocks feed the same blocks of the
+    # next), sized for the largest combination
+    n_stack = max(
+        [len(used["bias"]), len(choice.frames), 1]
+        + [max(len(p[1]), len(p[2].frames)) for p in flat_plans]
+    )
+    blocks = _row_blocks(shape, n_stack * shape[0] * shape[1] * 4)
 
     with dask.annotate(priority=int(flats_need_bias)):
         bias_parts = combine(used["bias"], "raw", {}) if has_bias else None
