@@ -16,8 +16,10 @@ next run) and no such attribute.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -220,7 +222,7 @@ def calibrate_cube(
     start_all = time.perf_counter()
     store = _cube_store(cube_path)
     with dask.config.set(scheduler="threads"):  # small coordinates: not worth a round trip
-        ds = cube_io.open_cube(store)
+        ds = cube_io.open_cube(store, dask_arrays=False)
     # the pixels straight from zarr: tasks then carry a light zarr.Array rather than xarray's
     # backend wrapper, which costs a store round trip per task on a distributed cluster
     raw = ds["raw"].copy(data=_from_zarr(store, "raw"))
@@ -245,8 +247,14 @@ def calibrate_cube(
     in_place = ("calibrated", "pixel_flags", "variance") if frames is not None else ()
     _start(store, keep=in_place)
 
-    # --- statistics and rejection of calibration frames ---------------------------------------
+    # --- statistics and rejection of calibration frames: one task per frame ------------------
     t0 = time.perf_counter()
+    # one graph key for the raw zarr.Array that every task reads from (building a task that
+    # holds the array itself walks its fields, ~1 ms each)
+    raw_array = dask.delayed(
+        zarr.open_array(str(store / "raw"), mode="r"), name=f"raw-{uuid.uuid4().hex}"
+    )
+    task = functools.partial(dask.delayed, pure=False)
     candidates = {kind: _group(ds, kind, calib_usable) for kind in ("bias", "dark", "flat")}
     calib_frames = np.concatenate(list(candidates.values()))
     rejected: dict[int, str] = {}
@@ -255,7 +263,21 @@ def calibrate_cube(
             saturate.sel(frame=calib_frames) if isinstance(saturate, xr.DataArray) else saturate
         )
         sat_calib = cal._saturation(raw, sat_calib)
-        (stats,) = _compute(client, cal.frame_statistics(raw.sel(frame=calib_frames), sat_calib))
+        sat_calib = np.broadcast_to(
+            np.asarray(getattr(sat_calib, "values", sat_calib), np.float64), calib_frames.shape
+        )
+        per_frame = _compute(
+            client,
+            *[
+                task(_frame_statistics_task)(raw_array, int(f), float(s))
+                for f, s in zip(calib_frames, sat_calib, strict=True)
+            ],
+        )
+        stats = xr.DataArray(
+            np.stack(per_frame),
+            dims=("frame", "statistic"),
+            coords={"frame": calib_frames, "statistic": list(cal.FRAME_STATISTICS)},
+        )
         groups = []
         for kind, frames in candidates.items():
             key = "exptime_s" if kind == "dark" else ("filter" if kind == "flat" else None)
@@ -267,100 +289,151 @@ def calibrate_cube(
     timings["frame_statistics"] = time.perf_counter() - t0
     used = {k: np.array([f for f in v if f not in rejected], int) for k, v in candidates.items()}
 
-    # --- masters and bad-pixel map (lazy, then one compute) -----------------------------------
+    # --- masters and bad-pixel map: numpy tasks on blocks of rows, one compute ----------------
     t0 = time.perf_counter()
-    m_bias = (
-        cal.combine_frames(raw.sel(frame=used["bias"]), config=config)
-        if used["bias"].size
-        else None
-    )
-    dark_exptimes = {int(f): float(ds["exptime_s"].values[f]) for f in used["dark"]}
-    light_exptime = _most_common(ds["exptime_s"].values[lights])
-    choice = cal.choose_dark(
-        dark_exptimes, light_exptime, has_bias=m_bias is not None, rtol=config.exptime_rtol
-    )
-    notes.append(choice.note)
-    if choice.strategy == "none":
-        log.warning("%s: %s", store, choice.note)
-    m_dark = cal.master_dark(raw, choice, m_bias, config=config)
+    shape = raw.shape[1:]
+    exptimes = ds["exptime_s"].values.astype(np.float64)
+    filters = ds["filter"].values
 
-    flat_filters = [str(f) for f in np.unique(ds["filter"].values[used["flat"]])]
-    flat_masters, flat_choices, dark_flat = [], {}, None
+    def combine(frames, kind: str, extra: dict, *row_arrays) -> list:
+        frames = [int(f) for f in frames]
+        return [
+            task(_combine_rows_task)(
+                raw_array, frames, rows, config, kind, extra, *(a[i] for a in row_arrays)
+            )
+            for i, rows in enumerate(blocks)
+        ]
+
+    # the choices first (pure): the flats' chain of tasks (their dark, medians, combination,
+    # normalisation, dead pixels) is the longest, so it and what it needs go first
+    has_bias = bool(used["bias"].size)
+    dark_exptimes = {int(f): float(exptimes[f]) for f in used["dark"]}
+    light_exptime = _most_common(exptimes[lights])
+    choice = cal.choose_dark(
+        dark_exptimes, light_exptime, has_bias=has_bias, rtol=config.exptime_rtol
+    )
+    flat_filters = [str(f) for f in np.unique(filters[used["flat"]])]
+    flat_plans = []
     for name in flat_filters:
-        frames = used["flat"][ds["filter"].values[used["flat"]] == name]
-        flat_exptime = _most_common(ds["exptime_s"].values[frames])
+        frames = used["flat"][filters[used["flat"]] == name]
         f_choice = cal.choose_dark(
             dark_exptimes,
-            flat_exptime,
-            has_bias=m_bias is not None,
+            _most_common(exptimes[frames]),
+            has_bias=has_bias,
             rtol=config.exptime_rtol,
             purpose=f"flats {name!r}",
         )
-        flat_choices[name] = f_choice
-        notes.append(f_choice.note)
         same = (f_choice.strategy, f_choice.frames) == (choice.strategy, choice.frames)
         same = same and f_choice.exptime_s == choice.exptime_s
-        m_dark_f = m_dark if same else cal.master_dark(raw, f_choice, m_bias, config=config)
-        if dark_flat is None:
-            dark_flat = m_dark_f
-        flats = raw.sel(frame=frames)
-        dark = cal.dark_for_frames(flats["exptime_s"], m_dark_f, m_bias, f_choice)
-        flat_masters.append(cal.master_flat(flats, dark, config=config))
-    m_flat = (
-        xr.concat(flat_masters, dim="flat_filter").assign_coords(flat_filter=flat_filters)
-        if flat_masters
-        else None
+        # `calibrate.dark_for_frames`: the master itself, or scaled to each flat's exposure
+        ratio = exptimes[frames] / f_choice.exptime_s
+        unscaled = not has_bias or f_choice.strategy in ("bias_only", "none")
+        scaled = None if unscaled or np.allclose(ratio, 1.0, rtol=1e-6) else (f_choice.exptime_s,)
+        flat_plans.append((name, frames, f_choice, same, scaled))
+    flats_need_bias = any(
+        p[2].strategy in ("scaled", "bias_only") or p[4] is not None for p in flat_plans
     )
+    flats_need_dark = any(p[3] for p in flat_plans)
+    # one partition into rows for every master (a master's blocks feed the same blocks of the
+    # next), sized for the largest combination
+    n_stack = max(
+        [len(used["bias"]), len(choice.frames), 1]
+        + [max(len(p[1]), len(p[2].frames)) for p in flat_plans]
+    )
+    blocks = _row_blocks(shape, n_stack * shape[0] * shape[1] * 4)
+
+    with dask.annotate(priority=int(flats_need_bias)):
+        bias_parts = combine(used["bias"], "raw", {}) if has_bias else None
+        m_bias = task(_stack_rows)(*bias_parts) if has_bias else None
+    notes.append(choice.note)
+    if choice.strategy == "none":
+        log.warning("%s: %s", store, choice.note)
+
+    def dark_parts(c: cal.DarkChoice) -> list:
+        """The row blocks of `calibrate.master_dark` for ``c``."""
+        if c.strategy in ("matching", "nearest"):
+            return combine(c.frames, "raw", {})
+        if c.strategy == "scaled":
+            extra = {"exptimes": [float(exptimes[f]) for f in c.frames], "exptime_s": c.exptime_s}
+            return combine(c.frames, "scaled", extra, bias_parts)
+        if c.strategy == "bias_only":
+            return bias_parts
+        return [task(np.zeros)((r1 - r0, shape[1]), np.float32) for r0, r1 in blocks]
+
+    with dask.annotate(priority=int(flats_need_dark)):
+        m_dark_parts = dark_parts(choice)
+        m_dark = task(_stack_rows)(*m_dark_parts)
+
+    flat_masters, flat_choices, dark_flat = [], {}, None
+    for name, frames, f_choice, same, scaled in flat_plans:
+        flat_choices[name] = f_choice
+        notes.append(f_choice.note)
+        with dask.annotate(priority=1):
+            if same:
+                m_dark_f_parts, m_dark_f = m_dark_parts, m_dark
+            else:
+                m_dark_f_parts = dark_parts(f_choice)
+                m_dark_f = task(_stack_rows)(*m_dark_f_parts)
+            if dark_flat is None:
+                dark_flat = m_dark_f
+            bias_for_flat = m_bias if scaled else None
+            medians = [
+                task(_flat_median_task)(
+                    raw_array, int(f), m_dark_f, bias_for_flat, float(exptimes[f]), scaled
+                )
+                for f in frames
+            ]
+            extra = {"exptimes": [float(exptimes[f]) for f in frames], "scaled": scaled}
+            extra["medians"] = medians
+            bias_rows = bias_parts if scaled else [None] * len(blocks)
+            parts = combine(frames, "flat", extra, m_dark_f_parts, bias_rows)
+            flat_masters.append(task(_normalise_flat)(*parts))
+    m_flat = task(np.stack)(flat_masters) if flat_masters else None
 
     has_dark_signal = choice.strategy in ("matching", "scaled", "nearest")
-    dark_signal = cal.dark_current(m_dark, m_bias) if has_dark_signal else None
     if not has_dark_signal:
         notes.append("no darks: hot pixels not mapped")
     if m_flat is None:
         notes.append("no flats: dead pixels not mapped, lights not flat-fielded")
-    bad_maps = []
-    if dark_signal is not None or m_flat is not None:
-        flats_for_map = [m_flat.isel(flat_filter=i, drop=True) for i in range(len(flat_filters))]
-        for flat in flats_for_map or [None]:
-            bad_maps.append(cal.bad_pixel_map(dark_signal, flat, config=config))
-    lazy = {"master_dark": m_dark}
-    if m_bias is not None:
-        lazy["master_bias"] = m_bias
-    if dark_flat is not None:
-        lazy["master_dark_flat"] = dark_flat
-    if m_flat is not None:
-        lazy["master_flat"] = m_flat
-    for i, bad in enumerate(bad_maps):
-        lazy[f"bad_{i}"] = bad
-    values = dict(zip(lazy, _compute(client, *[v.data for v in lazy.values()]), strict=True))
-    bad_pixels = np.zeros(raw.shape[1:], np.uint8)
-    for i in range(len(bad_maps)):
-        bad_pixels |= values.pop(f"bad_{i}")
-    timings["masters"] = time.perf_counter() - t0
-
+    hot = task(_hot_pixels_task)(m_dark, m_bias, config) if has_dark_signal else None
+    with dask.annotate(priority=1):
+        dead = [task(_dead_pixels_task)(flat, config) for flat in flat_masters]
+    # the workers write the masters (no round trip of the arrays through the driver)
     writer = _Writer(store)
     yx = ("y", "x")
-    for name in ("master_bias", "master_dark", "master_dark_flat"):
-        if name in values:
-            writer.write(name, np.asarray(values[name], np.float32), yx, fill_value=np.nan)
+    writes = []
+    for name, value in (
+        ("master_bias", m_bias),
+        ("master_dark", m_dark),
+        ("master_dark_flat", dark_flat),
+    ):
+        if value is not None:
+            target = writer.create(name, shape, np.float32, yx, fill_value=np.nan)
+            writes.append(task(_write_task)(target, value))
     if m_flat is not None:
-        writer.write(
+        target = writer.create(
             "master_flat",
-            np.asarray(values["master_flat"], np.float32),
-            ("flat_filter", "y", "x"),
+            (len(flat_filters), *shape),
+            np.float32,
+            ("flat_filter", *yx),
             fill_value=np.nan,
-            chunks=(1, *raw.shape[1:]),
+            chunks=(1, *shape),
         )
+        writes.append(task(_write_task)(target, m_flat))
         writer.write(
             "flat_filter", np.array(flat_filters, dtype=object), ("flat_filter",), fill_value=""
         )
-    writer.write(
+    target = writer.create(
         "bad_pixels",
-        bad_pixels,
+        shape,
+        np.uint8,
         yx,
         fill_value=0,
         attrs={"flag_meanings": {f.name: int(f) for f in PixelFlag if f.value}},
     )
+    bad = task(_bad_pixels_task)(hot, config, *dead) if hot is not None or dead else None
+    bad_counts, *_ = _compute(client, task(_write_bad_pixels_task)(target, bad, shape), *writes)
+    timings["masters"] = time.perf_counter() - t0
     written = writer.commit()
     cube_io.consolidate(store)
 
@@ -476,9 +549,7 @@ def calibrate_cube(
         ],
         "flat_filters": flat_filters,
         "missing_flat_filters": [str(m) for m in missing],
-        "n_hot_pixels": int(np.count_nonzero(bad_pixels & PixelFlag.HOT)),
-        "n_dead_pixels": int(np.count_nonzero(bad_pixels & PixelFlag.DEAD)),
-        "n_bad_columns": int(np.count_nonzero((bad_pixels & PixelFlag.BAD_COLUMN).any(axis=0))),
+        **bad_counts,
         "notes": notes,
         "arrays": written,
         "timings_s": timings,
@@ -525,6 +596,169 @@ def _calibrate_light(
             calibrated, dark_signal, flat, gain, rdnoise
         )
     return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# Masters: plain numpy tasks that read the raw rows straight from zarr
+# ---------------------------------------------------------------------------------------------
+# The same operations, in the same float types and order, as the lazy xarray functions of
+# `lcdask.calibrate` (`frame_statistics`, `combine_frames`, `master_dark`, `dark_for_frames`,
+# `master_flat`, `bad_pixel_map`), so the same bits, without a dask-array graph: one task per
+# calibration frame for its statistics, one per block of rows of a master, one per flat for its
+# median, a few whole-frame tasks for the flat's normalisation and the bad-pixel map.
+
+_MASTER_STACK_BYTES = 256 * 2**20
+"""Upper bound on the frames' rows one combining task holds (raw or float32 values)."""
+
+
+def _row_blocks(shape: tuple[int, int], stack_bytes: int) -> list[tuple[int, int]]:
+    """Row ranges of the combining tasks: at least two (one per worker of a small cluster),
+    more when the frames' rows of one range would exceed `_MASTER_STACK_BYTES`."""
+    n_rows = shape[0]
+    n_blocks = min(n_rows, max(2, math.ceil(stack_bytes / _MASTER_STACK_BYTES)))
+    step = math.ceil(n_rows / n_blocks)
+    return [(r0, min(r0 + step, n_rows)) for r0 in range(0, n_rows, step)]
+
+
+def _frame_statistics_task(raw: zarr.Array, frame: int, saturate_adu: float) -> np.ndarray:
+    """`calibrate.frame_statistics` of one frame: ``(4,)`` float64."""
+    return cal.frame_statistics_kernel(raw[frame : frame + 1], np.array([saturate_adu]))[0]
+
+
+def _scaled_dark(
+    m_dark: np.ndarray, m_bias: np.ndarray, exptime_s: float, dark_exptime_s: float
+) -> np.ndarray:
+    """One frame's plane of `calibrate.dark_for_frames` when it scales (the scale divided in
+    float64 by the float32 exposure, as there)."""
+    scale = np.float32(np.float64(exptime_s) / np.float64(np.float32(dark_exptime_s)))
+    return (m_bias + (m_dark - m_bias) * scale).astype(np.float32)
+
+
+def _flat_signal(raw_rows: np.ndarray, dark: np.ndarray) -> np.ndarray:
+    """Dark-subtracted flat rows, as `calibrate.master_flat` makes them."""
+    return (raw_rows.astype(np.float32) - dark).astype(np.float32)
+
+
+def _flat_dark(
+    m_dark: np.ndarray, m_bias: np.ndarray | None, exptime_s: float, scaled: tuple | None
+) -> np.ndarray:
+    """What is subtracted from a flat: ``m_dark`` or, when ``scaled`` is
+    ``(dark_exptime_s,)``, the dark scaled to the flat's exposure."""
+    if scaled is None:
+        return m_dark.astype(np.float32, copy=False)
+    return _scaled_dark(m_dark, m_bias, exptime_s, scaled[0])
+
+
+def _flat_median_task(
+    raw: zarr.Array,
+    frame: int,
+    m_dark: np.ndarray,
+    m_bias: np.ndarray | None,
+    exptime_s: float,
+    scaled: tuple | None,
+) -> np.float32:
+    """`calibrate.frame_medians` of one dark-subtracted flat, as float32."""
+    signal = _flat_signal(raw[frame], _flat_dark(m_dark, m_bias, exptime_s, scaled))
+    return np.float32(np.nanmedian(signal.reshape(1, -1), axis=-1)[0])
+
+
+def _combine_rows_task(
+    raw: zarr.Array,
+    frames: Sequence[int],
+    rows: tuple[int, int],
+    config: CalibrationConfig,
+    kind: str,
+    extra: dict[str, Any],
+    *arrays: np.ndarray | None,
+) -> np.ndarray:
+    """Rows ``rows`` of a master, from the frames' rows read here.
+
+    ``kind``: ``"raw"`` (bias, matching or nearest darks: the raw values), ``"scaled"`` (dark
+    current of ``frames``, scaled to ``extra["exptime_s"]`` plus bias; ``arrays`` = bias rows),
+    ``"flat"`` (dark-subtracted flats divided by their medians; ``arrays`` = dark rows and bias
+    rows (or None), ``extra`` the medians, exposures and the scaling); the flat's rows are not
+    yet normalised by the master's median.
+    """
+    r0, r1 = rows
+    kwargs = {
+        "method": config.combine,
+        "clip_sigma": config.clip_sigma,
+        "iterations": config.clip_iterations,
+    }
+    if kind == "raw":
+        stack = np.stack([raw[f, r0:r1] for f in frames])
+        return cal.combine_kernel(np.moveaxis(stack, 0, -1), **kwargs)
+    if kind == "scaled":
+        (bias,) = arrays
+        stack = np.empty((len(frames), r1 - r0, raw.shape[2]), np.float32)
+        for plane, frame, exptime in zip(stack, frames, extra["exptimes"], strict=True):
+            np.divide(raw[frame, r0:r1].astype(np.float32) - bias, np.float32(exptime), out=plane)
+        rate = cal.combine_kernel(np.moveaxis(stack, 0, -1), **kwargs)
+        return (bias + rate * np.float32(extra["exptime_s"])).astype(np.float32)
+    m_dark, m_bias = arrays
+    stack = np.empty((len(frames), r1 - r0, raw.shape[2]), np.float32)
+    for plane, frame, exptime, median in zip(
+        stack, frames, extra["exptimes"], extra["medians"], strict=True
+    ):
+        dark = _flat_dark(m_dark, m_bias, exptime, extra["scaled"])
+        np.divide(_flat_signal(raw[frame, r0:r1], dark), median, out=plane)
+    return cal.combine_kernel(np.moveaxis(stack, 0, -1), **kwargs)
+
+
+def _stack_rows(*blocks: np.ndarray) -> np.ndarray:
+    """A master from its blocks of rows."""
+    return np.concatenate(blocks, axis=0)
+
+
+def _normalise_flat(*blocks: np.ndarray) -> np.ndarray:
+    """The master flat from its combined rows: divided by its median (`calibrate.master_flat`)."""
+    combined = np.concatenate(blocks, axis=0)
+    return (combined / np.float32(np.nanmedian(combined))).astype(np.float32)
+
+
+def _hot_pixels_task(
+    m_dark: np.ndarray, m_bias: np.ndarray | None, config: CalibrationConfig
+) -> np.ndarray:
+    """The HOT bits of the bad-pixel map from the dark signal (``m_dark - m_bias``)."""
+    dark_signal = m_dark if m_bias is None else m_dark - m_bias
+    return cal._hot_pixels(dark_signal, config=config)
+
+
+def _dead_pixels_task(flat: np.ndarray, config: CalibrationConfig) -> np.ndarray:
+    """The DEAD bits of the bad-pixel map from one master flat."""
+    return cal._dead_pixels(flat, config=config)
+
+
+def _bad_pixels_task(
+    hot: np.ndarray | None, config: CalibrationConfig, *dead: np.ndarray
+) -> np.ndarray:
+    """`calibrate.bad_pixel_map` of the dark with each flat (or none), OR-ed."""
+    out = None
+    for dead_i in dead or [None]:
+        parts = [m for m in (hot, dead_i) if m is not None]
+        mask = parts[0] | parts[1] if len(parts) == 2 else parts[0].copy()
+        mask = cal._with_bad_columns(mask, config=config)
+        out = mask if out is None else out | mask
+    return out
+
+
+def _write_task(target: zarr.Array, value: np.ndarray) -> None:
+    """Write a whole array (a master) into its zarr array."""
+    target[...] = value
+
+
+def _write_bad_pixels_task(
+    target: zarr.Array, bad_pixels: np.ndarray | None, shape: tuple[int, int]
+) -> dict[str, int]:
+    """Write the bad-pixel map (zeros when there is none) and count its kinds of bad pixels."""
+    if bad_pixels is None:
+        bad_pixels = np.zeros(shape, np.uint8)
+    target[...] = bad_pixels
+    return {
+        "n_hot_pixels": int(np.count_nonzero(bad_pixels & PixelFlag.HOT)),
+        "n_dead_pixels": int(np.count_nonzero(bad_pixels & PixelFlag.DEAD)),
+        "n_bad_columns": int(np.count_nonzero((bad_pixels & PixelFlag.BAD_COLUMN).any(axis=0))),
+    }
 
 
 def _flag_rejected(store: Path, ds: xr.Dataset, rejected: dict[int, str]) -> None:

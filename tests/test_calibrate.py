@@ -420,8 +420,10 @@ def test_scaled_dark_recovers_the_dark_current():
     np.testing.assert_allclose(dark.values, bias + rate * 30, rtol=1e-5)
 
 
-def _write_cube(path: Path, groups: list[tuple[str, float, str, np.ndarray]]) -> Path:
-    """A cube from (frame_type, exptime_s, filter, uint16 image) rows."""
+def _write_cube(
+    path: Path, groups: list[tuple[str, float, str, np.ndarray]], dtype: str = "uint16"
+) -> Path:
+    """A cube from (frame_type, exptime_s, filter, image) rows (rounded to uint16 by default)."""
     rows = [
         {
             "frame_type": kind,
@@ -439,9 +441,11 @@ def _write_cube(path: Path, groups: list[tuple[str, float, str, np.ndarray]]) ->
     ]
     shape = groups[0][3].shape
     store = path / "cube.zarr"
-    cube_io.create_cube(store, pd.DataFrame(rows), shape, dtype="uint16")
+    cube_io.create_cube(store, pd.DataFrame(rows), shape, dtype=dtype)
     for i, (*_, image) in enumerate(groups):
-        cube_io.write_frame(store, i, np.clip(image, 0, 65535).round().astype(np.uint16))
+        if dtype == "uint16":
+            image = np.clip(image, 0, 65535).round().astype(np.uint16)
+        cube_io.write_frame(store, i, image.astype(dtype))
     cube_io.consolidate(store)
     return path
 
@@ -520,3 +524,178 @@ def test_no_lights(tmp_path):
 def test_config_validation(field, value, message):
     with pytest.raises(ValueError, match=message):
         CalibrationConfig(**{field: value})
+
+
+# --- the masters of calibrate_cube against the lazy xarray functions ---------------------------
+
+
+def _lazy_masters(path: Path, config: CalibrationConfig) -> tuple[dict[str, np.ndarray], dict]:
+    """Masters, bad-pixel map and rejections by the lazy functions, as calibrate_cube made them
+    before its numpy tasks (frame_statistics, reject_frames, combine_frames, master_dark,
+    dark_for_frames, master_flat, bad_pixel_map), on the local scheduler."""
+    from lcdask.flags import FrameFlag
+
+    ds = open_cube(path)
+    raw = ds["raw"]
+    flags = ds["flags"].values.astype(np.int64)
+    usable = (flags & ~int(FrameFlag.REJECTED)) == 0
+    types, exptimes, filters = (ds[k].values for k in ("frame_type", "exptime_s", "filter"))
+    candidates = {k: ds["frame"].values[(types == k) & usable] for k in ("bias", "dark", "flat")}
+    calib = np.concatenate(list(candidates.values()))
+    saturate = ds["saturate_adu"] if config.saturate_adu is None else config.saturate_adu
+    sat = saturate.sel(frame=calib) if isinstance(saturate, xr.DataArray) else saturate
+    stats = cal.frame_statistics(raw.sel(frame=calib), cal._saturation(raw, sat)).compute()
+    rejected = {}
+    for kind, frames in candidates.items():
+        key = {"dark": exptimes, "flat": filters}.get(kind, np.zeros(len(types)))[frames]
+        for value in np.unique(key):
+            group = stats.sel(frame=frames[key == value])
+            rejected.update(cal.reject_frames(group, kind=kind, config=config))
+    used = {k: np.array([f for f in v if f not in rejected], int) for k, v in candidates.items()}
+    m_bias = (
+        cal.combine_frames(raw.sel(frame=used["bias"]), config=config)
+        if len(used["bias"])
+        else None
+    )
+    darks = {int(f): float(exptimes[f]) for f in used["dark"]}
+    lights = np.nonzero(types == "light")[0]
+    light_exptime = float(pd.Series(exptimes[lights]).mode()[0])
+    choice = cal.choose_dark(darks, light_exptime, has_bias=m_bias is not None)
+    m_dark = cal.master_dark(raw, choice, m_bias, config=config)
+    lazy = {"master_dark": m_dark}
+    flat_masters, names = [], [str(f) for f in np.unique(filters[used["flat"]])]
+    for name in names:
+        frames = used["flat"][filters[used["flat"]] == name]
+        exptime = float(pd.Series(exptimes[frames]).mode()[0])
+        f_choice = cal.choose_dark(darks, exptime, has_bias=m_bias is not None, purpose="flats")
+        same = (f_choice.strategy, f_choice.frames, f_choice.exptime_s) == (
+            choice.strategy,
+            choice.frames,
+            choice.exptime_s,
+        )
+        m_dark_f = m_dark if same else cal.master_dark(raw, f_choice, m_bias, config=config)
+        lazy.setdefault("master_dark_flat", m_dark_f)
+        flats = raw.sel(frame=frames)
+        dark = cal.dark_for_frames(flats["exptime_s"], m_dark_f, m_bias, f_choice)
+        flat_masters.append(cal.master_flat(flats, dark, config=config))
+    if m_bias is not None:
+        lazy["master_bias"] = m_bias
+    if flat_masters:
+        lazy["master_flat"] = xr.concat(flat_masters, dim="flat_filter")
+    has_dark = choice.strategy in ("matching", "scaled", "nearest")
+    dark_signal = cal.dark_current(m_dark, m_bias) if has_dark else None
+    maps = [
+        cal.bad_pixel_map(dark_signal, flat, config=config)
+        for flat in flat_masters or ([None] if has_dark else [])
+    ]
+    values = dict(zip(lazy, dask.compute(*[v.data for v in lazy.values()]), strict=True))
+    values["bad_pixels"] = np.zeros(raw.shape[1:], np.uint8)
+    for bad in dask.compute(*[m.data for m in maps]):
+        values["bad_pixels"] |= bad
+    return values, rejected
+
+
+def _awkward_night(rng, kind: str):
+    """Calibration frames that take every path of the masters (see the parametrisation)."""
+    ny, nx = 36, 53  # an even number of pixels: medians average two values
+    bias = 1000 + rng.normal(0, 2, (ny, nx))
+    rate = np.full((ny, nx), 0.05)
+    rate[5, 7], rate[:, 30] = 3.0, 1.0  # a hot pixel and a hot column
+    flat = np.repeat(1 + 0.1 * np.linspace(-1, 1, nx)[None, :], ny, axis=0)
+    flat[11, 13], flat[:, 40] = 0.2, 0.5  # a dead pixel and a dead column
+
+    def noisy(mean, sigma=3.0):
+        return mean + rng.normal(0, sigma, (ny, nx))
+
+    groups = [("bias", 0.0, "", noisy(bias)) for _ in range(0 if kind == "nearest" else 6)]
+    groups[2:3] = [("bias", 0.0, "", noisy(bias) + 200)] if groups else []  # wrong level
+    dark_times = {"bias_only": [], "scaled": [100.0] * 5 + [201.7] * 3}.get(kind, [60.0] * 6)
+    for i, t in enumerate(dark_times):
+        image = noisy(bias + rate * t)
+        if i == 1:
+            image[3:9, 2:20] = 65535.0  # saturated blotch: a rejected dark
+        if i == 4:
+            image[20, 20] = 9000.0  # a cosmic ray the sigma clip removes
+        groups.append(("dark", t, "", image))
+    for name, times in (("r", [5.0, 5.0, 7.3, 9.1, 5.0]), ("g", [60.0, 60.0, 60.0])):
+        for i, t in enumerate(times):
+            image = noisy(bias + rate * t + 20000 * (1 + 0.07 * i) * flat, 30.0)
+            if name == "r" and i == 1:
+                image[rng.random(image.shape) < 0.03] += 15000  # stars: a rejected flat
+            groups.append(("flat", t, name, image))
+    for _ in range(3):
+        groups.append(("light", 60.0, "r", noisy(bias + rate * 60 + 500 * flat, 10.0)))
+    if kind != "float":
+        return groups, "uint16"
+    # float data: NaN pixels and rows in calibration frames, a frame without finite pixels
+    out = []
+    for i, (k, t, f, image) in enumerate(groups):
+        image = image.astype(np.float32)
+        if k != "light":
+            image[rng.random(image.shape) < 0.02] = np.nan
+            if i % 3 == 0:
+                image[(7 * i) % ny] = np.nan
+        out.append((k, t, f, image))
+    out.append(("dark", 60.0, "", np.full((ny, nx), np.nan, np.float32)))
+    return out, "float32"
+
+
+@pytest.mark.parametrize("kind", ["matching", "scaled", "nearest", "bias_only", "float"])
+@pytest.mark.parametrize(
+    ("stack_bytes", "config"),
+    [
+        (None, CalibrationConfig()),  # one block per worker
+        (5000, CalibrationConfig(combine="median")),  # blocks of a few rows
+        (20_000, CalibrationConfig(clip_iterations=3, clip_sigma=2.0)),
+    ],
+)
+def test_masters_equal_the_lazy_functions(tmp_path, monkeypatch, kind, stack_bytes, config):
+    # calibrate_cube's numpy tasks against the lazy functions, bit for bit: rejections (a wrong
+    # bias level, a saturated dark, a glowing flat, an all-NaN dark), matching, scaled (flats of
+    # other exposures scaled frame by frame), nearest and bias-only darks, two filters, NaN in
+    # some row blocks and not others (the combine's two paths), several row-block sizes
+    from lcdask import pipeline
+
+    if stack_bytes is not None:
+        monkeypatch.setattr(pipeline, "_MASTER_STACK_BYTES", stack_bytes)
+    groups, dtype = _awkward_night(np.random.default_rng(7), kind)
+    path = _write_cube(tmp_path, groups, dtype=dtype)
+    expected, rejected = _lazy_masters(path, config)
+    summary = calibrate_cube(path, config=config, persist_calibrated=False)
+    ds = open_cube(path)
+    assert {r["frame"]: r["reason"] for r in summary["rejected"]} == rejected
+    n_rejected = {"nearest": 2, "bias_only": 2, "float": 4}.get(kind, 3)
+    assert len(rejected) == n_rejected
+    assert sorted(expected) == sorted(
+        n
+        for n in ("master_bias", "master_dark", "master_dark_flat", "master_flat", "bad_pixels")
+        if n in ds
+    )
+    for name, value in expected.items():
+        got = ds[name].values
+        assert got.dtype == value.dtype and got.shape == value.shape, name
+        assert got.tobytes() == value.tobytes(), name
+    assert (expected["bad_pixels"] & PixelFlag.HOT).any() != (kind == "bias_only")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+def test_integer_frame_statistics_equal_the_float_path(dtype):
+    # 8- and 16-bit frames take the histogram path; as float32 (exact for them) the general
+    # path: the same numbers, bit for bit, for odd and even sizes, flat frames, saturation
+    # limits on, between and beyond the integers, and subsampled frames (> 1M pixels)
+    rng = np.random.default_rng(int(np.dtype(dtype).itemsize) + np.dtype(dtype).kind.count("i"))
+    info = np.iinfo(dtype)
+    for trial in range(300):
+        shape = (2, int(rng.integers(1, 30)), int(rng.integers(1, 30)))
+        level, spread = rng.uniform(info.min, info.max), rng.choice([0.0, 0.5, 3.0, 40.0])
+        image = np.clip(rng.normal(level, spread, shape).round(), info.min, info.max)
+        image = image.astype(dtype)
+        middle = float(rng.integers(info.min, info.max))
+        limits = [np.inf, np.nan, info.max, info.min, info.min - 1.0, middle, middle + 0.5]
+        saturate = rng.choice(limits, size=2)
+        got = cal.frame_statistics_kernel(image, saturate)
+        expected = cal.frame_statistics_kernel(image.astype(np.float32), saturate)
+        assert got.tobytes() == expected.tobytes(), (trial, got, expected)
+    big = np.clip(rng.normal(100, 20, (1, 1031, 1999)), info.min, info.max).astype(dtype)
+    got = cal.frame_statistics_kernel(big, 110.0)
+    assert got.tobytes() == cal.frame_statistics_kernel(big.astype(np.float32), 110.0).tobytes()

@@ -168,28 +168,32 @@ def consolidate(path: str | Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
-def open_cube(path: str | Path) -> xr.Dataset:
+def open_cube(path: str | Path, *, dask_arrays: bool = True) -> xr.Dataset:
     """Open a cube lazily.
 
     Parameters
     ----------
     path : str or Path
         The cube store (``RUN/cube.zarr``) or the run directory holding it.
+    dask_arrays : bool, optional
+        Back the data variables with dask arrays; when False they stay xarray's lazily indexed
+        arrays (no graphs built: ~0.3 s less for a cube of 128 frames), for callers that read
+        the pixels themselves.
 
     Returns
     -------
     xarray.Dataset
-        Dask-backed; the per-frame coordinates are loaded.
+        Dask-backed (unless ``dask_arrays`` is False); the per-frame coordinates are loaded.
     """
     path = Path(path)
     if (path / "cube.zarr").is_dir():
         path = path / "cube.zarr"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        ds = xr.open_zarr(path, consolidated=None)
         # Small arrays: read them here straight from the store (no dask: not through whatever
         # cluster happens to be the default, and no graph per coordinate, which cost ~60 ms each).
         plain = xr.open_zarr(path, consolidated=None, chunks=None)
+        ds = xr.open_zarr(path, consolidated=None) if dask_arrays else plain
     frame_coords = [name for name, c in plain.coords.items() if c.dims == ("frame",)]
     loaded = {name: plain[name].load() for name in frame_coords}
     return ds.assign_coords(loaded)
