@@ -79,7 +79,7 @@ from scipy import linalg
 
 from lcdask.lightcurves import BAD_FOR_FLUX, BAD_FOR_POSITION, LightCurveFlag, robust_std
 from lcdask.match import field_centre, tangent_plane
-from lcdask.photcal import _sample_without_replacement
+from lcdask.photcal import _dynamic_max_trials, _r2_score, _sample_without_replacement
 
 __all__ = [
     "SOURCE_COLUMNS",
@@ -312,19 +312,6 @@ def _line_at(t: NDArray[np.float64], line: tuple[NDArray, NDArray]) -> NDArray[n
     return t[:, None] @ rate.T + intercept
 
 
-def _r2_score(y_true: NDArray[np.float64], y_pred: NDArray[np.float64]) -> float:
-    """`sklearn.metrics.r2_score` of (n, k) outputs, uniform average, force_finite."""
-    if y_true.shape[0] < 2:
-        return float("nan")
-    numerator = np.sum((y_true - y_pred) ** 2, axis=0)
-    denominator = np.sum((y_true - np.average(y_true, axis=0)) ** 2, axis=0)
-    scores = np.ones(y_true.shape[1])
-    valid = (numerator != 0) & (denominator != 0)
-    scores[valid] = 1 - numerator[valid] / denominator[valid]
-    scores[(numerator != 0) & (denominator == 0)] = 0.0
-    return float(np.average(scores))
-
-
 def _ransac_track(
     t: NDArray[np.float64],
     xy: NDArray[np.float64],
@@ -350,7 +337,6 @@ def _ransac_track(
     if n_samples < 2:
         return None
     rng = np.random.RandomState(random_state)
-    nom = max(np.spacing(1), 1.0 - 0.99)  # scikit-learn's stop_probability
     n_best, score_best, best = 1, -np.inf, None
     n_trials, limit = 0, max_trials
     while n_trials < limit:
@@ -366,9 +352,7 @@ def _ransac_track(
         if n_inliers == n_best and score < score_best:
             continue
         n_best, score_best, best = n_inliers, score, inliers
-        denom = max(np.spacing(1), 1.0 - (n_inliers / float(n_samples)) ** 2)
-        if denom != 1:
-            limit = min(limit, abs(float(np.ceil(np.log(nom) / np.log(denom)))))
+        limit = min(limit, _dynamic_max_trials(n_inliers, n_samples, 2, 0.99))
     if best is None:
         return None
     return best, _line_fit(t[best], xy[best])

@@ -390,15 +390,31 @@ def _weighted_fit(
 
 
 def _r2_score(y_true: NDArray[np.float64], y_pred: NDArray[np.float64]) -> float:
-    """`sklearn.metrics.r2_score` of one output, computed as it does (columns, force_finite)."""
-    if y_true.size < 2:
+    """`sklearn.metrics.r2_score` of ``(n,)`` or ``(n, k)`` outputs as it computes it (columns,
+    force_finite, uniform average)."""
+    if y_true.shape[0] < 2:
         return float("nan")
-    yt, yp = y_true[:, None], y_pred[:, None]
-    numerator = float(np.sum(1.0 * (yt - yp) ** 2, axis=0)[0])
-    denominator = float(np.sum(1.0 * (yt - np.mean(yt, axis=0)) ** 2, axis=0)[0])
-    if numerator == 0.0:
-        return 1.0
-    return 1.0 - numerator / denominator if denominator != 0.0 else 0.0
+    yt, yp = y_true.reshape(len(y_true), -1), y_pred.reshape(len(y_pred), -1)
+    numerator = np.sum((yt - yp) ** 2, axis=0)
+    denominator = np.sum((yt - np.mean(yt, axis=0)) ** 2, axis=0)
+    scores = np.ones(yt.shape[1])
+    valid = (numerator != 0) & (denominator != 0)
+    scores[valid] = 1 - numerator[valid] / denominator[valid]
+    scores[(numerator != 0) & (denominator == 0)] = 0.0
+    return float(np.mean(scores))
+
+
+def _dynamic_max_trials(
+    n_inliers: int, n_samples: int, min_samples: int, stop_probability: float
+) -> float:
+    """scikit-learn's ``_dynamic_max_trials``: trials enough to have drawn an outlier-free set."""
+    nom = max(np.spacing(1), 1.0 - stop_probability)
+    denom = max(np.spacing(1), 1.0 - (n_inliers / float(n_samples)) ** min_samples)
+    if nom == 1:
+        return 0.0
+    if denom == 1:
+        return float("inf")
+    return abs(float(np.ceil(np.log(nom) / np.log(denom))))
 
 
 def _sample_without_replacement(
@@ -481,7 +497,6 @@ def _ransac_inliers(
     if min_samples > n_samples:
         return None
     rng = np.random.mtrand._rand if random_state is None else np.random.RandomState(random_state)
-    nom = max(np.spacing(1), 1.0 - stop_probability)
     n_best, score_best, best = 1, -np.inf, None
     n_trials, limit = 0, max_trials
     while n_trials < limit:
@@ -498,12 +513,7 @@ def _ransac_inliers(
         if n_inliers == n_best and score < score_best:
             continue
         n_best, score_best, best = n_inliers, score, inliers
-        # scikit-learn's _dynamic_max_trials
-        denom = max(np.spacing(1), 1.0 - (n_inliers / float(n_samples)) ** min_samples)
-        if nom == 1:
-            limit = 0
-        elif denom != 1:
-            limit = min(limit, abs(float(np.ceil(np.log(nom) / np.log(denom)))))
+        limit = min(limit, _dynamic_max_trials(n_inliers, n_samples, min_samples, stop_probability))
     return best
 
 
