@@ -12,7 +12,9 @@ Every catalog comes back as a `pandas.DataFrame` in one schema:
 =============  ===================================================================================
 
 Other columns (Gaia ``pmra``, ``pmdec``; extra columns of a file) may follow. The query's
-provenance is in ``DataFrame.attrs["catalog"]``.
+provenance is in ``DataFrame.attrs["catalog"]``. `gaia_to_bands` adds SDSS ``g r i`` and
+Johnson-Cousins ``V R I`` to a Gaia catalog (Riello et al. 2021); `reference_catalog` chooses the
+run's catalog: a file, else SDSS where it covers the field, else Gaia.
 
 Online queries are cached under ``cache_dir`` as Parquet files keyed by the catalog, the centre
 (rounded to 0.001 deg) and the radius; the query circle is enlarged a little so that a rerun with a
@@ -42,17 +44,23 @@ from lcdask.errors import LcdaskError
 from lcdask.io.atomic import atomic_path
 
 __all__ = [
+    "FALLBACK_RADIUS_DEG",
     "GAIA_BANDS",
+    "GAIA_TRANSFORMED_BANDS",
+    "RIELLO2021_GAIA_TO",
     "SDSS_BANDS",
     "CatalogError",
     "FieldCircle",
     "default_cache_dir",
     "field_radius",
+    "frames_query_circle",
     "gaia_adql",
+    "gaia_to_bands",
     "load_catalog",
     "normalise_catalog",
     "query_gaia",
     "query_sdss",
+    "reference_catalog",
     "sdss_sql",
 ]
 
@@ -789,3 +797,286 @@ def _read_astropy_table(table: Any) -> pd.DataFrame:
             arr = np.where(mask, np.nan, arr.astype(float))
         data[name] = arr
     return pd.DataFrame(data)
+
+
+# --------------------------------------------------------------------------------------------
+# Gaia G, BP, RP to SDSS and Johnson-Cousins bands
+
+#: Riello et al. (2021, A&A 649, A3), Table C.2: ``G - X`` as a polynomial in ``BP - RP``
+#: (coefficients of increasing powers), the fit's scatter (mag), and Table C.1's colour range
+#: (open interval) where the fit holds. SDSS bands are the SDSS12 ``g r i``; ``R`` and ``I`` are
+#: Cousins ``R_C`` and ``I_C``, ``V`` Johnson. Table C.2 has no SDSS ``z`` (nor ``u``, ``B``).
+RIELLO2021_GAIA_TO: dict[str, tuple[tuple[float, ...], float, tuple[float, float]]] = {
+    "g": ((0.2199, -0.6365, -0.1548, 0.0064), 0.0745, (0.3, 3.0)),
+    "r": ((-0.09837, 0.08592, 0.1907, -0.1701, 0.02263), 0.03776, (0.0, 3.0)),
+    "i": ((-0.293, 0.6404, -0.09609, -0.002104), 0.04092, (0.5, 2.0)),
+    "V": ((-0.02704, 0.01424, -0.2156, 0.01426), 0.03017, (-0.5, 5.0)),
+    "R": ((-0.02275, 0.3961, -0.1243, -0.01396, 0.003775), 0.03167, (0.0, 4.0)),
+    "I": ((0.01753, 0.76, -0.0991), 0.03765, (-0.5, 4.5)),
+}
+GAIA_TRANSFORMED_BANDS = tuple(RIELLO2021_GAIA_TO)
+
+
+def gaia_to_bands(catalog: pd.DataFrame) -> pd.DataFrame:
+    """Add SDSS ``g r i`` and Johnson-Cousins ``V R I`` magnitudes computed from Gaia photometry.
+
+    Each band ``X`` is ``G - P(BP - RP)`` with the polynomial ``P`` of Riello et al. (2021,
+    "Gaia Early Data Release 3: Photometric content and validation", A&A 649, A3), Table C.2
+    (the relations fitted to Gaia EDR3 photometry, which Gaia DR3 repeats unchanged). A star
+    whose ``BP - RP`` lies outside the relation's colour range (Table C.1), or without BP or RP,
+    gets NaN in that band. The error is the relation's scatter (Table C.2's sigma, the floor)
+    added in quadrature to the propagated Gaia errors,
+    ``sqrt(sigma^2 + G_err^2 + P'(c)^2 (BP_err^2 + RP_err^2))``.
+
+    Verification of the numbers: the colour ranges were checked against Table C.1 of the paper
+    (A&A's online table) and the ``G - V`` polynomial against a public use of it; the other
+    coefficients and scatters are transcribed from Table C.2 and could not be checked against
+    the published table here (they do reproduce the Sun's colours: ``G - V = -0.15``,
+    ``g - r = 0.42``, ``V - R_C = 0.36``, ``V - I_C = 0.72`` at ``BP - RP = 0.82``).
+    Table C.2 has no SDSS ``z``.
+
+    Parameters
+    ----------
+    catalog : pandas.DataFrame
+        A catalog in the lcdask schema with ``G``, ``BP``, ``RP`` and their ``_err`` columns
+        (as `query_gaia` returns).
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy with ``g r i V R I`` and ``<band>_err`` columns added (before ``source``);
+        ``attrs`` kept, with ``attrs["bands_from"]`` naming the transformation.
+    """
+    missing = [c for c in ("G", "BP", "RP") if c not in catalog]
+    if missing:
+        raise ValueError(
+            f"gaia_to_bands needs Gaia G, BP and RP columns (as query_gaia returns); "
+            f"the catalog lacks {missing}"
+        )
+    out = catalog.copy()
+    g = out["G"].to_numpy(float)
+    colour = out["BP"].to_numpy(float) - out["RP"].to_numpy(float)
+
+    def err(name: str) -> np.ndarray:
+        values = out[f"{name}_err"].to_numpy(float) if f"{name}_err" in out else np.zeros(len(out))
+        return np.nan_to_num(values, nan=0.0)
+
+    colour_var = err("BP") ** 2 + err("RP") ** 2
+    position = list(out.columns).index("source") if "source" in out else len(out.columns)
+    for band, (coeffs, sigma, (lo, hi)) in RIELLO2021_GAIA_TO.items():
+        poly = np.polynomial.Polynomial(coeffs)
+        with np.errstate(invalid="ignore"):
+            valid = np.isfinite(g) & np.isfinite(colour) & (colour > lo) & (colour < hi)
+        mag = np.where(valid, g - poly(np.where(valid, colour, 0.0)), np.nan)
+        slope = poly.deriv()(np.where(valid, colour, 0.0))
+        mag_err = np.where(valid, np.sqrt(sigma**2 + err("G") ** 2 + slope**2 * colour_var), np.nan)
+        for name, values in ((band, mag), (f"{band}_err", mag_err)):
+            if name in out:
+                out[name] = values
+            else:
+                out.insert(position, name, values)
+                position += 1
+    out.attrs = {**catalog.attrs, "bands_from": "Gaia G, BP-RP: Riello et al. 2021, A&A 649, A3"}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the run's reference catalog
+
+#: Query radius when neither a WCS nor a pixel scale tells the field's size.
+FALLBACK_RADIUS_DEG = 1.0
+
+_OFFLINE_LINE = (
+    "no reference catalog (offline, nothing cached): photometry relative; plate solving blind "
+    "by solve-field where installed"
+)
+
+
+def frames_query_circle(
+    ra: float,
+    dec: float,
+    *,
+    shape: tuple[int, int],
+    wcs_list: Sequence[Any] = (),
+    pixel_scale_arcsec: float | None = None,
+    margin_arcmin: float = 10.0,
+) -> tuple[FieldCircle | None, str]:
+    """The circle to query a reference catalog in, from what the frames' headers tell.
+
+    With header WCS: a circle centred on the pointing (else on the frames) covering every
+    frame's corners. Without: the half-diagonal of a frame at ``pixel_scale_arcsec``. With
+    neither: `FALLBACK_RADIUS_DEG` (1 deg), which covers fields up to ~1.4 deg across. The
+    margin is added in every case (pointing errors of the header coordinates).
+
+    Parameters
+    ----------
+    ra, dec : float
+        The frames' pointing from their headers (degrees); NaN when unknown.
+    shape : (int, int)
+        ``(ny, nx)`` of a frame.
+    wcs_list : sequence of astropy.wcs.WCS
+        The frames' header WCS (those that have one).
+    pixel_scale_arcsec : float, optional
+        Pixel scale from the headers' keywords when no frame has a WCS.
+    margin_arcmin : float
+        Added to the radius.
+
+    Returns
+    -------
+    (FieldCircle or None, str)
+        The circle, and how its radius was chosen (for the log and run.json); None when
+        neither a pointing nor a WCS places the frames on the sky.
+    """
+    margin = margin_arcmin / 60.0
+    pointed = bool(np.isfinite(ra) and np.isfinite(dec))
+    if len(wcs_list):
+        corners = np.concatenate([_wcs_corners(w, shape) for w in wcs_list])
+        if pointed:
+            radius = float(np.max(_separation_deg(ra, dec, corners[:, 0], corners[:, 1])))
+            circle = FieldCircle(float(ra), float(dec), radius + margin)
+        else:
+            circle = field_radius(corners, margin_arcmin=margin_arcmin)
+        how = f"radius from the header WCS of {len(wcs_list)} frame(s) + {margin_arcmin:g}'"
+    elif not pointed:
+        return None, "no header WCS and no header pointing to query a catalog around"
+    elif pixel_scale_arcsec is not None and np.isfinite(pixel_scale_arcsec):
+        half_diagonal = 0.5 * math.hypot(*shape) * pixel_scale_arcsec / 3600.0
+        circle = FieldCircle(float(ra), float(dec), half_diagonal + margin)
+        how = (
+            f"radius from the headers' pixel scale {pixel_scale_arcsec:.3g}\"/px "
+            f"+ {margin_arcmin:g}'"
+        )
+    else:
+        circle = FieldCircle(float(ra), float(dec), FALLBACK_RADIUS_DEG)
+        how = (
+            f"no WCS and no pixel scale in the headers: a generous {FALLBACK_RADIUS_DEG:g} deg "
+            "radius"
+        )
+    return FieldCircle(circle.ra, circle.dec, min(circle.radius_deg, 10.0)), how
+
+
+def _network_down(exc: BaseException) -> bool:
+    """Whether a query failed because the network (not the service) is unreachable."""
+    import requests
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, requests.HTTPError):
+            return False
+        if isinstance(cause, OSError):  # socket errors, DNS, timeouts, requests' connection errors
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def reference_catalog(
+    config: Any,
+    *,
+    path: str | os.PathLike[str] | None,
+    ra: float,
+    dec: float,
+    radius_deg: float,
+    cache_dir: str | os.PathLike[str] | None,
+    band: str = "r",
+) -> tuple[pd.DataFrame | None, str]:
+    """The run's reference catalog as ``[catalog]`` asks, or None with the one line saying why.
+
+    ``source = "auto"``: the file given; else SDSS DR17 where it covers the field (an answer with
+    no stars means it does not) and has ``band``; else Gaia DR3 with its G, BP, RP transformed to
+    SDSS ``g r i`` and Johnson-Cousins ``V R I`` by `gaia_to_bands` (Riello et al. 2021, A&A 649,
+    A3, Table C.2). ``"sdss"`` and ``"gaia"`` query only that catalog, ``"file"`` reads only
+    the file, ``"none"`` gives None. Queries are cached (`query_sdss`, `query_gaia`); offline
+    (``config.offline``, or the network unreachable) only the cache is used. Whenever the result
+    is None, the reason is logged once (logger ``lcdask``) and returned.
+
+    Parameters
+    ----------
+    config : lcdask.config.CatalogConfig
+        The ``[catalog]`` section (``source``, ``path``, ``columns``, ``offline``).
+    path : str or Path, optional
+        A catalog file given on the command line (``--catalog``); else ``config.path``.
+    ra, dec : float
+        Centre of the query (ICRS degrees).
+    radius_deg : float
+        Radius of the query (degrees), e.g. from `frames_query_circle`.
+    cache_dir : str or Path, optional
+        The query cache (default `default_cache_dir`).
+    band : str
+        The band the zero point refers to (``[level2] band``): SDSS is used only when it has it.
+
+    Returns
+    -------
+    (pandas.DataFrame or None, str)
+        The catalog and a description of it (which catalog, where), or None and the reason.
+    """
+    import logging
+
+    log = logging.getLogger("lcdask")
+    source = config.source
+    if source == "none":
+        line = "photometric calibration off (catalog.source = 'none')"
+        log.info(line)
+        return None, line
+    path = path or config.path
+    if path and source in ("auto", "file"):
+        return load_catalog(path, columns=config.columns or None), f"catalog file {path}"
+    if not (np.isfinite(ra) and np.isfinite(dec)):
+        line = (
+            "no reference catalog (no catalog file and no header pointing or WCS to query "
+            "around): photometry relative"
+        )
+        log.warning(line)
+        return None, line
+    order = {"auto": ("sdss", "gaia"), "sdss": ("sdss",), "gaia": ("gaia",)}[source]
+    offline = bool(config.offline)
+    reasons: list[str] = []  # why each catalog was not used
+    substantive = False  # a reason other than "offline, nothing cached"
+    where = f"around ({ra:.4f}, {dec:+.4f}), radius {radius_deg:.3f} deg"
+    for name in order:
+        label = {"sdss": "SDSS", "gaia": "Gaia"}[name]
+        if name == "sdss" and band not in SDSS_BANDS:
+            reasons.append(f"SDSS has no {band!r} band")
+            substantive = substantive or source == "sdss"
+            continue
+        query = query_sdss if name == "sdss" else query_gaia
+        try:
+            table = query(ra, dec, radius_deg, cache_dir=cache_dir, offline=offline)
+        except CatalogError as exc:
+            log.debug("catalog query failed: %s", exc)
+            if offline:
+                reasons.append(f"no cached {label} query")
+            elif _network_down(exc):
+                offline = True  # the next catalog from its cache only
+                reasons.append(f"{label} unreachable")
+            else:
+                cause = type(exc.__cause__).__name__ if exc.__cause__ else "failed"
+                reasons.append(f"{label} query failed ({cause})")
+                substantive = True
+            continue
+        if len(table) == 0:
+            reasons.append(
+                f"{label} has no stars here"
+                + (" (outside its footprint)" if name == "sdss" else "")
+            )
+            substantive = substantive or name == "gaia" or source == "sdss"
+            continue
+        if name == "sdss":
+            return table, f"SDSS DR17 {where}"
+        table = gaia_to_bands(table)
+        if band not in table:
+            reasons.append(
+                f"Gaia gives no {band!r}: Riello et al. (2021) transform to "
+                f"{' '.join(GAIA_TRANSFORMED_BANDS)} only"
+            )
+            substantive = True
+            continue
+        prefix = f"{'; '.join(reasons)}: " if reasons else ""
+        return table, f"{prefix}Gaia DR3 {where}, {band} from G and BP-RP (Riello et al. 2021)"
+    if offline and not substantive:
+        line = _OFFLINE_LINE
+    else:
+        line = (
+            f"no reference catalog ({'; '.join(reasons)}): photometry relative; give --catalog FILE"
+        )
+    log.warning(line)
+    return None, line
