@@ -40,10 +40,9 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from lcdask import __version__
-from lcdask.catalogs import load_catalog, query_sdss
+from lcdask.catalogs import frames_query_circle, reference_catalog
 from lcdask.classify import classify_sources, flag_near_movers, link_tracks
 from lcdask.config import Config
-from lcdask.errors import LcdaskError
 from lcdask.flags import LEVEL2_FLAGS, FrameFlag
 from lcdask.forced import forced_photometry
 from lcdask.ingest import NotAppendable, ingest
@@ -51,6 +50,7 @@ from lcdask.ingest import append as ingest_append
 from lcdask.io import cube as cube_io
 from lcdask.io.atomic import atomic_path, write_json_atomic
 from lcdask.io.discover import discover_frames
+from lcdask.io.headers import header_wcs
 from lcdask.level2 import NO_CATALOG_MESSAGE, Level2Start, run_level2
 from lcdask.lightcurves import (
     apply_ensemble,
@@ -102,29 +102,48 @@ def _versions() -> dict[str, str]:
 
 
 def _reference_catalog(config: Config, catalog_path: str | Path | None, cube, out: Path):
-    """The reference catalog as the configuration asks, or None with a reason."""
-    cat = config.catalog
-    path = catalog_path or cat.path
-    if cat.source == "none":
-        return None, "photometric calibration off (catalog.source = 'none')"
-    if path and cat.source in ("auto", "file"):
-        return load_catalog(path, columns=cat.columns or None), f"catalog file {path}"
+    """The reference catalog as the configuration asks (`reference_catalog`), or None and why.
+
+    The query circle comes from the lights' header WCS, else their pixel-scale keywords, else a
+    generous 1 deg (`frames_query_circle`).
+    """
     lights = cube["frame_type"].values == "light"
     ra = np.nanmedian(cube["ra_deg"].values[lights]) if lights.any() else np.nan
     dec = np.nanmedian(cube["dec_deg"].values[lights]) if lights.any() else np.nan
-    if not np.isfinite(ra + dec):
-        return None, "no catalog file and no header pointing to query a catalog around"
-    cache = _catalog_cache(config, out)
-    try:
-        # A radius covering the frames and their pointing errors: half the diagonal + 10'.
-        scale = 1.0 / 3600  # deg/px assumed where the header has no WCS; the cache keeps it
-        radius = 0.5 * np.hypot(cube.sizes["x"], cube.sizes["y"]) * scale + 10 / 60
-        table = query_sdss(ra, dec, radius, cache_dir=cache, offline=cat.offline)
-    except LcdaskError as exc:
-        cause = type(exc.__cause__).__name__ if exc.__cause__ else "unavailable"
-        log.debug("catalog query failed: %s", exc)
-        return None, f"no reference catalog (SDSS query failed: {cause}; give --catalog FILE)"
-    return table, f"SDSS around ({ra:.4f}, {dec:.4f})"
+    shape = (cube.sizes["y"], cube.sizes["x"])
+    texts = dict.fromkeys(str(t) for t in cube["wcs_header"].values[lights] if str(t))
+    wcs_list = [w for w in (header_wcs(fits.Header.fromstring(t)) for t in texts) if w is not None]
+    first = np.flatnonzero(lights)[:1]
+    hdu = cube["hdu_index"].values[first] if "hdu_index" in cube else [0] * len(first)
+    scale = None if wcs_list else _header_pixel_scale(cube["path"].values[first], hdu)
+    circle, how = frames_query_circle(
+        ra, dec, shape=shape, wcs_list=wcs_list, pixel_scale_arcsec=scale
+    )
+    table, source = reference_catalog(
+        config.catalog,
+        path=catalog_path,
+        ra=np.nan if circle is None else circle.ra,
+        dec=np.nan if circle is None else circle.dec,
+        radius_deg=np.nan if circle is None else circle.radius_deg,
+        cache_dir=_catalog_cache(config, out),
+        band=config.level2.band,
+    )
+    return table, source if table is None or circle is None else f"{source} ({how})"
+
+
+def _header_pixel_scale(paths, hdus) -> float | None:
+    """The pixel scale ("/px) from the first light's header keywords, when astrometry reads it."""
+    try:  # lcdask.astrometry.header_pixel_scale comes with the plate-solving work (issue 15)
+        from lcdask.astrometry import header_pixel_scale
+    except ImportError:
+        return None
+    for path, hdu in zip(paths, hdus, strict=True):
+        try:
+            found = header_pixel_scale(fits.getheader(str(path), int(hdu)))
+        except OSError:
+            return None
+        return None if found is None else float(found[0])
+    return None
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -276,9 +295,8 @@ def run(
 
     def do_level2() -> dict:
         cube = cube_io.open_cube(cube_path)
-        table, source = _reference_catalog(config, catalog, cube, out)
+        table, source = _reference_catalog(config, catalog, cube, out)  # logs why when None
         if table is None:
-            log.warning("%s: frames are aligned to each other, fluxes stay relative", source)
             record.data["notes"].append(f"{source}: no photometric calibration")
         result = run_level2(cube, cube_path, table, client=client, config=config.level2)
         detections = result.detections
