@@ -27,14 +27,20 @@ from lcdask.catalogs import (
     _query_circle,
     _separation_deg,
     field_radius,
+    frames_query_circle,
+    gaia_to_bands,
     load_catalog,
     query_gaia,
     query_sdss,
+    reference_catalog,
 )
+from lcdask.config import CatalogConfig
 from lcdask.errors import LcdaskError
 
 DATA = Path(__file__).parent / "data"
 SDSS_BODY = DATA / "sdss_dr17_sql_response.csv"
+# SkyServer's CSV answer with no rows (a field outside the SDSS footprint): the header line only
+SDSS_EMPTY_BODY = DATA / "sdss_dr17_sql_response_empty.csv"
 GAIA_BODY = DATA / "gaia_dr3_sync_response.vot"
 CENTRE = (150.05, 2.21)
 
@@ -53,7 +59,7 @@ def no_network(monkeypatch):
 def skyserver(monkeypatch):
     """Replace requests' HTTP layer with the recorded SkyServer response; records the calls."""
     calls: list[dict] = []
-    state = {"fail": False}
+    state = {"fail": False, "body": SDSS_BODY}
 
     def fake_request(self, method, url, **kwargs):
         calls.append({"method": method, "url": url, **kwargs})
@@ -61,7 +67,7 @@ def skyserver(monkeypatch):
             raise requests.ConnectionError("Failed to resolve 'skyserver.sdss.org'")
         response = requests.Response()
         response.status_code = 200
-        response._content = SDSS_BODY.read_bytes()
+        response._content = state["body"].read_bytes()
         response.url = url
         response.encoding = "utf-8"
         response.headers["Content-Type"] = "text/plain; charset=utf-8"
@@ -412,3 +418,210 @@ def test_field_radius_errors():
         field_radius(np.zeros((3, 3)))
     with pytest.raises(ValueError, match="margin_arcmin"):
         field_radius(np.zeros((1, 2)), margin_arcmin=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Gaia to SDSS / Johnson-Cousins bands (Riello et al. 2021, Table C.2)
+
+
+def test_gaia_to_bands_hand_computed_from_recorded_votable(tmp_path, gaia_archive):
+    cat = gaia_to_bands(query_gaia(*CENTRE, 0.1, cache_dir=tmp_path))
+    for band in ("g", "r", "i", "V", "R", "I"):
+        assert band in cat and f"{band}_err" in cat
+    # star 0: G = 13.340346, BP - RP = 1.077949; star 3: G = 15.352986, BP - RP = 1.72463.
+    # Written out by hand from Table C.2: G - r = -0.09837 + 0.08592 c + 0.1907 c^2
+    # - 0.1701 c^3 + 0.02263 c^4; G - V = -0.02704 + 0.01424 c - 0.2156 c^2 + 0.01426 c^3;
+    # G - I = 0.01753 + 0.76 c - 0.0991 c^2; G - i = -0.293 + 0.6404 c - 0.09609 c^2
+    # - 0.002104 c^3. Tolerance 1e-4 mag: the VOTable's magnitudes are float32 (~1e-6 relative).
+    assert cat["r"].iloc[0] == pytest.approx(13.30701, abs=1e-4)
+    assert cat["V"].iloc[0] == pytest.approx(13.58470, abs=1e-4)
+    assert cat["I"].iloc[0] == pytest.approx(12.61873, abs=1e-4)
+    assert cat["i"].iloc[3] == pytest.approx(14.83813, abs=1e-4)
+    # errors: at least the relation's scatter, and the scatter dominates for a bright star
+    assert cat["r_err"].iloc[0] == pytest.approx(0.03776, abs=2e-4)
+    assert (cat["V_err"].dropna() >= 0.03017).all()
+    # the last star has no BP/RP: no transformed band, but its position and G stay
+    assert np.isnan(cat["r"].iloc[-1]) and np.isfinite(cat["G"].iloc[-1])
+    columns = list(cat.columns)
+    assert columns.index("I_err") < columns.index("source")  # bands before the provenance
+    assert cat.attrs["catalog"]["catalog"] == "gaia-dr3"
+
+
+def test_gaia_to_bands_respects_colour_ranges():
+    colours = np.array([-0.2, 0.2, 2.5, 4.2, 5.5])
+    table = pd.DataFrame(
+        {
+            "id": np.arange(5),
+            "ra": np.zeros(5),
+            "dec": np.zeros(5),
+            "G": np.full(5, 15.0),
+            "G_err": np.full(5, 0.001),
+            "BP": 15.0 + colours / 2,
+            "BP_err": np.full(5, 0.01),
+            "RP": 15.0 - colours / 2,
+            "RP_err": np.full(5, 0.01),
+            "source": "gaia-dr3",
+        }
+    )
+    cat = gaia_to_bands(table)
+    finite = {b: np.isfinite(cat[b]).tolist() for b in ("g", "r", "i", "V", "R", "I")}
+    # Table C.1: g 0.3-3.0, r 0.0-3.0, i 0.5-2.0, V -0.5-5.0, R 0.0-4.0, I -0.5-4.5
+    assert finite["g"] == [False, False, True, False, False]
+    assert finite["r"] == [False, True, True, False, False]
+    assert finite["i"] == [False, False, False, False, False]
+    assert finite["V"] == [True, True, True, True, False]
+    assert finite["R"] == [False, True, True, False, False]
+    assert finite["I"] == [True, True, True, True, False]
+    assert (np.isfinite(cat["V_err"]) == np.isfinite(cat["V"])).all()
+    with pytest.raises(ValueError, match="BP"):
+        gaia_to_bands(table.drop(columns=["BP"]))
+
+
+# --------------------------------------------------------------------------------------------
+# the run's reference catalog
+
+
+def _sync_calls(gaia_calls):
+    return [c for c in gaia_calls if c["url"].endswith("/sync")]
+
+
+def test_reference_sdss_where_it_covers_the_field(tmp_path, skyserver, gaia_archive):
+    calls, _ = skyserver
+    table, how = reference_catalog(
+        CatalogConfig(), path=None, ra=CENTRE[0], dec=CENTRE[1], radius_deg=0.1, cache_dir=tmp_path
+    )
+    assert len(calls) == 1 and _sync_calls(gaia_archive) == []
+    assert len(table) == 12 and (table["source"] == "sdss-dr17").all()
+    assert how.startswith("SDSS DR17 around (150.0500, +2.2100)")
+
+
+def test_reference_outside_sdss_is_gaia_with_the_band(tmp_path, skyserver, gaia_archive, caplog):
+    calls, state = skyserver
+    state["body"] = SDSS_EMPTY_BODY
+    table, how = reference_catalog(
+        CatalogConfig(), path=None, ra=CENTRE[0], dec=CENTRE[1], radius_deg=0.1, cache_dir=tmp_path
+    )
+    assert len(calls) == 1 and len(_sync_calls(gaia_archive)) == 1
+    assert len(table) == 10 and (table["source"] == "gaia-dr3").all()
+    assert table["r"].iloc[0] == pytest.approx(13.30701, abs=1e-4)  # hand-computed above
+    assert "outside its footprint" in how and "Riello et al. 2021" in how
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    # a band SDSS lacks (V): SDSS is not asked, Gaia gives it
+    table, how = reference_catalog(
+        CatalogConfig(), path=None, ra=CENTRE[0], dec=CENTRE[1], radius_deg=0.1,
+        cache_dir=tmp_path, band="V",
+    )  # fmt: skip
+    assert len(calls) == 1 and table["V"].iloc[0] == pytest.approx(13.58470, abs=1e-4)
+
+
+def test_reference_source_gaia_never_asks_sdss(tmp_path, skyserver, gaia_archive):
+    calls, _ = skyserver
+    table, how = reference_catalog(
+        CatalogConfig(source="gaia"), path=None, ra=CENTRE[0], dec=CENTRE[1], radius_deg=0.1,
+        cache_dir=tmp_path,
+    )  # fmt: skip
+    assert calls == [] and len(_sync_calls(gaia_archive)) == 1
+    assert (table["source"] == "gaia-dr3").all() and "r" in table and how.startswith("Gaia DR3")
+
+
+def test_reference_source_sdss_outside_footprint_is_none(tmp_path, skyserver, gaia_archive, caplog):
+    _, state = skyserver
+    state["body"] = SDSS_EMPTY_BODY
+    table, line = reference_catalog(
+        CatalogConfig(source="sdss"), path=None, ra=CENTRE[0], dec=CENTRE[1], radius_deg=0.1,
+        cache_dir=tmp_path,
+    )  # fmt: skip
+    assert table is None and _sync_calls(gaia_archive) == []
+    assert "SDSS has no stars here" in line
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [line]
+
+
+def test_reference_offline_without_cache_one_line(tmp_path, skyserver, gaia_archive, caplog):
+    calls, _ = skyserver
+    caplog.set_level("DEBUG", logger="lcdask")
+    table, line = reference_catalog(
+        CatalogConfig(offline=True), path=None, ra=CENTRE[0], dec=CENTRE[1], radius_deg=0.1,
+        cache_dir=tmp_path,
+    )  # fmt: skip
+    assert table is None and calls == [] and gaia_archive == []
+    expected = (
+        "no reference catalog (offline, nothing cached): photometry relative; plate solving "
+        "blind by solve-field where installed"
+    )
+    assert line == expected
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 20] == [expected]
+
+
+def test_reference_network_unreachable_is_offline(tmp_path, skyserver, gaia_archive, caplog):
+    calls, state = skyserver
+    state["fail"] = True  # requests.ConnectionError: name resolution failed
+    table, line = reference_catalog(
+        CatalogConfig(), path=None, ra=CENTRE[0], dec=CENTRE[1], radius_deg=0.1, cache_dir=tmp_path
+    )
+    assert table is None and len(calls) == 1
+    assert _sync_calls(gaia_archive) == []  # Gaia from its cache only: no second timeout
+    assert line.startswith("no reference catalog (offline, nothing cached)")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [line]
+
+
+def test_reference_cache_hit_offline(tmp_path, skyserver, gaia_archive):
+    calls, _ = skyserver
+    online, _ = reference_catalog(
+        CatalogConfig(source="gaia"), path=None, ra=CENTRE[0], dec=CENTRE[1], radius_deg=0.1,
+        cache_dir=tmp_path,
+    )  # fmt: skip
+    n_gaia = len(gaia_archive)
+    # offline, "auto": SDSS has nothing cached, the cached Gaia query is used
+    cached, how = reference_catalog(
+        CatalogConfig(offline=True), path=None, ra=CENTRE[0], dec=CENTRE[1], radius_deg=0.05,
+        cache_dir=tmp_path,
+    )  # fmt: skip
+    assert calls == [] and len(gaia_archive) == n_gaia
+    assert cached.attrs["catalog"]["cache_hit"] is True
+    assert "no cached SDSS query" in how
+    inside = _separation_deg(*CENTRE, online["ra"], online["dec"]) <= 0.05
+    assert cached["id"].tolist() == online["id"][inside].tolist()
+    assert_allclose(cached["r"], online["r"][inside])
+
+
+def test_reference_file_none_and_missing_band(tmp_path, skyserver, gaia_archive):
+    calls, state = skyserver
+    path = tmp_path / "field.csv"
+    pd.DataFrame({"ra": [150.0], "dec": [2.2], "r": [15.0], "r_err": [0.02]}).to_csv(path)
+    table, how = reference_catalog(
+        CatalogConfig(source="file", path=str(path)), path=None, ra=np.nan, dec=np.nan,
+        radius_deg=np.nan, cache_dir=tmp_path,
+    )  # fmt: skip
+    assert table["r"].tolist() == [15.0] and how == f"catalog file {path}"
+    assert reference_catalog(
+        CatalogConfig(source="none"), path=None, ra=0.0, dec=0.0, radius_deg=0.1,
+        cache_dir=tmp_path,
+    )[0] is None  # fmt: skip
+    # z outside SDSS: Table C.2 has no z, so no catalog, said why
+    state["body"] = SDSS_EMPTY_BODY
+    table, line = reference_catalog(
+        CatalogConfig(), path=None, ra=CENTRE[0], dec=CENTRE[1], radius_deg=0.1,
+        cache_dir=tmp_path, band="z",
+    )  # fmt: skip
+    assert table is None and "Gaia gives no 'z'" in line and "--catalog FILE" in line
+    assert len(calls) == 1  # SDSS asked once (for the z run); 'none' and the file never query
+
+
+def test_frames_query_circle():
+    shape = (1000, 1000)
+    # header WCS: covers every frame's corners from the pointing, plus the margin
+    frames = [_wcs(150.0 + 0.01 * k, 20.0, 0.0) for k in range(3)]
+    circle, how = frames_query_circle(150.0, 20.0, shape=shape, wcs_list=frames)
+    corners = np.concatenate(
+        [w.pixel_to_world_values([-0.5, 999.5], [-0.5, 999.5]) for w in frames], axis=1
+    )
+    reach = _separation_deg(150.0, 20.0, corners[0], corners[1]).max()
+    assert circle.radius_deg == pytest.approx(reach + 10 / 60, abs=1e-9) and "WCS" in how
+    # a pixel scale: half the diagonal (707 px) at 5.2"/px = 1.021 deg, plus 10'
+    circle, how = frames_query_circle(150.0, 20.0, shape=shape, pixel_scale_arcsec=5.2)
+    assert circle.radius_deg == pytest.approx(0.5 * np.hypot(1000, 1000) * 5.2 / 3600 + 10 / 60)
+    assert "5.2" in how
+    # neither: a generous 1 deg, said so
+    circle, how = frames_query_circle(150.0, 20.0, shape=shape)
+    assert circle.radius_deg == 1.0 and "generous 1 deg" in how
+    assert frames_query_circle(np.nan, np.nan, shape=shape)[0] is None
