@@ -88,7 +88,9 @@ class CatalogConfig:
     Attributes
     ----------
     source : {"auto", "file", "sdss", "gaia", "none"}
-        "auto" takes the file when one is given, else SDSS (through astroquery, cached);
+        "auto" takes the file when one is given, else SDSS where it has stars in the field and
+        the band, else Gaia DR3 with G/BP/RP transformed to g r i V R I (Riello et al. 2021);
+        queries through astroquery, cached. "sdss" and "gaia" query only that catalog;
         "none" skips photometric calibration (relative fluxes only).
     path : str
         A local catalog (FITS, ECSV, CSV, Parquet) when source is "file" or "auto".
