@@ -18,9 +18,10 @@ of sources; ECSV and FITS tables are built whole in memory (select sources for l
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -124,6 +125,9 @@ class RunProducts:
         curves' frame coordinates (`frames_table`).
     coadd_path
         ``coadd.fits`` when it exists, else None.
+    record
+        ``run.json`` (empty when the run has none): configuration, stages, notes, and the
+        target as given and where it was found (``record["target"]``).
     """
 
     run_dir: Path
@@ -131,6 +135,7 @@ class RunProducts:
     sources: pd.DataFrame
     frames: pd.DataFrame
     coadd_path: Path | None
+    record: dict = field(default_factory=dict)
 
 
 def read_run(run_dir: str | Path) -> RunProducts:
@@ -164,12 +169,17 @@ def read_run(run_dir: str | Path) -> RunProducts:
     frames_path = run / "frames.parquet"
     frames = pd.read_parquet(frames_path) if frames_path.exists() else frames_table(ds)
     coadd = run / "coadd.fits"
+    try:
+        record = json.loads((run / "run.json").read_text())
+    except (OSError, ValueError):
+        record = {}
     return RunProducts(
         run_dir=run,
         lightcurves=ds,
         sources=sources,
         frames=frames,
         coadd_path=coadd if coadd.exists() else None,
+        record=record,
     )
 
 

@@ -333,6 +333,7 @@ def forced_photometry(
     psf: PSFModel | None,
     skip_ids: np.ndarray | pd.Series | None = None,
     min_detections: int = 3,
+    force_ids: np.ndarray | pd.Series | None = None,
     client=None,
     config: Level2Config = _DEFAULT_LEVEL2,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -360,6 +361,9 @@ def forced_photometry(
         other stars, whose light a forced measurement would take for theirs).
     min_detections : int, optional
         Sources detected in fewer frames are not forced.
+    force_ids : array_like, optional
+        Sources forced however few their detections: the target, added at its given position
+        when no source was detected there (`lcdask.targets.add_target_source`).
     client : distributed.Client, optional
         Cluster; serial in this process when None.
     config : Level2Config, optional
@@ -384,6 +388,7 @@ def forced_photometry(
     present = (ds["flags"].to_numpy() & int(LightCurveFlag.MISSING)) == 0
     n_detected = pd.Series(present.sum(axis=1), index=ds["source_id"].to_numpy())
     few = n_detected.loc[missing["source_id"]].to_numpy() < min_detections
+    few &= ~missing["source_id"].isin(np.asarray(force_ids if force_ids is not None else []))
     summary["n_skipped"] = int(skipped.sum())
     summary["n_few_detections"] = int((few & ~skipped).sum())
     positions, dropped = forced_positions(missing[~skipped & ~few], frames, shape)

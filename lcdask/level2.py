@@ -209,6 +209,9 @@ class Level2Result:
     timings : dict
         Seconds of each step: ``detection``, ``reference``, ``astrometry``, ``coadd``,
         ``epsf``, ``photometry`` (those that ran).
+    absolute : bool
+        Whether the frames' sky positions are absolute (a plate solution, or a header WCS),
+        rather than a nominal tangent plane that only aligns the frames to each other.
     """
 
     detections: pd.DataFrame
@@ -218,6 +221,7 @@ class Level2Result:
     catalog: pd.DataFrame | None = None
     photometric: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    absolute: bool = True
 
 
 @dataclass(frozen=True)
@@ -730,16 +734,21 @@ def run_level2(
     # 2. the reference frame's plate solution (driver), or an internal catalog
     if previous is not None:
         catalog, photometric, psf = previous.catalog, previous.photometric, previous.psf
-        start_wcs, reference = previous.wcs, None
+        start_wcs, reference, absolute = previous.wcs, None, True
     else:
         reference, start_wcs, catalog, photometric = _reference(
             cube, found, counts, catalog, config
+        )
+        # without a solution against a catalog, the internal catalog's sky positions are only
+        # as good as the reference frame's header WCS; a nominal tangent plane is not absolute
+        absolute = photometric or (
+            reference is not None and bool(str(cube["wcs_header"].values[reference]))
         )
         lap("reference")
         if start_wcs is None:
             rows = {i: _failed_row("no reference frame could be plate-solved") for i in lights}
             return _result(
-                lights, stats, counts, rows, {}, None, None, catalog, photometric, timings
+                lights, stats, counts, rows, {}, None, None, catalog, photometric, timings, False
             )
 
     # 3. every frame refined from the reference (one task each), failures from a neighbour
@@ -808,7 +817,9 @@ def run_level2(
     ):
         tables[i], rows[i] = table, row
     lap("photometry")
-    return _result(lights, stats, counts, rows, tables, coadd, psf, catalog, photometric, timings)
+    return _result(
+        lights, stats, counts, rows, tables, coadd, psf, catalog, photometric, timings, absolute
+    )
 
 
 def _reference(cube, found, counts, catalog, config):
@@ -853,7 +864,7 @@ def _failed_row(message: str) -> dict[str, Any]:
 
 
 def _result(
-    lights, stats, counts, rows, tables, coadd, psf, catalog, photometric, timings
+    lights, stats, counts, rows, tables, coadd, psf, catalog, photometric, timings, absolute
 ) -> Level2Result:
     """The per-frame rows and the detections of every frame, as `run_level2` returns them."""
     frames = []
@@ -865,7 +876,7 @@ def _result(
     )
     parts = [t.assign(frame=int(i)) for i, t in tables.items() if t is not None and len(t)]
     detections = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    return Level2Result(detections, frames, coadd, psf, catalog, photometric, timings)
+    return Level2Result(detections, frames, coadd, psf, catalog, photometric, timings, absolute)
 
 
 def _safe_detections(cube_path: str, index: int, *, config: Level2Config):

@@ -135,7 +135,7 @@ def _summary(run: RunProducts, ds: xr.Dataset) -> Any:
             )
         )
     else:
-        rows.append(("target", "none (give one with lcdask run --target)"))
+        rows.append(("target", _target_absent(run.record)))
     if run.coadd_path is not None:
         rows.append(("co-add", html.escape(run.coadd_path.name)))
     body = "".join(
@@ -174,13 +174,28 @@ def _mjd_axis(fig) -> None:
     fig.xaxis.axis_label = "MJD"
 
 
-def _target_section(ds: xr.Dataset, sources: pd.DataFrame, *, n_comparison: int, n_bins: int):
+def _target_absent(record: dict) -> str:
+    """What the report says when no source is the target: none given, or why not found."""
+    given = record.get("target") or {}
+    if not given:
+        return 'No target given (lcdask run --target "RA DEC" or a name).'
+    if given.get("message"):
+        return str(given["message"])
+    return (
+        f"target given at RA {given.get('ra', float('nan')):.5f} "
+        f"Dec {given.get('dec', float('nan')):+.5f}, not found (the run did not say why)"
+    )
+
+
+def _target_section(
+    ds: xr.Dataset, sources: pd.DataFrame, record: dict, *, n_comparison: int, n_bins: int
+):
     from bokeh.layouts import column
     from bokeh.models import ColumnDataSource, Whisker
 
     target = sources[sources["is_target"].to_numpy(bool)]
     if target.empty:
-        return _note('No target in this run (lcdask run --target "RA DEC").', "target_none")
+        return _note(_target_absent(record), "target_none")
     row = target.iloc[0]
     sid = int(row["source_id"])
     comp = sources[sources["is_comparison"].to_numpy(bool)].sort_values("mag")
@@ -640,7 +655,7 @@ def build_report(
     sections = [
         _summary(run, ds),
         _heading("Target"),
-        _target_section(ds, run.sources, n_comparison=n_comparison, n_bins=n_bins),
+        _target_section(ds, run.sources, run.record, n_comparison=n_comparison, n_bins=n_bins),
         _heading("Variable sources"),
         _variables_section(ds, run.sources, max_variables=max_variables),
         _heading("Moving sources"),

@@ -23,6 +23,7 @@ must run again invalidates those after it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -53,6 +54,7 @@ from lcdask.io.discover import discover_frames
 from lcdask.io.headers import header_wcs
 from lcdask.level2 import NO_CATALOG_MESSAGE, Level2Start, run_level2
 from lcdask.lightcurves import (
+    LightCurveFlag,
     apply_ensemble,
     build_lightcurves,
     ensemble_photometry,
@@ -62,7 +64,13 @@ from lcdask.match import match_detections
 from lcdask.pipeline import calibrate_cube
 from lcdask.psf import PSFModel
 from lcdask.report import warm_workers, write_run_report
-from lcdask.targets import resolve_target
+from lcdask.targets import (
+    TargetLocation,
+    add_target_source,
+    clear_unmeasured_positions,
+    locate_target,
+    resolve_target,
+)
 
 __all__ = ["STAGES", "read_run_record", "run"]
 
@@ -264,6 +272,9 @@ def run(
     record = _Record(out, config, _fingerprint(paths), [str(p) for p in paths])
     record.data["files"] = _file_stats(paths)
     record.data["target"] = resolved.as_record() if resolved is not None else None
+    if _target_key(previous.get("target")) != _target_key(record.data["target"]):
+        for stage in ("lightcurves", "report"):  # the target is found, and shown, again
+            record.previous_stages.pop(stage, None)
     target_radec = (resolved.ra, resolved.dec) if resolved is not None else None
     cube_path = out / "cube.zarr"
     appended = False
@@ -322,6 +333,7 @@ def run(
             "n_astrometry_failed": len(failed),
             "coadd_frames": [] if result.coadd is None else list(result.coadd.frames),
             "photometric": result.photometric,
+            "sky_positions": "absolute" if result.absolute else "relative",
             "step_seconds": result.timings,
         }
 
@@ -347,12 +359,31 @@ def run(
             max_rate_arcsec_h=config.lightcurves.max_rate_arcsec_h,
         )
         ds = build_lightcurves(detections, tracks.source_id, frames)
+        located, added = None, None
+        if target_radec is not None:
+            located = _locate_target(ds, frames)
+            if located.how == "forced":
+                ds, added = add_target_source(ds, *target_radec)
         forced = {"forced": "off ([lightcurves] forced = false)"}
         if config.lightcurves.forced:
-            ds, forced = _forced_photometry(ds, detections, frames)
-        ds = apply_ensemble(ds, ensemble_photometry(ds))
-        sources = classify_sources(ds, target=target_radec)
+            ds, forced = _forced_photometry(ds, detections, frames, added)
+        if added is not None:
+            ds = clear_unmeasured_positions(ds, added)
+            located = _forced_target(ds, located, added)
+        target_id = located.source_id if located is not None and located.found else None
+        exclude = [] if target_id is None else [target_id]
+        ds = apply_ensemble(ds, ensemble_photometry(ds, exclude_ids=exclude))
+        sources = classify_sources(ds)
+        if target_id is not None:
+            sources = _mark_target(sources, target_id, target_radec)
         ds = flag_near_movers(ds, sources)
+        if located is not None:
+            record.data["target"] = {
+                **record.data["target"],
+                **located.as_record(),
+                "message": located.message(),
+            }
+            (log.info if located.found else log.warning)("%s", located.message())
         _write_dataset(out / "lightcurves.zarr", ds)
         with atomic_path(out / "sources.parquet") as tmp:
             sources.to_parquet(tmp, index=False)
@@ -364,7 +395,43 @@ def run(
             **forced,
         }
 
-    def _forced_photometry(ds, detections, frames) -> tuple[xr.Dataset, dict]:
+    def _locate_target(ds, frames) -> TargetLocation:
+        with np.errstate(all="ignore"):
+            median = pd.DataFrame(
+                {
+                    "source_id": ds["source_id"].to_numpy(),
+                    "ra": np.nanmedian(ds["ra"].to_numpy(), axis=1),
+                    "dec": np.nanmedian(ds["dec"].to_numpy(), axis=1),
+                }
+            )
+        level2 = record.data["stages"].get("level2", {})
+        absolute = level2.get("sky_positions", "absolute") == "absolute"
+        return locate_target(
+            median,
+            frames,
+            *target_radec,
+            shape=_frame_shape(cube_path),
+            radius_arcsec=_target_radius_arcsec(frames),
+            absolute=absolute,
+            absolute_why=(
+                "the frames are aligned to each other by a nominal tangent plane, with no "
+                "absolute plate solution (no catalog, no header WCS, no blind solve)"
+            ),
+        )
+
+    def _forced_target(ds, located: TargetLocation, sid: int) -> TargetLocation:
+        measured = (ds["flags"].sel(source=ds["source_id"] == sid).to_numpy() & FORCED) != 0
+        n = int(measured.sum())
+        if n:
+            return dataclasses.replace(located, source_id=sid)
+        why = (
+            "not detected, and forced photometry is off"
+            if not config.lightcurves.forced or config.level2.flux == "detection"
+            else "not detected, and forced photometry measured it in no frame"
+        )
+        return dataclasses.replace(located, found=False, how="", separation_arcsec=np.nan, why=why)
+
+    def _forced_photometry(ds, detections, frames, added=None) -> tuple[xr.Dataset, dict]:
         # movers are not forced (lcdask.forced): which move, from a first classification
         movers = classify_sources(ds).query("kind == 'moving'")["source_id"]
         psf_path = out / "psf.fits"
@@ -382,6 +449,7 @@ def run(
             psf=psf,
             skip_ids=movers,
             min_detections=config.lightcurves.forced_min_detections,
+            force_ids=[] if added is None else [added],
             client=client,
             config=config.level2,
         )
@@ -410,6 +478,47 @@ def run(
     record.data["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     record.write()
     return record.data
+
+
+FORCED = int(LightCurveFlag.FORCED)
+
+
+def _mark_target(sources: pd.DataFrame, source_id: int, radec: tuple[float, float]) -> pd.DataFrame:
+    """``is_target`` on the target's source; a forced one (no detected position) at the target."""
+    sources = sources.copy()
+    row = sources["source_id"].to_numpy() == source_id
+    sources.loc[row, "is_target"] = True
+    unplaced = row & ~np.isfinite(sources["ra"].to_numpy(float))
+    sources.loc[unplaced, ["ra", "dec"]] = radec
+    return sources
+
+
+def _target_key(target: dict[str, Any] | None) -> tuple[float, float] | None:
+    if not target:
+        return None
+    return round(float(target["ra"]), 9), round(float(target["dec"]), 9)
+
+
+def _frame_shape(cube_path: Path) -> tuple[int, int]:
+    cube = cube_io.open_cube(cube_path)
+    return cube.sizes["y"], cube.sizes["x"]
+
+
+def _target_radius_arcsec(frames: pd.DataFrame) -> float:
+    """How far from its given position the target's source may lie: 3", or 0.6 FWHM.
+
+    0.6 FWHM where that is larger (undersampled small telescopes: 0.6 x 2 px x 5"/px = 6"),
+    well inside the distance at which two stars are told apart.
+    """
+    scales = []
+    for text in frames["wcs_solved"].to_numpy()[:20]:
+        if text:
+            wcs = WCS(fits.Header.fromstring(str(text)))
+            scales.append(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600)
+    fwhm = float(np.nanmedian(frames["fwhm_px"].to_numpy(float))) if len(frames) else np.nan
+    if not scales or not np.isfinite(fwhm):
+        return 3.0
+    return max(3.0, 0.6 * fwhm * float(np.median(scales)))
 
 
 def _file_stats(paths: Iterable[Path]) -> dict[str, list[int]]:

@@ -250,3 +250,263 @@ def resolve_target(
         name=answer["main_id"],
         cache_file=str(path),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# the target among the run's sources
+
+
+@dataclass(frozen=True)
+class TargetLocation:
+    """Where the run found the target, or why it could not.
+
+    Attributes
+    ----------
+    ra, dec : float
+        The target's position as given (degrees).
+    found : bool
+        Whether a source of the light curves is the target.
+    source_id : int or None
+        That source.
+    how : str
+        ``"detected"`` (a matched source within the radius) or ``"forced"`` (a source added at
+        the target's position and measured by forced photometry in every frame that holds it);
+        empty when not found.
+    separation_arcsec : float
+        Distance from the given position to the source (NaN when not found).
+    radius_arcsec : float
+        The match radius used.
+    n_frames_on_image : int
+        Solved frames whose image holds the target's position.
+    why : str
+        Why the target is not in the light curves (empty when found).
+    nearest_source_id : int or None
+        The nearest source to the given position, whatever its distance.
+    nearest_arcsec : float
+        Its distance (NaN when there are no sources).
+    """
+
+    ra: float
+    dec: float
+    found: bool
+    source_id: int | None
+    how: str
+    separation_arcsec: float
+    radius_arcsec: float
+    n_frames_on_image: int
+    why: str = ""
+    nearest_source_id: int | None = None
+    nearest_arcsec: float = float("nan")
+
+    def as_record(self) -> dict[str, Any]:
+        """Plain data for run.json (NaN as None)."""
+        return {
+            k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+            for k, v in asdict(self).items()
+        }
+
+    def message(self) -> str:
+        """One line for the log and the report."""
+        where = f"RA {self.ra:.5f} Dec {self.dec:+.5f}"
+        if self.found:
+            return (
+                f"target at {where}: source {self.source_id} ({self.how}, "
+                f'{self.separation_arcsec:.1f}" away, on {self.n_frames_on_image} frames)'
+            )
+        nearest = (
+            f"; nearest source {self.nearest_source_id} at {_angle_text(self.nearest_arcsec)}"
+            if self.nearest_source_id is not None
+            else ""
+        )
+        return f"target given at {where}, not found: {self.why}{nearest}"
+
+
+def _angle_text(arcsec: float) -> str:
+    if arcsec < 120:
+        return f'{arcsec:.1f}"'
+    if arcsec < 7200:
+        return f"{arcsec / 60:.1f}'"
+    return f"{arcsec / 3600:.2f} deg"
+
+
+def target_on_image(
+    frames: Any, ra: float, dec: float, shape: tuple[int, int], *, margin_px: float = 5.0
+) -> np.ndarray:
+    """Which solved frames hold a sky position on their image.
+
+    Parameters
+    ----------
+    frames : pandas.DataFrame
+        The frames table (``wcs_solved``: the plate solution's header, empty when none).
+    ra, dec : float
+        The position (degrees).
+    shape : tuple of int
+        ``(ny, nx)`` of the frames.
+    margin_px : float, optional
+        Distance from the image's edge a position must keep.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        One per row of ``frames``.
+    """
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    ny, nx = shape
+    inside = np.zeros(len(frames), bool)
+    for k, text in enumerate(frames["wcs_solved"].to_numpy()):
+        if not text:
+            continue
+        x, y = WCS(fits.Header.fromstring(str(text))).all_world2pix([ra], [dec], 0)
+        x, y = float(x[0]), float(y[0])
+        inside[k] = margin_px <= x <= nx - 1 - margin_px and margin_px <= y <= ny - 1 - margin_px
+    return inside
+
+
+def locate_target(
+    sources: Any,
+    frames: Any,
+    ra: float,
+    dec: float,
+    *,
+    shape: tuple[int, int],
+    radius_arcsec: float,
+    absolute: bool = True,
+    absolute_why: str = "",
+) -> TargetLocation:
+    """Find the target among the run's sources, or say why it is not there.
+
+    The nearest source within ``radius_arcsec`` of the given position is the target
+    (``how="detected"``). Else, when the frames' positions are absolute and the position falls
+    on the image of some solved frames, the caller should add a source there and measure it by
+    forced photometry: the returned location has ``how="forced"`` and no ``source_id`` yet.
+    Else the target is not found, with the reason.
+
+    Parameters
+    ----------
+    sources : pandas.DataFrame
+        ``source_id``, ``ra``, ``dec`` (e.g. the light curves' median positions).
+    frames : pandas.DataFrame
+        The solved frames (``wcs_solved``).
+    ra, dec : float
+        The target (degrees).
+    shape : tuple of int
+        ``(ny, nx)``.
+    radius_arcsec : float
+        Largest distance of a detected source from the given position.
+    absolute : bool, optional
+        Whether the frames' sky positions are absolute (a plate solution or a header WCS),
+        rather than a nominal tangent plane that only aligns the frames to each other.
+    absolute_why : str, optional
+        Why they are not, for the message.
+
+    Returns
+    -------
+    TargetLocation
+    """
+    from lcdask.match import tangent_plane
+
+    nearest_id, nearest = None, float("nan")
+    if len(sources):
+        xi, eta = tangent_plane(
+            sources["ra"].to_numpy(float), sources["dec"].to_numpy(float), ra, dec
+        )
+        sep = np.hypot(xi, eta)
+        sep = np.where(np.isfinite(sep), sep, np.inf)
+        best = int(np.argmin(sep))
+        if np.isfinite(sep[best]):
+            nearest_id, nearest = int(sources["source_id"].iloc[best]), float(sep[best])
+    n_on = int(target_on_image(frames, ra, dec, shape).sum()) if len(frames) else 0
+    common = dict(
+        ra=float(ra),
+        dec=float(dec),
+        radius_arcsec=float(radius_arcsec),
+        n_frames_on_image=n_on,
+        nearest_source_id=nearest_id,
+        nearest_arcsec=nearest,
+    )
+    if not absolute:
+        why = absolute_why or "the frames have no absolute plate solution"
+        return TargetLocation(
+            found=False, source_id=None, how="", separation_arcsec=np.nan, why=why, **common
+        )
+    if not len(frames):
+        return TargetLocation(
+            found=False,
+            source_id=None,
+            how="",
+            separation_arcsec=np.nan,
+            why="no frame has a plate solution",
+            **common,
+        )
+    if nearest_id is not None and nearest <= radius_arcsec:
+        return TargetLocation(
+            found=True, source_id=nearest_id, how="detected", separation_arcsec=nearest, **common
+        )
+    if n_on == 0:
+        why = f"outside the field of all {len(frames)} solved frames"
+        return TargetLocation(
+            found=False, source_id=None, how="", separation_arcsec=np.nan, why=why, **common
+        )
+    return TargetLocation(found=True, source_id=None, how="forced", separation_arcsec=0.0, **common)
+
+
+def add_target_source(ds: Any, ra: float, dec: float) -> tuple[Any, int]:
+    """The light curves with one more source, at the target's position, all entries missing.
+
+    Forced photometry (`lcdask.forced.forced_photometry` with ``force_ids``) then measures it
+    in every solved frame that holds it. Its ``ra``/``dec`` are set in every entry (so that
+    `lcdask.lightcurves.missing_entries` places it); entries forced photometry cannot measure
+    get theirs back to NaN (`clear_unmeasured_positions`).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The light curves (`lcdask.lightcurves.build_lightcurves`).
+    ra, dec : float
+        The target (degrees).
+
+    Returns
+    -------
+    ds : xarray.Dataset
+        With the new source last.
+    source_id : int
+        Its id: one more than the largest.
+    """
+    import xarray as xr
+
+    from lcdask.lightcurves import LightCurveFlag
+
+    sid = int(ds["source_id"].max()) + 1 if ds.sizes["source"] else 0
+    extra = ds.isel(source=[0]) if ds.sizes["source"] else None
+    if extra is None:
+        raise ValueError("add_target_source needs light curves with at least one source")
+    extra = extra.copy(deep=True)
+    for name, var in extra.data_vars.items():
+        if "source" not in var.dims:
+            continue
+        if name == "flags":
+            var.values[...] = int(LightCurveFlag.MISSING)
+        elif np.issubdtype(var.dtype, np.floating):
+            var.values[...] = np.nan
+        elif var.dtype == bool:
+            var.values[...] = False
+    extra["ra"].values[...] = ra
+    extra["dec"].values[...] = dec
+    extra = extra.assign_coords(source_id=("source", [sid]))
+    return xr.concat([ds, extra], dim="source", data_vars="all"), sid
+
+
+def clear_unmeasured_positions(ds: Any, source_id: int) -> Any:
+    """NaN positions in the entries of ``source_id`` that are still missing."""
+    from lcdask.lightcurves import LightCurveFlag
+
+    out = ds.copy()
+    k = int(np.flatnonzero(out["source_id"].to_numpy() == source_id)[0])
+    missing = (out["flags"].values[k] & int(LightCurveFlag.MISSING)) != 0
+    for name in ("ra", "dec", "x", "y"):
+        values = out[name].values.copy()
+        values[k, missing] = np.nan
+        out[name] = (out[name].dims, values, out[name].attrs)
+    return out
