@@ -597,14 +597,23 @@ def test_reference_file_none_and_missing_band(tmp_path, skyserver, gaia_archive)
         CatalogConfig(source="none"), path=None, ra=0.0, dec=0.0, radius_deg=0.1,
         cache_dir=tmp_path,
     )[0] is None  # fmt: skip
-    # z outside SDSS: Table C.2 has no z, so no catalog, said why
+    # u outside SDSS: no Gaia relation gives u, so no catalog, said why
     state["body"] = SDSS_EMPTY_BODY
+    table, line = reference_catalog(
+        CatalogConfig(), path=None, ra=CENTRE[0], dec=CENTRE[1], radius_deg=0.1,
+        cache_dir=tmp_path, band="u",
+    )  # fmt: skip
+    assert table is None and "Gaia gives no 'u'" in line and "--catalog FILE" in line
+    assert len(calls) == 1  # SDSS asked once (for the u run); 'none' and the file never query
+    # z outside SDSS (the XO-1 frames' filter): Gaia DR3's G - z relation
     table, line = reference_catalog(
         CatalogConfig(), path=None, ra=CENTRE[0], dec=CENTRE[1], radius_deg=0.1,
         cache_dir=tmp_path, band="z",
     )  # fmt: skip
-    assert table is None and "Gaia gives no 'z'" in line and "--catalog FILE" in line
-    assert len(calls) == 1  # SDSS asked once (for the z run); 'none' and the file never query
+    colour = table["BP"] - table["RP"]
+    expected = table["G"] - np.polynomial.Polynomial((-0.4619, 0.8992, -0.08271, 0.005029))(colour)
+    assert "Gaia DR3" in line and np.isfinite(table["z"]).sum() > 0
+    assert_allclose(table["z"].dropna(), expected[table["z"].notna()], atol=1e-9)
 
 
 def test_frames_query_circle():
