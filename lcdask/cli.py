@@ -67,7 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=("standard", "small-telescope"),
         default="standard",
         help="standard: a calibrated-night set with a header WCS; small-telescope: no "
-        "calibration frames, no IMAGETYP, no WCS, ~5\"/px, the real Tycho-2 sky (blind-solvable)",
+        'calibration frames, no IMAGETYP, no WCS, ~5"/px, the real Tycho-2 sky (blind-solvable)',
     )
 
     p = sub.add_parser("ingest", help="read raw FITS frames into RUN/cube.zarr")

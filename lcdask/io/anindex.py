@@ -26,7 +26,11 @@ from astropy.io import fits
 
 __all__ = ["DEFAULT_INDEX_DIRS", "find_index_files", "index_stars", "read_index_stars"]
 
-DEFAULT_INDEX_DIRS = ("/usr/share/astrometry", "/usr/local/astrometry/data", "/usr/share/astrometry/data")
+DEFAULT_INDEX_DIRS = (
+    "/usr/share/astrometry",
+    "/usr/local/astrometry/data",
+    "/usr/share/astrometry/data",
+)
 _MAG_COLUMNS = ("MAG_VT", "MAG", "MAG_V", "MAG_G", "PHOT_G_MEAN_MAG", "MAG_BT")
 
 
@@ -110,7 +114,7 @@ def read_index_stars(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def find_index_files(index_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """The index files (``index-*.fits``) in ``index_dir``, or in the first default folder holding any.
+    """The index files (``index-*.fits``) in ``index_dir``, or in the first default folder with any.
 
     Parameters
     ----------
@@ -174,7 +178,9 @@ def index_stars(
     for path in files:
         stars = read_index_stars(path)
         rr, dd = np.deg2rad(stars["ra"].to_numpy()), np.deg2rad(stars["dec"].to_numpy())
-        dot = np.cos(dd) * (np.cos(rr) * centre[0] + np.sin(rr) * centre[1]) + np.sin(dd) * centre[2]
+        dot = (
+            np.cos(dd) * (np.cos(rr) * centre[0] + np.sin(rr) * centre[1]) + np.sin(dd) * centre[2]
+        )
         parts.append(stars[dot >= cos_radius])
     found = pd.concat(parts, ignore_index=True)
     # the same star in several files has the same stored integers: equal to ~1e-9 deg

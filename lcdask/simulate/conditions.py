@@ -12,7 +12,9 @@ Per light frame ``i`` (mid-exposure time ``t``, airmass ``X``):
 - the true WCS: a TAN projection centred on the detector (CRPIX at the centre), the CD matrix of
   the configured scale and rotation plus the night's rotation error, CRVAL at the commanded centre
   plus the night's pointing offset, moved so that stars drift by ``drift_px_total`` over the
-  sequence (a straight drift plus a gentle bow) with ``jitter_px`` rms guiding jitter per frame;
+  sequence (a straight drift plus a gentle bow) with ``jitter_px`` rms guiding jitter per frame,
+  plus the re-pointing jump (``repoint_x_px``, ``repoint_y_px``; in ``drift_x_px``/``drift_y_px``)
+  from the middle frame on; with ``drift_centred`` the drift is zero at mid-sequence;
 - the header WCS: CRVAL at the commanded centre (``ra_deg``, ``dec_deg``), the nominal rotation;
   ``pointing_error_arcsec`` is the separation between the header and the true CRVAL.
 """
@@ -213,10 +215,12 @@ def frame_conditions(cfg: SimConfig, geom: NightGeometry, rng: np.random.Generat
     drift = cfg.drift_px_total * (
         s[:, None] * along[None, :] + bow_sign * 0.15 * np.sin(np.pi * s)[:, None] * perp[None, :]
     )
+    repoint = np.zeros((n, 2))
     if cfg.repoint_px > 0:  # drawn last: the other draws are those of a night without it
         jump_angle = rng.uniform(0.0, 2.0 * np.pi)
         jump = cfg.repoint_px * np.array([np.cos(jump_angle), np.sin(jump_angle)])
-        drift = drift + block2[:, None] * jump[None, :]
+        repoint = block2[:, None] * jump[None, :]
+        drift = drift + repoint
     if cfg.drift_centred:
         mid_drift = cfg.drift_px_total * (0.5 * along + bow_sign * 0.15 * perp)
         if cfg.repoint_px > 0:
@@ -261,6 +265,8 @@ def frame_conditions(cfg: SimConfig, geom: NightGeometry, rng: np.random.Generat
             "cd2_2": np.full(n, geom.cd_true[1, 1]),
             "drift_x_px": drift[:, 0],
             "drift_y_px": drift[:, 1],
+            "repoint_x_px": repoint[:, 0],
+            "repoint_y_px": repoint[:, 1],
             "header_crval1": np.full(n, geom.crval_header[0]),
             "header_crval2": np.full(n, geom.crval_header[1]),
             "header_cd1_1": np.full(n, geom.cd_header[0, 0]),

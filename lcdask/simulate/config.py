@@ -253,11 +253,15 @@ class SimConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"SimConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"SimConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
         if (self.target_ra_deg is None) != (self.target_dec_deg is None):
             raise ValueError("SimConfig.target_ra_deg and target_dec_deg must be given together")
         if not self.file_stem or "/" in self.file_stem:
-            raise ValueError(f"SimConfig.file_stem must be a plain file-name stem, got {self.file_stem!r}")
+            raise ValueError(
+                f"SimConfig.file_stem must be a plain file-name stem, got {self.file_stem!r}"
+            )
         if self.mag_faint <= self.mag_bright:
             raise ValueError(
                 f"SimConfig.mag_faint ({self.mag_faint}) must be fainter (larger) than "

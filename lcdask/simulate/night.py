@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
+from lcdask.io.anindex import find_index_files, index_stars
 from lcdask.simulate.conditions import (
     calibration_schedule,
     frame_conditions,
@@ -36,7 +37,6 @@ from lcdask.simulate.detector import (
     dark_and_flat_maps,
     expose,
 )
-from lcdask.io.anindex import find_index_files, index_stars
 from lcdask.simulate.field import field_margin_px, make_stars
 from lcdask.simulate.refcat import make_refcat
 from lcdask.simulate.render import truth_image
@@ -260,9 +260,7 @@ def _write_truth(out_dir: Path, cfg: SimConfig) -> tuple[pd.DataFrame, ...]:
     if cfg.sky_catalog == "tycho2":
         half_side_px = 0.5 * cfg.size + field_margin_px(cfg)
         radius_deg = np.sqrt(2.0) * half_side_px * cfg.pixel_scale_arcsec / 3600.0
-        catalog = index_stars(
-            *geom.crval_true, radius_deg, index_dir=cfg.index_dir or None
-        )
+        catalog = index_stars(*geom.crval_true, radius_deg, index_dir=cfg.index_dir or None)
     stars, movers = make_stars(
         cfg, geom, frames["time_mjd"].to_numpy(), night_rng(cfg.seed, "stars"), catalog=catalog
     )

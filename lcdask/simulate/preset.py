@@ -75,7 +75,7 @@ def small_telescope_config(
     exptime, exptime2 = 60.0, (30.0 if two_exposures else 0.0)
     night_s = 6.0 * 3600.0
     mean_exptime = exptime if not two_exposures else 0.5 * (exptime + exptime2)
-    readout = max(10.0, night_s / max(n_frames, 1) - mean_exptime - 0.5)
+    readout = min(3600.0, max(10.0, night_s / max(n_frames, 1) - mean_exptime - 0.5))
     values: dict[str, Any] = {
         "n_frames": n_frames,
         "size": size,

@@ -85,7 +85,8 @@ def local_date_obs(date_obs_utc: str, offset_h: float, fmt: str = "colon") -> st
     minutes = round(abs(offset_h) * 60)
     sign = "-" if offset_h < 0 else "+"
     sep = ":" if fmt == "colon" else ""
-    return f"{local.isoformat(timespec='milliseconds')}{sign}{minutes // 60:02d}{sep}{minutes % 60:02d}"
+    zone = f"{sign}{minutes // 60:02d}{sep}{minutes % 60:02d}"
+    return f"{local.isoformat(timespec='milliseconds')}{zone}"
 
 
 def base_header(cfg: SimConfig, kind: str, date_obs: str, exptime_s: float) -> fits.Header:
