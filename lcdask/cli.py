@@ -62,6 +62,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=1024, help="frame size in pixels (square)")
     p.add_argument("--seed", type=int, default=1, help="random seed")
     p.add_argument("--jobs", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument(
+        "--preset",
+        choices=("standard", "small-telescope"),
+        default="standard",
+        help="standard: a calibrated-night set with a header WCS; small-telescope: no "
+        'calibration frames, no IMAGETYP, no WCS, ~5"/px, the real Tycho-2 sky (blind-solvable)',
+    )
 
     p = sub.add_parser("ingest", help="read raw FITS frames into RUN/cube.zarr")
     p.add_argument("frames", nargs="+", help="folders, globs, FITS files or list files")
@@ -137,11 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from lcdask.simulate import SimConfig, simulate_night
+    from lcdask.simulate import preset_config, simulate_night
 
-    cfg = SimConfig(n_frames=args.frames, size=args.size, seed=args.seed)
-    simulate_night(args.out, cfg, n_workers=args.jobs or os.cpu_count() or 1)
-    print(f"simulated {args.frames} frames of {args.size}x{args.size} in {args.out}")
+    cfg = preset_config(args.preset, n_frames=args.frames, size=args.size, seed=args.seed)
+    night = simulate_night(args.out, cfg, n_workers=args.jobs or os.cpu_count() or 1)
+    what = "" if args.preset == "standard" else f" ({args.preset}, {night.config.sky_catalog} sky)"
+    print(f"simulated {args.frames} frames of {args.size}x{args.size}{what} in {args.out}")
     return 0
 
 

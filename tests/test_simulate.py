@@ -98,7 +98,7 @@ def test_config_defaults_round_trip_and_validation():
     assert cfg.pixel_scale_arcsec == 1.0 and cfg.exptime_s == 60.0 and cfg.gain_e_adu == 1.5
     assert SimConfig.from_json(cfg.to_json()) == cfg
     with pytest.raises(ValueError, match="pixel_scale_arcsec"):
-        SimConfig(pixel_scale_arcsec=5.0)
+        SimConfig(pixel_scale_arcsec=12.0)  # 0.3-10 "/px
     with pytest.raises(ValueError, match="n_darks"):
         SimConfig(n_darks=-1)
     with pytest.raises(ValueError, match="start_utc"):

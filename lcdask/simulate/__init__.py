@@ -32,6 +32,10 @@ The raw frame is ``round((Poisson(gain * truth * flat + dark_e_s * t) + cosmic r
 full well, + read noise) / gain + bias)`` clipped to 0-65535, so ``(raw - dark) / flat`` equals
 the truth image within noise (see `lcdask.simulate.detector`).
 
+Presets: ``preset_config("small-telescope", ...)`` (`lcdask.simulate.preset`) is a small-telescope
+night on the real Tycho-2 sky (no calibration frames, no IMAGETYP, no WCS, local DATE-OBS, ...),
+its light frames named ``TrES-2_NNNN.fits``.
+
 Coordinates: pixel positions are 0-based (numpy); ``crpix1/2`` in ``frames.parquet`` and in the
 headers are FITS 1-based. The WCS columns of ``frames.parquet`` are the true TAN WCS of each frame;
 the ``header_*`` columns and the FITS headers hold the mount's (erroneous) pointing.
@@ -45,16 +49,20 @@ from lcdask.simulate.night import (
     simulate_night,
     truth_light_image,
 )
+from lcdask.simulate.preset import PRESETS, preset_config, small_telescope_config
 from lcdask.simulate.render import catalog_flux_adu
 from lcdask.simulate.variability import flux_factor
 
 __all__ = [
+    "PRESETS",
     "SimConfig",
     "SimTruth",
     "SimulatedNight",
     "catalog_flux_adu",
     "flux_factor",
     "load_truth",
+    "preset_config",
     "simulate_night",
+    "small_telescope_config",
     "truth_light_image",
 ]

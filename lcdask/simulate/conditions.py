@@ -12,7 +12,9 @@ Per light frame ``i`` (mid-exposure time ``t``, airmass ``X``):
 - the true WCS: a TAN projection centred on the detector (CRPIX at the centre), the CD matrix of
   the configured scale and rotation plus the night's rotation error, CRVAL at the commanded centre
   plus the night's pointing offset, moved so that stars drift by ``drift_px_total`` over the
-  sequence (a straight drift plus a gentle bow) with ``jitter_px`` rms guiding jitter per frame;
+  sequence (a straight drift plus a gentle bow) with ``jitter_px`` rms guiding jitter per frame,
+  plus the re-pointing jump (``repoint_x_px``, ``repoint_y_px``; in ``drift_x_px``/``drift_y_px``)
+  from the middle frame on; with ``drift_centred`` the drift is zero at mid-sequence;
 - the header WCS: CRVAL at the commanded centre (``ra_deg``, ``dec_deg``), the nominal rotation;
   ``pointing_error_arcsec`` is the separation between the header and the true CRVAL.
 """
@@ -125,6 +127,9 @@ def start_mjd(cfg: SimConfig) -> float:
             f"SimConfig.night_utc must be an ISO UTC time, got {cfg.night_utc!r}"
         ) from err
     span_d = cfg.n_frames * (cfg.exptime_s + cfg.readout_s + 0.5) / 86400.0
+    if cfg.exptime2_s > 0:
+        n2 = int(second_block(cfg).sum())
+        span_d += n2 * (cfg.exptime2_s - cfg.exptime_s) / 86400.0
     return transit_mjd(cfg.ra_deg, night, cfg.site_lon_deg) - 0.5 * span_d
 
 
@@ -135,9 +140,15 @@ def iso_utc(mjd: np.ndarray) -> list[str]:
     return list(t.isot)
 
 
-def light_filename(index: int) -> str:
+def light_filename(index: int, stem: str = "light") -> str:
     """File name of light frame ``index``."""
-    return f"light_{index:04d}.fits"
+    return f"{stem}_{index:04d}.fits"
+
+
+def second_block(cfg: SimConfig) -> np.ndarray:
+    """Per light frame: True in the second block (after the re-pointing, or with ``exptime2_s``)."""
+    split = cfg.n_frames > 1 and (cfg.repoint_px > 0 or cfg.exptime2_s > 0)
+    return (np.arange(cfg.n_frames) >= cfg.n_frames // 2) & split
 
 
 def frame_conditions(cfg: SimConfig, geom: NightGeometry, rng: np.random.Generator) -> pd.DataFrame:
@@ -169,9 +180,11 @@ def frame_conditions(cfg: SimConfig, geom: NightGeometry, rng: np.random.Generat
     jitter = rng.normal(0.0, cfg.jitter_px, (n, 2))
     bow_sign = rng.choice([-1.0, 1.0])
 
-    cadence_s = cfg.exptime_s + cfg.readout_s + overhead
+    block2 = second_block(cfg)
+    exptime = np.where(block2 & (cfg.exptime2_s > 0), cfg.exptime2_s, cfg.exptime_s)
+    cadence_s = exptime + cfg.readout_s + overhead
     start = start_mjd(cfg) + np.concatenate([[0.0], np.cumsum(cadence_s[:-1])]) / 86400.0
-    mid = start + 0.5 * cfg.exptime_s / 86400.0
+    mid = start + 0.5 * exptime / 86400.0
     alt = altitude_deg(cfg.ra_deg, cfg.dec_deg, mid, cfg.site_lat_deg, cfg.site_lon_deg)
     airmass = airmass_from_altitude(alt)
     sun_alt = sun_altitude_deg(mid, cfg.site_lat_deg, cfg.site_lon_deg)
@@ -189,7 +202,7 @@ def frame_conditions(cfg: SimConfig, geom: NightGeometry, rng: np.random.Generat
     sky_rate = cfg.pixel_scale_arcsec**2 * 10.0 ** (
         -0.4 * (cfg.sky_mag_arcsec2 - cfg.zero_point_zenith)
     )
-    sky_adu = cfg.exptime_s * sky_rate * np.sqrt(airmass) * twilight * (1.0 + 0.05 * sky_f(mid))
+    sky_adu = exptime * sky_rate * np.sqrt(airmass) * twilight * (1.0 + 0.05 * sky_f(mid))
     grad_amp = cfg.sky_gradient * (1.0 + 0.5 * np.log10(twilight))
     grad_angle = grad_angle0 + np.deg2rad(30.0) * grad_f(mid)
 
@@ -202,6 +215,17 @@ def frame_conditions(cfg: SimConfig, geom: NightGeometry, rng: np.random.Generat
     drift = cfg.drift_px_total * (
         s[:, None] * along[None, :] + bow_sign * 0.15 * np.sin(np.pi * s)[:, None] * perp[None, :]
     )
+    repoint = np.zeros((n, 2))
+    if cfg.repoint_px > 0:  # drawn last: the other draws are those of a night without it
+        jump_angle = rng.uniform(0.0, 2.0 * np.pi)
+        jump = cfg.repoint_px * np.array([np.cos(jump_angle), np.sin(jump_angle)])
+        repoint = block2[:, None] * jump[None, :]
+        drift = drift + repoint
+    if cfg.drift_centred:
+        mid_drift = cfg.drift_px_total * (0.5 * along + bow_sign * 0.15 * perp)
+        if cfg.repoint_px > 0:
+            mid_drift = mid_drift + 0.5 * jump
+        drift = drift - mid_drift[None, :]
     drift = drift + jitter
     centre0 = geom.crpix[0] - 1.0
     crval1, crval2 = pixel_to_world(
@@ -214,10 +238,10 @@ def frame_conditions(cfg: SimConfig, geom: NightGeometry, rng: np.random.Generat
     table = pd.DataFrame(
         {
             "frame_index": np.arange(n, dtype=np.int64),
-            "filename": [light_filename(i) for i in range(n)],
+            "filename": [light_filename(i, cfg.file_stem) for i in range(n)],
             "date_obs": iso_utc(start),
             "time_mjd": mid,
-            "exptime_s": np.full(n, float(cfg.exptime_s)),
+            "exptime_s": exptime.astype(float),
             "airmass": airmass,
             "altitude_deg": alt,
             "sun_altitude_deg": sun_alt,
@@ -241,6 +265,8 @@ def frame_conditions(cfg: SimConfig, geom: NightGeometry, rng: np.random.Generat
             "cd2_2": np.full(n, geom.cd_true[1, 1]),
             "drift_x_px": drift[:, 0],
             "drift_y_px": drift[:, 1],
+            "repoint_x_px": repoint[:, 0],
+            "repoint_y_px": repoint[:, 1],
             "header_crval1": np.full(n, geom.crval_header[0]),
             "header_crval2": np.full(n, geom.crval_header[1]),
             "header_cd1_1": np.full(n, geom.cd_header[0, 0]),

@@ -21,7 +21,7 @@ class SimConfig:
     ra_deg, dec_deg
         Commanded field centre (ICRS, degrees).
     pixel_scale_arcsec
-        Pixel scale (0.3-3 arcsec/px).
+        Pixel scale (0.3-10 arcsec/px).
     rotation_deg
         Position angle of the detector y axis, east of north; ``None`` draws it uniformly in
         0-360 from the seed.
@@ -36,8 +36,8 @@ class SimConfig:
     drift_px_total, jitter_px
         Smooth drift of the stars on the detector over the whole sequence (px), and the rms of
         the frame-to-frame guiding jitter (px).
-    site_lat_deg, site_lon_deg, site_elev_m, observatory
-        Site (longitude east positive).
+    site_lat_deg, site_lon_deg, site_elev_m, observatory, telescope
+        Site (longitude east positive) and the TELESCOP name.
     start_utc
         ISO UTC start of the first light exposure; ``""`` centres the sequence on the field's
         meridian transit nearest to ``night_utc``.
@@ -90,6 +90,37 @@ class SimConfig:
     refcat_bad_fraction
         Fraction of reference-catalog entries that are wrong (magnitude off by 0.3-2 mag) or
         blends of two close stars.
+    sky_catalog, index_dir
+        ``"synthetic"``: every star drawn; ``"tycho2"``: every star of the astrometry.net index
+        files in ``index_dir`` (``""``: the default folders of `lcdask.io.anindex`) over the
+        field, at its real position with its VT magnitude as catalog r, plus synthetic stars
+        from ``mag_bright`` to ``mag_faint`` (the real sky, so that the frames can be solved
+        blind with those index files).
+    target_ra_deg, target_dec_deg
+        A real position for the target (``None``: drawn near the centre); a catalog star within
+        3 arcsec of it is replaced by the target (with its magnitude).
+    drift_centred
+        The drift (and the re-pointing jump) is centred on the middle of the sequence, and the
+        variables and movers are kept inside the frame over the whole drift.
+    repoint_px, exptime2_s
+        Re-pointing between two blocks: the stars jump by ``repoint_px`` px (random direction)
+        at the middle frame; the second block's exposure is ``exptime2_s`` (0: ``exptime_s``).
+    file_stem
+        Light frames are ``{file_stem}_NNNN.fits``.
+    imagetyp_key, header_wcs
+        Write IMAGETYP; write the (mount-pointing) header WCS.
+    scale_keyword
+        ``""``: XPIXSZ only (no scale in the header); ``"PIXSCALE"``: PIXSCALE (arcsec/px) only;
+        ``"FOCALLEN"``: XPIXSZ (um) and FOCALLEN (mm).
+    pointing_keys
+        ``"both"``: RA/DEC in degrees and OBJCTRA/OBJCTDEC; ``"RA/DEC"`` or
+        ``"OBJCTRA/OBJCTDEC"`` only.
+    date_obs_utc_offset_h, date_offset_format
+        Non-zero: DATE-OBS is the local clock with the zone offset as a suffix,
+        ``-07:00`` (``"colon"``) or ``-0700`` (``"compact"``).
+    longitude_convention
+        ``"east"``: SITELONG east positive; ``"west-comment"``: west positive, its comment says
+        so; ``"west-theskyx"``: west positive, written by TheSkyX (SWCREATE).
     """
 
     n_frames: int = 60
@@ -110,6 +141,7 @@ class SimConfig:
     site_lon_deg: float = -111.60
     site_elev_m: float = 2096.0
     observatory: str = "lcdask simulated observatory"
+    telescope: str = "Simulated 0.6m f/6.5 RC"
     start_utc: str = ""
     night_utc: str = "2026-03-15T06:00:00"
     exptime_s: float = 60.0
@@ -169,12 +201,28 @@ class SimConfig:
     flat_level_adu: float = 25000.0
     # reference catalog
     refcat_bad_fraction: float = 0.03
+    # real sky and small-telescope traits (see lcdask.simulate.preset)
+    sky_catalog: str = "synthetic"
+    index_dir: str = ""
+    target_ra_deg: float | None = None
+    target_dec_deg: float | None = None
+    drift_centred: bool = False
+    repoint_px: float = 0.0
+    exptime2_s: float = 0.0
+    file_stem: str = "light"
+    imagetyp_key: bool = True
+    header_wcs: bool = True
+    scale_keyword: str = ""
+    pointing_keys: str = "both"
+    date_obs_utc_offset_h: float = 0.0
+    date_offset_format: str = "colon"
+    longitude_convention: str = "east"
 
     def __post_init__(self) -> None:
         _check_range(self, "n_frames", 1, 1_000_000)
         _check_range(self, "seed", 0, 2**63 - 1)
         _check_range(self, "size", 64, 16384)
-        _check_range(self, "pixel_scale_arcsec", 0.3, 3.0)
+        _check_range(self, "pixel_scale_arcsec", 0.3, 10.0)
         _check_range(self, "dec_deg", -89.0, 89.0)
         _check_range(self, "site_lat_deg", -90.0, 90.0)
         _check_range(self, "exptime_s", 0.001, 36000.0)
@@ -195,6 +243,25 @@ class SimConfig:
         _check_range(self, "hot_pixel_fraction", 0.0, 0.1)
         _check_range(self, "dead_pixel_fraction", 0.0, 0.1)
         _check_range(self, "saturate_adu", 1000.0, 65535.0)
+        _check_range(self, "date_obs_utc_offset_h", -14.0, 14.0)
+        choices = {
+            "sky_catalog": ("synthetic", "tycho2"),
+            "scale_keyword": ("", "PIXSCALE", "FOCALLEN"),
+            "pointing_keys": ("both", "RA/DEC", "OBJCTRA/OBJCTDEC"),
+            "date_offset_format": ("colon", "compact"),
+            "longitude_convention": ("east", "west-comment", "west-theskyx"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"SimConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
+        if (self.target_ra_deg is None) != (self.target_dec_deg is None):
+            raise ValueError("SimConfig.target_ra_deg and target_dec_deg must be given together")
+        if not self.file_stem or "/" in self.file_stem:
+            raise ValueError(
+                f"SimConfig.file_stem must be a plain file-name stem, got {self.file_stem!r}"
+            )
         if self.mag_faint <= self.mag_bright:
             raise ValueError(
                 f"SimConfig.mag_faint ({self.mag_faint}) must be fainter (larger) than "
@@ -220,6 +287,8 @@ class SimConfig:
             "cloud_mag",
             "dark_current_e_s",
             "cosmic_rate_cm2_s",
+            "repoint_px",
+            "exptime2_s",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"SimConfig.{name} must be >= 0, got {getattr(self, name)!r}")

@@ -14,6 +14,11 @@ that WCS: the truth tables carry only RA/Dec.
 - ``n_saturated_stars`` stars of r 9-11.5 inside the frame; ``n_close_pairs`` pairs 1-3 FWHM apart.
 - Movers: ``n_slow_movers`` moving 1-3 FWHM and ``n_fast_movers`` moving 30-300 px over the
   sequence (over 10 min for shorter sequences), with their whole track inside the frame.
+- With a real sky (``sky_catalog = "tycho2"``) every catalog star over the detector plus margin is
+  added at its position with its magnitude (role ``tycho2``), the target is put at
+  ``target_ra_deg``/``target_dec_deg`` (replacing the catalog star there), and the synthetic
+  field stars start at ``mag_bright``.
+- With ``drift_centred`` the variables and movers are kept inside the frame over the whole drift.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import pandas as pd
 
 from lcdask.simulate.conditions import NightGeometry
 from lcdask.simulate.config import SimConfig
-from lcdask.simulate.tan import pixel_to_world
+from lcdask.simulate.tan import angular_separation_arcsec, pixel_to_world, world_to_pixel
+
+TARGET_MATCH_ARCSEC = 3.0
 
 STAR_COLUMNS = (
     "star_id",
@@ -80,7 +87,18 @@ def draw_colours(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def field_margin_px(cfg: SimConfig) -> float:
     """Margin around the detector over which stars are laid out (and the refcat extends)."""
-    return 0.1 * cfg.size + cfg.drift_px_total + 4.0 * cfg.jitter_px + 32.0
+    if cfg.drift_centred:
+        return 0.1 * cfg.size + drift_extent_px(cfg) + 32.0
+    return 0.1 * cfg.size + cfg.drift_px_total + cfg.repoint_px + 4.0 * cfg.jitter_px + 32.0
+
+
+def drift_extent_px(cfg: SimConfig) -> float:
+    """How far a star moves on the detector from its mid-night place (``drift_centred``), else 0."""
+    if not cfg.drift_centred:
+        return 0.0
+    return float(
+        np.hypot(0.5, 0.15) * cfg.drift_px_total + 0.5 * cfg.repoint_px + 4.0 * cfg.jitter_px
+    )
 
 
 def _empty_var() -> dict[str, object]:
@@ -115,6 +133,8 @@ def make_stars(
     geom: NightGeometry,
     time_mjd: np.ndarray,
     rng: np.random.Generator,
+    *,
+    catalog: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Draw the star field, the variables and the movers.
 
@@ -128,6 +148,9 @@ def make_stars(
         Mid-exposure times of the light frames (the variables and movers are timed on them).
     rng
         The night's star-field stream.
+    catalog
+        Real stars (``ra``, ``dec``, ``mag``, e.g. `lcdask.io.anindex.index_stars`) to put in the
+        field at their positions, or None (a synthetic sky).
 
     Returns
     -------
@@ -140,6 +163,7 @@ def make_stars(
     t = np.asarray(time_mjd, dtype=float)
     half_exp = 0.5 * cfg.exptime_s / 86400.0
     t_start, t_end = t[0] - half_exp, t[-1] + half_exp
+    extent = drift_extent_px(cfg)
     span = t_end - t_start
     t_mid = 0.5 * (t_start + t_end)
     rows: list[dict[str, object]] = []
@@ -162,20 +186,51 @@ def make_stars(
     # --- variables: target with transit, eclipsing binary, pulsator (isolated)
     special_xy: list[tuple[float, float]] = []
 
+    def bounds(lo: float, hi: float) -> tuple[float, float]:
+        lo_px, hi_px = lo * size, hi * size
+        if extent > 0:  # inside the frame over the whole drift
+            lo_px = max(lo_px, extent + 0.05 * size)
+            hi_px = min(hi_px, size - 1.0 - extent - 0.05 * size)
+            if hi_px <= lo_px:
+                lo_px = hi_px = (size - 1) / 2.0
+        return lo_px, hi_px
+
     def place(lo: float, hi: float) -> tuple[float, float]:
         for _ in range(1000):
-            x, y = rng.uniform(lo * size, hi * size, 2)
+            x, y = rng.uniform(*bounds(lo, hi), 2)
             if all(np.hypot(x - a, y - b) > 12 * nominal_fwhm for a, b in special_xy):
                 break
         special_xy.append((float(x), float(y)))
         return float(x), float(y)
 
     duration = min(cfg.transit_duration_h / 24.0, 0.5 * span)
-    x, y = place(0.4, 0.6)
+    target_mag = cfg.target_mag
+    if catalog is not None:
+        catalog = catalog.reset_index(drop=True)
+        cat_x, cat_y = world_to_pixel(
+            catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float), *geom.reference_wcs()
+        )
+    if cfg.target_ra_deg is not None and cfg.target_dec_deg is not None:
+        tx, ty = world_to_pixel(
+            np.array([cfg.target_ra_deg]), np.array([cfg.target_dec_deg]), *geom.reference_wcs()
+        )
+        x, y = float(tx[0]), float(ty[0])
+        special_xy.append((x, y))
+        if catalog is not None and len(catalog):
+            sep = angular_separation_arcsec(
+                catalog["ra"], catalog["dec"], cfg.target_ra_deg, cfg.target_dec_deg
+            )
+            nearest = int(np.argmin(sep))
+            if sep[nearest] < TARGET_MATCH_ARCSEC:  # the target is this catalog star
+                target_mag = float(catalog["mag"].iloc[nearest])
+                keep = np.arange(len(catalog)) != nearest
+                catalog, cat_x, cat_y = catalog[keep], cat_x[keep], cat_y[keep]
+    else:
+        x, y = place(0.4, 0.6)
     add(
         x,
         y,
-        cfg.target_mag,
+        target_mag,
         float(draw_colours(rng, 1)[0]),
         "target",
         {
@@ -262,6 +317,19 @@ def make_stars(
     fcol = draw_colours(rng, n_field)
     for x, y, m, c in zip(fx, fy, fmag, fcol, strict=True):
         add(x, y, m, c, "field")
+    if catalog is not None:
+        inside = (
+            (cat_x >= -margin)
+            & (cat_x <= size - 1 + margin)
+            & (cat_y >= -margin)
+            & (cat_y <= size - 1 + margin)
+            & np.isfinite(catalog["mag"].to_numpy(float))
+        )
+        ccol = draw_colours(rng, int(inside.sum()))
+        for x, y, m, c in zip(
+            cat_x[inside], cat_y[inside], catalog["mag"].to_numpy(float)[inside], ccol, strict=True
+        ):
+            add(x, y, m, c, "tycho2")
 
     # --- movers, whole track inside the frame
     span_h = max(span * 24.0, 1.0 / 6.0)
@@ -271,11 +339,14 @@ def make_stars(
             if speed == "slow":
                 dist = rng.uniform(1.0, 3.0) * nominal_fwhm
             else:
-                dist = rng.uniform(30.0, max(30.0, min(300.0, 0.5 * size)))
+                longest = min(300.0, 0.5 * size)
+                if extent > 0:
+                    longest = min(longest, 0.6 * (0.8 * size - 2.0 * extent))
+                dist = rng.uniform(30.0, max(30.0, longest))
             ang = rng.uniform(0.0, 2.0 * np.pi)
             # the whole track (over max(sequence, 10 min)) stays inside the frame
-            lo = 0.1 * size + 0.5 * dist
-            hi = max(lo + 1.0, size - 1 - 0.1 * size - 0.5 * dist)
+            lo = 0.1 * size + 0.5 * dist + extent
+            hi = max(lo + 1.0, size - 1 - 0.1 * size - 0.5 * dist - extent)
             dx, dy = 0.5 * dist * np.cos(ang), 0.5 * dist * np.sin(ang)
             for _ in range(200):  # keep the track clear of the (isolated) variables
                 xm, ym = rng.uniform(lo, hi, 2)

@@ -11,6 +11,8 @@ Workers never receive image data: each loads the night's truth (tables and maps)
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
+from lcdask.io.anindex import find_index_files, index_stars
 from lcdask.simulate.conditions import (
     calibration_schedule,
     frame_conditions,
@@ -34,7 +37,7 @@ from lcdask.simulate.detector import (
     dark_and_flat_maps,
     expose,
 )
-from lcdask.simulate.field import make_stars
+from lcdask.simulate.field import field_margin_px, make_stars
 from lcdask.simulate.refcat import make_refcat
 from lcdask.simulate.render import truth_image
 from lcdask.simulate.writer import (
@@ -57,6 +60,7 @@ NIGHT_STREAMS = {
     "calibration": 7,
 }
 FRAME_KINDS = {"light": 1, "dark": 2, "darkflat": 3, "flat": 4, "bias": 5}
+log = logging.getLogger("lcdask.simulate")
 
 
 def night_rng(seed: int, stream: str) -> np.random.Generator:
@@ -252,8 +256,13 @@ def _write_truth(out_dir: Path, cfg: SimConfig) -> tuple[pd.DataFrame, ...]:
     truth = out_dir / "truth"
     geom = night_geometry(cfg, night_rng(cfg.seed, "geometry"))
     frames = frame_conditions(cfg, geom, night_rng(cfg.seed, "conditions"))
+    catalog = None
+    if cfg.sky_catalog == "tycho2":
+        half_side_px = 0.5 * cfg.size + field_margin_px(cfg)
+        radius_deg = np.sqrt(2.0) * half_side_px * cfg.pixel_scale_arcsec / 3600.0
+        catalog = index_stars(*geom.crval_true, radius_deg, index_dir=cfg.index_dir or None)
     stars, movers = make_stars(
-        cfg, geom, frames["time_mjd"].to_numpy(), night_rng(cfg.seed, "stars")
+        cfg, geom, frames["time_mjd"].to_numpy(), night_rng(cfg.seed, "stars"), catalog=catalog
     )
     dark_e_s, flat, bad_pixels = dark_and_flat_maps(cfg, night_rng(cfg.seed, "detector"))
     bias = bias_map(cfg, night_rng(cfg.seed, "bias"))
@@ -278,9 +287,9 @@ def _write_truth(out_dir: Path, cfg: SimConfig) -> tuple[pd.DataFrame, ...]:
     return frames, calib, refcat
 
 
-def _remove_stale_frames(raw_dir: Path, keep: set[str]) -> None:
+def _remove_stale_frames(raw_dir: Path, keep: set[str], light_stem: str = "light") -> None:
     """Delete frames of an earlier simulation in ``raw_dir`` that this one does not write."""
-    for kind in FRAME_KINDS:
+    for kind in (*FRAME_KINDS, light_stem):
         for path in raw_dir.glob(f"{kind}_[0-9][0-9][0-9][0-9].fits"):
             if path.name not in keep:
                 path.unlink()
@@ -325,11 +334,21 @@ def simulate_night(
     cfg = SimConfig() if config is None else config
     if not isinstance(cfg, SimConfig):
         raise TypeError(f"config must be a SimConfig, got {type(cfg).__name__}")
+    if cfg.sky_catalog == "tycho2" and not find_index_files(cfg.index_dir or None):
+        where = cfg.index_dir or "/usr/share/astrometry"
+        log.warning(
+            "no astrometry.net index files in %s: simulating a synthetic sky instead of the "
+            "Tycho-2 stars, on which blind plate solving will not work",
+            where,
+        )
+        cfg = dataclasses.replace(cfg, sky_catalog="synthetic")
     out_dir = Path(out_dir)
     (out_dir / "raw").mkdir(parents=True, exist_ok=True)
     (out_dir / "truth").mkdir(parents=True, exist_ok=True)
     frames, calib, refcat = _write_truth(out_dir, cfg)
-    _remove_stale_frames(out_dir / "raw", set(frames["filename"]) | set(calib["filename"]))
+    _remove_stale_frames(
+        out_dir / "raw", set(frames["filename"]) | set(calib["filename"]), cfg.file_stem
+    )
 
     tasks = [("light", i) for i in range(cfg.n_frames)]
     tasks += [(str(k), int(i)) for k, i in zip(calib["kind"], calib["index"], strict=True)]

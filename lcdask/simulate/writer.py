@@ -6,6 +6,7 @@ so a crash never leaves a half-written file under its final name.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -73,17 +74,49 @@ def _sexagesimal(value_deg: float, *, hours: bool, sign: bool) -> str:
     return angle.to_string(sep=" ", precision=2, pad=True, alwayssign=sign)
 
 
+def local_date_obs(date_obs_utc: str, offset_h: float, fmt: str = "colon") -> str:
+    """An ISO UTC time as the local clock with its zone offset as a suffix.
+
+    ``local_date_obs("2025-07-05T06:14:05.123", -7)`` is ``"2025-07-04T23:14:05.123-07:00"``
+    (``fmt="compact"``: ``-0700``).
+    """
+    utc = dt.datetime.fromisoformat(date_obs_utc)
+    local = utc + dt.timedelta(hours=offset_h)
+    minutes = round(abs(offset_h) * 60)
+    sign = "-" if offset_h < 0 else "+"
+    sep = ":" if fmt == "colon" else ""
+    zone = f"{sign}{minutes // 60:02d}{sep}{minutes % 60:02d}"
+    return f"{local.isoformat(timespec='milliseconds')}{zone}"
+
+
 def base_header(cfg: SimConfig, kind: str, date_obs: str, exptime_s: float) -> fits.Header:
-    """Keys every frame carries, in the style MaxIm DL / SBIG cameras write them."""
+    """Keys every frame carries, in the style MaxIm DL / SBIG cameras write them.
+
+    The small-telescope options of `SimConfig` (``imagetyp_key``, ``scale_keyword``,
+    ``date_obs_utc_offset_h``, ``longitude_convention``) change what is written.
+    """
     h = fits.Header()
-    h["DATE-OBS"] = (date_obs, "UTC of start of exposure (ISO 8601)")
+    if cfg.date_obs_utc_offset_h:
+        h["DATE-OBS"] = (
+            local_date_obs(date_obs, cfg.date_obs_utc_offset_h, cfg.date_offset_format),
+            "start of exposure",
+        )
+    else:
+        h["DATE-OBS"] = (date_obs, "UTC of start of exposure (ISO 8601)")
     h["EXPTIME"] = (float(exptime_s), "exposure time [s]")
     h["EXPOSURE"] = (float(exptime_s), "exposure time [s]")
-    h["IMAGETYP"] = (IMAGETYP[kind], "type of image")
+    if cfg.imagetyp_key:
+        h["IMAGETYP"] = (IMAGETYP[kind], "type of image")
     h["XBINNING"] = (1, "binning factor in width")
     h["YBINNING"] = (1, "binning factor in height")
-    h["XPIXSZ"] = (float(cfg.pixel_size_um), "pixel width in microns")
-    h["YPIXSZ"] = (float(cfg.pixel_size_um), "pixel height in microns")
+    if cfg.scale_keyword == "PIXSCALE":
+        h["PIXSCALE"] = (float(cfg.pixel_scale_arcsec), "image scale [arcsec/pixel]")
+    else:
+        h["XPIXSZ"] = (float(cfg.pixel_size_um), "pixel width in microns")
+        h["YPIXSZ"] = (float(cfg.pixel_size_um), "pixel height in microns")
+    if cfg.scale_keyword == "FOCALLEN":
+        focal_mm = 206.264806 * cfg.pixel_size_um / cfg.pixel_scale_arcsec
+        h["FOCALLEN"] = (round(focal_mm, 1), "focal length [mm]")
     h["CCD-TEMP"] = (float(cfg.ccd_temp_c), "CCD temperature [C]")
     h["SET-TEMP"] = (float(cfg.ccd_temp_c), "cooler set point [C]")
     h["GAIN"] = (float(cfg.gain_e_adu), "electrons per ADU")
@@ -92,14 +125,25 @@ def base_header(cfg: SimConfig, kind: str, date_obs: str, exptime_s: float) -> f
     h["SATURATE"] = (float(cfg.saturate_adu), "linearity limit [ADU]")
     h["OBSERVAT"] = (cfg.observatory, "observatory")
     h["SITELAT"] = (_sexagesimal(cfg.site_lat_deg, hours=False, sign=True), "site latitude [deg]")
-    h["SITELONG"] = (
-        _sexagesimal(cfg.site_lon_deg, hours=False, sign=True),
-        "site longitude [deg], east positive",
-    )
+    if cfg.longitude_convention == "east":
+        h["SITELONG"] = (
+            _sexagesimal(cfg.site_lon_deg, hours=False, sign=True),
+            "site longitude [deg], east positive",
+        )
+    elif cfg.longitude_convention == "west-comment":
+        h["SITELONG"] = (
+            _sexagesimal(-cfg.site_lon_deg, hours=False, sign=False),
+            "site longitude [deg], west positive",
+        )
+    else:  # TheSkyX: west positive, said nowhere but in SWCREATE
+        h["SITELONG"] = (_sexagesimal(-cfg.site_lon_deg, hours=False, sign=False), "")
     h["SITEELEV"] = (float(cfg.site_elev_m), "site elevation [m]")
-    h["TELESCOP"] = ("Simulated 0.6m f/6.5 RC", "telescope")
+    h["TELESCOP"] = (cfg.telescope, "telescope")
     h["INSTRUME"] = ("Simulated CCD (lcdask)", "camera")
-    h["SWCREATE"] = ("lcdask.simulate", "software that wrote the file")
+    if cfg.longitude_convention == "west-theskyx":
+        h["SWCREATE"] = ("TheSkyX Professional Edition 10.5.0", "(lcdask.simulate)")
+    else:
+        h["SWCREATE"] = ("lcdask.simulate", "software that wrote the file")
     return h
 
 
@@ -109,12 +153,16 @@ def light_header(cfg: SimConfig, frame: pd.Series) -> fits.Header:
     ra, dec = float(frame["header_crval1"]), float(frame["header_crval2"])
     h["FILTER"] = (cfg.filter_name, "filter")
     h["OBJECT"] = (cfg.object_name, "object name")
-    h["RA"] = (ra, "telescope RA of the frame centre [deg]")
-    h["DEC"] = (dec, "telescope Dec of the frame centre [deg]")
-    h["OBJCTRA"] = (_sexagesimal(ra, hours=True, sign=False), "RA of the frame centre")
-    h["OBJCTDEC"] = (_sexagesimal(dec, hours=False, sign=True), "Dec of the frame centre")
+    if cfg.pointing_keys in ("both", "RA/DEC"):
+        h["RA"] = (ra, "telescope RA of the frame centre [deg]")
+        h["DEC"] = (dec, "telescope Dec of the frame centre [deg]")
+    if cfg.pointing_keys in ("both", "OBJCTRA/OBJCTDEC"):
+        h["OBJCTRA"] = (_sexagesimal(ra, hours=True, sign=False), "RA of the frame centre")
+        h["OBJCTDEC"] = (_sexagesimal(dec, hours=False, sign=True), "Dec of the frame centre")
     h["AIRMASS"] = (float(frame["airmass"]), "air mass at mid-exposure")
     h["EQUINOX"] = (2000.0, "equinox of the coordinates")
+    if not cfg.header_wcs:
+        return h
     h["RADESYS"] = ("ICRS", "reference frame")
     h["CTYPE1"] = ("RA---TAN", "gnomonic projection")
     h["CTYPE2"] = ("DEC--TAN", "gnomonic projection")
