@@ -108,6 +108,22 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--per-source", action="store_true", help="one file per source")
 
+    p = sub.add_parser(
+        "transit", help="fit the target's mid-transit time with the transit's shape fixed"
+    )
+    p.add_argument("run", type=Path)
+    p.add_argument("--t0", type=float, required=True, help="predicted mid-time, BJD_TDB")
+    p.add_argument("--period", type=float, required=True, help="orbital period, days")
+    p.add_argument("--rp-rs", type=float, required=True, help="radius ratio Rp/Rs")
+    p.add_argument("--a-rs", type=float, required=True, help="semi-major axis a/Rs")
+    p.add_argument("--inc", type=float, required=True, help="inclination, degrees")
+    p.add_argument(
+        "--u", type=float, nargs=2, required=True, metavar=("U1", "U2"),
+        help="quadratic limb darkening in the frames' band",
+    )  # fmt: skip
+    p.add_argument("--baseline-order", type=int, default=1, help="polynomial order in time")
+    p.add_argument("--airmass", action="store_true", help="an airmass term in the baseline")
+
     sub.add_parser("config", help="print the default configuration as a commented TOML file")
 
     p = sub.add_parser("info", help="summarise a run directory or a cube")
@@ -242,6 +258,33 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transit(args: argparse.Namespace) -> int:
+    from lcdask.transit import TransitShape, fit_run_transit
+
+    shape = TransitShape(
+        period_d=args.period,
+        rp_rs=args.rp_rs,
+        a_rs=args.a_rs,
+        inc_deg=args.inc,
+        u=(args.u[0], args.u[1]),
+    )
+    fit, record = fit_run_transit(
+        args.run,
+        t0_guess=args.t0,
+        shape=shape,
+        baseline_order=args.baseline_order,
+        use_airmass=args.airmass,
+    )
+    print(
+        f"mid-transit {fit.t0:.5f} +- {fit.t0_err:.5f} BJD_TDB "
+        f"(O-C {record['o_minus_c_min']:+.2f} min, {record['o_minus_c_sigma']:+.1f} sigma); "
+        f"{fit.n_points} points, {fit.n_clipped} clipped, {record['n_flagged']} flagged, "
+        f"rms {100 * fit.rms:.2f}% per point"
+    )
+    print(f"written: {args.run / 'transit.json'}")
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     from lcdask.config import default_toml
 
@@ -311,6 +354,7 @@ _COMMANDS = {
     "run": _run,
     "report": _report,
     "export": _export,
+    "transit": _transit,
     "config": _config,
     "info": _info,
     "demo": _demo,

@@ -17,13 +17,20 @@ EXOTIC and AstroImageJ users expect.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import least_squares
 
-__all__ = ["TransitShape", "TransitTimeFit", "fit_transit_time", "transit_model"]
+__all__ = [
+    "TransitShape",
+    "TransitTimeFit",
+    "fit_run_transit",
+    "fit_transit_time",
+    "transit_model",
+]
 
 
 @dataclass(frozen=True)
@@ -244,3 +251,91 @@ def fit_transit_time(
         n_points=len(t),
         n_clipped=n_finite - len(t),
     )
+
+
+def fit_run_transit(
+    run_dir: str | Path,
+    *,
+    t0_guess: float,
+    shape: TransitShape,
+    baseline_order: int = 1,
+    use_airmass: bool = False,
+    window_d: float = 0.1,
+) -> tuple[TransitTimeFit, dict[str, Any]]:
+    """Fit the mid-transit time of a run's target and write ``RUN/transit.json``.
+
+    The target's ensemble relative flux (``rel_flux``, ``rel_flux_err``) against BJD_TDB; the
+    points the run flagged bad for flux (`lcdask.lightcurves.BAD_FOR_FLUX`) are left out of
+    the fit, then the residuals' outliers are clipped (`fit_transit_time`).
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A run directory whose target was found (``sources.parquet`` ``is_target``).
+    t0_guess : float
+        The predicted mid-time (BJD_TDB).
+    shape : TransitShape
+        The transit's fixed shape (e.g. the literature's).
+    baseline_order, use_airmass, window_d
+        As for `fit_transit_time`.
+
+    Returns
+    -------
+    fit : TransitTimeFit
+    record : dict
+        What ``transit.json`` holds: the fit, the shape, the prediction, O-C (minutes), the
+        points used.
+
+    Raises
+    ------
+    LcdaskError
+        When the run has no target, or its frames have no BJD_TDB.
+    """
+    from lcdask.errors import LcdaskError
+    from lcdask.export import read_run
+    from lcdask.io.atomic import write_json_atomic
+    from lcdask.lightcurves import BAD_FOR_FLUX
+
+    run = read_run(run_dir)
+    target = run.sources[run.sources["is_target"].to_numpy(bool)]
+    if target.empty:
+        raise LcdaskError(f'{run_dir}: the run has no target (lcdask run --target "RA DEC")')
+    sid = int(target["source_id"].iloc[0])
+    ds = run.lightcurves
+    index = int(np.flatnonzero(ds["source_id"].to_numpy() == sid)[0])
+    one = ds.isel(source=index).load()
+    frames = run.frames.set_index("frame")
+    frame_ids = one["frame"].to_numpy()
+    if "bjd_tdb" not in frames or not np.isfinite(frames["bjd_tdb"].to_numpy(float)).any():
+        raise LcdaskError(
+            f"{run_dir}: the frames have no BJD_TDB (the site or the target's position is "
+            "missing from the headers)"
+        )
+    bjd = frames["bjd_tdb"].reindex(frame_ids).to_numpy(float)
+    airmass = frames["airmass"].reindex(frame_ids).to_numpy(float) if use_airmass else None
+    flux = one["rel_flux"].to_numpy(float)
+    err = one["rel_flux_err"].to_numpy(float)
+    flagged = (one["flags"].to_numpy() & int(BAD_FOR_FLUX)) != 0
+    flux = np.where(flagged, np.nan, flux)
+    fit = fit_transit_time(
+        bjd,
+        flux,
+        err,
+        t0_guess=t0_guess,
+        shape=shape,
+        airmass=airmass,
+        baseline_order=baseline_order,
+        window_d=window_d,
+    )
+    record = {
+        "source_id": sid,
+        "fit": fit.as_record(),
+        "shape": asdict(shape),
+        "t0_predicted": t0_guess,
+        "o_minus_c_min": (fit.t0 - t0_guess) * 1440.0,
+        "o_minus_c_sigma": (fit.t0 - t0_guess) / fit.t0_err,
+        "n_flagged": int(flagged.sum()),
+        "time_scale": "BJD_TDB",
+    }
+    write_json_atomic(Path(run_dir) / "transit.json", record)
+    return fit, record
