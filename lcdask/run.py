@@ -41,7 +41,7 @@ from astropy.wcs import WCS
 
 from lcdask import __version__
 from lcdask.catalogs import load_catalog, query_sdss
-from lcdask.classify import classify_sources, flag_near_movers, link_tracks
+from lcdask.classify import classify_sources, find_artefacts, flag_near_movers, link_tracks
 from lcdask.config import Config
 from lcdask.errors import LcdaskError
 from lcdask.flags import LEVEL2_FLAGS, FrameFlag
@@ -321,18 +321,38 @@ def run(
             columns={"astrometry_rms_arcsec": "rms_arcsec"}
         )
         detections = detections[detections["frame"].isin(frames["frame"])]
-        match = match_detections(detections, frames)
+        # hot pixels and other detector-fixed sources: kept out of the matching and linking
+        artefacts = find_artefacts(detections)
+        real = detections[~artefacts.is_artefact]
+        match = match_detections(real, frames)
         tracks = link_tracks(
-            detections,
+            real,
             match.source_id,
             centre=match.centre,
             max_rate_arcsec_h=config.lightcurves.max_rate_arcsec_h,
         )
-        ds = build_lightcurves(detections, tracks.source_id, frames)
+        detections, source_id, artefact_ids = artefacts.apply(detections, tracks.source_id)
+        if artefacts.n_artefacts:
+            log.info(
+                "%d detector artefacts (hot pixels, columns: %d detections fixed on the detector "
+                "while the field moved %.0f px)",
+                artefacts.n_artefacts,
+                int(artefacts.is_artefact.sum()),
+                artefacts.field_shift_px,
+            )
+        ds = build_lightcurves(detections, source_id, frames)
+        ds["is_artefact"] = ("source", np.isin(ds["source_id"].to_numpy(), artefact_ids))
+        first = classify_sources(ds, target=target_radec)  # movers and target: not comparisons
         forced = {"forced": "off ([lightcurves] forced = false)"}
         if config.lightcurves.forced:
-            ds, forced = _forced_photometry(ds, detections, frames)
-        ds = apply_ensemble(ds, ensemble_photometry(ds))
+            ds, forced = _forced_photometry(ds, detections, frames, first)
+        not_comparison = first.loc[
+            (first["kind"] == "moving") | first["is_target"], "source_id"
+        ].to_numpy()
+        ensemble = ensemble_photometry(ds, exclude_ids=not_comparison)
+        if ensemble.note:
+            record.data["notes"].append(f"ensemble: {ensemble.note}")
+        ds = apply_ensemble(ds, ensemble)
         sources = classify_sources(ds, target=target_radec)
         ds = flag_near_movers(ds, sources)
         _write_dataset(out / "lightcurves.zarr", ds)
@@ -343,12 +363,18 @@ def run(
             "n_sources": len(sources),
             "kinds": kinds,
             "n_target": int(sources["is_target"].sum()),
+            "n_artefacts": int(artefacts.n_artefacts),
+            "n_artefact_detections": int(artefacts.is_artefact.sum()),
+            "field_shift_px": round(float(artefacts.field_shift_px), 1),
+            "n_comparison": int(ensemble.comparison_ids.size),
+            "comparison_criteria": ensemble.criteria,
+            "ensemble_note": ensemble.note,
             **forced,
         }
 
-    def _forced_photometry(ds, detections, frames) -> tuple[xr.Dataset, dict]:
-        # movers are not forced (lcdask.forced): which move, from a first classification
-        movers = classify_sources(ds).query("kind == 'moving'")["source_id"]
+    def _forced_photometry(ds, detections, frames, first) -> tuple[xr.Dataset, dict]:
+        # movers and artefacts are not forced (lcdask.forced): from a first classification
+        movers = first.query("kind == 'moving' or kind == 'artefact'")["source_id"]
         psf_path = out / "psf.fits"
         psf = None
         if psf_path.exists() and config.level2.flux != "detection":
