@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -759,6 +759,28 @@ def _frame_geometry(
     return float(np.median(scales)), shift
 
 
+def _pixel_neighbours(
+    frame: NDArray, x: NDArray, y: NDArray, ref: NDArray, radius: float, chunk: int
+) -> Iterator[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+    """Pairs (i, j): j one of the ``ref`` detections within ``radius`` px of i, in another frame."""
+    from scipy.spatial import cKDTree
+
+    if ref.size == 0:
+        return
+    tree = cKDTree(np.column_stack([x[ref], y[ref]]))
+    todo = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+    for lo in range(0, todo.size, chunk):
+        idx = todo[lo : lo + chunk]
+        hits = tree.query_ball_point(np.column_stack([x[idx], y[idx]]), radius)
+        lengths = np.fromiter((len(h) for h in hits), dtype=np.int64, count=idx.size)
+        if lengths.sum() == 0:
+            continue
+        i = np.repeat(idx, lengths)
+        j = ref[np.concatenate([np.asarray(h, dtype=np.int64) for h in hits])]
+        other = frame[j] != frame[i]
+        yield i[other], j[other]
+
+
 def find_artefacts(
     detections: pd.DataFrame,
     *,
@@ -782,7 +804,9 @@ def find_artefacts(
       but more than ``min_shift_px`` (in pixels) from its sky position: the same pixel, another
       place on the sky. A star sits at its pixel again only where the field has not moved, and
       another star reaches the same pixel within 1 px by chance in a frame or two (a star's
-      detections in 30 frames of 200 stars on 512 x 512: 0.07 such frames expected).
+      detections in 30 frames of 200 stars on 512 x 512: 0.07 such frames expected). Where the
+      field drifts slowly, the detections of the night's middle have few frames that far: they
+      are fixed too when most of the detections at their pixel are.
     - sharpness, for a field that does not drift: a detection recurring at its pixel in at
       least ``recurrence`` of the reference frames, where most of those detections (and itself)
       are much sharper than the stars of their frame (`lcdask.astrometry.sharper_than_stars`).
@@ -809,8 +833,6 @@ def find_artefacts(
     ArtefactResult
         Per detection: artefact or not, and its artefact source.
     """
-    from scipy.spatial import cKDTree
-
     n = len(detections)
     frame = detections["frame"].to_numpy(np.int64)
     x = detections["x"].to_numpy(float)
@@ -839,26 +861,20 @@ def find_artefacts(
     moved = np.zeros(n, dtype=np.int64)
     recur = np.zeros(n, dtype=np.int64)
     n_sharp = np.zeros(n, dtype=np.int64)
-    if ref.size:
-        tree = cKDTree(np.column_stack([x[ref], y[ref]]))
-        todo = np.flatnonzero(on_pixel)
-        shift_arcsec = min_shift_px * scale if np.isfinite(scale) else np.inf
-        for lo in range(0, todo.size, chunk):
-            idx = todo[lo : lo + chunk]
-            hits = tree.query_ball_point(np.column_stack([x[idx], y[idx]]), radius_px)
-            lengths = np.fromiter((len(h) for h in hits), dtype=np.int64, count=idx.size)
-            if lengths.sum() == 0:
-                continue
-            i = np.repeat(idx, lengths)
-            j = ref[np.concatenate([np.asarray(h, dtype=np.int64) for h in hits])]
-            other = frame[j] != frame[i]
-            i, j = i[other], j[other]
-            d_sky = np.hypot(xi[j] - xi[i], eta[j] - eta[i])
-            far = d_sky > shift_arcsec  # NaN (no sky position): not counted
-            np.add.at(moved, i[far], 1)
-            np.add.at(recur, i, 1)
-            np.add.at(n_sharp, i[sharp[j]], 1)
+    shift_arcsec = min_shift_px * scale if np.isfinite(scale) else np.inf
+    for i, j in _pixel_neighbours(frame, x, y, ref, radius_px, chunk):
+        far = np.hypot(xi[j] - xi[i], eta[j] - eta[i]) > shift_arcsec  # NaN: not counted
+        np.add.at(moved, i[far], 1)
+        np.add.at(recur, i, 1)
+        np.add.at(n_sharp, i[sharp[j]], 1)
     by_drift = has_sky & (moved >= max(min_frames, min_fraction * n_ref))
+    if by_drift.any():
+        # the frames of a slow drift's middle (the field within min_shift_px of them in most
+        # other frames): fixed where most of the detections at their pixel are
+        fixed_near = np.zeros(n, dtype=np.int64)
+        for i, j in _pixel_neighbours(frame, x, y, ref, radius_px, chunk):
+            np.add.at(fixed_near, i[by_drift[j]], 1)
+        by_drift |= (fixed_near >= min_frames) & (2 * fixed_near > recur)
     by_sharp = (
         sharp & (recur >= max(min_frames, recurrence * n_ref)) & (n_sharp + 1 > 0.5 * (recur + 1))
     )
