@@ -1,4 +1,4 @@
-"""Classify sources: moving, variable or stable; link fast movers into tracks; find the target.
+"""Classify sources: moving, variable, stable or artefact; link fast movers; find the target.
 
 Moving sources (`motion_statistics`, `classify_sources`)
 -------------------------------------------------------
@@ -58,6 +58,18 @@ FWHM still puts ~0.5% of the mover's light in the 1.5 FWHM aperture. The thresho
 those of pure noise and were left as they are: on image runs the false variables came from such
 points, not from the tails of the noise.
 
+Detector artefacts (`find_artefacts`)
+-------------------------------------
+Without darks nothing maps the hot pixels; on a drifting night each one stands still on the
+detector while the stars move, so on the sky it traces the drift: a "mover" at the drift rate,
+or a "variable". Before the matching, a detection is an artefact when, in several other frames,
+a detection sits within 1 px of its *pixel* position but more than 3 px away on the *sky* (the
+field moved and it did not); or, when the field does not drift, when it recurs at its pixel in
+most frames and is much sharper than the stars (`lcdask.astrometry.sharper_than_stars`).
+Artefact detections are kept out of the matching and the track linking, grouped by pixel
+position into sources of ``kind = "artefact"`` (``is_artefact``; detection bit
+`lcdask.flags.ARTEFACT`): never moving, never variable, never comparison stars.
+
 Target
 ------
 `parse_target` reads "RA Dec" in degrees or sexagesimal; `match_target` takes the nearest source
@@ -68,7 +80,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,15 +89,19 @@ import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 from scipy import linalg
 
+from lcdask.astrometry import sharper_than_stars
+from lcdask.flags import ARTEFACT
 from lcdask.lightcurves import BAD_FOR_FLUX, BAD_FOR_POSITION, LightCurveFlag, robust_std
-from lcdask.match import field_centre, tangent_plane
+from lcdask.match import dbscan_grid, field_centre, resolve_duplicates, tangent_plane
 from lcdask.photcal import _dynamic_max_trials, _r2_score, _sample_without_replacement
 
 __all__ = [
     "SOURCE_COLUMNS",
+    "ArtefactResult",
     "TrackResult",
     "classify_sources",
     "expected_trend",
+    "find_artefacts",
     "flag_near_movers",
     "link_tracks",
     "match_target",
@@ -117,6 +133,7 @@ SOURCE_COLUMNS = (
     "binned_ratio",
     "is_target",
     "is_comparison",
+    "is_artefact",
 )
 """Columns of ``sources.parquet``, in order."""
 
@@ -636,6 +653,260 @@ def _pixel_scale_arcsec(ds: xr.Dataset, xi: NDArray, eta: NDArray, has: NDArray[
 
 
 # --------------------------------------------------------------------------------------------
+# detector artefacts
+
+
+@dataclass(frozen=True)
+class ArtefactResult:
+    """The outcome of `find_artefacts`.
+
+    Attributes
+    ----------
+    is_artefact
+        Per detection: it stands still on the detector (a hot pixel, a warm column...).
+    group
+        Per detection: its artefact source, numbered 0.. (one detection per frame each), -1 for
+        the others (and for artefact detections too few to make a source, or a frame's extra
+        detections of one).
+    n_artefacts
+        Artefact sources (groups).
+    by_drift, by_sharpness
+        Artefact detections found by each test (the two may overlap).
+    field_shift_px
+        How far the field moved on the detector over the night (the largest extent of the
+        field centre's pixel position, from the detections' pixel and sky positions).
+    pixel_scale_arcsec
+        The pixel scale measured (arcsec per pixel).
+    """
+
+    is_artefact: NDArray[np.bool_]
+    group: NDArray[np.int64]
+    n_artefacts: int
+    by_drift: int
+    by_sharpness: int
+    field_shift_px: float
+    pixel_scale_arcsec: float
+
+    def apply(
+        self, detections: pd.DataFrame, source_id: ArrayLike
+    ) -> tuple[pd.DataFrame, NDArray[np.int64], NDArray[np.int64]]:
+        """Put the artefact sources back beside the sources matched without them.
+
+        Parameters
+        ----------
+        detections
+            The table `find_artefacts` was given.
+        source_id
+            Per detection that is not an artefact (in order): its source (e.g.
+            `link_tracks` on ``detections[~is_artefact]``), -1 for none.
+
+        Returns
+        -------
+        tuple
+            The detections with the `lcdask.flags.ARTEFACT` bit set on the artefacts' ``flags``;
+            ``source_id`` per detection (the artefact groups numbered after the largest given);
+            the ``source_id`` of the artefact sources.
+        """
+        given = np.asarray(source_id, dtype=np.int64)
+        real = ~self.is_artefact
+        if given.shape != (int(real.sum()),):
+            raise ValueError(
+                f"source_id has {given.size} entries for {int(real.sum())} detections that are "
+                "not artefacts; pass the ids of detections[~result.is_artefact]"
+            )
+        sid = np.full(len(detections), -1, dtype=np.int64)
+        sid[real] = given
+        first = int(given.max()) + 1 if given.size and given.max() >= 0 else 0
+        has = self.group >= 0
+        sid[has] = first + self.group[has]
+        flags = (
+            detections["flags"].to_numpy(np.int32)
+            if "flags" in detections.columns
+            else np.zeros(len(detections), np.int32)
+        )
+        flags = np.where(self.is_artefact, flags | np.int32(ARTEFACT), flags).astype(np.int32)
+        ids = first + np.arange(self.n_artefacts, dtype=np.int64)
+        return detections.assign(flags=flags), sid, ids
+
+
+def _frame_geometry(
+    frame: NDArray, x: NDArray, y: NDArray, xi: NDArray, eta: NDArray
+) -> tuple[float, float]:
+    """Pixel scale (arcsec/px) and the extent of the field centre's pixel track (px).
+
+    Per frame, an affine fit of the pixel position on the tangent-plane position (the sky
+    positions come from the frame's WCS, so the fit is its linear part): the scale is the square
+    root of the determinant, the field centre's pixel position the fit at (0, 0).
+    """
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(xi) & np.isfinite(eta)
+    scales, cx, cy = [], [], []
+    order = np.argsort(frame[ok], kind="stable")
+    f, px, py, sx, sy = (v[ok][order] for v in (frame, x, y, xi, eta))
+    bounds = np.flatnonzero(np.diff(f)) + 1
+    for lo, hi in itertools.pairwise(np.r_[0, bounds, f.size]):
+        if hi - lo < 4:
+            continue
+        a = np.column_stack([sx[lo:hi], sy[lo:hi], np.ones(hi - lo)])
+        coef, *_ = np.linalg.lstsq(a, np.column_stack([px[lo:hi], py[lo:hi]]), rcond=None)
+        det = abs(np.linalg.det(coef[:2]))  # px per arcsec, squared
+        if det > 0:
+            scales.append(1.0 / np.sqrt(det))
+            cx.append(coef[2, 0])
+            cy.append(coef[2, 1])
+    if not scales:
+        return float("nan"), 0.0
+    shift = float(np.hypot(np.ptp(cx), np.ptp(cy)))
+    return float(np.median(scales)), shift
+
+
+def _pixel_neighbours(
+    frame: NDArray, x: NDArray, y: NDArray, ref: NDArray, radius: float, chunk: int
+) -> Iterator[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+    """Pairs (i, j): j one of the ``ref`` detections within ``radius`` px of i, in another frame."""
+    from scipy.spatial import cKDTree
+
+    if ref.size == 0:
+        return
+    tree = cKDTree(np.column_stack([x[ref], y[ref]]))
+    todo = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+    for lo in range(0, todo.size, chunk):
+        idx = todo[lo : lo + chunk]
+        hits = tree.query_ball_point(np.column_stack([x[idx], y[idx]]), radius)
+        lengths = np.fromiter((len(h) for h in hits), dtype=np.int64, count=idx.size)
+        if lengths.sum() == 0:
+            continue
+        i = np.repeat(idx, lengths)
+        j = ref[np.concatenate([np.asarray(h, dtype=np.int64) for h in hits])]
+        other = frame[j] != frame[i]
+        yield i[other], j[other]
+
+
+def find_artefacts(
+    detections: pd.DataFrame,
+    *,
+    radius_px: float = 1.0,
+    min_shift_px: float = 3.0,
+    min_frames: int = 3,
+    min_fraction: float = 0.1,
+    recurrence: float = 0.5,
+    max_reference_frames: int = 50,
+    chunk: int = 200_000,
+) -> ArtefactResult:
+    """Detections that stand still on the detector: hot pixels, warm columns, other artefacts.
+
+    Without darks nothing maps the hot pixels, and on a drifting night each one, fixed on the
+    detector while the stars move, traces the drift on the sky: a "mover" at the drift rate (a
+    real 142-frame night: 156 of them at 47"/h). Two tests, on the detections of up to
+    ``max_reference_frames`` reference frames spread over the night:
+
+    - drift: a detection is detector-fixed when, in at least ``max(min_frames, min_fraction *
+      n_reference)`` other frames, a detection lies within ``radius_px`` of its pixel position
+      but more than ``min_shift_px`` (in pixels) from its sky position: the same pixel, another
+      place on the sky. A star sits at its pixel again only where the field has not moved, and
+      another star reaches the same pixel within 1 px by chance in a frame or two (a star's
+      detections in 30 frames of 200 stars on 512 x 512: 0.07 such frames expected). Where the
+      field drifts slowly, the detections of the night's middle have few frames that far: they
+      are fixed too when most of the detections at their pixel are.
+    - sharpness, for a field that does not drift: a detection recurring at its pixel in at
+      least ``recurrence`` of the reference frames, where most of those detections (and itself)
+      are much sharper than the stars of their frame (`lcdask.astrometry.sharper_than_stars`).
+
+    The detector-fixed detections are grouped by pixel position (DBSCAN, ``eps = radius_px``,
+    ``min_samples = min_frames``; one detection per frame, the nearest to the group's position):
+    each group is an artefact source.
+
+    Parameters
+    ----------
+    detections
+        ``frame``, ``x``, ``y``, ``ra``, ``dec`` (degrees); ``fwhm_px`` for the sharpness
+        test; ``time_mjd`` (else the frame number orders the frames). Rows without a sky
+        position take part in the sharpness test only.
+    radius_px, min_shift_px, min_frames, min_fraction, recurrence
+        The tests above.
+    max_reference_frames
+        Frames compared with (evenly spread): bounds the work on long nights.
+    chunk
+        Detections per block of neighbour queries (bounds the memory).
+
+    Returns
+    -------
+    ArtefactResult
+        Per detection: artefact or not, and its artefact source.
+    """
+    n = len(detections)
+    frame = detections["frame"].to_numpy(np.int64)
+    x = detections["x"].to_numpy(float)
+    y = detections["y"].to_numpy(float)
+    ra = detections["ra"].to_numpy(float) if "ra" in detections else np.full(n, np.nan)
+    dec = detections["dec"].to_numpy(float) if "dec" in detections else np.full(n, np.nan)
+    has_sky = np.isfinite(ra) & np.isfinite(dec)
+    xi = np.full(n, np.nan)
+    eta = np.full(n, np.nan)
+    if has_sky.any():
+        xi[has_sky], eta[has_sky] = tangent_plane(
+            ra[has_sky], dec[has_sky], *field_centre(ra[has_sky], dec[has_sky])
+        )
+    scale, shift = _frame_geometry(frame, x, y, xi, eta)
+    sharp = np.zeros(n, dtype=bool)
+    if "fwhm_px" in detections:
+        fwhm = detections["fwhm_px"].to_numpy(float)
+        for idx in pd.Series(np.arange(n)).groupby(frame).indices.values():
+            sharp[idx] = sharper_than_stars(fwhm[idx])
+    on_pixel = np.isfinite(x) & np.isfinite(y)
+    frames = np.unique(frame[on_pixel])
+    pick = np.unique(np.linspace(0, frames.size - 1, min(max_reference_frames, frames.size)))
+    reference = frames[pick.astype(int)] if frames.size else frames
+    ref = np.flatnonzero(on_pixel & np.isin(frame, reference))
+    n_ref = reference.size
+    moved = np.zeros(n, dtype=np.int64)
+    recur = np.zeros(n, dtype=np.int64)
+    n_sharp = np.zeros(n, dtype=np.int64)
+    shift_arcsec = min_shift_px * scale if np.isfinite(scale) else np.inf
+    for i, j in _pixel_neighbours(frame, x, y, ref, radius_px, chunk):
+        far = np.hypot(xi[j] - xi[i], eta[j] - eta[i]) > shift_arcsec  # NaN: not counted
+        np.add.at(moved, i[far], 1)
+        np.add.at(recur, i, 1)
+        np.add.at(n_sharp, i[sharp[j]], 1)
+    by_drift = has_sky & (moved >= max(min_frames, min_fraction * n_ref))
+    if by_drift.any():
+        # the frames of a slow drift's middle (the field within min_shift_px of them in most
+        # other frames): fixed where most of the detections at their pixel are
+        fixed_near = np.zeros(n, dtype=np.int64)
+        for i, j in _pixel_neighbours(frame, x, y, ref, radius_px, chunk):
+            np.add.at(fixed_near, i[by_drift[j]], 1)
+        by_drift |= (fixed_near >= min_frames) & (2 * fixed_near > recur)
+    by_sharp = (
+        sharp & (recur >= max(min_frames, recurrence * n_ref)) & (n_sharp + 1 > 0.5 * (recur + 1))
+    )
+    is_art = by_drift | by_sharp
+    group = np.full(n, -1, dtype=np.int64)
+    art = np.flatnonzero(is_art)
+    n_groups = 0
+    if art.size >= min_frames:
+        labels = dbscan_grid(np.column_stack([x[art], y[art]]), radius_px, min_frames)
+        t = (
+            detections["time_mjd"].to_numpy(float)[art]
+            if "time_mjd" in detections
+            else frame[art].astype(float)
+        )
+        labels = resolve_duplicates(frame[art], x[art], y[art], t, labels)
+        kept = labels >= 0
+        if kept.any():
+            uniq, inv = np.unique(labels[kept], return_inverse=True)
+            group[art[kept]] = inv
+            n_groups = int(uniq.size)
+    return ArtefactResult(
+        is_artefact=is_art,
+        group=group,
+        n_artefacts=n_groups,
+        by_drift=int(by_drift.sum()),
+        by_sharpness=int(by_sharp.sum()),
+        field_shift_px=shift,
+        pixel_scale_arcsec=scale,
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # variability
 
 
@@ -820,7 +1091,7 @@ def classify_sources(
     ----------
     ds
         The light-curve Dataset (after the ensemble photometry, so that ``rel_flux`` is set;
-        ``is_comparison`` is read when present).
+        ``is_comparison`` and ``is_artefact`` are read when present).
     target
         The target's position (`parse_target`); its nearest source within
         ``target_radius_arcsec`` gets ``is_target``.
@@ -838,21 +1109,27 @@ def classify_sources(
     Returns
     -------
     pandas.DataFrame
-        `SOURCE_COLUMNS`: one row per source; ``kind`` in {stable, variable, moving}; for
-        movers ``ra``/``dec`` are the fitted position at ``epoch_mjd``.
+        `SOURCE_COLUMNS`: one row per source; ``kind`` in {stable, variable, moving,
+        artefact} (``is_artefact`` from the Dataset: never moving nor variable); for movers
+        ``ra``/``dec`` are the fitted position at ``epoch_mjd``.
     """
     mot = motion_statistics(ds)
     var = variability_statistics(ds, n_bins=n_bins)
     table = mot.merge(var, on="source_id")
     expected_mad = expected_trend(table["mag"], table["motion_mad_arcsec"])
     table["motion_mad_ratio"] = table["motion_mad_arcsec"] / expected_mad
+    artefact = (
+        ds["is_artefact"].to_numpy().astype(bool)
+        if "is_artefact" in ds
+        else np.zeros(len(table), dtype=bool)
+    )
     moving = (
         (table["motion_mad_ratio"] >= motion_mad_ratio)
         & (table["rate_snr"] >= min_rate_snr)
         & (table["displacement_arcsec"] >= min_motion_arcsec)
         & (table["n_position_points"] >= min(min_frames, 3))
-    ).to_numpy()
-    fixed = ~moving
+    ).to_numpy() & ~artefact
+    fixed = ~moving & ~artefact
     movers = table[moving].assign(ra=table["ra_fit"], dec=table["dec_fit"])  # at epoch_mjd
     near = _near_fixed(ds, movers, mover_radius_fwhm)
     if near.any():  # the variability without the points a mover passes by
@@ -879,6 +1156,7 @@ def classify_sources(
         scatter_ratio = table["mad_scatter"].to_numpy(float) / expected
         binned_ratio = binned_rms / (expected / np.sqrt(ppb))
         variable = (scatter_ratio >= ratio_threshold) | (binned_ratio >= binned_ratio_threshold)
+        variable &= ~artefact
         new_fit = fixed & ~variable
         if np.array_equal(new_fit, fit):
             break
@@ -887,7 +1165,8 @@ def classify_sources(
     table["scatter_ratio"] = scatter_ratio
     table["binned_ratio"] = binned_ratio
     kind = np.where(moving, "moving", np.where(variable, "variable", "stable"))
-    table["kind"] = kind
+    table["kind"] = np.where(artefact, "artefact", kind)
+    table["is_artefact"] = artefact
     for c in ("rate_ra_arcsec_h", "rate_dec_arcsec_h", "pa_deg"):
         table.loc[~moving, c] = np.nan
     table.loc[moving, "ra"] = table.loc[moving, "ra_fit"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntFlag
 
-__all__ = ["LEVEL2_FLAGS", "SATURATED_FRACTION", "UNUSABLE", "FrameFlag"]
+__all__ = ["ARTEFACT", "LEVEL2_FLAGS", "SATURATED_FRACTION", "UNUSABLE", "FrameFlag"]
 
 
 class FrameFlag(IntFlag):
@@ -41,3 +41,9 @@ LEVEL2_FLAGS = FrameFlag.ASTROMETRY_FAILED | FrameFlag.PHOTCAL_FAILED | FrameFla
 SATURATED_FRACTION = 0.5
 """A frame with more than this fraction of its pixels at or above saturation is flagged SATURATED:
 it cannot hold measurable stars (an open shutter in daylight, a flat of a wrong exposure)."""
+
+ARTEFACT = 2048
+"""Detection (and light-curve) bit: a detector artefact - a hot pixel, a warm column or another
+source that stands still on the detector while the field moves (`lcdask.classify.find_artefacts`).
+Set by the light-curve stage on the detections it groups into artefact sources; above the
+detection bits (0-7) and the light-curve bits (256-1024) of `lcdask.lightcurves.LightCurveFlag`."""

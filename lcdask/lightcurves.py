@@ -11,8 +11,17 @@ entries with the position predicted for them, for the pipeline's forced photomet
 Ensemble differential photometry (`ensemble_photometry`)
 ---------------------------------------------------------
 1. Comparison stars (`select_comparison_stars`, unless given): present and unflagged in at least
-   ``min_coverage`` of the frames (never saturated, never at the edge), median S/N at least
-   ``min_snr``, not excluded (movers, the target); the ``n_max`` brightest.
+   ``min_coverage`` of the frames, never saturated, median S/N at least ``min_snr``, not excluded
+   (movers, the target) and not a detector artefact (``is_artefact``); the ``n_max`` brightest.
+   Their points at the frame edge, on masked or repaired pixels or on an artefact are left out of
+   the ensemble; such a point used to exclude the star: on a real night (XO-1, ARCSAT, 3948 hot
+   pixels repaired) every star's largest aperture touched a repaired pixel in 6-55% of the
+   frames and no star was left.
+   When fewer than ``min_comparison`` stars pass, the criteria are relaxed step by step
+   (`RELAX_STEPS`: coverage, then S/N) and the first step with enough stars is taken; failing that
+   the most relaxed step's stars, even one (the transparency is then that star's normalised flux),
+   else no ensemble: ``rel_flux`` is each source's flux over its median. `EnsembleResult.note`
+   says which (empty for the normal choice), for the run's record.
 2. Each comparison star's flux is divided by its median; the per-frame transparency ``T`` is the
    weighted mean of these normalised fluxes, with weights ``1 / s_i**2`` where ``s_i`` is the
    star's robust scatter (1.4826 MAD) about the ensemble. ``T`` is scaled to median 1.
@@ -34,9 +43,10 @@ and can be imposed with ``comparison_ids=``. `detrend` optionally removes a line
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntFlag
 
 import numpy as np
@@ -44,10 +54,14 @@ import pandas as pd
 import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
+from lcdask.flags import ARTEFACT as ARTEFACT_BIT
+
 __all__ = [
+    "BAD_FOR_COMPARISON",
     "BAD_FOR_FLUX",
     "BAD_FOR_POSITION",
     "LIGHTCURVE_VARIABLES",
+    "RELAX_STEPS",
     "EnsembleResult",
     "LightCurveFlag",
     "LightCurvesConfig",
@@ -80,6 +94,7 @@ LIGHTCURVE_VARIABLES = (
 _DETECTION_VALUES = ("flux", "flux_err", "mag", "mag_err", "flux_jy", "ra", "dec", "x", "y")
 _FRAME_COORDS = ("zero_point", "airmass", "fwhm_px", "sky", "rms_arcsec")
 MAD_TO_STD = 1.4826
+log = logging.getLogger("lcdask")
 
 
 class LightCurveFlag(IntFlag):
@@ -108,6 +123,9 @@ class LightCurveFlag(IntFlag):
     NEAR_MOVER = 1024
     """A moving source passes within 3 FWHM (`lcdask.classify.flag_near_movers`): its light may
     be in the aperture; left out of the variability statistics."""
+    ARTEFACT = ARTEFACT_BIT
+    """(Detection bit, `lcdask.flags.ARTEFACT`) a detector artefact: a hot pixel, a warm column or
+    another source fixed on the detector (`lcdask.classify.find_artefacts`)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +160,15 @@ class LightCurvesConfig:
             )
 
 
-BAD_FOR_COMPARISON = 2 | 4 | 8  # edge, saturated, masked (lcdask.detect.DetectionFlag)
+BAD_FOR_COMPARISON = (
+    LightCurveFlag.EDGE | LightCurveFlag.SATURATED | LightCurveFlag.MASKED | LightCurveFlag.ARTEFACT
+)
+"""Points of a comparison star left out of the ensemble (a star saturated once is not used at all:
+near saturation its other points are not linear either)."""
+
+RELAX_STEPS = ((0.75, 1.0), (0.5, 1.0), (0.5, 1 / 3), (0.25, 1 / 6))
+"""Relaxed comparison-star criteria, tried in turn when too few stars pass: (coverage, factor on
+``min_snr``); a step is never stricter than the criteria given."""
 
 BAD_FOR_FLUX = (
     LightCurveFlag.BLENDED
@@ -150,12 +176,15 @@ BAD_FOR_FLUX = (
     | LightCurveFlag.SATURATED
     | LightCurveFlag.MASKED
     | LightCurveFlag.COSMIC
+    | LightCurveFlag.ARTEFACT
 )
 """Points whose flux is not trusted by the variability statistics (`lcdask.classify`): a
 neighbour's light, a truncated aperture, a saturated or non-linear peak, bad or repaired pixels, a
 cosmic-ray residual. Their values stay in the light curve."""
 
-BAD_FOR_POSITION = LightCurveFlag.BLENDED | LightCurveFlag.EDGE | LightCurveFlag.COSMIC
+BAD_FOR_POSITION = (
+    LightCurveFlag.BLENDED | LightCurveFlag.EDGE | LightCurveFlag.COSMIC | LightCurveFlag.ARTEFACT
+)
 """Points whose position is not trusted by the motion statistics: the centroid of a blend, of a
 star cut by the frame edge or hit by a cosmic ray is pulled, and the pull changes as the field
 drifts. MASKED is not among them: it marks repaired (interpolated) pixels in the aperture too,
@@ -368,6 +397,12 @@ class EnsembleResult:
         Candidates dropped because they turned out variable.
     n_iterations
         Iterations run.
+    note
+        Empty when the comparison stars passed the criteria asked for; else what was done
+        instead (relaxed criteria, a single star, or no ensemble: raw fluxes over their median),
+        one line for the run's record.
+    criteria
+        The criteria the comparison stars passed (``min_coverage``, ``min_snr``).
     """
 
     rel_flux: NDArray[np.float64]
@@ -379,6 +414,8 @@ class EnsembleResult:
     scatter: NDArray[np.float64]
     rejected_ids: NDArray[np.int64]
     n_iterations: int
+    note: str = ""
+    criteria: dict[str, float] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
         """The comparison stars as a table: ``source_id``, ``weight``, ``scatter``."""
@@ -408,18 +445,18 @@ def select_comparison_stars(
     min_snr: float = 30.0,
     exclude_ids: ArrayLike | None = None,
 ) -> NDArray[np.int64]:
-    """Candidate comparison stars: well covered, unflagged, bright enough, not excluded.
+    """Candidate comparison stars: well covered, never saturated, bright enough, not excluded.
 
     Parameters
     ----------
     ds
-        The light-curve Dataset.
+        The light-curve Dataset; sources with ``is_artefact`` (when present) are never chosen.
     n_max
         At most this many (the brightest by median flux).
     min_coverage
-        Fraction of the frames with a usable, unflagged measurement.
+        Fraction of the frames with a usable measurement free of `BAD_FOR_COMPARISON` bits.
     min_snr
-        Median ``flux / flux_err``.
+        Median ``flux / flux_err`` over those measurements.
     exclude_ids
         ``source_id`` values never to use (movers, the target, known variables).
 
@@ -430,21 +467,69 @@ def select_comparison_stars(
     """
     usable = _usable(ds)
     flags = ds["flags"].to_numpy()
-    bad = (flags & BAD_FOR_COMPARISON) != 0
+    good = usable & ((flags & int(BAD_FOR_COMPARISON)) == 0)
     n_frames = max(ds.sizes["frame"], 1)
-    coverage = (usable & ~bad).sum(axis=1) / n_frames
-    ever_bad = (bad & usable).any(axis=1)
-    with np.errstate(all="ignore"):
-        flux = np.where(usable, ds["flux"].to_numpy(), np.nan)
-        med_flux = np.nanmedian(flux, axis=1) if n_frames else np.zeros(0)
+    coverage = good.sum(axis=1) / n_frames
+    saturated = (usable & ((flags & int(LightCurveFlag.SATURATED)) != 0)).any(axis=1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # sources without a good point
+        flux = np.where(good, ds["flux"].to_numpy(), np.nan)
+        med_flux = np.nanmedian(flux, axis=1) if ds.sizes["frame"] else np.zeros(0)
         snr = np.nanmedian(flux / ds["flux_err"].to_numpy(), axis=1)
-    ok = (coverage >= min_coverage) & ~ever_bad & (snr >= min_snr)
+    ok = (coverage >= min_coverage) & ~saturated & (snr >= min_snr)
+    if "is_artefact" in ds:
+        ok &= ~ds["is_artefact"].to_numpy().astype(bool)
     sid = ds["source_id"].to_numpy()
     if exclude_ids is not None:
         ok &= ~np.isin(sid, np.asarray(exclude_ids, dtype=np.int64))
     idx = np.flatnonzero(ok)
     idx = idx[np.argsort(-med_flux[idx], kind="stable")][:n_max]
     return sid[idx].astype(np.int64)
+
+
+def _choose_comparison(
+    ds: xr.Dataset,
+    *,
+    n_max: int,
+    min_coverage: float,
+    min_snr: float,
+    exclude_ids: ArrayLike | None,
+    min_comparison: int,
+) -> tuple[NDArray[np.int64], str, dict[str, float]]:
+    """The comparison stars, relaxing the criteria (`RELAX_STEPS`) until enough pass."""
+    steps = [(min_coverage, min_snr)]
+    steps += [
+        (min(min_coverage, cov), min_snr * f)
+        for cov, f in RELAX_STEPS
+        if cov < min_coverage or f < 1.0
+    ]
+    found = np.zeros(0, dtype=np.int64)
+    for cov, snr in steps:
+        found = select_comparison_stars(
+            ds, n_max=n_max, min_coverage=cov, min_snr=snr, exclude_ids=exclude_ids
+        )
+        if found.size >= min_comparison:
+            break
+    criteria = {"min_coverage": float(cov), "min_snr": float(snr)}
+    wanted = f"coverage >= {min_coverage:g} and S/N >= {min_snr:g}"
+    if (cov, snr) == steps[0] and found.size >= min_comparison:
+        return found, "", criteria
+    if found.size >= min_comparison:
+        note = (
+            f"{found.size} candidate comparison stars with coverage >= {cov:g}, S/N >= {snr:g} "
+            f"(fewer than {min_comparison} had {wanted})"
+        )
+    elif found.size:
+        note = (
+            f"only {found.size} comparison star (coverage >= {cov:g}, S/N >= {snr:g}): the "
+            "transparency is its normalised flux, and its own rel_flux is its flux over its median"
+        )
+    else:
+        note = (
+            f"no comparison star (none with coverage >= {cov:g} and S/N >= {snr:g}): no ensemble, "
+            "rel_flux is each source's flux over its median"
+        )
+    return found, note, criteria
 
 
 def ensemble_photometry(
@@ -464,12 +549,15 @@ def ensemble_photometry(
 ) -> EnsembleResult:
     """Ensemble differential photometry (module docstring): transparency and relative fluxes.
 
+    Never fails for want of comparison stars: it relaxes the criteria, uses a single star, or
+    falls back to each source's flux over its median, and says so in `EnsembleResult.note`.
+
     Parameters
     ----------
     ds
-        The light-curve Dataset.
+        The light-curve Dataset (``is_artefact``, when present, keeps artefacts out).
     comparison_ids
-        Impose the comparison stars (no automatic choice, no rejection).
+        Impose the comparison stars (no automatic choice, no rejection); at least one.
     n_max, min_coverage, min_snr, exclude_ids
         Automatic choice (`select_comparison_stars`).
     reject_ratio, clip
@@ -478,7 +566,8 @@ def ensemble_photometry(
     max_iter
         Largest number of rejection rounds.
     min_comparison
-        Fewest comparison stars accepted.
+        Fewest comparison stars wanted: with fewer, the criteria are relaxed (`RELAX_STEPS`);
+        the rejection never goes below it.
     min_outliers, outlier_fraction
         A comparison star with at least ``min_outliers`` points, and more than
         ``outlier_fraction`` of its points, off the ensemble by more than 5 times its noise is
@@ -487,34 +576,48 @@ def ensemble_photometry(
     Returns
     -------
     EnsembleResult
-        Relative fluxes of every source, transparency, the comparison stars and their weights.
+        Relative fluxes of every source, transparency, the comparison stars and their weights,
+        the criteria used and a note when the choice was degraded.
     """
     sid = ds["source_id"].to_numpy()
     usable = _usable(ds)
     flux = np.where(usable, ds["flux"].to_numpy(), np.nan)
     err = np.where(usable, ds["flux_err"].to_numpy(), np.nan)
+    # the comparison stars' points that do not enter the ensemble (edge, masked, artefact)
+    off = (ds["flags"].to_numpy() & int(BAD_FOR_COMPARISON)) != 0
     imposed = comparison_ids is not None
+    note = ""
+    criteria = {"min_coverage": float(min_coverage), "min_snr": float(min_snr)}
     if imposed:
-        comp = np.asarray(comparison_ids, dtype=np.int64)
+        comp = np.asarray(comparison_ids, dtype=np.int64).ravel()
         unknown = comp[~np.isin(comp, sid)]
         if unknown.size:
             raise ValueError(f"comparison_ids {unknown[:5].tolist()} are not sources of the cube")
+        if comp.size == 0:
+            raise ValueError("comparison_ids is empty: pass at least one source_id, or None")
     else:
-        comp = select_comparison_stars(
-            ds, n_max=n_max, min_coverage=min_coverage, min_snr=min_snr, exclude_ids=exclude_ids
+        comp, note, criteria = _choose_comparison(
+            ds,
+            n_max=n_max,
+            min_coverage=min_coverage,
+            min_snr=min_snr,
+            exclude_ids=exclude_ids,
+            min_comparison=min_comparison,
         )
-    if comp.size < min_comparison:
-        raise ValueError(
-            f"ensemble photometry needs at least {min_comparison} comparison stars, found "
-            f"{comp.size}; lower min_snr / min_coverage or pass comparison_ids"
-        )
+    if note:
+        log.warning("ensemble: %s", note)
+    if comp.size == 0:
+        return _raw_result(flux, err, note, criteria)
+    if comp.size == 1:
+        return _single_result(sid, comp, flux, err, off, note, criteria)
     rejected: list[int] = []
     n_iter = 0
     while True:
         n_iter += 1
-        ci = np.searchsorted(sid, comp) if np.all(np.diff(sid) > 0) else _index_of(sid, comp)
-        cf, ce = flux[ci], err[ci]
-        with np.errstate(all="ignore"):
+        ci = _index_of(sid, comp)
+        cf, ce = np.where(off[ci], np.nan, flux[ci]), err[ci]
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # frames without a good point
             norm = np.nanmedian(cf, axis=1)
             x = cf / norm[:, None]
             e = ce / cf  # fractional error
@@ -542,8 +645,8 @@ def ensemble_photometry(
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN frames
             to_median = x / np.nanmedian(x, axis=0)
             to_median /= np.nanmedian(to_median, axis=1, keepdims=True)
-            off = np.abs(to_median - 1.0) > 5.0 * np.fmax(scatter, expected)[:, None]
-        n_off, n_points = off.sum(axis=1), np.isfinite(to_median).sum(axis=1)
+            far = np.abs(to_median - 1.0) > 5.0 * np.fmax(scatter, expected)[:, None]
+        n_off, n_points = far.sum(axis=1), np.isfinite(to_median).sum(axis=1)
         eclipsing = (n_off >= min_outliers) & (n_off > outlier_fraction * n_points)
         bad |= eclipsing
         if not bad.any() or comp.size - bad.sum() < min_comparison:
@@ -553,7 +656,8 @@ def ensemble_photometry(
         worst = int(np.nanargmax(np.where(bad, score, -np.inf)))
         rejected.append(int(comp[worst]))
         comp = np.delete(comp, worst)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # frames without any comparison point
         transparency = s_wx / s_w
         scale = np.nanmedian(transparency)
         transparency = transparency / scale
@@ -565,7 +669,7 @@ def ensemble_photometry(
         loo_t = loo / scale
         rel[ci] = flux[ci] / loo_t
         loo_err2 = np.where(
-            np.isfinite(x),
+            np.isfinite(loo),
             (np.sqrt(np.maximum(w_e.sum(axis=0)[None, :] - w_e, 0.0)) / (s_w[None, :] - ww)) ** 2,
             np.nan,
         )
@@ -584,6 +688,72 @@ def ensemble_photometry(
         scatter=scatter,
         rejected_ids=np.asarray(rejected, dtype=np.int64),
         n_iterations=n_iter,
+        note=note,
+        criteria=criteria,
+    )
+
+
+def _raw_result(
+    flux: NDArray, err: NDArray, note: str, criteria: dict[str, float]
+) -> EnsembleResult:
+    """No comparison star: each source's flux over its median, transparency 1."""
+    n_frames = flux.shape[1]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # sources without a point
+        med = np.nanmedian(flux, axis=1, keepdims=True)
+        rel, rel_err = flux / med, err / med
+    return EnsembleResult(
+        rel_flux=rel,
+        rel_flux_err=rel_err,
+        transparency=np.ones(n_frames),
+        transparency_err=np.zeros(n_frames),
+        comparison_ids=np.zeros(0, dtype=np.int64),
+        weights=np.zeros(0),
+        scatter=np.zeros(0),
+        rejected_ids=np.zeros(0, dtype=np.int64),
+        n_iterations=0,
+        note=note,
+        criteria=criteria,
+    )
+
+
+def _single_result(
+    sid: NDArray,
+    comp: NDArray[np.int64],
+    flux: NDArray,
+    err: NDArray,
+    off: NDArray[np.bool_],
+    note: str,
+    criteria: dict[str, float],
+) -> EnsembleResult:
+    """One comparison star: the transparency is its normalised flux (where its point is good)."""
+    c = int(_index_of(sid, comp)[0])
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cf = np.where(off[c], np.nan, flux[c])
+        transparency = cf / np.nanmedian(cf)
+        frac = err[c] / cf
+        transparency_err = transparency * frac
+        rel = flux / transparency[None, :]
+        rel_frac_err2 = (err / flux) ** 2 + frac[None, :] ** 2
+        rel[c] = flux[c]  # nothing to compare it with
+        rel_frac_err2[c] = (err[c] / flux[c]) ** 2
+        med = np.nanmedian(rel, axis=1, keepdims=True)
+        rel = rel / med
+        rel_err = np.abs(rel) * np.sqrt(rel_frac_err2)
+        expected = float(np.nanmedian(frac))
+    return EnsembleResult(
+        rel_flux=rel,
+        rel_flux_err=rel_err,
+        transparency=transparency,
+        transparency_err=transparency_err,
+        comparison_ids=comp.astype(np.int64),
+        weights=np.ones(1),
+        scatter=np.array([expected]),
+        rejected_ids=np.zeros(0, dtype=np.int64),
+        n_iterations=0,
+        note=note,
+        criteria=criteria,
     )
 
 

@@ -42,7 +42,7 @@ from astropy.wcs import WCS
 
 from lcdask import __version__
 from lcdask.catalogs import frames_query_circle, reference_catalog
-from lcdask.classify import classify_sources, flag_near_movers, link_tracks
+from lcdask.classify import classify_sources, find_artefacts, flag_near_movers, link_tracks
 from lcdask.config import Config
 from lcdask.flags import LEVEL2_FLAGS, FrameFlag
 from lcdask.forced import forced_photometry
@@ -351,28 +351,48 @@ def run(
             columns={"astrometry_rms_arcsec": "rms_arcsec"}
         )
         detections = detections[detections["frame"].isin(frames["frame"])]
-        match = match_detections(detections, frames)
+        # hot pixels and other detector-fixed sources: kept out of the matching and linking
+        artefacts = find_artefacts(detections)
+        real = detections[~artefacts.is_artefact]
+        match = match_detections(real, frames)
         tracks = link_tracks(
-            detections,
+            real,
             match.source_id,
             centre=match.centre,
             max_rate_arcsec_h=config.lightcurves.max_rate_arcsec_h,
         )
-        ds = build_lightcurves(detections, tracks.source_id, frames)
+        detections, source_id, artefact_ids = artefacts.apply(detections, tracks.source_id)
+        if artefacts.n_artefacts:
+            log.info(
+                "%d detector artefacts (hot pixels, columns: %d detections fixed on the detector "
+                "while the field moved %.0f px)",
+                artefacts.n_artefacts,
+                int(artefacts.is_artefact.sum()),
+                artefacts.field_shift_px,
+            )
+        ds = build_lightcurves(detections, source_id, frames)
+        ds["is_artefact"] = ("source", np.isin(ds["source_id"].to_numpy(), artefact_ids))
         located, added = None, None
         if target_radec is not None:
-            located = _locate_target(ds, frames)
+            located = _locate_target(ds[["ra", "dec"]].where(~ds["is_artefact"]), frames)
             if located.how == "forced":
                 ds, added = add_target_source(ds, *target_radec)
+        target_id = located.source_id if located is not None and located.found else None
+        first = classify_sources(ds)  # movers (not forced) and artefacts
         forced = {"forced": "off ([lightcurves] forced = false)"}
         if config.lightcurves.forced:
-            ds, forced = _forced_photometry(ds, detections, frames, added)
+            ds, forced = _forced_photometry(ds, detections, frames, first, added)
         if added is not None:
             ds = clear_unmeasured_positions(ds, added)
             located = _forced_target(ds, located, added)
-        target_id = located.source_id if located is not None and located.found else None
-        exclude = [] if target_id is None else [target_id]
-        ds = apply_ensemble(ds, ensemble_photometry(ds, exclude_ids=exclude))
+            target_id = located.source_id if located.found else None
+        not_comparison = first.loc[first["kind"] == "moving", "source_id"].to_numpy()
+        if target_id is not None:
+            not_comparison = np.append(not_comparison, target_id)
+        ensemble = ensemble_photometry(ds, exclude_ids=not_comparison)
+        if ensemble.note:
+            record.data["notes"].append(f"ensemble: {ensemble.note}")
+        ds = apply_ensemble(ds, ensemble)
         sources = classify_sources(ds)
         if target_id is not None:
             sources = _mark_target(sources, target_id, target_radec)
@@ -392,6 +412,12 @@ def run(
             "n_sources": len(sources),
             "kinds": kinds,
             "n_target": int(sources["is_target"].sum()),
+            "n_artefacts": int(artefacts.n_artefacts),
+            "n_artefact_detections": int(artefacts.is_artefact.sum()),
+            "field_shift_px": round(float(artefacts.field_shift_px), 1),
+            "n_comparison": int(ensemble.comparison_ids.size),
+            "comparison_criteria": ensemble.criteria,
+            "ensemble_note": ensemble.note,
             **forced,
         }
 
@@ -420,8 +446,8 @@ def run(
         )
 
     def _forced_target(ds, located: TargetLocation, sid: int) -> TargetLocation:
-        measured = (ds["flags"].sel(source=ds["source_id"] == sid).to_numpy() & FORCED) != 0
-        n = int(measured.sum())
+        index = int(np.flatnonzero(ds["source_id"].to_numpy() == sid)[0])
+        n = int(((ds["flags"].to_numpy()[index] & FORCED) != 0).sum())
         if n:
             return dataclasses.replace(located, source_id=sid)
         why = (
@@ -431,9 +457,9 @@ def run(
         )
         return dataclasses.replace(located, found=False, how="", separation_arcsec=np.nan, why=why)
 
-    def _forced_photometry(ds, detections, frames, added=None) -> tuple[xr.Dataset, dict]:
-        # movers are not forced (lcdask.forced): which move, from a first classification
-        movers = classify_sources(ds).query("kind == 'moving'")["source_id"]
+    def _forced_photometry(ds, detections, frames, first, added=None) -> tuple[xr.Dataset, dict]:
+        # movers and artefacts are not forced (lcdask.forced): from a first classification
+        movers = first.query("kind == 'moving' or kind == 'artefact'")["source_id"]
         psf_path = out / "psf.fits"
         psf = None
         if psf_path.exists() and config.level2.flux != "detection":

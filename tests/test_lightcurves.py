@@ -15,6 +15,7 @@ from lcdask.lightcurves import (
     ensemble_photometry,
     insert_forced,
     missing_entries,
+    select_comparison_stars,
 )
 from lcdask.match import match_detections
 from lcdask.simulate import SimConfig, flux_factor
@@ -161,8 +162,76 @@ def test_comparison_override(night):
     assert np.array_equal(result.comparison_ids, chosen)
     with pytest.raises(ValueError, match="not sources"):
         ensemble_photometry(ds, comparison_ids=[10**9])
-    with pytest.raises(ValueError, match="comparison stars"):
-        ensemble_photometry(ds, min_snr=1e9)
+    with pytest.raises(ValueError, match="empty"):
+        ensemble_photometry(ds, comparison_ids=[])
+
+
+def test_too_few_comparison_stars_relax_the_criteria(night):
+    """Coverage asked above what any star has: the next step (0.75) is taken, and said."""
+    _, _, _, _, ds, _ = night
+    normal = ensemble_photometry(ds)
+    assert normal.note == ""
+    assert normal.criteria == {"min_coverage": 0.9, "min_snr": 30.0}
+    relaxed = ensemble_photometry(ds, min_coverage=1.01)
+    assert relaxed.criteria["min_coverage"] == 0.75
+    assert "candidate comparison stars with coverage >= 0.75" in relaxed.note
+    # the same well-covered stars pass the relaxed step: the same choice
+    assert set(relaxed.comparison_ids) >= set(normal.comparison_ids)
+
+
+def test_a_single_comparison_star_is_used(night):
+    """S/N asked so that one star passes only at the last step: it is the ensemble alone."""
+    _, _, _, _, ds, _ = night
+    eligible = select_comparison_stars(ds, n_max=10**6, min_coverage=0.25, min_snr=0.0)
+    rows = np.isin(ds["source_id"].to_numpy(), eligible)  # unsaturated, covered
+    snr = np.nanmedian(ds["flux"].to_numpy() / ds["flux_err"].to_numpy(), axis=1)[rows]
+    best = np.sort(snr)[-2:]  # the two highest S/N of them
+    # between them at the last step (S/N factor 1/6): only the brightest passes anywhere
+    min_snr = 6 * float(best.mean())
+    result = ensemble_photometry(ds, min_snr=min_snr)
+    assert result.comparison_ids.size == 1
+    assert "only 1 comparison star" in result.note
+    c = int(np.flatnonzero(ds["source_id"].to_numpy() == result.comparison_ids[0])[0])
+    flux = ds["flux"].to_numpy()
+    # the transparency is that star's flux over its median; others are divided by it
+    np.testing.assert_allclose(
+        result.transparency, flux[c] / np.nanmedian(flux[c]), rtol=1e-12, equal_nan=True
+    )
+    other = (c + 1) % ds.sizes["source"]
+    expected = flux[other] / result.transparency
+    np.testing.assert_allclose(
+        result.rel_flux[other], expected / np.nanmedian(expected), rtol=1e-12, equal_nan=True
+    )
+    assert np.isfinite(result.rel_flux_err[other]).sum() > 0
+
+
+def test_no_comparison_star_falls_back_to_raw_fluxes(night):
+    _, _, _, _, ds, _ = night
+    result = ensemble_photometry(ds, min_snr=1e9)
+    assert result.comparison_ids.size == 0
+    assert result.note.startswith("no comparison star")
+    flux = ds["flux"].to_numpy()
+    with np.errstate(all="ignore"):
+        expected = flux / np.nanmedian(flux, axis=1, keepdims=True)
+    np.testing.assert_allclose(result.rel_flux, expected, equal_nan=True)
+    assert (result.transparency == 1).all()
+    cube = apply_ensemble(ds, result)  # storable as any result
+    assert not cube["is_comparison"].any()
+
+
+def test_artefacts_and_flagged_points_never_make_comparison_stars(night, ensemble):
+    _, _, _, _, ds, _ = night
+    result, _ = ensemble
+    chosen = result.comparison_ids
+    is_art = np.isin(ds["source_id"].to_numpy(), chosen[:3])
+    again = ensemble_photometry(ds.assign(is_artefact=("source", is_art)))
+    assert not np.isin(chosen[:3], again.comparison_ids).any()
+    # an edge point of a comparison star no longer excludes it (it used to: one point of 150)
+    flags = ds["flags"].to_numpy().copy()
+    c = int(np.flatnonzero(ds["source_id"].to_numpy() == chosen[0])[0])
+    flags[c, 0] |= int(LightCurveFlag.EDGE)
+    edged = ensemble_photometry(ds.assign(flags=(("source", "frame"), flags)))
+    assert chosen[0] in edged.comparison_ids
 
 
 def test_detrend_removes_an_airmass_trend(night, ensemble):
