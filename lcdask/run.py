@@ -29,6 +29,7 @@ import importlib.metadata
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -422,7 +423,8 @@ def run(
         }
 
     def _locate_target(ds, frames) -> TargetLocation:
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # artefacts' positions are NaN: "All-NaN slice"
+            warnings.simplefilter("ignore", RuntimeWarning)
             median = pd.DataFrame(
                 {
                     "source_id": ds["source_id"].to_numpy(),

@@ -313,8 +313,8 @@ def fit_run_transit(
         )
     bjd = frames["bjd_tdb"].reindex(frame_ids).to_numpy(float)
     airmass = frames["airmass"].reindex(frame_ids).to_numpy(float) if use_airmass else None
-    flux = one["rel_flux"].to_numpy(float)
-    err = one["rel_flux_err"].to_numpy(float)
+    flux = np.asarray(one["rel_flux"], float)
+    err = np.asarray(one["rel_flux_err"], float)
     flagged = (one["flags"].to_numpy() & int(BAD_FOR_FLUX)) != 0
     flux = np.where(flagged, np.nan, flux)
     fit = fit_transit_time(

@@ -276,3 +276,56 @@ def test_an_eclipsing_comparison_star_is_dropped(night, ensemble):
     kept = ensemble_photometry(changed, exclude_ids=exclude, min_outliers=10**6)
     assert eclipsed in kept.comparison_ids
     assert np.std(kept.transparency / expected) > 2e-3
+
+
+def test_comparison_points_left_out_in_the_clear_frames_bias_nothing(night, ensemble):
+    """A comparison star whose good points are only the cloudy frames keeps its true scale.
+
+    Its median over its own good points would be the cloudy frames' (30% low); every frame
+    it misses would then move the others' relative flux by its share of the ensemble (on the
+    real XO-1 night, 5%).
+    """
+    _, _, _, _, ds, _ = night
+    result, _ = ensemble
+    chosen = result.comparison_ids[:4]
+    sid = ds["source_id"].to_numpy()
+    flux = ds["flux"].to_numpy().copy()
+    flags = ds["flags"].to_numpy().copy()
+    cloudy = np.arange(flux.shape[1]) % 3 == 0  # a third of the frames, 30% of the light lost
+    flux[:, cloudy] *= 0.7
+    ds_err = ds["flux_err"].to_numpy().copy()
+    ds_err[:, cloudy] *= 0.7
+    c = int(np.flatnonzero(sid == chosen[0])[0])
+    flags[c, ~cloudy] |= int(LightCurveFlag.MASKED)  # its good points: the cloudy frames only
+    clouded = ds.assign(
+        flux=(("source", "frame"), flux),
+        flux_err=(("source", "frame"), ds_err),
+        flags=(("source", "frame"), flags),
+    )
+    again = ensemble_photometry(clouded, comparison_ids=chosen)
+    base = ensemble_photometry(ds, comparison_ids=chosen)
+    others = ~np.isin(sid, chosen)
+    ratio = again.rel_flux[others] / base.rel_flux[others]
+    # the clouds divide out, and the masked star's frames do not shift anyone: 1 within 0.2%
+    # (without the common scale the clear frames came out 0.7 / 4 + ... = 7% off)
+    assert np.nanmax(np.abs(np.nanmedian(ratio, axis=0) - 1)) < 0.002
+
+
+def test_bright_comparison_stars_with_a_systematic_floor_are_kept(night):
+    """Bright stars whose scatter is 0.5% of systematics, not photon noise, stay in."""
+    _, _, _, _, ds, _ = night
+    base = ensemble_photometry(ds)
+    chosen = base.comparison_ids[:6]
+    sid = ds["source_id"].to_numpy()
+    rng = np.random.default_rng(4)
+    flux = ds["flux"].to_numpy().copy()
+    err = ds["flux_err"].to_numpy().copy()
+    rows = np.flatnonzero(np.isin(sid, chosen))
+    flux[rows] *= 1 + rng.normal(0, 0.004, (rows.size, flux.shape[1]))  # flat-field errors
+    err[rows] = np.abs(flux[rows]) * 0.001  # photon noise of 0.1%
+    noisy = ds.assign(flux=(("source", "frame"), flux), flux_err=(("source", "frame"), err))
+    result = ensemble_photometry(noisy, comparison_ids=None)
+    # 0.4% of systematics over 0.1% of photon noise is a ratio of 4: without the floor the
+    # six would be dropped as too noisy; with 0.5% added in quadrature the ratio is ~0.8
+    assert set(chosen) <= set(result.comparison_ids)
+    assert not np.isin(result.rejected_ids, chosen).any()
