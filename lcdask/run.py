@@ -23,6 +23,7 @@ must run again invalidates those after it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -40,6 +41,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from lcdask import __version__
+from lcdask.astrometry import AstrometryConfig
 from lcdask.catalogs import load_catalog, query_sdss
 from lcdask.classify import classify_sources, flag_near_movers, link_tracks
 from lcdask.config import Config
@@ -280,7 +282,14 @@ def run(
         if table is None:
             log.warning("%s: frames are aligned to each other, fluxes stay relative", source)
             record.data["notes"].append(f"{source}: no photometric calibration")
-        result = run_level2(cube, cube_path, table, client=client, config=config.level2)
+        result = run_level2(
+            cube,
+            cube_path,
+            table,
+            client=client,
+            config=config.level2,
+            astrometry=_astrometry(config),
+        )
         detections = result.detections
         if result.catalog is not None:
             with atomic_path(out / "catalog.parquet") as tmp:
@@ -420,6 +429,12 @@ def _new_inputs(previous: dict[str, Any], record: _Record) -> list[Path]:
     return [Path(p) for p in now if p not in before]
 
 
+def _astrometry(config: Config) -> AstrometryConfig:
+    """``[astrometry]``, offline also when the catalog is (``catalog.offline``)."""
+    offline = config.astrometry.offline or config.catalog.offline
+    return dataclasses.replace(config.astrometry, offline=offline)
+
+
 def _append(
     record: _Record, previous: dict[str, Any], new: list[Path], *, client, config: Config
 ) -> None:
@@ -482,6 +497,7 @@ def _append(
         config=config.level2,
         frames=indices,
         previous=start_from,
+        astrometry=_astrometry(config),
     )
     frames = pd.concat([old, _add_frame_metadata(level2.frames, cube)], ignore_index=True)
     _store_frame_results(cube_path, cube, frames)
