@@ -1,4 +1,4 @@
-"""Plate solving: from a frame's detections to its WCS, with one interface and three solvers.
+"""Plate solving: from a frame's detections to its WCS, with one interface and four solvers.
 
 Every solver has ``solve(detections, image_shape, *, wcs_guess=None, catalog=None)`` and returns an
 `AstrometrySolution` (the WCS, the number of matched stars, the residual rms, a status and a
@@ -14,6 +14,13 @@ raise for a bad frame (they do raise ``ValueError``/``TypeError`` for wrong argu
   the system's index files or a directory built by `build_index` from a reference catalog.
 - `AstrometryNetWebSolver`: the nova.astrometry.net web service through
   ``astroquery.astrometry_net`` (``solve_from_source_list``).
+- `HeaderWCSSolver`: the header's own WCS, accepted when enough detections fall within a few
+  arcsec of catalog stars.
+
+The solvers are registered by name (`PLATE_SOLVERS`, `register_solver`: a new solver is one
+class with ``from_config``); ``[astrometry] solver`` (`AstrometryConfig`) picks one, or "auto"
+tries `AUTO_SOLVERS` in turn (`plate_solvers`, `solve_in_turn`), with the pixel scale and
+pointing of the header as hints (`header_pixel_scale`, `solve_hints`).
 
 `refine_wcs` is the cheap per-frame step of a sequence: from a neighbouring frame's solution it
 predicts the catalog positions, finds the drift (tens of pixels) by voting on offsets, matches
@@ -47,7 +54,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -56,19 +63,32 @@ from astropy.wcs import WCS, Sip
 from scipy.spatial import cKDTree
 
 __all__ = [
+    "AUTO_SOLVERS",
+    "PLATE_SOLVERS",
     "AsterismSolver",
+    "AstrometryConfig",
     "AstrometryNetWebSolver",
     "AstrometrySolution",
+    "HeaderWCSSolver",
     "PlateSolver",
     "SolveFieldSolver",
+    "SolveHints",
     "build_index",
+    "default_index_dirs",
     "fit_wcs_linear",
+    "header_pixel_scale",
+    "installed_index_files",
     "match_catalog",
     "pixel_offset",
+    "plate_solvers",
     "refine_wcs",
+    "register_solver",
     "sharper_than_stars",
     "solution_residuals",
+    "solve_hints",
+    "solve_in_turn",
     "wcs_grid_error_px",
+    "wcs_rotation_deg",
 ]
 
 _ARCSEC = 1.0 / 3600.0
@@ -162,6 +182,230 @@ class PlateSolver(Protocol):
     ) -> AstrometrySolution:
         """Solve one frame (see the module docstring)."""
         ...
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry of solvers, and what a frame's header tells them
+# ---------------------------------------------------------------------------------------------
+PLATE_SOLVERS: dict[str, type] = {}
+"""Solver classes by the name ``[astrometry] solver`` gives them (`register_solver`). Each has
+``from_config(config, *, hints, mag_column)`` and the `PlateSolver` interface."""
+
+AUTO_SOLVERS = ("header", "asterism", "solve-field", "web")
+"""The order ``solver = "auto"`` tries: the header WCS checked against the catalog, the asterism
+solver against the catalog, a blind ``solve-field`` with the installed index files, the web API."""
+
+
+def register_solver(name: str):
+    """A class decorator that adds a solver to `PLATE_SOLVERS` under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The name ``[astrometry] solver`` selects it by.
+
+    Returns
+    -------
+    callable
+        The decorator (it returns the class unchanged).
+    """
+
+    def add(cls: type) -> type:
+        PLATE_SOLVERS[name] = cls
+        return cls
+
+    return add
+
+
+@dataclass(frozen=True)
+class SolveHints:
+    """What a frame's header says about its field: pixel scale and pointing, each with a source.
+
+    Attributes
+    ----------
+    scale_arcsec : float or None
+        Pixel scale (arcsec/px), None when the header does not give it.
+    scale_source : str
+        The keyword(s) it came from (``"header WCS"``, ``"PIXSCALE"``, ``"XPIXSZ / FOCALLEN"``...).
+    ra_deg, dec_deg : float or None
+        Field centre (degrees), None when unknown.
+    pointing_source : str
+        Where the centre came from (``"header WCS"`` or ``"header pointing"``).
+    """
+
+    scale_arcsec: float | None = None
+    scale_source: str = ""
+    ra_deg: float | None = None
+    dec_deg: float | None = None
+    pointing_source: str = ""
+
+    @property
+    def center(self) -> tuple[float, float] | None:
+        """``(ra_deg, dec_deg)``, or None when the pointing is unknown."""
+        if self.ra_deg is None or self.dec_deg is None:
+            return None
+        return self.ra_deg, self.dec_deg
+
+
+_SCALE_KEYS = ("PIXSCALE", "SECPIX", "SECPIX1", "SECPIXX", "IM_SCALE", "SCALE", "PIXSCAL1")
+"""Keywords of the pixel scale in arcsec/px, in the order they are trusted."""
+
+
+def _header_number(header: Any, key: str) -> float | None:
+    """A finite number from a header value (numbers stored as strings included), else None."""
+    value = header.get(key) if hasattr(header, "get") else None
+    if value is None or isinstance(value, bool | np.bool_):
+        return None
+    try:
+        number = float(str(value).strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _header_binning(header: Any) -> tuple[int, str]:
+    """The x binning and its keyword (XBINNING, BINX, CCDXBIN, CCDSUM), or (1, "")."""
+    for key in ("XBINNING", "BINX", "CCDXBIN"):
+        number = _header_number(header, key)
+        if number is not None and number.is_integer() and 1 <= number <= 64:
+            return int(number), key
+    value = header.get("CCDSUM") if hasattr(header, "get") else None
+    if value is not None:
+        first = str(value).replace(",", " ").replace("x", " ").split()[:1]
+        if first and first[0].isdigit() and 1 <= int(first[0]) <= 64:
+            return int(first[0]), "CCDSUM"
+    return 1, ""
+
+
+def header_pixel_scale(header: Any) -> tuple[float, str] | None:
+    """The pixel scale (arcsec/px) from the usual header keywords, and where it came from.
+
+    Tried in order: an arcsec/px keyword (PIXSCALE, SECPIX, SECPIX1, SECPIXX, IM_SCALE, SCALE,
+    PIXSCAL1); CDELT1/CDELT2 (degrees); a CD matrix (degrees); the pixel size over the focal
+    length: XPIXSZ (um) / FOCALLEN (mm) x 206.265. XPIXSZ is taken as the size of the binned
+    pixel, as MaxIm DL, SBIG and N.I.N.A. write it ("after binning"), unless its comment says
+    the pixel is unbinned; PIXSIZE1/PIXSIZE (the detector's own pixel, as NOAO and Lowell write
+    it) are multiplied by the binning (XBINNING, BINX, CCDXBIN or CCDSUM). Values outside
+    0.01-3600 arcsec/px are ignored.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header or mapping
+        A raw frame header.
+
+    Returns
+    -------
+    tuple of (float, str) or None
+        The scale and the keyword(s) it came from (e.g. ``"XPIXSZ / FOCALLEN"``), None when the
+        header gives no usable scale.
+    """
+
+    def plausible(scale: float | None) -> bool:
+        return scale is not None and 0.01 <= scale <= 3600.0
+
+    for key in _SCALE_KEYS:
+        scale = _header_number(header, key)
+        if scale is not None and plausible(abs(scale)):
+            return abs(scale), key
+    cdelt1, cdelt2 = (_header_number(header, k) for k in ("CDELT1", "CDELT2"))
+    if cdelt1 and plausible(abs(cdelt1) * 3600):
+        if cdelt2 and plausible(abs(cdelt2) * 3600):
+            return math.sqrt(abs(cdelt1 * cdelt2)) * 3600, "CDELT1/CDELT2"
+        return abs(cdelt1) * 3600, "CDELT1"
+    cd = [_header_number(header, k) for k in ("CD1_1", "CD1_2", "CD2_1", "CD2_2")]
+    if all(v is not None for v in cd):
+        scale = math.sqrt(abs(cd[0] * cd[3] - cd[1] * cd[2])) * 3600
+        if plausible(scale):
+            return scale, "CD matrix"
+    focal_mm = _header_number(header, "FOCALLEN")
+    if focal_mm is None or focal_mm <= 0:
+        return None
+    binning, bin_key = _header_binning(header)
+    pixel_um = _header_number(header, "XPIXSZ")
+    if pixel_um is not None and pixel_um > 0:
+        comment = str(header.comments["XPIXSZ"]).lower() if hasattr(header, "comments") else ""
+        unbinned = "unbinned" in comment or "before binning" in comment
+        if unbinned and binning > 1:
+            scale = 206.265 * pixel_um * binning / focal_mm
+            source = f"XPIXSZ x {bin_key} / FOCALLEN"
+        else:
+            scale, source = 206.265 * pixel_um / focal_mm, "XPIXSZ / FOCALLEN"
+        return (scale, source) if plausible(scale) else None
+    for key in ("PIXSIZE1", "PIXSIZE"):
+        pixel_um = _header_number(header, key)
+        if pixel_um is not None and pixel_um > 0:
+            scale = 206.265 * pixel_um * binning / focal_mm
+            source = f"{key} x {bin_key} / FOCALLEN" if bin_key else f"{key} / FOCALLEN"
+            return (scale, source) if plausible(scale) else None
+    return None
+
+
+def solve_hints(
+    header: Any,
+    *,
+    image_shape: tuple[int, int],
+    wcs: WCS | None = None,
+    ra_deg: float = float("nan"),
+    dec_deg: float = float("nan"),
+) -> SolveHints:
+    """The scale and pointing hints of a frame: from its header WCS, else its keywords.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header or mapping or None
+        The raw header (for `header_pixel_scale`); None when not at hand.
+    image_shape : tuple of int
+        ``(ny, nx)``.
+    wcs : astropy.wcs.WCS, optional
+        The header WCS (`lcdask.io.headers.header_wcs`), when it has one.
+    ra_deg, dec_deg : float, optional
+        The normalised header pointing (NaN when unknown).
+
+    Returns
+    -------
+    SolveHints
+    """
+    if wcs is not None:
+        ny, nx = image_shape
+        centre = _celestial(wcs).pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
+        ra, dec = (float(v) for v in centre)
+        if np.isfinite(ra) and np.isfinite(dec):
+            scale = _pixel_scale_deg(wcs) * 3600
+            return SolveHints(scale, "header WCS", ra % 360, dec, "header WCS")
+    found = header_pixel_scale(header) if header is not None else None
+    scale, source = found if found is not None else (None, "")
+    if np.isfinite(ra_deg) and np.isfinite(dec_deg):
+        return SolveHints(scale, source, float(ra_deg), float(dec_deg), "header pointing")
+    return SolveHints(scale, source)
+
+
+def wcs_rotation_deg(wcs: WCS) -> float:
+    """The position angle of the image's +y axis, east of north (degrees, 0-360).
+
+    0 for north up; 180 for a field turned half a turn. With a parity flip (east to the right
+    of north) the angle is that of the flipped frame.
+
+    Parameters
+    ----------
+    wcs : astropy.wcs.WCS
+        A celestial WCS.
+
+    Returns
+    -------
+    float
+    """
+    m = _celestial(wcs).pixel_scale_matrix  # d(ra cos dec, dec)/d(x, y), ra increasing east
+    east, north = m[0, 1], m[1, 1]  # a unit step along +y: its east (xi) and north parts
+    return float(np.degrees(np.arctan2(east, north)) % 360.0)
+
+
+def _solve_field_index_id(header: fits.Header) -> str:
+    """The id of the index solve-field matched (``COMMENT index id: 4110``), or ""."""
+    for line in header.get("COMMENT", []):
+        text = str(line)
+        if text.strip().startswith("index id:"):
+            return text.split(":", 1)[1].strip()
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -789,6 +1033,7 @@ def _triangle_invariants(
     return inv, verts, np.sign(cross), longest
 
 
+@register_solver("asterism")
 @dataclass(frozen=True)
 class AsterismSolver:
     """Built-in solver: triangle-asterism matching to a reference catalog near the pointing.
@@ -824,6 +1069,11 @@ class AsterismSolver:
         Catalog magnitude column used to pick the brightest stars.
     max_fit_stars : int
         Use at most this many (brightest) matches in a fit.
+    scale_arcsec : float, optional
+        Pixel scale (arcsec/px) to start from when no ``wcs_guess`` is given (with
+        ``center_deg``: a header with a pointing and a scale but no WCS).
+    center_deg : tuple of float, optional
+        Field centre ``(ra, dec)`` to start from when no ``wcs_guess`` is given.
     """
 
     n_detections: int = 40
@@ -839,6 +1089,8 @@ class AsterismSolver:
     fitter: str = "astropy"
     mag_column: str = "mag"
     max_fit_stars: int = 400
+    scale_arcsec: float | None = None
+    center_deg: tuple[float, float] | None = None
     name: str = "asterism"
 
     def __post_init__(self) -> None:
@@ -847,6 +1099,26 @@ class AsterismSolver:
             raise ValueError(f"n_detections must be >= 4, got {self.n_detections}")
         if not 0 < self.scale_tolerance < 1:
             raise ValueError(f"scale_tolerance must be in (0, 1), got {self.scale_tolerance}")
+
+    @classmethod
+    def from_config(
+        cls, config: AstrometryConfig, *, hints: SolveHints, mag_column: str
+    ) -> AsterismSolver:
+        """The solver of ``[astrometry] solver = "asterism"`` (its defaults; the catalog's band).
+
+        Parameters
+        ----------
+        config : AstrometryConfig
+        hints : SolveHints
+            The header's scale and pointing: the start when no guess WCS is given.
+        mag_column : str
+            The catalog's magnitude column.
+
+        Returns
+        -------
+        AsterismSolver
+        """
+        return cls(mag_column=mag_column, scale_arcsec=hints.scale_arcsec, center_deg=hints.center)
 
     def solve(
         self,
@@ -875,8 +1147,15 @@ class AsterismSolver:
         AstrometrySolution
             ``status == "failed"`` with the reason when no hypothesis verifies.
         """
-        if wcs_guess is None or catalog is None:
-            raise ValueError("AsterismSolver.solve needs wcs_guess (the header WCS) and a catalog")
+        if catalog is None:
+            return _failed(self.name, "no reference catalog")
+        if wcs_guess is None and self.center_deg is not None and self.scale_arcsec is not None:
+            wcs_guess = _hint_wcs(self.center_deg, self.scale_arcsec, image_shape)
+        if wcs_guess is None:
+            raise ValueError(
+                "AsterismSolver.solve needs wcs_guess (the header WCS, or a header pointing and "
+                "pixel scale) and a catalog"
+            )
         x, y, _, weight = _detection_arrays(detections)
         if len(x) < self.min_matches:
             return _failed(self.name, f"only {len(x)} usable detections")
@@ -1531,11 +1810,43 @@ def _shifted(wcs: WCS, dx: float, dy: float) -> WCS:
 # ---------------------------------------------------------------------------------------------
 # astrometry.net: local solve-field
 # ---------------------------------------------------------------------------------------------
-def _scale_hint(wcs_guess: WCS | None, tolerance: float) -> dict[str, float]:
-    if wcs_guess is None:
-        return {}
-    scale = _pixel_scale_deg(wcs_guess) * 3600.0
+def _scale_hint(
+    wcs_guess: WCS | None, tolerance: float, scale_arcsec: float | None = None
+) -> dict[str, float]:
+    """The scale range to search: around ``scale_arcsec`` when given, else the guess's scale."""
+    if scale_arcsec is None:
+        if wcs_guess is None:
+            return {}
+        scale_arcsec = _pixel_scale_deg(wcs_guess) * 3600.0
+    scale = float(scale_arcsec)
     return {"scale_low": scale * (1 - tolerance), "scale_high": scale * (1 + tolerance)}
+
+
+def _hint_wcs(
+    center_deg: tuple[float, float], scale_arcsec: float, image_shape: tuple[int, int]
+) -> WCS:
+    """A tangent plane at a pointing with a scale (north up: only its centre and scale count)."""
+    ny, nx = image_shape
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [float(center_deg[0]), float(center_deg[1])]
+    wcs.wcs.crpix = [(nx + 1) / 2, (ny + 1) / 2]
+    wcs.wcs.cd = np.array([[-1.0, 0.0], [0.0, 1.0]]) * float(scale_arcsec) / 3600
+    wcs.pixel_shape = (int(nx), int(ny))
+    return wcs
+
+
+def _center_hint(
+    wcs_guess: WCS | None, image_shape: tuple[int, int], center_deg: tuple[float, float] | None
+) -> tuple[float, float] | None:
+    """The field centre to search around: ``center_deg`` when given, else the guess's centre."""
+    if center_deg is not None:
+        return float(center_deg[0]), float(center_deg[1])
+    if wcs_guess is None:
+        return None
+    ny, nx = image_shape
+    ra, dec = wcs_guess.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
+    return float(ra), float(dec)
 
 
 def _write_xylist(path: Path, x: np.ndarray, y: np.ndarray, flux: np.ndarray) -> None:
@@ -1603,6 +1914,7 @@ def _run(cmd: list[str], timeout_s: float, cwd: Path) -> subprocess.CompletedPro
     )
 
 
+@register_solver("solve-field")
 @dataclass(frozen=True)
 class SolveFieldSolver:
     """astrometry.net's local ``solve-field`` on an xylist of the detections.
@@ -1626,6 +1938,14 @@ class SolveFieldSolver:
         The ``solve-field`` program.
     mag_column : str
         Catalog magnitude column (for computing residuals against a catalog).
+    scale_arcsec : float, optional
+        A pixel-scale hint (arcsec/px, e.g. from `header_pixel_scale`), used instead of the
+        guess's scale.
+    center_deg : tuple of float, optional
+        A pointing hint ``(ra, dec)`` used instead of the guess's centre (searched within
+        ``search_radius_deg``).
+    hint_sources : str
+        Where the hints came from, for the solution's message.
     """
 
     index_dir: str | Path | None = None
@@ -1636,7 +1956,49 @@ class SolveFieldSolver:
     tweak_order: int = 2
     executable: str = "solve-field"
     mag_column: str = "mag"
+    scale_arcsec: float | None = None
+    center_deg: tuple[float, float] | None = None
+    hint_sources: str = ""
     name: str = "solve-field"
+    costly: ClassVar[bool] = True
+    """Seconds to a minute a solve: a reference search tries it on one frame, not three."""
+
+    @classmethod
+    def from_config(
+        cls, config: AstrometryConfig, *, hints: SolveHints, mag_column: str
+    ) -> SolveFieldSolver:
+        """The solver of ``[astrometry] solver = "solve-field"``, with a frame's header hints.
+
+        Parameters
+        ----------
+        config : AstrometryConfig
+            ``index_dir``, ``timeout_s``, ``n_detections``, ``scale_tolerance`` and
+            ``search_radius_deg``.
+        hints : SolveHints
+            The frame's pixel scale and pointing from its header (`solve_hints`).
+        mag_column : str
+            The catalog's magnitude column.
+
+        Returns
+        -------
+        SolveFieldSolver
+        """
+        sources = []
+        if hints.scale_arcsec is not None:
+            sources.append(f'scale hint {hints.scale_arcsec:.2f}"/px from {hints.scale_source}')
+        if hints.center is not None:
+            sources.append(f"position hint from the {hints.pointing_source}")
+        return cls(
+            index_dir=config.index_dir or None,
+            timeout_s=config.timeout_s,
+            n_detections=config.n_detections,
+            scale_tolerance=config.scale_tolerance,
+            search_radius_deg=config.search_radius_deg,
+            mag_column=mag_column,
+            scale_arcsec=hints.scale_arcsec,
+            center_deg=hints.center,
+            hint_sources="; ".join(sources),
+        )
 
     def available(self) -> bool:
         """True when the ``solve-field`` executable is on the PATH."""
@@ -1693,14 +2055,14 @@ class SolveFieldSolver:
             cmd += ["--tweak-order", str(self.tweak_order)]
         else:
             cmd += ["--no-tweak"]
-        hint = _scale_hint(wcs_guess, self.scale_tolerance)
+        hint = _scale_hint(wcs_guess, self.scale_tolerance, self.scale_arcsec)
         if hint:
             cmd += ["--scale-units", "arcsecperpix"]
             cmd += ["--scale-low", f"{hint['scale_low']:.6f}"]
             cmd += ["--scale-high", f"{hint['scale_high']:.6f}"]
-        if wcs_guess is not None and self.search_radius_deg is not None:
-            ra, dec = wcs_guess.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
-            cmd += ["--ra", f"{float(ra):.8f}", "--dec", f"{float(dec):.8f}"]
+        center = _center_hint(wcs_guess, image_shape, self.center_deg)
+        if center is not None and self.search_radius_deg is not None:
+            cmd += ["--ra", f"{center[0]:.8f}", "--dec", f"{center[1]:.8f}"]
             cmd += ["--radius", f"{self.search_radius_deg:.6f}"]
         if self.index_dir is not None:
             cfg = work / "astrometry.cfg"
@@ -1710,6 +2072,16 @@ class SolveFieldSolver:
             )
             cmd += ["--config", str(cfg)]
         return cmd
+
+    def _failure(self, output: list[str], image_shape, wcs_guess: WCS | None) -> str:
+        """Why solve-field did not solve, in one line: the index files and hints it had."""
+        n_index = len(installed_index_files(self.index_dir))
+        hint = _scale_hint(wcs_guess, self.scale_tolerance, self.scale_arcsec)
+        low, high = hint.get("scale_low"), hint.get("scale_high")
+        scale = f', scale {low:.2f}-{high:.2f}"/px' if hint else ", no scale hint"
+        errors = [line for line in output if "error" in line.lower()][:1]
+        detail = f": {errors[0].strip()[:160]}" if errors else ""
+        return f"solve-field did not solve ({n_index} index files{scale}){detail}"
 
     def solve(
         self,
@@ -1739,13 +2111,21 @@ class SolveFieldSolver:
         """
         if not self.available():
             return _failed(self.name, f"{self.executable} is not installed (see scripts/)")
+        if not installed_index_files(self.index_dir):
+            where = self.index_dir or ", ".join(map(str, default_index_dirs()))
+            return _failed(
+                self.name,
+                f"no astrometry.net index files in {where}: install astrometry-data-tycho2 "
+                "(scripts/install-system-deps.sh) or set [astrometry] index_dir",
+            )
         x, y, flux, _ = _detection_arrays(detections)
         if len(x) < 4:
             return _failed(self.name, f"only {len(x)} usable detections")
         with tempfile.TemporaryDirectory(prefix="lcdask-solve-") as tmp:
             work = Path(tmp)
             xylist = work / "field.xyls"
-            _write_xylist(xylist, x[: self.n_detections], y[: self.n_detections], flux)
+            n = self.n_detections
+            _write_xylist(xylist, x[:n], y[:n], flux[:n])
             cmd = self.command(xylist, work, image_shape, wcs_guess)
             try:
                 proc = _run(cmd, self.timeout_s + 30.0, work)
@@ -1755,8 +2135,8 @@ class SolveFieldSolver:
                 return _failed(self.name, f"solve-field could not run: {exc}")
             wcs_path = work / "solution.wcs"
             if not (work / "solved").exists() or not wcs_path.exists():
-                tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-                return _failed(self.name, "solve-field did not solve: " + " | ".join(tail))
+                output = (proc.stdout + proc.stderr).strip().splitlines()
+                return _failed(self.name, self._failure(output, image_shape, wcs_guess))
             header = fits.getheader(wcs_path)
             corr = None
             corr_path = work / "solution.corr"
@@ -1769,9 +2149,28 @@ class SolveFieldSolver:
                         np.asarray(data["index_ra"], float),
                         np.asarray(data["index_dec"], float),
                     )
-        return _solution_from_header(
+        solution = _solution_from_header(
             header, self.name, x, y, image_shape, catalog, self.mag_column, corr
         )
+        if not solution.ok:
+            return solution
+        center = _center_hint(wcs_guess, image_shape, self.center_deg)
+        how = "blind" if center is None or self.search_radius_deg is None else "near the pointing"
+        index = _solve_field_index_id(header)
+        details = ", ".join(
+            part
+            for part in (
+                f"index {index}" if index else "",
+                f'{_pixel_scale_deg(solution.wcs) * 3600:.2f}"/px',
+                f"rotation {wcs_rotation_deg(solution.wcs):.1f} deg",
+            )
+            if part
+        )
+        hints = f"; {self.hint_sources}" if self.hint_sources else ""
+        message = (
+            f"solved {how} by solve-field ({details}); {solution.n_matches} matched stars{hints}"
+        )
+        return dataclasses.replace(solution, message=message)
 
 
 def build_index(
@@ -1869,6 +2268,7 @@ def build_index(
 # ---------------------------------------------------------------------------------------------
 # astrometry.net web service
 # ---------------------------------------------------------------------------------------------
+@register_solver("web")
 @dataclass(frozen=True)
 class AstrometryNetWebSolver:
     """nova.astrometry.net through ``astroquery.astrometry_net.AstrometryNet``.
@@ -1889,6 +2289,12 @@ class AstrometryNetWebSolver:
         SIP order of the returned WCS.
     mag_column : str
         Catalog magnitude column (for the residuals against a catalog).
+    scale_arcsec : float, optional
+        A pixel-scale hint (arcsec/px) used instead of the guess's scale.
+    center_deg : tuple of float, optional
+        A pointing hint ``(ra, dec)`` used instead of the guess's centre.
+    offline : bool
+        Never reach the network: every solve fails at once, saying so.
     """
 
     api_key: str | None = dataclasses.field(default=None, repr=False)
@@ -1898,7 +2304,44 @@ class AstrometryNetWebSolver:
     search_radius_deg: float | None = 1.0
     tweak_order: int = 2
     mag_column: str = "mag"
+    scale_arcsec: float | None = None
+    center_deg: tuple[float, float] | None = None
+    offline: bool = False
     name: str = "astrometry.net-web"
+    costly: ClassVar[bool] = True
+    """Minutes a solve: a reference search tries it on one frame, not three."""
+
+    @classmethod
+    def from_config(
+        cls, config: AstrometryConfig, *, hints: SolveHints, mag_column: str
+    ) -> AstrometryNetWebSolver:
+        """The solver of ``[astrometry] solver = "web"``, with a frame's header hints.
+
+        Parameters
+        ----------
+        config : AstrometryConfig
+            ``api_key`` ("" for the environment's), ``timeout_s``, ``n_detections``,
+            ``scale_tolerance``, ``search_radius_deg`` and ``offline``.
+        hints : SolveHints
+            The frame's pixel scale and pointing from its header.
+        mag_column : str
+            The catalog's magnitude column.
+
+        Returns
+        -------
+        AstrometryNetWebSolver
+        """
+        return cls(
+            api_key=config.api_key or None,
+            timeout_s=config.timeout_s,
+            n_detections=config.n_detections,
+            scale_tolerance=config.scale_tolerance,
+            search_radius_deg=config.search_radius_deg,
+            mag_column=mag_column,
+            scale_arcsec=hints.scale_arcsec,
+            center_deg=hints.center,
+            offline=config.offline,
+        )
 
     def resolved_api_key(self) -> str | None:
         """The key from the argument or from ``ASTROMETRY_NET_API_KEY`` (None without one)."""
@@ -1927,9 +2370,8 @@ class AstrometryNetWebSolver:
         dict
             Keyword arguments of ``solve_from_source_list``.
         """
-        ny, nx = image_shape
         settings: dict[str, Any] = {"crpix_center": True, "tweak_order": int(self.tweak_order)}
-        hint = _scale_hint(wcs_guess, self.scale_tolerance)
+        hint = _scale_hint(wcs_guess, self.scale_tolerance, self.scale_arcsec)
         if hint:
             settings.update(
                 scale_units="arcsecperpix",
@@ -1937,10 +2379,10 @@ class AstrometryNetWebSolver:
                 scale_lower=hint["scale_low"],
                 scale_upper=hint["scale_high"],
             )
-        if wcs_guess is not None and self.search_radius_deg is not None:
-            ra, dec = wcs_guess.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
+        center = _center_hint(wcs_guess, image_shape, self.center_deg)
+        if center is not None and self.search_radius_deg is not None:
             settings.update(
-                center_ra=float(ra), center_dec=float(dec), radius=float(self.search_radius_deg)
+                center_ra=center[0], center_dec=center[1], radius=float(self.search_radius_deg)
             )
         return settings
 
@@ -1970,6 +2412,8 @@ class AstrometryNetWebSolver:
         AstrometrySolution
             ``status == "failed"`` without an API key, on network errors, time-out or no solve.
         """
+        if self.offline:
+            return _failed(self.name, "offline: the astrometry.net web service is not asked")
         if self.resolved_api_key() is None:
             return _failed(
                 self.name,
@@ -2001,3 +2445,324 @@ class AstrometryNetWebSolver:
         if not header:
             return _failed(self.name, "astrometry.net could not solve the field")
         return _solution_from_header(header, self.name, x, y, image_shape, catalog, self.mag_column)
+
+
+# ---------------------------------------------------------------------------------------------
+# The header's own WCS, checked against the catalog
+# ---------------------------------------------------------------------------------------------
+@register_solver("header")
+@dataclass(frozen=True)
+class HeaderWCSSolver:
+    """Accepts the header WCS when enough detections fall within a few arcsec of catalog stars.
+
+    The brightest detections are matched (mutual nearest neighbours) to the catalog stars inside
+    the field, as many as twice the detections, brightest first; the WCS is accepted when the
+    matches are well above those expected by chance (the catalog's density in the field times
+    the match circle) and at least ``min_matches``. The WCS is returned as it is: the frames
+    are refined from it afterwards.
+
+    Parameters
+    ----------
+    match_radius_arcsec : float
+        Largest distance of a match (a header WCS from a plate solution is good to an arcsec or
+        two; one off by a drift is rejected).
+    min_matches : int
+        Matches needed.
+    n_detections : int
+        Brightest detections used.
+    mag_column : str
+        Catalog magnitude column (to take the brightest stars).
+    """
+
+    match_radius_arcsec: float = 3.0
+    min_matches: int = 6
+    n_detections: int = 200
+    mag_column: str = "mag"
+    name: str = "header"
+
+    @classmethod
+    def from_config(
+        cls, config: AstrometryConfig, *, hints: SolveHints, mag_column: str
+    ) -> HeaderWCSSolver:
+        """The check of ``solver = "auto"``'s first step (``header_match_arcsec``).
+
+        Parameters
+        ----------
+        config : AstrometryConfig
+        hints : SolveHints
+            Unused (the header WCS is the guess it is given).
+        mag_column : str
+            The catalog's magnitude column.
+
+        Returns
+        -------
+        HeaderWCSSolver
+        """
+        return cls(match_radius_arcsec=config.header_match_arcsec, mag_column=mag_column)
+
+    def solve(
+        self,
+        detections: pd.DataFrame,
+        image_shape: tuple[int, int],
+        *,
+        wcs_guess: WCS | None = None,
+        catalog: pd.DataFrame | None = None,
+    ) -> AstrometrySolution:
+        """Check ``wcs_guess`` (the header WCS) against ``catalog``.
+
+        Parameters
+        ----------
+        detections : pandas.DataFrame
+            The frame's detections.
+        image_shape : tuple of int
+            ``(ny, nx)``.
+        wcs_guess : astropy.wcs.WCS, optional
+            The header WCS; the check fails without one.
+        catalog : pandas.DataFrame, optional
+            Reference stars (``ra``, ``dec``, ``mag_column``); the check fails without one.
+
+        Returns
+        -------
+        AstrometrySolution
+            The header WCS when it agrees with the catalog, else a failure saying how far off.
+        """
+        if wcs_guess is None:
+            return _failed(self.name, "no WCS in the header")
+        if catalog is None or not len(catalog):
+            return _failed(self.name, "no catalog to check the header WCS against")
+        x, y, _, _ = _detection_arrays(detections)
+        x, y = x[: self.n_detections], y[: self.n_detections]
+        if len(x) < self.min_matches:
+            return _failed(self.name, f"only {len(x)} usable detections")
+        ny, nx = image_shape
+        wcs = _celestial(wcs_guess).deepcopy()
+        wcs.pixel_shape = (int(nx), int(ny))
+        cat_ra, cat_dec, _ = _catalog_arrays(catalog, self.mag_column)
+        with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+            warnings.simplefilter("ignore")
+            try:
+                cx, cy = wcs.world_to_pixel_values(cat_ra, cat_dec)
+            except Exception as exc:  # a broken header WCS is a bad frame, not a crash
+                return _failed(self.name, f"unusable header WCS: {exc}")
+        inside = np.isfinite(cx) & (cx > -0.5) & (cx < nx - 0.5) & (cy > -0.5) & (cy < ny - 0.5)
+        stars = np.flatnonzero(inside)[: 2 * len(x)]
+        if len(stars) < self.min_matches:
+            return _failed(
+                self.name, f"only {len(stars)} catalog stars inside the field of the header WCS"
+            )
+        found = match_catalog(
+            pd.DataFrame({"x": x, "y": y}),
+            wcs,
+            pd.DataFrame({"ra": cat_ra[stars], "dec": cat_dec[stars]}),
+            radius_arcsec=self.match_radius_arcsec,
+        )
+        scale = _pixel_scale_deg(wcs) * 3600
+        area = nx * ny * scale**2
+        n_random = len(x) * len(stars) / area * math.pi * self.match_radius_arcsec**2
+        n = len(found)
+        if not _significant(n, n_random, self.min_matches):
+            return _failed(
+                self.name,
+                f"header WCS: only {n} of {len(x)} detections within "
+                f'{self.match_radius_arcsec:g}" of a catalog star ({n_random:.1f} by chance)',
+                n,
+            )
+        rms = float(np.sqrt(np.mean(found["sep_arcsec"].to_numpy() ** 2)))
+        return AstrometrySolution(
+            wcs=wcs,
+            n_matches=n,
+            rms_arcsec=rms,
+            rms_px=rms / scale,
+            status=STATUS_OK,
+            message=(
+                f"header WCS agrees with the catalog: {n} of {len(x)} detections within "
+                f'{self.match_radius_arcsec:g}" (rms {rms:.2f}")'
+            ),
+            solver=self.name,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration, and the configured solvers in turn
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AstrometryConfig:
+    """Plate solving of the reference frame and of frames that fail to follow it.
+
+    Attributes
+    ----------
+    solver : {"auto", "header", "asterism", "solve-field", "web"}
+        "auto" tries in turn: the header WCS checked against the catalog (enough detections
+        within header_match_arcsec of catalog stars), the asterism solver against the
+        catalog, astrometry.net's solve-field with the installed index files (blind, with the
+        pixel scale and pointing of the headers as hints), the astrometry.net web API (with
+        an API key, not offline). A name uses that solver alone (`PLATE_SOLVERS`). With no
+        solution, frames are aligned to each other on a nominal tangent plane (relative
+        positions only).
+    index_dir : str
+        Directory of astrometry.net index files for solve-field ("" for the system's:
+        /etc/astrometry.cfg, /usr/share/astrometry). Debian's astrometry-data-tycho2 files
+        solve fields from about 22'; add 4200/5200-series files for narrower ones.
+    timeout_s : float
+        Seconds one solve may take (solve-field's CPU limit; the web API's wait).
+    n_detections : int
+        Brightest detections given to solve-field and the web API.
+    scale_tolerance : float
+        Relative width of the pixel-scale hint (a header's scale keywords can be 10% off).
+    search_radius_deg : float
+        How far from the header pointing solve-field and the web API search (generous: header
+        pointings can be far off).
+    header_match_arcsec : float
+        Largest distance of a detection from its catalog star for the header WCS to be
+        accepted.
+    api_key : str
+        astrometry.net API key ("" for the ASTROMETRY_NET_API_KEY environment variable).
+    offline : bool
+        Never reach the network (the web API is not tried); also set by catalog.offline.
+    """
+
+    solver: str = "auto"
+    index_dir: str = ""
+    timeout_s: float = 60.0
+    n_detections: int = 80
+    scale_tolerance: float = 0.25
+    search_radius_deg: float = 5.0
+    header_match_arcsec: float = 3.0
+    api_key: str = dataclasses.field(default="", repr=False)
+    offline: bool = False
+
+    def __post_init__(self) -> None:
+        allowed = ("auto", *PLATE_SOLVERS)
+        if self.solver not in allowed:
+            raise ValueError(
+                f"astrometry.solver must be one of {', '.join(map(repr, allowed))}, "
+                f"not {self.solver!r}"
+            )
+        if self.index_dir and not Path(self.index_dir).expanduser().is_dir():
+            raise ValueError(
+                f"astrometry.index_dir {self.index_dir!r} is not a directory: give the folder "
+                'of the index files, or "" for the system\'s'
+            )
+        for name in ("timeout_s", "search_radius_deg", "header_match_arcsec"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"astrometry.{name} must be positive, not {getattr(self, name)!r}")
+        if not 0 < self.scale_tolerance < 1:
+            raise ValueError(
+                f"astrometry.scale_tolerance must be between 0 and 1, not {self.scale_tolerance!r}"
+            )
+        if self.n_detections < 4:
+            raise ValueError(f"astrometry.n_detections must be 4 or more, not {self.n_detections}")
+
+
+def plate_solvers(
+    config: AstrometryConfig, *, hints: SolveHints = SolveHints(), mag_column: str = "mag"
+) -> list[PlateSolver]:
+    """The configured solvers, in the order to try them (`AUTO_SOLVERS` for "auto").
+
+    Parameters
+    ----------
+    config : AstrometryConfig
+    hints : SolveHints, optional
+        The frame's header hints (`solve_hints`), for the solvers that take them.
+    mag_column : str, optional
+        The catalog's magnitude column.
+
+    Returns
+    -------
+    list of PlateSolver
+    """
+    names = AUTO_SOLVERS if config.solver == "auto" else (config.solver,)
+    return [PLATE_SOLVERS[n].from_config(config, hints=hints, mag_column=mag_column) for n in names]
+
+
+def solve_in_turn(
+    solvers: Sequence[PlateSolver],
+    detections: pd.DataFrame,
+    image_shape: tuple[int, int],
+    *,
+    wcs_guess: WCS | None = None,
+    catalog: pd.DataFrame | None = None,
+) -> AstrometrySolution:
+    """The first solution of ``solvers`` tried in turn, else a failure with every reason.
+
+    A solver that cannot work without a guess or a catalog (the asterism solver) is passed
+    over, saying so.
+
+    Parameters
+    ----------
+    solvers : sequence of PlateSolver
+        E.g. `plate_solvers`.
+    detections : pandas.DataFrame
+        The frame's detections.
+    image_shape : tuple of int
+        ``(ny, nx)``.
+    wcs_guess : astropy.wcs.WCS, optional
+        The header WCS, or a nominal one at the header pointing and scale.
+    catalog : pandas.DataFrame, optional
+        The reference catalog.
+
+    Returns
+    -------
+    AstrometrySolution
+        The solving one; when none solves, ``status == "failed"`` and the message gives each
+        solver's reason (``"header: no WCS in the header; asterism: ..."``).
+    """
+    reasons = []
+    for solver in solvers:
+        try:
+            solution = solver.solve(detections, image_shape, wcs_guess=wcs_guess, catalog=catalog)
+        except ValueError as exc:  # a solver that needs what this frame lacks
+            solution = _failed(solver.name, str(exc))
+        if solution.ok:
+            return solution
+        reasons.append(f"{solver.name}: {solution.message}")
+    name = solvers[0].name if len(solvers) == 1 else "auto"
+    return _failed(name, "; ".join(reasons) or "no solver configured")
+
+
+def default_index_dirs() -> list[Path]:
+    """Where solve-field looks for index files without ``index_dir``.
+
+    The ``add_path`` lines of ``/etc/astrometry.cfg`` (and of the Homebrew/conda
+    ``astrometry.cfg`` next to the ``solve-field`` program), else ``/usr/share/astrometry``
+    and ``/usr/local/astrometry/data``.
+
+    Returns
+    -------
+    list of Path
+    """
+    configs = [Path("/etc/astrometry.cfg")]
+    program = shutil.which("solve-field")
+    if program:
+        root = Path(program).resolve().parent.parent
+        configs += [root / "etc" / "astrometry.cfg"]
+    dirs = []
+    for cfg in configs:
+        try:
+            lines = cfg.read_text().splitlines()
+        except OSError:
+            continue
+        paths = [line.split(None, 1) for line in lines if line.startswith("add_path")]
+        dirs += [Path(p[1].strip()) for p in paths if len(p) == 2]
+    return dirs or [Path("/usr/share/astrometry"), Path("/usr/local/astrometry/data")]
+
+
+def installed_index_files(index_dir: str | Path | None = None) -> list[Path]:
+    """The astrometry.net index files solve-field would use.
+
+    Parameters
+    ----------
+    index_dir : str or Path, optional
+        A directory of index files; default `default_index_dirs`.
+
+    Returns
+    -------
+    list of Path
+        ``index-*.fits`` (and ``.fits.fz``) files, sorted; empty when there are none.
+    """
+    dirs = [Path(index_dir).expanduser()] if index_dir else default_index_dirs()
+    files: list[Path] = []
+    for folder in dirs:
+        if folder.is_dir():
+            files += sorted(folder.glob("index-*.fits")) + sorted(folder.glob("index-*.fits.fz"))
+    return files

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lcdask.astrometry import AstrometryConfig
 from lcdask.calibrate import CalibrationConfig
 from lcdask.level2 import Level2Config
 from lcdask.lightcurves import LightCurvesConfig
@@ -121,12 +122,16 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     level2: Level2Config = field(default_factory=Level2Config)
+    astrometry: AstrometryConfig = field(default_factory=AstrometryConfig)
     lightcurves: LightCurvesConfig = field(default_factory=LightCurvesConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
 
     def as_dict(self) -> dict[str, Any]:
-        """The configuration as plain data (for run.json)."""
-        return dataclasses.asdict(self)
+        """The configuration as plain data (for run.json; an astrometry.net API key left out)."""
+        data = dataclasses.asdict(self)
+        if data["astrometry"]["api_key"]:
+            data["astrometry"]["api_key"] = "(given)"
+        return data
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -4,14 +4,20 @@ The orchestration follows DESIGN.md (`run_level2`):
 
 1. one task per light frame reads its own calibrated frame from the store and detects sources
    (`frame_detections`);
-2. the driver plate-solves one reference frame (of the three with most detections, the first
-   that solves) against the reference catalog, starting from its header WCS;
+2. the driver plate-solves one reference frame (of the three with most detections pointing at
+   the night's field, the first that solves) with the configured solvers
+   (`lcdask.astrometry.AstrometryConfig`; "auto": the header WCS checked against the catalog,
+   the asterism solver against the catalog, a blind ``solve-field``, the web API); with no
+   catalog, the frames are aligned to an internal catalog of its stars placed on the sky by
+   that solution (or, unsolved, by its header WCS or a nominal tangent plane);
 3. every frame is refined from the reference solution, with a first zero point on its detection
    fluxes (`frame_astrometry_photometry`), one task per frame (drifts of any size that leave
    stars in common with the reference); a frame whose refinement fails is retried from its
    solved neighbours in time, and, with no reference catalog, also against the neighbour's own
-   stars (a frame that has drifted off the reference's field). Each frame's header pointing is
-   compared with its solution (`FrameFlag.POINTING` when far off);
+   stars (a frame that has drifted off the reference's field); then once on its own by the
+   configured solvers (a re-pointed frame); a frame whose header points far from the night's
+   field, or that solves elsewhere, is flagged "another field". Each frame's header pointing
+   is compared with its solution (`FrameFlag.POINTING` when far off);
 4. up to ``coadd_frames`` solved frames, spread over the night, are co-added
    (`lcdask.coadd.coadd_tile`, one task per output tile, each reading only the windows of the
    frames it needs, scaled to a common transparency) and the ePSF is built from the co-add;
@@ -41,10 +47,16 @@ from astropy.wcs import WCS
 
 from lcdask import progress
 from lcdask.astrometry import (
-    AsterismSolver,
+    AstrometryConfig,
     AstrometrySolution,
+    SolveHints,
+    header_pixel_scale,
+    plate_solvers,
     refine_wcs,
     sharper_than_stars,
+    solve_hints,
+    solve_in_turn,
+    wcs_rotation_deg,
 )
 from lcdask.calibrate import PixelFlag
 from lcdask.coadd import Coadd, coadd_tile, optimal_wcs, tile_size_for, tile_slices
@@ -53,6 +65,7 @@ from lcdask.detect import DetectionFlag, detect_frame
 from lcdask.errors import FrameError, LcdaskError
 from lcdask.flags import UNUSABLE
 from lcdask.io import cube as cube_io
+from lcdask.io.fits import read_frame_header
 from lcdask.io.headers import header_wcs
 from lcdask.photcal import calibrate_fluxes, fit_zero_point, instrumental_mag, match_to_catalog
 from lcdask.photometry import photometer_frame
@@ -673,6 +686,7 @@ def run_level2(
     config: Level2Config = Level2Config(),
     frames: Sequence[int] | None = None,
     previous: Level2Start | None = None,
+    astrometry: AstrometryConfig | None = None,
 ) -> Level2Result:
     """Detect, plate-solve, co-add, measure and calibrate every usable light frame of a cube.
 
@@ -696,6 +710,9 @@ def run_level2(
     previous : Level2Start, optional
         Where an earlier run left off: its catalog, a solved WCS to refine from and its ePSF.
         The reference solve and the co-add are then not done again.
+    astrometry : lcdask.astrometry.AstrometryConfig, optional
+        The plate solvers of the reference frame and of frames that fail to follow it (default
+        ``AstrometryConfig()``: "auto").
 
     Returns
     -------
@@ -704,6 +721,7 @@ def run_level2(
         aligned (and calibrated) against.
     """
     cube_path = str(cube_path)
+    astrometry = AstrometryConfig() if astrometry is None else astrometry
     is_light = (cube["frame_type"].values == "light") & ((cube["flags"].values & UNUSABLE) == 0)
     lights = np.flatnonzero(is_light)
     if frames is not None:
@@ -734,15 +752,10 @@ def run_level2(
     # 2. the reference frame's plate solution (driver), or an internal catalog
     if previous is not None:
         catalog, photometric, psf = previous.catalog, previous.photometric, previous.psf
-        start_wcs, reference, absolute = previous.wcs, None, True
+        start_wcs, reference, unsolved, absolute = previous.wcs, None, set(), True
     else:
-        reference, start_wcs, catalog, photometric = _reference(
-            cube, found, counts, catalog, config
-        )
-        # without a solution against a catalog, the internal catalog's sky positions are only
-        # as good as the reference frame's header WCS; a nominal tangent plane is not absolute
-        absolute = photometric or (
-            reference is not None and bool(str(cube["wcs_header"].values[reference]))
+        reference, start_wcs, catalog, photometric, unsolved, absolute = _reference(
+            cube, found, counts, catalog, config, astrometry
         )
         lap("reference")
         if start_wcs is None:
@@ -777,6 +790,19 @@ def run_level2(
     if any(not rows[i].get("wcs_solved") for i in lights):
         _retry_from_neighbours(
             lights, tables, rows, found, catalog, shape, exptime, config, photometric
+        )
+    if any(not rows[i].get("wcs_solved") for i in lights):
+        _retry_on_own(
+            cube,
+            lights,
+            tables,
+            rows,
+            found,
+            catalog,
+            start_wcs,
+            (shape, exptime, config, photometric),
+            astrometry=astrometry,
+            skip=unsolved,
         )
     _check_pointing(cube, lights, rows, shape)
     lap("astrometry")
@@ -822,35 +848,239 @@ def run_level2(
     )
 
 
-def _reference(cube, found, counts, catalog, config):
-    """The reference frame and its plate solution against the catalog, or else an internal one.
+def _reference(cube, found, counts, catalog, config, astrometry):
+    """The reference frame and its plate solution, or else an internal catalog.
 
-    Returns ``(reference, wcs, catalog, photometric)``; ``wcs`` is None when no frame could be
-    solved nor has enough stars for an internal catalog.
+    The three frames with most detections (those whose header points far from the night's field
+    last) are tried in turn with the configured solvers (`lcdask.astrometry.plate_solvers`); a
+    costly one (``solve-field``, the web API) only on the first, whose failure says the field
+    cannot be solved that way. With no reference catalog, the frames are aligned to the
+    reference frame's stars placed on the sky by its solution, else by its header WCS, else by
+    a nominal tangent plane (`nominal_wcs`); then, since only the costly solvers work
+    without a catalog, the other candidates are not tried once those have failed.
+
+    Returns ``(reference, wcs, catalog, photometric, unsolved, absolute)``: ``wcs`` is None when
+    no frame could be solved nor has enough stars for an internal catalog; ``unsolved`` names
+    the costly solvers that failed (not tried again on single frames); ``absolute`` says whether
+    the sky positions are (a plate solution, a header WCS) or only align the frames (a nominal
+    tangent plane).
     """
     shape = (cube.sizes["y"], cube.sizes["x"])
     band = config.band
-    order = sorted(found, key=lambda i: -counts[i])
-    for candidate in order[:3] if catalog is not None else []:
-        guess = header_wcs(fits.Header.fromstring(str(cube["wcs_header"].values[candidate])))
-        solution = AsterismSolver(mag_column=band).solve(
-            found[candidate], shape, wcs_guess=guess, catalog=catalog
-        )
+    night = _night_pointing(cube, list(found))
+    order = sorted(found, key=lambda i: (_far_from(cube, i, night, shape), -counts[i]))
+    unsolved: set[str] = set()
+    for candidate in order[:3] if order and counts[order[0]] >= 3 else []:
+        hints, guess = _frame_hints(cube, candidate, shape)
+        solvers = [
+            s
+            for s in plate_solvers(astrometry, hints=hints, mag_column=band)
+            if not (getattr(s, "costly", False) and s.name in unsolved)
+        ]
+        if not solvers:
+            break
+        solution = solve_in_turn(solvers, found[candidate], shape, wcs_guess=guess, catalog=catalog)
         if solution.ok:
-            log.info("plate solved reference frame %d: %s", candidate, solution.message)
-            return candidate, solution.wcs, catalog, True
-        log.info("frame %d not used as the reference: %s", candidate, solution.message)
+            log.info("reference frame %d %s", candidate, _how_solved(solution))
+            if catalog is not None:
+                return candidate, solution.wcs, catalog, True, unsolved, True
+            stars, internal = internal_catalog(
+                found[candidate],
+                cube,
+                candidate,
+                band=band,
+                wcs=solution.wcs,
+                source=f"{solution.solver}'s plate solution",
+            )
+            log.warning(
+                "no reference catalog: frames aligned to %s (absolute positions); fluxes are "
+                "relative, magnitudes instrumental",
+                internal.message,
+            )
+            return candidate, solution.wcs, stars, False, unsolved, True
+        log.info("frame %d not solved as the reference: %s", candidate, solution.message)
+        unsolved |= {s.name for s in solvers if getattr(s, "costly", False)}
+        if catalog is None:
+            break  # no catalog: only the costly solvers could solve a frame, and they did not
     if not order or counts[order[0]] < 3:
-        return None, None, catalog, catalog is not None
+        return None, None, catalog, catalog is not None, unsolved, False
     reference = order[0]
     catalog, solution = internal_catalog(found[reference], cube, reference, band=band)
     log.warning(
-        "no plate solution against a reference catalog: frames aligned to frame %d (%s); "
-        "fluxes are relative, magnitudes instrumental",
-        reference,
+        "no plate solution: frames aligned to %s; fluxes are relative, magnitudes instrumental",
         solution.message,
     )
-    return reference, solution.wcs, catalog, False
+    absolute = bool(str(cube["wcs_header"].values[reference]))  # else a nominal tangent plane
+    return reference, solution.wcs, catalog, False, unsolved, absolute
+
+
+def _how_solved(solution: AstrometrySolution) -> str:
+    """``solved by ...`` for the log: the solver's own words when they say it, else its name."""
+    if solution.message.startswith("solved"):
+        return solution.message
+    scale = np.sqrt(abs(np.linalg.det(solution.wcs.pixel_scale_matrix))) * 3600
+    return (
+        f'solved by the {solution.solver} solver ({scale:.2f}"/px, rotation '
+        f"{wcs_rotation_deg(solution.wcs):.1f} deg): {solution.message}"
+    )
+
+
+def _raw_header(cube, index: int) -> fits.Header | None:
+    """A frame's raw header (its image HDU), or None when the file cannot be read now."""
+    try:
+        return read_frame_header(str(cube["path"].values[index])).header
+    except (LcdaskError, OSError, KeyError):
+        return None
+
+
+def _frame_hints(cube, index: int, shape) -> tuple[SolveHints, WCS | None]:
+    """A frame's `lcdask.astrometry.SolveHints` and its header WCS (None without one)."""
+    text = str(cube["wcs_header"].values[index])
+    wcs = header_wcs(fits.Header.fromstring(text)) if text else None
+    hints = solve_hints(
+        _raw_header(cube, index),
+        image_shape=shape,
+        wcs=wcs,
+        ra_deg=float(cube["ra_deg"].values[index]),
+        dec_deg=float(cube["dec_deg"].values[index]),
+    )
+    return hints, wcs
+
+
+def _frame_center(cube, index: int, shape) -> tuple[float, float] | None:
+    """A frame's field centre by its header: its WCS, else its RA/Dec; None when unknown."""
+    text = str(cube["wcs_header"].values[index])
+    wcs = header_wcs(fits.Header.fromstring(text)) if text else None
+    if wcs is not None:
+        ny, nx = shape
+        ra, dec = (float(v) for v in wcs.all_pix2world([(nx - 1) / 2], [(ny - 1) / 2], 0))
+    else:
+        ra, dec = float(cube["ra_deg"].values[index]), float(cube["dec_deg"].values[index])
+    return (ra, dec) if np.isfinite(ra) and np.isfinite(dec) else None
+
+
+def _night_pointing(cube, frames) -> tuple[float, float] | None:
+    """The night's field by the headers: the median pointing (RA about the first one's)."""
+    centers = [c for c in (_header_radec(cube, i) for i in frames) if c is not None]
+    if not centers:
+        return None
+    ra, dec = np.array(centers).T
+    ra = ra[0] + (ra - ra[0] + 180) % 360 - 180
+    return float(np.median(ra) % 360), float(np.median(dec))
+
+
+def _header_radec(cube, index: int) -> tuple[float, float] | None:
+    ra, dec = float(cube["ra_deg"].values[index]), float(cube["dec_deg"].values[index])
+    return (ra, dec) if np.isfinite(ra) and np.isfinite(dec) else None
+
+
+def _separation_deg(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return float(np.rad2deg(angular_separation(*np.deg2rad([a[0], a[1], b[0], b[1]]))))
+
+
+def _other_field_limit_deg(shape, scale_deg: float) -> float:
+    """How far a pointing may be from the night's field and still be on it: two field
+    diagonals, at least 30' (mounts point to a few arcmin; re-pointing moves a field by less
+    than its size)."""
+    return max(2 * np.hypot(*shape) * scale_deg, 0.5)
+
+
+def _far_from(cube, index: int, night, shape) -> bool:
+    """Whether a frame's header pointing is far from the night's (an RA/Dec-only guess of the
+    scale: 1"/px, so that small fields count as far only beyond 30')."""
+    here = _header_radec(cube, index)
+    if night is None or here is None:
+        return False
+    return _separation_deg(here, night) > _other_field_limit_deg(shape, 1 / 3600)
+
+
+def _another_field(cube, index: int, field: tuple[float, float], shape, scale_deg: float) -> str:
+    """Why a frame is of another field (its header pointing far from the night's), or ""."""
+    here = _frame_center(cube, index, shape)
+    if here is None:
+        return ""
+    offset = _separation_deg(here, field)
+    limit = _other_field_limit_deg(shape, scale_deg)
+    if offset <= limit:
+        return ""
+    return (
+        f"another field: the header points {_angle(offset)} from the night's field "
+        f"(RA {here[0]:.4f} Dec {here[1]:+.4f}; more than {_angle(limit)})"
+    )
+
+
+def _angle(deg: float) -> str:
+    return f"{deg:.1f} deg" if deg >= 1 else f"{deg * 60:.1f}'"
+
+
+def _retry_on_own(
+    cube, lights, tables, rows, found, catalog, start_wcs, common, *, astrometry, skip
+) -> None:
+    """The frames still unsolved: another field, or solved once more on their own.
+
+    A frame whose header points far from the night's field (the reference solution's centre)
+    is flagged "another field" at once. Every other one is tried by the configured solvers on
+    its own (a re-pointed frame; costly ones that failed on the reference, ``skip``, are not
+    tried again); a solution whose centre is far from the night's field flags the frame
+    "another field"; else the frame is refined from it against the run's catalog (kept as it
+    is when that fails).
+    """
+    shape, exptime, config, photometric = common
+    ny, nx = shape
+    field = tuple(float(v[0]) for v in start_wcs.all_pix2world([(nx - 1) / 2], [(ny - 1) / 2], 0))
+    scale_deg = float(np.sqrt(abs(np.linalg.det(start_wcs.pixel_scale_matrix))))
+    for i in lights:
+        if rows[i].get("wcs_solved"):
+            continue
+        why = _another_field(cube, i, field, shape, scale_deg)
+        if why:
+            rows[i] = _failed_row(why)
+            continue
+        if found.get(i) is None or len(found[i]) < 3:
+            continue
+        hints, guess = _frame_hints(cube, i, shape)
+        solvers = [
+            s
+            for s in plate_solvers(astrometry, hints=hints, mag_column=config.band)
+            if not (getattr(s, "costly", False) and s.name in skip)
+        ]
+        if not solvers:
+            continue
+        solution = solve_in_turn(solvers, found[i], shape, wcs_guess=guess, catalog=catalog)
+        if not solution.ok:
+            message = rows[i].get("astrometry_message", "")
+            rows[i]["astrometry_message"] = f"{message}; alone: {solution.message}"
+            continue
+        centre = tuple(
+            float(v[0]) for v in solution.wcs.all_pix2world([(nx - 1) / 2], [(ny - 1) / 2], 0)
+        )
+        offset = _separation_deg(centre, field)
+        if offset > _other_field_limit_deg(shape, scale_deg):
+            rows[i] = _failed_row(
+                f"another field: solved by {solution.solver} at RA {centre[0]:.4f} "
+                f"Dec {centre[1]:+.4f}, {_angle(offset)} from the night's field"
+            )
+            continue
+        table, row = _refine_task(
+            found[i], solution.wcs, catalog, shape, exptime[i], config, photometric
+        )
+        if not row.get("wcs_solved"):  # the solution as it is, calibrated
+            table, row = _calibrated_solution(
+                found[i], solution, catalog, exptime[i], config, photometric
+            )
+        message = f"solved on its own ({_how_solved(solution)}); {row['astrometry_message']}"
+        tables[i], rows[i] = table, row | {"astrometry_message": message}
+        log.info("frame %d %s", i, _how_solved(solution))
+
+
+def _calibrated_solution(detections, solution, catalog, exptime_s, config, photometric):
+    """A frame's detections on the sky by a solution, with its zero point (`frame_photcal`)."""
+    row = _solution_row(solution)
+    ra, dec = solution.wcs.all_pix2world(detections["x"].to_numpy(), detections["y"].to_numpy(), 0)
+    out = _with_columns(detections, {"ra": ra, "dec": dec})
+    return frame_photcal(
+        out, row, catalog if photometric else None, exptime_s=float(exptime_s), config=config
+    )
 
 
 def _default(dtype: str):
@@ -1183,17 +1413,22 @@ def _run_psf(cube_path, coadd, reference, stats, *, client, config) -> PSFModel 
     return _gather(client, [task], "level2: ePSF")[0]
 
 
-def nominal_wcs(header: fits.Header, shape: tuple[int, int], ra_deg: float, dec_deg: float) -> WCS:
-    """A north-up tangent plane at the header pointing, with the optics' pixel scale.
+def nominal_wcs(
+    header: fits.Header | None, shape: tuple[int, int], ra_deg: float, dec_deg: float
+) -> tuple[WCS, str]:
+    """A tangent plane at the header pointing with the header's pixel scale, to align frames.
 
-    The scale comes from FOCALLEN (mm) and XPIXSZ (um, times XBINNING when the size is of the
-    unbinned pixel) when the header gives them, else 1"/px; a pointing missing from the header
-    gives (0, 0). Good enough to align frames and measure relative motions in pixel space.
+    For aligning frames with each other when nothing solves, and measuring relative motions in
+    pixel space: its orientation is unknown and taken as north up, east left, which the frame
+    need not be (a field turned 180 deg, a camera at any angle), so its sky positions and
+    directions are not to be trusted. The scale comes from `lcdask.astrometry.header_pixel_scale`
+    (PIXSCALE, SECPIX, CDELT, XPIXSZ / FOCALLEN, ...), else 1"/px; a pointing missing from the
+    header gives (0, 0).
 
     Parameters
     ----------
-    header : astropy.io.fits.Header
-        The frame's raw header.
+    header : astropy.io.fits.Header or None
+        The frame's raw header (None when it cannot be read).
     shape : tuple of int
         ``(ny, nx)``.
     ra_deg, dec_deg : float
@@ -1201,29 +1436,39 @@ def nominal_wcs(header: fits.Header, shape: tuple[int, int], ra_deg: float, dec_
 
     Returns
     -------
-    astropy.wcs.WCS
+    wcs : astropy.wcs.WCS
+    description : str
+        What it is made of, for the log (the scale and its keywords, what is assumed).
     """
-    scale_arcsec = 1.0
-    try:
-        focal_mm = float(header["FOCALLEN"])
-        pixel_um = float(header.get("XPIXSZ", header.get("PIXSIZE1")))
-        if focal_mm > 0 and pixel_um > 0:
-            scale_arcsec = 206.265 * pixel_um / focal_mm
-    except (KeyError, TypeError, ValueError):
-        pass
+    found = header_pixel_scale(header) if header is not None else None
+    scale_arcsec, scale_source = found if found is not None else (1.0, "")
+    known = np.isfinite(ra_deg) and np.isfinite(dec_deg)
     wcs = WCS(naxis=2)
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [
-        ra_deg if np.isfinite(ra_deg) else 0.0,
-        dec_deg if np.isfinite(dec_deg) else 0.0,
-    ]
+    wcs.wcs.crval = [ra_deg if known else 0.0, dec_deg if known else 0.0]
     wcs.wcs.crpix = [(shape[1] + 1) / 2, (shape[0] + 1) / 2]
     wcs.wcs.cd = np.array([[-scale_arcsec, 0.0], [0.0, scale_arcsec]]) / 3600
-    return wcs
+    scale = (
+        f'{scale_arcsec:.2f}"/px from {scale_source}'
+        if found is not None
+        else '1"/px (no pixel scale in the header)'
+    )
+    where = "the header pointing" if known else "RA 0 Dec 0 (no pointing in the header)"
+    description = (
+        f"a nominal tangent plane at {where}, {scale}, orientation unknown (taken as north up): "
+        "for aligning the frames only, sky positions approximate"
+    )
+    return wcs, description
 
 
 def internal_catalog(
-    detections: pd.DataFrame, cube, reference: int, *, band: str
+    detections: pd.DataFrame,
+    cube,
+    reference: int,
+    *,
+    band: str,
+    wcs: WCS | None = None,
+    source: str = "",
 ) -> tuple[pd.DataFrame, AstrometrySolution]:
     """A catalog of the reference frame's own stars on the sky, for aligning the other frames.
 
@@ -1237,27 +1482,31 @@ def internal_catalog(
         The reference frame.
     band : str
         Name of the magnitude column to give (instrumental magnitudes, for ranking).
+    wcs : astropy.wcs.WCS, optional
+        The reference frame's plate solution (e.g. a blind ``solve-field``): the stars are then
+        at their absolute positions. Without it, the header WCS, else `nominal_wcs`.
+    source : str, optional
+        What ``wcs`` is, for the message.
 
     Returns
     -------
     catalog : pandas.DataFrame
         ``ra``, ``dec``, ``band``, ``band_err`` of the clean detections.
     solution : AstrometrySolution
-        The reference frame's WCS (header, or nominal).
+        The reference frame's WCS (solved, header, or nominal).
     """
     shape = (cube.sizes["y"], cube.sizes["x"])
-    header_text = str(cube["wcs_header"].values[reference])
-    wcs = header_wcs(fits.Header.fromstring(header_text)) if header_text else None
-    source = "its header WCS"
     if wcs is None:
-        raw_header = fits.getheader(str(cube["path"].values[reference]), ext=0)
-        wcs = nominal_wcs(
-            raw_header,
+        header_text = str(cube["wcs_header"].values[reference])
+        wcs = header_wcs(fits.Header.fromstring(header_text)) if header_text else None
+        source = "its header WCS"
+    if wcs is None:
+        wcs, source = nominal_wcs(
+            _raw_header(cube, reference),
             shape,
             float(cube["ra_deg"].values[reference]),
             float(cube["dec_deg"].values[reference]),
         )
-        source = "a nominal tangent plane (no WCS in the header)"
     good = detections[(detections["flags"] == 0) & (detections["flux"] > 0)]
     if "fwhm_px" in good:  # hot pixels of frames with no dark are no stars to align to
         good = good[~sharper_than_stars(good["fwhm_px"].to_numpy(float))]
@@ -1272,7 +1521,7 @@ def internal_catalog(
         rms_arcsec=0.0,
         rms_px=0.0,
         status="ok",
-        message=f"internal catalog of {len(catalog)} stars from frame {reference} via {source}",
+        message=f"an internal catalog of {len(catalog)} stars of frame {reference} via {source}",
         solver="internal",
     )
     return catalog, solution

@@ -42,6 +42,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from lcdask import __version__
+from lcdask.astrometry import AstrometryConfig, header_pixel_scale
 from lcdask.catalogs import frames_query_circle, reference_catalog
 from lcdask.classify import classify_sources, find_artefacts, flag_near_movers, link_tracks
 from lcdask.config import Config
@@ -141,11 +142,7 @@ def _reference_catalog(config: Config, catalog_path: str | Path | None, cube, ou
 
 
 def _header_pixel_scale(paths, hdus) -> float | None:
-    """The pixel scale ("/px) from the first light's header keywords, when astrometry reads it."""
-    try:  # lcdask.astrometry.header_pixel_scale comes with the plate-solving work (issue 15)
-        from lcdask.astrometry import header_pixel_scale
-    except ImportError:
-        return None
+    """The pixel scale ("/px) from the first light's header keywords (`header_pixel_scale`)."""
     for path, hdu in zip(paths, hdus, strict=True):
         try:
             found = header_pixel_scale(fits.getheader(str(path), int(hdu)))
@@ -310,7 +307,14 @@ def run(
         table, source = _reference_catalog(config, catalog, cube, out)  # logs why when None
         if table is None:
             record.data["notes"].append(f"{source}: no photometric calibration")
-        result = run_level2(cube, cube_path, table, client=client, config=config.level2)
+        result = run_level2(
+            cube,
+            cube_path,
+            table,
+            client=client,
+            config=config.level2,
+            astrometry=_astrometry(config),
+        )
         detections = result.detections
         if result.catalog is not None:
             with atomic_path(out / "catalog.parquet") as tmp:
@@ -575,6 +579,12 @@ def _new_inputs(previous: dict[str, Any], record: _Record) -> list[Path]:
     return [Path(p) for p in now if p not in before]
 
 
+def _astrometry(config: Config) -> AstrometryConfig:
+    """``[astrometry]``, offline also when the catalog is (``catalog.offline``)."""
+    offline = config.astrometry.offline or config.catalog.offline
+    return dataclasses.replace(config.astrometry, offline=offline)
+
+
 def _append(
     record: _Record, previous: dict[str, Any], new: list[Path], *, client, config: Config
 ) -> None:
@@ -637,6 +647,7 @@ def _append(
         config=config.level2,
         frames=indices,
         previous=start_from,
+        astrometry=_astrometry(config),
     )
     frames = pd.concat([old, _add_frame_metadata(level2.frames, cube)], ignore_index=True)
     _store_frame_results(cube_path, cube, frames)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the system (Debian/Ubuntu) packages lcdask's optional paths need, idempotently:
 #   astrometry.net                          solve-field, build-astrometry-index (local plate solving)
-#   astrometry-data-tycho2-07/08/10-19      index files for blind solving of real fields
-#                                           (quads 22'-44' and 60'-2000'; about 160 MB of downloads)
+#   astrometry-data-tycho2-07..10-19        index files for blind solving of real fields
+#                                           (quads 22'-2000', fields from about 22'; about 200 MB
+#                                           of downloads; finer 4200/5200-series: see the README)
 # Usage: scripts/install-system-deps.sh [--minimal]
 #   --minimal   only astrometry.net (the tests build their own index files from a catalog)
 # Runs apt-get directly as root, through sudo otherwise; does nothing when everything is present.
@@ -12,7 +13,10 @@ set -euo pipefail
 
 packages=(astrometry.net)
 if [[ "${1:-}" != "--minimal" ]]; then
-    packages+=(astrometry-data-tycho2-07 astrometry-data-tycho2-08 astrometry-data-tycho2-10-19)
+    packages+=(
+        astrometry-data-tycho2-07 astrometry-data-tycho2-08 astrometry-data-tycho2-09
+        astrometry-data-tycho2-10-19
+    )
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then

@@ -181,3 +181,49 @@ def test_detection_fluxes_keep_the_refine_tasks_zero_points(solved_night, monkey
         assert np.isfinite(row["zero_point"])
         assert {k: again_row[k] for k in keys} == {k: row[k] for k in keys}
         pd.testing.assert_frame_equal(again[names], table[names])
+
+
+def test_no_catalog_solved_blind_by_solve_field(solved_night, tmp_path, caplog):
+    """No reference catalog: the reference frame solved by solve-field (an index built from the
+    night's catalog standing in for installed index files), the internal catalog at absolute
+    sky positions, every frame refined from it to within 0.1 px of the truth."""
+    import logging
+    import shutil
+
+    from lcdask.astrometry import AstrometryConfig, build_index
+
+    if not (shutil.which("solve-field") and shutil.which("build-astrometry-index")):
+        pytest.skip("solve-field or build-astrometry-index not found: see install-system-deps.sh")
+    out, cube, _, _, _ = solved_night
+    refcat = load_catalog(out / "night" / "refcat.parquet")
+    build_index(refcat, tmp_path, field_width_arcmin=8.5, mag_column="r")
+    with caplog.at_level(logging.INFO, logger="lcdask"):
+        result = run_level2(
+            cube,
+            out / "run" / "cube.zarr",
+            None,
+            config=Level2Config(flux="detection", coadd_frames=0),
+            astrometry=AstrometryConfig(index_dir=str(tmp_path), offline=True),
+        )
+    assert any("solved" in r.message and "by solve-field" in r.message for r in caplog.records)
+    assert not result.photometric
+    frames = result.frames
+    assert (frames["astrometry_status"] == "ok").all(), frames["astrometry_message"].tolist()
+    truth = load_truth(out / "night").frames
+    light_order = np.flatnonzero(cube["frame_type"].values == "light")
+    for row in frames.itertuples():
+        position = int(np.flatnonzero(light_order == row.frame)[0])
+        solved = WCS(fits.Header.fromstring(row.wcs_solved))
+        # absolute, as with the catalog (test_every_frame_solved_to_a_tenth_of_a_pixel)
+        assert wcs_grid_error_px(solved, truth_wcs(truth.iloc[position]), (512, 512)) < 0.1
+    # the internal catalog's stars at their catalog positions (absolute): within 0.2" (0.2 px)
+    sky = result.catalog
+    sep = (
+        np.hypot(
+            (sky["ra"].to_numpy()[:, None] - refcat["ra"].to_numpy()[None, :])
+            * np.cos(np.deg2rad(refcat["dec"].to_numpy()[None, :])),
+            sky["dec"].to_numpy()[:, None] - refcat["dec"].to_numpy()[None, :],
+        ).min(axis=1)
+        * 3600
+    )
+    assert np.median(sep) < 0.2
