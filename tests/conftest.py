@@ -102,3 +102,20 @@ def lowell_run(lowell_dir, tmp_path_factory, session_client) -> Path:
         client=session_client,
     )
     return out
+
+
+@pytest.fixture(autouse=True)
+def _lcdask_logger_restored():
+    """Each test starts with the "lcdask" logger as the last left it untouched by the CLI.
+
+    `lcdask.cli.main` gives the logger its stderr handler and stops it propagating (so that
+    caplog, which listens at the root, hears nothing in the tests run after it in a process).
+    """
+    import logging
+
+    logger = logging.getLogger("lcdask")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
