@@ -1082,3 +1082,79 @@ def reference_catalog(
         )
     log.warning(line)
     return None, line
+
+
+# --------------------------------------------------------------------------------------------
+# the catalog band of the frames' filter
+
+_FILTER_WORDS = ("sdss", "sloan", "johnson", "cousins", "bessell", "prime", "filter", "band")
+_CLEAR = {"", "clear", "c", "cl", "l", "lum", "luminance", "none", "open", "empty", "w", "white"}
+_BAND_OF_LETTER = {
+    "u": "u", "g": "g", "r": "r", "i": "i", "z": "z",
+    "U": "u", "G": "g", "Z": "z", "B": "B", "b": "B", "V": "V", "v": "V", "R": "R", "I": "I",
+}  # fmt: skip
+
+
+def filter_band(filter_name: str) -> str | None:
+    """The catalog band of a FILTER keyword's value, or None when it names none.
+
+    SDSS ``u g r i z`` (also written ``r'``, ``rp``, ``sdss r``, ``Sloan_r``...) and Johnson-
+    Cousins ``B V R I`` (``Rc``, ``Ic``, ``Bessell V``...); a single letter's case tells SDSS
+    ``r``/``i`` from Cousins ``R``/``I``. Clear and luminance filters name no band.
+
+    Parameters
+    ----------
+    filter_name : str
+        The frames' filter as ingest normalised it (the cube's ``filter``).
+
+    Returns
+    -------
+    str or None
+    """
+    text = str(filter_name).strip()
+    if text.lower() in _CLEAR:
+        return None
+    lowered = text.lower()
+    words = [w for w in re.split(r"[\s_\-'/:.]+", text) if w]
+    sdss = any(w in lowered for w in ("sdss", "sloan")) or "'" in text or lowered.endswith("p")
+    words = [w for w in words if w.lower() not in _FILTER_WORDS]
+    if len(words) == 1 and words[0].lower() in ("rc", "ic", "bc", "vc"):
+        return words[0][0].upper() if words[0][0].lower() != "b" else "B"
+    if len(words) == 1 and len(words[0]) == 2 and words[0].lower().endswith("p"):
+        words = [words[0][0]]  # rp, ip, gp: SDSS primes
+        sdss = True
+    if len(words) != 1 or len(words[0]) != 1 or words[0] not in _BAND_OF_LETTER:
+        return None
+    band = _BAND_OF_LETTER[words[0]]
+    return band.lower() if sdss and band.lower() in SDSS_BANDS else band
+
+
+def resolve_band(band: str, filters: Sequence[str]) -> tuple[str, str]:
+    """The band the zero point refers to: the configured one, or ("auto") the frames' filter's.
+
+    Parameters
+    ----------
+    band : str
+        ``[level2] band``: a catalog band, or "auto".
+    filters : sequence of str
+        The light frames' filters.
+
+    Returns
+    -------
+    band : str
+    why : str
+        How it was chosen, for run.json and the log.
+    """
+    if band != "auto":
+        return band, f"{band} (configured)"
+    names = [str(f).strip() for f in filters]
+    if not names:
+        return "r", "r (no light frames to read a filter from)"
+    counts = pd.Series(names).value_counts()
+    common = str(counts.index[0])
+    found = filter_band(common)
+    more = f"; {len(counts) - 1} other filter(s) in the night" if len(counts) > 1 else ""
+    if found is None:
+        shown = common or "none given"
+        return "r", f"r (filter {shown!r} names no catalog band: unfiltered is nearest r){more}"
+    return found, f"{found} (from the frames' filter {common!r}){more}"

@@ -34,7 +34,7 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from lcdask.astrometry import (
     wcs_rotation_deg,
 )
 from lcdask.calibrate import PixelFlag
+from lcdask.catalogs import resolve_band
 from lcdask.coadd import Coadd, coadd_tile, optimal_wcs, tile_size_for, tile_slices
 from lcdask.cosmics import _CROSS_2, clean_cosmics, remove_cosmics
 from lcdask.detect import DetectionFlag, detect_frame
@@ -132,7 +133,10 @@ class Level2Config:
     backend : {"sep", "photutils"}
         Detection library.
     band : str
-        Catalog band the zero point refers to (a column of the reference catalog).
+        Catalog band the zero point refers to (a column of the reference catalog), or "auto":
+        the band of the light frames' FILTER (`lcdask.catalogs.filter_band`: SDSS u g r i z,
+        Johnson-Cousins B V R I; r for clear or unknown filters; the catalog's first band when
+        it lacks that one).
     match_radius_arcsec : float
         Radius for matching detections to catalog stars after plate solving.
     fit_slope : bool
@@ -170,7 +174,7 @@ class Level2Config:
     threshold_sigma: float = 3.0
     min_area: int = 5
     backend: str = "sep"
-    band: str = "r"
+    band: str = "auto"
     match_radius_arcsec: float = 2.0
     fit_slope: bool = True
     max_shift_px: float = 60.0
@@ -721,6 +725,9 @@ def run_level2(
         aligned (and calibrated) against.
     """
     cube_path = str(cube_path)
+    if config.band == "auto":  # as `lcdask.run` resolves it, for callers of this function
+        lights_filter = cube["filter"].values[cube["frame_type"].values == "light"]
+        config = replace(config, band=resolve_band("auto", [str(f) for f in lights_filter])[0])
     astrometry = AstrometryConfig() if astrometry is None else astrometry
     is_light = (cube["frame_type"].values == "light") & ((cube["flags"].values & UNUSABLE) == 0)
     lights = np.flatnonzero(is_light)

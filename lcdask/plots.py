@@ -74,7 +74,12 @@ __all__ = [
     "write_run_plots",
 ]
 
-KIND_COLOURS = {"stable": "#7f7f7f", "variable": "#d62728", "moving": "#1f77b4"}
+KIND_COLOURS = {
+    "stable": "#7f7f7f",
+    "variable": "#d62728",
+    "moving": "#1f77b4",
+    "artefact": "#bcbd22",
+}
 """Colour of each source class, shared by the PNG plots and the HTML report."""
 
 FRAME_PANELS = (

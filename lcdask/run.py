@@ -43,7 +43,7 @@ from astropy.wcs import WCS
 
 from lcdask import __version__
 from lcdask.astrometry import AstrometryConfig, header_pixel_scale
-from lcdask.catalogs import frames_query_circle, reference_catalog
+from lcdask.catalogs import frames_query_circle, reference_catalog, resolve_band
 from lcdask.classify import classify_sources, find_artefacts, flag_near_movers, link_tracks
 from lcdask.config import Config
 from lcdask.flags import LEVEL2_FLAGS, FrameFlag
@@ -111,7 +111,7 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _reference_catalog(config: Config, catalog_path: str | Path | None, cube, out: Path):
+def _reference_catalog(config: Config, catalog_path: str | Path | None, cube, out: Path, band: str):
     """The reference catalog as the configuration asks (`reference_catalog`), or None and why.
 
     The query circle comes from the lights' header WCS, else their pixel-scale keywords, else a
@@ -136,9 +136,28 @@ def _reference_catalog(config: Config, catalog_path: str | Path | None, cube, ou
         dec=np.nan if circle is None else circle.dec,
         radius_deg=np.nan if circle is None else circle.radius_deg,
         cache_dir=_catalog_cache(config, out),
-        band=config.level2.band,
+        band=band,
     )
     return table, source if table is None or circle is None else f"{source} ({how})"
+
+
+def _level2_config(config: Config, cube, catalog: pd.DataFrame | None):
+    """Level 2's options with the band resolved (`resolve_band`), and how it was chosen.
+
+    With ``band = "auto"`` and a catalog that lacks the frames' band, the first band the catalog
+    has is used, and said.
+    """
+    lights = cube["frame_type"].values == "light"
+    band, why = resolve_band(config.level2.band, [str(f) for f in cube["filter"].values[lights]])
+    if config.level2.band == "auto" and catalog is not None and band not in catalog:
+        have = [b for b in _CATALOG_BANDS if b in catalog and f"{b}_err" in catalog]
+        if have:
+            why += f"; the catalog has no {band}: {have[0]} used"
+            band = have[0]
+    return dataclasses.replace(config.level2, band=band), why
+
+
+_CATALOG_BANDS = ("r", "g", "i", "z", "V", "R", "I", "B", "u", "G")
 
 
 def _header_pixel_scale(paths, hdus) -> float | None:
@@ -304,15 +323,18 @@ def run(
 
     def do_level2() -> dict:
         cube = cube_io.open_cube(cube_path)
-        table, source = _reference_catalog(config, catalog, cube, out)  # logs why when None
-        if table is None:
+        level2, band_why = _level2_config(config, cube, None)
+        table, source = _reference_catalog(config, catalog, cube, out, level2.band)
+        if table is None:  # (the reason is logged once)
             record.data["notes"].append(f"{source}: no photometric calibration")
+        level2, band_why = _level2_config(config, cube, table)
+        log.info("zero points in %s", band_why)
         result = run_level2(
             cube,
             cube_path,
             table,
             client=client,
-            config=config.level2,
+            config=level2,
             astrometry=_astrometry(config),
         )
         detections = result.detections
@@ -338,6 +360,7 @@ def run(
             "n_astrometry_failed": len(failed),
             "coadd_frames": [] if result.coadd is None else list(result.coadd.frames),
             "photometric": result.photometric,
+            "band": band_why,
             "sky_positions": "absolute" if result.absolute else "relative",
             "step_seconds": result.timings,
         }
@@ -644,7 +667,7 @@ def _append(
         cube_path,
         None,
         client=client,
-        config=config.level2,
+        config=_level2_config(config, cube, start_from.catalog)[0],
         frames=indices,
         previous=start_from,
         astrometry=_astrometry(config),

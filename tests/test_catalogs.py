@@ -27,12 +27,14 @@ from lcdask.catalogs import (
     _query_circle,
     _separation_deg,
     field_radius,
+    filter_band,
     frames_query_circle,
     gaia_to_bands,
     load_catalog,
     query_gaia,
     query_sdss,
     reference_catalog,
+    resolve_band,
 )
 from lcdask.config import CatalogConfig
 from lcdask.errors import LcdaskError
@@ -634,3 +636,24 @@ def test_frames_query_circle():
     circle, how = frames_query_circle(150.0, 20.0, shape=shape)
     assert circle.radius_deg == 1.0 and "generous 1 deg" in how
     assert frames_query_circle(np.nan, np.nan, shape=shape)[0] is None
+
+
+@pytest.mark.parametrize(
+    ("name", "band"),
+    [
+        ("r", "r"), ("R", "R"), ("z", "z"), ("Z", "z"), ("r'", "r"), ("rp", "r"),
+        ("sdss r", "r"), ("Sloan_i", "i"), ("SDSS-g", "g"), ("Rc", "R"), ("Ic", "I"),
+        ("V", "V"), ("Bessell V", "V"), ("B", "B"), ("clear", None), ("L", None),
+        ("Lum", None), ("", None), ("Ha", None), ("OIII", None),
+    ],
+)  # fmt: skip
+def test_filter_band(name, band):
+    assert filter_band(name) == band
+
+
+def test_resolve_band():
+    assert resolve_band("V", ["z"]) == ("V", "V (configured)")
+    band, why = resolve_band("auto", ["z"] * 80 + ["r"])  # XO-1: z, and one frame in r
+    assert band == "z" and "'z'" in why and "1 other filter" in why
+    band, why = resolve_band("auto", ["Clear"] * 3)
+    assert band == "r" and "names no catalog band" in why
