@@ -55,6 +55,7 @@ __all__ = [
     "plan_cube",
     "reason_lines",
     "scan_frame",
+    "settle_untyped",
     "untyped_frame_type",
 ]
 
@@ -105,6 +106,14 @@ MIN_STARS = 10
 # flat-like (twilight and dome flats are exposed to 30-60% of the full scale; a light's sky so
 # high would hold few stars above its noise).
 FLAT_LEVEL_FRACTION = 0.25
+# A source whose brightest pixel holds more than this fraction of its flux above the threshold
+# is a cosmic ray or a hot-pixel cluster, not a star: a Gaussian star of FWHM 1.5 px puts 0.33 of
+# its flux in its peak pixel, the real stars measured here 0.06-0.25; the darks' cosmic rays
+# 0.3-0.6.
+SHARPEST_STAR = 0.35
+# An untyped starless frame less than this many times its noise above the night's exposure-0
+# frames is a dark (the 180 s darks of asteroid2713_c14: 3.5-4.7 sigma; its lights 48-52).
+DARK_SIGMA = 5.0
 
 
 def count_stars(sample: np.ndarray) -> int:
@@ -142,7 +151,8 @@ def count_stars(sample: np.ndarray) -> int:
     except Exception:  # sep's overflow errors (a blank or pathological block): no stars seen
         return 0
     a, b = objs["a"], objs["b"]
-    star = (a > 0) & (a < 8.0) & (b / np.where(a > 0, a, 1.0) > 0.4)
+    sharp = objs["peak"] / np.where(objs["flux"] > 0, objs["flux"], np.inf)
+    star = (a > 0) & (a < 8.0) & (b / np.where(a > 0, a, 1.0) > 0.4) & (sharp < SHARPEST_STAR)
     return int(np.count_nonzero(star))
 
 
@@ -183,8 +193,7 @@ def untyped_frame_type(
     n_stars = count_stars(sample)
     if n_stars >= MIN_STARS:
         return "light", f"{n_stars} stars in its central {sample.shape[0]}x{sample.shape[1]} px"
-    finite = sample[np.isfinite(sample)]
-    level = float(np.median(finite)) if finite.size else np.nan
+    level, _ = level_and_noise(sample)
     high = FLAT_LEVEL_FRACTION * saturate_adu
     if np.isfinite(saturate_adu) and saturate_adu > 0 and level > high:
         percent = 100 * level / saturate_adu
@@ -229,15 +238,15 @@ def scan_frame(path: str | Path, *, utc_offset_h: float | None = None) -> dict[s
                 head.header, path=path, utc_offset_h=utc_offset_h, frame_type="light"
             )
             saturate = meta.saturate_adu * (4 if head.colour == "bayer" else 1)
+            sample = read_frame_sample(path, hdu_index=head.hdu_index)
             kind, why = untyped_frame_type(
-                read_frame_sample(path, hdu_index=head.hdu_index),
-                exptime_s=meta.exptime_s,
-                object_name=meta.object,
-                saturate_adu=saturate,
+                sample, exptime_s=meta.exptime_s, object_name=meta.object, saturate_adu=saturate
             )
+            level, noise = level_and_noise(sample)
             if kind is None:
                 reason = f"{path}: no frame type and not taken as a light ({why})"
-                return {"path": str(path), "error": reason, "untyped": True}
+                bias_level = level if meta.exptime_s == 0 else np.nan
+                return {"path": str(path), "error": reason, "untyped": True, "level": bias_level}
             typed = why
             note = f"no frame type in the header or path: taken as a light ({why})"
             meta = dataclasses.replace(meta, notes=(*meta.notes, note))
@@ -268,7 +277,66 @@ def scan_frame(path: str | Path, *, utc_offset_h: float | None = None) -> dict[s
         colour=head.colour,
         typed=typed,
     )
+    if typed:
+        row.update(level=level, noise=noise)
     return row
+
+
+def level_and_noise(sample: np.ndarray) -> tuple[float, float]:
+    """The median and the robust standard deviation (1.4826 MAD) of an image block's pixels.
+
+    Parameters
+    ----------
+    sample : numpy.ndarray
+
+    Returns
+    -------
+    level, noise : float
+        NaN when no pixel is finite.
+    """
+    finite = sample[np.isfinite(sample)]
+    if not finite.size:
+        return np.nan, np.nan
+    level = float(np.median(finite))
+    return level, float(1.4826 * np.median(np.abs(finite - level)))
+
+
+def settle_untyped(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Look again at the untyped frames taken as lights by their OBJECT alone, against the night.
+
+    A dark keeps the OBJECT of the last target in some programs, and has no stars: an untyped
+    frame taken as a light by its exposure and OBJECT (no stars seen) whose level is within
+    `DARK_SIGMA` times its noise of the untyped exposure-0 frames' median level (the bias
+    pedestal) is a dark, not a light. Without exposure-0 frames in the night the frame stays a
+    light. The scan's ``level`` and ``noise`` keys are removed from every row.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Results of `scan_frame`.
+
+    Returns
+    -------
+    list of dict
+        The rows, each a new dict; a frame found dark-like is an ``error`` row.
+    """
+    rows = [dict(r) for r in rows]
+    pedestals = [
+        r["level"] for r in rows if r.get("untyped") and np.isfinite(r.get("level", np.nan))
+    ]
+    pedestal = float(np.median(pedestals)) if pedestals else np.nan
+    for i, r in enumerate(rows):
+        level, noise = r.pop("level", np.nan), r.pop("noise", np.nan)
+        if "error" in r or not r.get("typed") or "OBJECT=" not in r["typed"]:
+            continue
+        if np.isfinite(pedestal) and noise > 0 and (level - pedestal) < DARK_SIGMA * noise:
+            why = (
+                f"level {level:.0f} ADU, {(level - pedestal) / noise:.1f} sigma above the "
+                f"exposure-0 frames' {pedestal:.0f}, and no stars: a dark?"
+            )
+            reason = f"{r['path']}: no frame type and not taken as a light ({why})"
+            rows[i] = {"path": r["path"], "error": reason, "untyped": True}
+    return rows
 
 
 COLOUR_READ = {
@@ -524,6 +592,7 @@ def ingest(
     rows = [
         r for batch in _map(client, _scan_batch, batches, utc_offset_h=utc_offset_h) for r in batch
     ]
+    rows = settle_untyped(rows)
     typed = _typed(rows)
     frames, shape, dtype, skipped = plan_cube(rows)
     frames["bjd_tdb"] = _bjd(frames)
@@ -599,6 +668,7 @@ def append(
         )
         for r in batch
     ]
+    rows = settle_untyped(rows)
     typed = _typed(rows)
     frames, _, dtype, skipped = plan_cube(rows, shape=(cube.sizes["y"], cube.sizes["x"]))
     kinds = sorted(set(frames["frame_type"]) - {"light"})

@@ -212,7 +212,7 @@ def read_frame_sample(
 ) -> np.ndarray:
     """Read the central block of a frame's pixels, without reading the whole image.
 
-    Only the rows of the block are read from an uncompressed file (``ImageHDU.section``); a
+    Only the rows of the block are read from a file that is not gzipped (``ImageHDU.section``); a
     colour frame's block is its luminance, as `read_frame` gives it. No overscan is subtracted:
     the block is for a look at the sky (are there stars? how high is the level?).
 
@@ -246,11 +246,14 @@ def read_frame_sample(
             hy, hx = min(size, ny) // 2, min(size, nx) // 2
             y0, x0 = (ny // 2 - hy) // 2 * 2, (nx // 2 - hx) // 2 * 2  # even: whole Bayer blocks
             rows, cols = slice(y0, y0 + 2 * hy), slice(x0, x0 + 2 * hx)
+            # A gzip stream cannot seek: reading its rows one section at a time took 4 s for a
+            # 512-row block of a 3k x 2k frame, against 0.1 s for the whole image.
+            source = hdu.data if str(path).endswith(".gz") else hdu.section
             try:
                 if hdu.header.get("NAXIS", 0) == 3:
-                    block = np.asarray(hdu.section[:, rows, cols], dtype=np.float64).mean(axis=0)
+                    block = np.asarray(source[:, rows, cols], dtype=np.float64).mean(axis=0)
                 else:
-                    block = np.asarray(hdu.section[rows, cols], dtype=np.float64)
+                    block = np.asarray(source[rows, cols], dtype=np.float64)
             except Exception as exc:  # a short or corrupt file: astropy raises many kinds
                 raise FrameError(
                     f"{path}: pixel data unreadable ({type(exc).__name__}: {exc})"
