@@ -7,8 +7,10 @@ A frame with no type at all (no ``IMAGETYP``, ``OBSTYPE``, ``IMAGTYP``, ``FRAMET
 file or folder names; see `lcdask.io.headers.classify_frame`), as small robotic telescopes write
 them, is taken as a light when it looks like one (`untyped_frame_type`): stars in the central
 block of its pixels, or an exposure time above 0 and an ``OBJECT``; never when its exposure is 0
-s (a bias) or its level is high with no stars (a flat). The run says how many in one line; the
-reason for each frame is in the cube's ``typed`` attribute and ``run.json``.
+s (a bias), its level is high with no stars (a flat), or it has no stars and a level near the
+night's exposure-0 frames (a dark that kept the last OBJECT; `settle_untyped`). The run says how
+many in one line; the reason for each frame is in the cube's ``typed`` attribute and
+``run.json``; frames not taken are skipped, one line per reason with a count (`reason_lines`).
 *Plan* fixes the cube's frame shape (the most common among lights, after trimming) and pixel type,
 and skips frames of another shape. *Fill* creates the store (metadata only) and maps one task per
 frame over the cluster: each worker reads its file and writes its own chunk, so no pixels travel
