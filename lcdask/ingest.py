@@ -348,7 +348,9 @@ COLOUR_READ = {
 """How a colour frame is read, by `lcdask.io.fits.frame_colour` kind (one line in the log)."""
 
 
-def reason_lines(items: Sequence[Skipped], *, what: str = "frames", at_most: int = 3) -> list[str]:
+def reason_lines(
+    items: Sequence[Skipped], *, what: str = "frames", at_most: int = 3, listed_in: str = "run.json"
+) -> list[str]:
     """The log lines for frames left out or flagged: one per problem, grouped when many share it.
 
     Reasons are ``"<file>: <why>"``. Frames whose *why* is the same (numbers aside) are one
@@ -363,6 +365,8 @@ def reason_lines(items: Sequence[Skipped], *, what: str = "frames", at_most: int
         What the frames are, in a group's line ("frames skipped", "frames flagged").
     at_most : int, optional
         The largest group said frame by frame.
+    listed_in : str, optional
+        Where every file's reason is kept, named in a group's line; ``""`` when nowhere.
 
     Returns
     -------
@@ -379,10 +383,9 @@ def reason_lines(items: Sequence[Skipped], *, what: str = "frames", at_most: int
             lines.extend(item.reason for item in group)
         else:
             first = group[0]
-            lines.append(
-                f"{len(group)} {what}: {_why(first)} (e.g. {Path(first.path).name}; "
-                "each file in run.json)"
-            )
+            where = f"; each file in {listed_in}" if listed_in else ""
+            example = f"e.g. {Path(first.path).name}{where}"
+            lines.append(f"{len(group)} {what}: {_why(first)} ({example})")
     return lines
 
 
@@ -425,8 +428,8 @@ def plan_cube(
     skipped = [Skipped(r["path"], r["error"]) for r in rows if "error" in r]
     good = [r for r in rows if "error" not in r]
     if not good:
-        lines = reason_lines(skipped, what="files", at_most=1)
-        more = f" (and {len(lines) - 2} other problems; see the log)" if len(lines) > 2 else ""
+        lines = reason_lines(skipped, what="files", at_most=1, listed_in="")
+        more = f" (and {len(lines) - 2} other problems)" if len(lines) > 2 else ""
         raise LcdaskError(f"no usable frames among {len(rows)} files: {'; '.join(lines[:2])}{more}")
     lights = [r for r in good if r["frame_type"] == "light"] or good
     if shape is None:
