@@ -43,44 +43,64 @@ def worker_environ() -> dict[str, object]:
 _OUT_OF_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 """The errors of a write that found no room (full disk, quota, file-size limit, read-only)."""
 
-_FAILED_WITH = re.compile(r"^Exception:\s+['\"](\w+)\((\d+),", re.MULTILINE)
+_FAILED_WITH = re.compile(r"^Exception:\s+['\"](\w+)\((\d+)?", re.MULTILINE)
 """The exception of distributed's "Compute Failed" record: ``Exception: "OSError(28, '...')"``."""
 
 
-class _OutOfRoomFilter(logging.Filter):
-    """Drops a worker's "Compute Failed" record of a task whose write found no room.
+def _handled_error_names() -> set[str]:
+    """The class names of `LcdaskError` and of every subclass imported so far."""
+    names, todo = set(), [LcdaskError]
+    while todo:
+        kind = todo.pop()
+        names.add(kind.__name__)
+        todo.extend(kind.__subclasses__())
+    return names
 
-    The error travels to the driver as the task's exception, and the command line prints it as
-    its one line ("cannot write the products: [Errno 28] No space left on device ..."); the
-    worker's record of it repeats that with a traceback. Every other failure of a task is
-    logged as distributed logs it.
+
+class _HandledFailureFilter(logging.Filter):
+    """Drops a worker's "Compute Failed" record of a failure the pipeline handles.
+
+    Two kinds: a task that raised an `LcdaskError` (a frame that cannot be used, too few
+    comparison stars...), which the driver catches to degrade, skip or end the run with one line
+    that names the input and the fix, the reason kept in ``run.json``; and a write that found no
+    room (the command line's one error line says "cannot write the products: [Errno 28] No space
+    left on device ..."). The worker's record repeats these with a traceback on the user's
+    terminal; it is logged at debug level on the ``lcdask`` logger instead (the exception's
+    first line). Every other failure of a task - a bug - is logged as distributed logs it.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith("Compute Failed"):
             return True
-        found = _FAILED_WITH.search(record.getMessage())
+        message = record.getMessage()
+        found = _FAILED_WITH.search(message)
         if found is None:
             return True
-        kind = getattr(builtins, found.group(1), None)
+        name, errno_text = found.group(1), found.group(2)
+        kind = getattr(builtins, name, None)
         is_os_error = isinstance(kind, type) and issubclass(kind, OSError)
-        return not (is_os_error and int(found.group(2)) in _OUT_OF_ROOM)
+        out_of_room = is_os_error and errno_text is not None and int(errno_text) in _OUT_OF_ROOM
+        if not out_of_room and name not in _handled_error_names():
+            return True
+        exception = message[found.start() :].splitlines()[0]
+        log.debug("a task failed, handled by the run: %s", exception[:500])
+        return False
 
 
-class _QuietOutOfRoom(WorkerPlugin):
-    """Installs `_OutOfRoomFilter` on each worker's ``distributed.worker`` logger."""
+class _QuietHandledFailures(WorkerPlugin):
+    """Installs `_HandledFailureFilter` on each worker's ``distributed.worker`` logger."""
 
-    name = "lcdask-quiet-out-of-room"
+    name = "lcdask-quiet-handled-failures"
     idempotent = True
 
     def setup(self, worker) -> None:
         logger = logging.getLogger("distributed.worker")
-        if not any(isinstance(f, _OutOfRoomFilter) for f in logger.filters):
-            logger.addFilter(_OutOfRoomFilter())
+        if not any(isinstance(f, _HandledFailureFilter) for f in logger.filters):
+            logger.addFilter(_HandledFailureFilter())
 
     def teardown(self, worker) -> None:
         logger = logging.getLogger("distributed.worker")
-        for found in [f for f in logger.filters if isinstance(f, _OutOfRoomFilter)]:
+        for found in [f for f in logger.filters if isinstance(f, _HandledFailureFilter)]:
             logger.removeFilter(found)
 
 
@@ -213,9 +233,10 @@ def dask_client(
     client = Client(cluster)
     try:
         with _connected(client, cluster.scheduler_address):
-            # The local workers write to the user's terminal: a full disk is said once, by the
-            # command's error line, not again by each worker that hit it.
-            client.register_plugin(_QuietOutOfRoom())
+            # The local workers write to the user's terminal: a failure the run handles (a full
+            # disk, a frame it skips, a step it degrades) is said once, by the run's own line,
+            # not again with a traceback by each worker that hit it.
+            client.register_plugin(_QuietHandledFailures())
             log.info(
                 "local cluster of %d workers; dashboard %s",
                 len(cluster.workers),

@@ -2,6 +2,15 @@
 
 Three steps. *Scan* reads every header (in parallel, a batch of files per task), classifies the
 frame and normalises its metadata; frames whose header cannot be used are skipped with a reason.
+A frame with no type at all (no ``IMAGETYP``, ``OBSTYPE``, ``IMAGTYP``, ``FRAMETYP``,
+``EXPTYPE``, ``IMGTYPE`` or ``PICTTYPE``, and no ``bias``, ``dark``, ``flat`` or ``light`` in its
+file or folder names; see `lcdask.io.headers.classify_frame`), as small robotic telescopes write
+them, is taken as a light when it looks like one (`untyped_frame_type`): stars in the central
+block of its pixels, or an exposure time above 0 and an ``OBJECT``; never when its exposure is 0
+s (a bias), its level is high with no stars (a flat), or it has no stars and a level near the
+night's exposure-0 frames (a dark that kept the last OBJECT; `settle_untyped`). The run says how
+many in one line; the reason for each frame is in the cube's ``typed`` attribute and
+``run.json``; frames not taken are skipped, one line per reason with a count (`reason_lines`).
 *Plan* fixes the cube's frame shape (the most common among lights, after trimming) and pixel type,
 and skips frames of another shape. *Fill* creates the store (metadata only) and maps one task per
 frame over the cluster: each worker reads its file and writes its own chunk, so no pixels travel
@@ -12,10 +21,12 @@ is built under a temporary name and renamed when whole.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -34,8 +45,8 @@ from lcdask.flags import SATURATED_FRACTION, FrameFlag
 from lcdask.io import cube as cube_io
 from lcdask.io.atomic import atomic_path
 from lcdask.io.discover import discover_frames
-from lcdask.io.fits import native_dtype, read_frame, read_frame_header
-from lcdask.io.headers import bjd_tdb, normalize_header, parse_section
+from lcdask.io.fits import native_dtype, read_frame, read_frame_header, read_frame_sample
+from lcdask.io.headers import UntypedFrameError, bjd_tdb, normalize_header, parse_section
 
 __all__ = [
     "IngestResult",
@@ -44,7 +55,10 @@ __all__ = [
     "append",
     "ingest",
     "plan_cube",
+    "reason_lines",
     "scan_frame",
+    "settle_untyped",
+    "untyped_frame_type",
 ]
 
 log = logging.getLogger("lcdask")
@@ -86,8 +100,120 @@ class IngestResult:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
+# An untyped frame with at least this many star-like sources in its central block is a light:
+# a 512x512 block of a small telescope's field (tens of arcmin) holds hundreds of stars; a dark's
+# cosmic rays that pass the shape test are a few per block even in 300 s.
+MIN_STARS = 10
+# An untyped frame with no stars whose level is above this fraction of the saturation level is
+# flat-like (twilight and dome flats are exposed to 30-60% of the full scale; a light's sky so
+# high would hold few stars above its noise).
+FLAT_LEVEL_FRACTION = 0.25
+# A source whose brightest pixel holds more than this fraction of its flux above the threshold
+# is a cosmic ray or a hot-pixel cluster, not a star: a Gaussian star of FWHM 1.5 px puts 0.33 of
+# its flux in its peak pixel, the real stars measured here 0.06-0.25; the darks' cosmic rays
+# 0.3-0.6.
+SHARPEST_STAR = 0.35
+# An untyped starless frame less than this many times its noise above the night's exposure-0
+# frames is a dark (the 180 s darks of asteroid2713_c14: 3.5-4.7 sigma; its lights 48-52).
+DARK_SIGMA = 5.0
+
+
+def count_stars(sample: np.ndarray) -> int:
+    """Count the compact sources well above the sky in an image block.
+
+    Sources 5 sigma above a local background (``sep``), of at least 5 connected pixels with no
+    smoothing (so that a hot pixel, even a cluster of two or three, is not one), round enough
+    (minor/major axis above 0.4: not a column or a cosmic-ray track) and not wider than a
+    defocused star (major axis below 8 px).
+
+    Parameters
+    ----------
+    sample : numpy.ndarray
+        A 2-D block of a frame (`lcdask.io.fits.read_frame_sample`).
+
+    Returns
+    -------
+    int
+        The number of such sources (0 when the block is too small or blank).
+    """
+    import sep
+
+    data = np.ascontiguousarray(sample, dtype=np.float32)
+    if min(data.shape) < 32 or not np.isfinite(data).any():
+        return 0
+    bad = ~np.isfinite(data)
+    data = np.where(bad, np.float32(np.nanmedian(data)), data)
+    box = max(16, min(data.shape) // 8)
+    try:
+        bkg = sep.Background(data, mask=bad, bw=box, bh=box)
+        rms = float(bkg.globalrms)
+        if not np.isfinite(rms) or rms <= 0:
+            return 0
+        objs = sep.extract(data - bkg.back(), 5.0, err=rms, mask=bad, minarea=5, filter_kernel=None)
+    except Exception:  # sep's overflow errors (a blank or pathological block): no stars seen
+        return 0
+    a, b = objs["a"], objs["b"]
+    sharp = objs["peak"] / np.where(objs["flux"] > 0, objs["flux"], np.inf)
+    star = (a > 0) & (a < 8.0) & (b / np.where(a > 0, a, 1.0) > 0.4) & (sharp < SHARPEST_STAR)
+    return int(np.count_nonzero(star))
+
+
+def untyped_frame_type(
+    sample: np.ndarray,
+    *,
+    exptime_s: float,
+    object_name: str = "",
+    saturate_adu: float = np.nan,
+) -> tuple[str | None, str]:
+    """Tell whether a frame with no type keyword is a light, from its exposure, OBJECT and pixels.
+
+    In this order: an exposure of 0 s is a bias, not a light; a block with at least `MIN_STARS`
+    compact sources (`count_stars`) is a light; a block with fewer whose median level is above
+    `FLAT_LEVEL_FRACTION` of the saturation level is flat-like, not a light; an exposure above
+    0 with an ``OBJECT`` is a light (a cloudy or sparse field); anything else is not typed.
+
+    Parameters
+    ----------
+    sample : numpy.ndarray
+        The central block of the frame (`lcdask.io.fits.read_frame_sample`).
+    exptime_s : float
+        Exposure time in seconds (NaN when unknown).
+    object_name : str, optional
+        The frame's ``OBJECT`` (or ``OBJNAME``...), ``""`` when none.
+    saturate_adu : float, optional
+        The saturation level of the sample's pixels; NaN skips the flat-like test.
+
+    Returns
+    -------
+    frame_type : str or None
+        ``"light"``, or None when the frame is not taken as a light.
+    why : str
+        One short phrase: why it is, or what it looks like instead.
+    """
+    if exptime_s == 0:
+        return None, "exposure 0 s, a bias?"
+    n_stars = count_stars(sample)
+    if n_stars >= MIN_STARS:
+        return "light", f"{n_stars} stars in its central {sample.shape[0]}x{sample.shape[1]} px"
+    level, _ = level_and_noise(sample)
+    high = FLAT_LEVEL_FRACTION * saturate_adu
+    if np.isfinite(saturate_adu) and saturate_adu > 0 and level > high:
+        percent = 100 * level / saturate_adu
+        return None, f"level {level:.0f} ADU ({percent:.0f}% of saturation) and no stars, a flat?"
+    if object_name and exptime_s > 0:
+        return "light", f"exposure {exptime_s:g} s and OBJECT={object_name!r}"
+    if not exptime_s > 0:
+        return None, "no exposure time, no OBJECT and no stars"
+    return None, "no OBJECT and no stars, a dark?"
+
+
 def scan_frame(path: str | Path, *, utc_offset_h: float | None = None) -> dict[str, Any]:
     """Read and normalise one frame's header.
+
+    A frame with no type keyword (`lcdask.io.headers.UntypedFrameError`) is judged by
+    `untyped_frame_type` on the central block of its pixels. A colour frame is described as
+    `lcdask.io.fits.read_frame` reads it: luminance, at half the resolution for a Bayer matrix
+    (whose saturation level is then 4 times a pixel's).
 
     Parameters
     ----------
@@ -100,11 +226,32 @@ def scan_frame(path: str | Path, *, utc_offset_h: float | None = None) -> dict[s
     -------
     dict
         The normalised metadata (`FrameMeta.as_row`) plus ``path``, ``hdu_index``, ``ny``, ``nx``
-        (after trimming) and ``dtype``; or ``{"path": ..., "error": reason}`` for an unusable frame.
+        (after trimming), ``dtype`` and ``colour``, and ``typed`` (why an untyped frame was taken
+        as a light; ``""`` for the others); or ``{"path": ..., "error": reason}`` for an unusable
+        frame, with ``untyped: True`` when the reason is that it could not be typed.
     """
+    typed = ""
     try:
         head = read_frame_header(path)
-        meta = normalize_header(head.header, path=path, utc_offset_h=utc_offset_h)
+        try:
+            meta = normalize_header(head.header, path=path, utc_offset_h=utc_offset_h)
+        except UntypedFrameError:
+            meta = normalize_header(
+                head.header, path=path, utc_offset_h=utc_offset_h, frame_type="light"
+            )
+            saturate = meta.saturate_adu * (4 if head.colour == "bayer" else 1)
+            sample = read_frame_sample(path, hdu_index=head.hdu_index)
+            kind, why = untyped_frame_type(
+                sample, exptime_s=meta.exptime_s, object_name=meta.object, saturate_adu=saturate
+            )
+            level, noise = level_and_noise(sample)
+            if kind is None:
+                reason = f"{path}: no frame type and not taken as a light ({why})"
+                bias_level = level if meta.exptime_s == 0 else np.nan
+                return {"path": str(path), "error": reason, "untyped": True, "level": bias_level}
+            typed = why
+            note = f"no frame type in the header or path: taken as a light ({why})"
+            meta = dataclasses.replace(meta, notes=(*meta.notes, note))
         ny, nx = head.shape
         if meta.trimsec:
             ys, xs = parse_section(meta.trimsec)
@@ -116,8 +263,136 @@ def scan_frame(path: str | Path, *, utc_offset_h: float | None = None) -> dict[s
     except ValueError as exc:  # a malformed section string
         return {"path": str(path), "error": f"{path}: {exc}"}
     row = meta.as_row()
-    row.update(path=str(path), hdu_index=head.hdu_index, ny=ny, nx=nx, dtype=dtype)
+    if head.colour:
+        dtype = "float32"
+        if head.colour == "bayer":
+            ny, nx = ny // 2, nx // 2
+            row["saturate_adu"] = 4 * meta.saturate_adu
+        how = COLOUR_READ[head.colour]
+        row["notes"] = "; ".join(n for n in (row["notes"], how) if n)
+    row.update(
+        path=str(path),
+        hdu_index=head.hdu_index,
+        ny=ny,
+        nx=nx,
+        dtype=dtype,
+        colour=head.colour,
+        typed=typed,
+    )
+    if typed:
+        row.update(level=level, noise=noise)
     return row
+
+
+def level_and_noise(sample: np.ndarray) -> tuple[float, float]:
+    """The median and the robust standard deviation (1.4826 MAD) of an image block's pixels.
+
+    Parameters
+    ----------
+    sample : numpy.ndarray
+
+    Returns
+    -------
+    level, noise : float
+        NaN when no pixel is finite.
+    """
+    finite = sample[np.isfinite(sample)]
+    if not finite.size:
+        return np.nan, np.nan
+    level = float(np.median(finite))
+    return level, float(1.4826 * np.median(np.abs(finite - level)))
+
+
+def settle_untyped(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Look again at the untyped frames taken as lights by their OBJECT alone, against the night.
+
+    A dark keeps the OBJECT of the last target in some programs, and has no stars: an untyped
+    frame taken as a light by its exposure and OBJECT (no stars seen) whose level is within
+    `DARK_SIGMA` times its noise of the untyped exposure-0 frames' median level (the bias
+    pedestal) is a dark, not a light. Without exposure-0 frames in the night the frame stays a
+    light. The scan's ``level`` and ``noise`` keys are removed from every row.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Results of `scan_frame`.
+
+    Returns
+    -------
+    list of dict
+        The rows, each a new dict; a frame found dark-like is an ``error`` row.
+    """
+    rows = [dict(r) for r in rows]
+    pedestals = [
+        r["level"] for r in rows if r.get("untyped") and np.isfinite(r.get("level", np.nan))
+    ]
+    pedestal = float(np.median(pedestals)) if pedestals else np.nan
+    for i, r in enumerate(rows):
+        level, noise = r.pop("level", np.nan), r.pop("noise", np.nan)
+        if "error" in r or not r.get("typed") or "OBJECT=" not in r["typed"]:
+            continue
+        if np.isfinite(pedestal) and noise > 0 and (level - pedestal) < DARK_SIGMA * noise:
+            why = (
+                f"level {level:.0f} ADU, {(level - pedestal) / noise:.1f} sigma above the "
+                f"exposure-0 frames' {pedestal:.0f}, and no stars: a dark?"
+            )
+            reason = f"{r['path']}: no frame type and not taken as a light ({why})"
+            rows[i] = {"path": r["path"], "error": reason, "untyped": True}
+    return rows
+
+
+COLOUR_READ = {
+    "rgb": "colour frame(s) of 3 planes (RGB): read as luminance, the mean of the planes",
+    "bayer": "Bayer-matrix colour frame(s): read as luminance, 2x2 pixel sums (half resolution)",
+}
+"""How a colour frame is read, by `lcdask.io.fits.frame_colour` kind (one line in the log)."""
+
+
+def reason_lines(
+    items: Sequence[Skipped], *, what: str = "frames", at_most: int = 3, listed_in: str = "run.json"
+) -> list[str]:
+    """The log lines for frames left out or flagged: one per problem, grouped when many share it.
+
+    Reasons are ``"<file>: <why>"``. Frames whose *why* is the same (numbers aside) are one
+    group; a group of up to ``at_most`` frames gets a line per frame, a larger one a single line
+    with the count, the first frame's reason and its file name.
+
+    Parameters
+    ----------
+    items : sequence of Skipped
+        The frames and their reasons.
+    what : str, optional
+        What the frames are, in a group's line ("frames skipped", "frames flagged").
+    at_most : int, optional
+        The largest group said frame by frame.
+    listed_in : str, optional
+        Where every file's reason is kept, named in a group's line; ``""`` when nowhere.
+
+    Returns
+    -------
+    list of str
+        The lines, in the order each problem was first met.
+    """
+    groups: dict[str, list[Skipped]] = {}
+    for item in items:
+        why = _why(item)
+        groups.setdefault(re.sub(r"\d+(\.\d+)?", "#", why), []).append(item)
+    lines = []
+    for group in groups.values():
+        if len(group) <= at_most:
+            lines.extend(item.reason for item in group)
+        else:
+            first = group[0]
+            where = f"; each file in {listed_in}" if listed_in else ""
+            example = f"e.g. {Path(first.path).name}{where}"
+            lines.append(f"{len(group)} {what}: {_why(first)} ({example})")
+    return lines
+
+
+def _why(item: Skipped) -> str:
+    """The reason without the file name it starts with."""
+    prefix = f"{item.path}: "
+    return item.reason[len(prefix) :] if item.reason.startswith(prefix) else item.reason
 
 
 def _scan_batch(paths: Sequence[str], utc_offset_h: float | None) -> list[dict[str, Any]]:
@@ -153,7 +428,9 @@ def plan_cube(
     skipped = [Skipped(r["path"], r["error"]) for r in rows if "error" in r]
     good = [r for r in rows if "error" not in r]
     if not good:
-        raise LcdaskError("no usable frames: " + "; ".join(s.reason for s in skipped[:5]))
+        lines = reason_lines(skipped, what="files", at_most=1, listed_in="")
+        more = f" (and {len(lines) - 2} other problems)" if len(lines) > 2 else ""
+        raise LcdaskError(f"no usable frames among {len(rows)} files: {'; '.join(lines[:2])}{more}")
     lights = [r for r in good if r["frame_type"] == "light"] or good
     if shape is None:
         shape = Counter((r["ny"], r["nx"]) for r in lights).most_common(1)[0][0]
@@ -169,7 +446,8 @@ def plan_cube(
     frames = pd.DataFrame(accepted).sort_values(["time_mjd", "path"], kind="stable")
     dtypes = set(frames["dtype"])
     dtype = dtypes.pop() if len(dtypes) == 1 else "float32"
-    frames = frames.drop(columns=["ny", "nx", "dtype"]).reset_index(drop=True)
+    frames = frames.drop(columns=["ny", "nx", "dtype", "colour", "typed"], errors="ignore")
+    frames = frames.reset_index(drop=True)
     return frames, shape, np.dtype(dtype).name, skipped
 
 
@@ -319,6 +597,8 @@ def ingest(
     rows = [
         r for batch in _map(client, _scan_batch, batches, utc_offset_h=utc_offset_h) for r in batch
     ]
+    rows = settle_untyped(rows)
+    typed = _typed(rows)
     frames, shape, dtype, skipped = plan_cube(rows)
     frames["bjd_tdb"] = _bjd(frames)
     frames["flags"] = np.zeros(len(frames), np.int32)
@@ -331,6 +611,7 @@ def ingest(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "inputs": [str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs)],
         "skipped": [s.__dict__ for s in skipped],
+        "typed": typed,
     }
     with atomic_path(final) as tmp:
         cube_io.create_cube(tmp, frames, shape, dtype=dtype, attrs=attrs)
@@ -338,8 +619,7 @@ def ingest(
         cube_io.consolidate(tmp)
     timings["fill"] = time.perf_counter() - start
 
-    for item in [*skipped, *flagged]:
-        log.warning("%s", item.reason)
+    _log_scan(rows, typed, skipped, flagged)
     counts = dict(Counter(frames["frame_type"]))
     return IngestResult(final, len(frames), counts, skipped, flagged, timings)
 
@@ -393,6 +673,8 @@ def append(
         )
         for r in batch
     ]
+    rows = settle_untyped(rows)
+    typed = _typed(rows)
     frames, _, dtype, skipped = plan_cube(rows, shape=(cube.sizes["y"], cube.sizes["x"]))
     kinds = sorted(set(frames["frame_type"]) - {"light"})
     if kinds:
@@ -422,12 +704,49 @@ def append(
     group = zarr.open_group(str(final), mode="r+")
     before = json.loads(cube.attrs.get("skipped", "[]"))
     group.attrs["skipped"] = json.dumps(before + [s.__dict__ for s in skipped])
+    group.attrs["typed"] = json.dumps(json.loads(cube.attrs.get("typed", "[]")) + typed)
     cube_io.consolidate(final)
     timings["fill"] = time.perf_counter() - start
-    for item in [*skipped, *flagged]:
-        log.warning("%s", item.reason)
+    _log_scan(rows, typed, skipped, flagged)
     counts = dict(Counter(frames["frame_type"]))
     return IngestResult(final, index.stop, counts, skipped, flagged, timings)
+
+
+def _typed(rows: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """The untyped frames taken as lights, and why (for the cube's attrs and run.json)."""
+    return [
+        {"path": r["path"], "frame_type": r["frame_type"], "why": r["typed"]}
+        for r in rows
+        if r.get("typed")
+    ]
+
+
+def _log_scan(
+    rows: Sequence[dict[str, Any]],
+    typed: list[dict[str, str]],
+    skipped: Sequence[Skipped],
+    flagged: Sequence[Skipped],
+) -> None:
+    """Say what the scan assumed and what it left out: a line per problem, a count for many."""
+    if typed:
+        by_stars = sum(1 for t in typed if " stars in " in t["why"])
+        how = []
+        if by_stars:
+            how.append(f"{by_stars} by the stars in them")
+        if len(typed) - by_stars:
+            how.append(f"{len(typed) - by_stars} by an exposure > 0 and an OBJECT")
+        log.warning(
+            "%d frames had no IMAGETYP: taken as lights (%s; each in run.json 'typed')",
+            len(typed),
+            ", ".join(how),
+        )
+    colours = Counter(r["colour"] for r in rows if r.get("colour"))
+    for kind, n in colours.items():
+        log.info("%d %s", n, COLOUR_READ[kind])
+    for line in reason_lines(skipped, what="frames skipped"):
+        log.warning("%s", line)
+    for line in reason_lines(flagged, what="frames flagged"):
+        log.warning("%s", line)
 
 
 def _bjd(frames: pd.DataFrame) -> np.ndarray:

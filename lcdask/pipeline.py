@@ -41,6 +41,7 @@ from lcdask import calibrate as cal
 from lcdask.calibrate import CalibrationConfig, PixelFlag
 from lcdask.errors import LcdaskError
 from lcdask.flags import FrameFlag
+from lcdask.ingest import Skipped, reason_lines
 from lcdask.io import cube as cube_io
 
 __all__ = ["CALIBRATION_ARRAYS", "calibrate_cube"]
@@ -775,7 +776,9 @@ def _flag_rejected(store: Path, ds: xr.Dataset, rejected: dict[int, str]) -> Non
         new_reasons[frame] = (
             f"{paths[frame]}: {types[frame]} frame not used in the masters: {reason}"
         )
-        log.warning("%s", new_reasons[frame])
+    said = [Skipped(str(paths[f]), new_reasons[f]) for f in sorted(rejected)]
+    for line in reason_lines(said, what="calibration frames"):  # a count when many share one
+        log.warning("%s", line)
     changed = np.flatnonzero((new_flags != flags) | (new_reasons != reasons))
     if len(changed):
         cube_io.set_frame_values(store, "flags", changed, new_flags[changed])

@@ -312,6 +312,7 @@ def run(
         _stage(record, "ingest", ["cube.zarr"], do_ingest)
     cube = cube_io.open_cube(cube_path)
     record.data["skipped"] = json.loads(cube.attrs.get("skipped", "[]"))
+    record.data["typed"] = json.loads(cube.attrs.get("typed", "[]"))
 
     def do_calibrate() -> dict:
         summary = calibrate_cube(cube_path, client=client, config=config.calibration)

@@ -10,7 +10,7 @@ import socket
 import dask
 import pytest
 
-from lcdask.cluster import _connected, _OutOfRoomFilter, batch_cluster, dask_client
+from lcdask.cluster import _connected, _HandledFailureFilter, batch_cluster, dask_client
 from lcdask.config import ClusterConfig
 from lcdask.errors import LcdaskError, SchedulerLostError
 
@@ -123,15 +123,20 @@ def _compute_failed(exception_text: str) -> logging.LogRecord:
         ("FileNotFoundError(2, 'No such file or directory')", True),  # not a write without room
         ("ValueError(28, 'a bug that looks like one')", True),  # not an OSError
         ("ValueError('a bug in a task')", True),
+        # handled by the driver, which says it in one line and keeps the reason in run.json
+        ("FrameError('/n/a.fits: not a readable FITS file')", False),
+        ("LcdaskError('ensemble photometry needs at least 2 comparison stars, found 0')", False),
+        ("HeaderError('/n/a.fits: no exposure time')", False),
+        ("KeyError('frame_type')", True),  # a bug
     ],
 )
-def test_worker_logs_every_failed_task_but_a_write_without_room(exception_text, logged):
-    assert _OutOfRoomFilter().filter(_compute_failed(exception_text)) is logged
+def test_worker_logs_every_failed_task_but_handled_ones(exception_text, logged):
+    assert _HandledFailureFilter().filter(_compute_failed(exception_text)) is logged
 
 
 def test_worker_logs_its_other_records():
     record = logging.LogRecord("distributed.worker", logging.ERROR, "w.py", 1, "%s", ("x",), None)
-    assert _OutOfRoomFilter().filter(record)
+    assert _HandledFailureFilter().filter(record)
 
 
 def _slow_square(x: int) -> int:

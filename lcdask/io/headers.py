@@ -50,6 +50,7 @@ from lcdask.errors import HeaderError
 
 __all__ = [
     "FrameMeta",
+    "UntypedFrameError",
     "bjd_tdb",
     "classify_frame",
     "header_wcs",
@@ -59,6 +60,12 @@ __all__ = [
 ]
 
 NAN = float("nan")
+
+
+class UntypedFrameError(HeaderError):
+    """A header has no frame-type key at all and the file and folder names tell nothing."""
+
+
 _MJD_EPOCH_ORDINAL = dt.date(1858, 11, 17).toordinal()
 _JD_MINUS_MJD = 2400000.5
 # MJD 0 is 1858-11-17 and MJD 100000 is 2132-09-01: anything outside is not a plausible frame time.
@@ -439,8 +446,12 @@ def classify_frame(header: Mapping[str, Any], path: str | Path | None = None) ->
 
     Raises
     ------
+    UntypedFrameError
+        When no type key is in the header (none of the keys above, no ``PICTTYPE`` other than
+        0) and the path tells nothing: `lcdask.ingest` then looks at the exposure time,
+        ``OBJECT`` and the pixels (`lcdask.ingest.guess_untyped_frame`).
     HeaderError
-        When neither the header nor the path tells the frame type.
+        When a type key holds a value that is not a light, dark, bias or flat (``'COMPARISON'``).
     """
     frame_type = None
     for key in _TYPE_KEYS:
@@ -462,15 +473,20 @@ def classify_frame(header: Mapping[str, Any], path: str | Path | None = None) ->
             if len(calib) == 1:
                 frame_type = calib.pop()
     if frame_type is None:
-        found = {
-            k: _raw(header, k) for k in (*_TYPE_KEYS, "PICTTYPE") if _raw(header, k) is not None
-        }
+        # FRAME often holds the coordinate frame ('FK5'), and PICTTYPE 0 means "unknown": neither
+        # is a frame type that could not be read.
+        keys = [k for k in (*_TYPE_KEYS, "PICTTYPE") if k != "FRAME"]
+        found = [(k, _raw(header, k)) for k in keys if _raw(header, k) not in (None, 0)]
         where = f"{path}: " if path is not None else ""
-        raise HeaderError(
-            f"{where}cannot tell the frame type: none of {', '.join(_TYPE_KEYS)} holds a known "
-            f"value (found {found or 'none'}) and the file and folder names hold no 'bias', "
-            "'dark', 'flat' or 'light'; set IMAGETYP or sort the files into bias/, darks/, flats/ "
-            "and lights/ folders"
+        if found:
+            key, value = found[0]
+            raise HeaderError(
+                f"{where}cannot tell the frame type: {key}={value!r} is not a light, dark, bias or "
+                "flat"
+            )
+        raise UntypedFrameError(
+            f"{where}cannot tell the frame type: no IMAGETYP (nor another type key) and no "
+            "bias/dark/flat/light in the file or folder names"
         )
     if frame_type == "dark":
         exptime, _, _ = _exptime(header)
@@ -1278,7 +1294,11 @@ def _pointing(header: Mapping[str, Any], notes: list[str]) -> tuple[float, float
 # The whole header
 # ---------------------------------------------------------------------------------------------
 def normalize_header(
-    header: Mapping[str, Any], *, path: str | Path | None = None, utc_offset_h: float | None = None
+    header: Mapping[str, Any],
+    *,
+    path: str | Path | None = None,
+    utc_offset_h: float | None = None,
+    frame_type: str | None = None,
 ) -> FrameMeta:
     """Read a raw frame's header into a `FrameMeta`.
 
@@ -1290,6 +1310,9 @@ def normalize_header(
         The file, used for error messages and as the frame-type fallback.
     utc_offset_h : float, optional
         The header's clock times are local, this many hours ahead of UTC; see `parse_time`.
+    frame_type : {"light", "dark", "bias", "flat"}, optional
+        The frame type, when the caller has told it otherwise (an untyped frame that looks like
+        a light); `classify_frame` decides when None.
 
     Returns
     -------
@@ -1298,12 +1321,17 @@ def normalize_header(
 
     Raises
     ------
+    UntypedFrameError
+        When the header has no frame-type key and the path tells nothing (see `classify_frame`).
     HeaderError
         When the frame type cannot be told, a light, dark or flat has no exposure time, or a light
         frame has no readable time (bias, dark and flat frames get NaN and a note instead).
     """
     name = str(path) if path is not None else str(_raw(header, "FILENAME") or "header")
-    frame_type = classify_frame(header, path)
+    if frame_type is None:
+        frame_type = classify_frame(header, path)
+    elif frame_type not in FRAME_TYPES:
+        raise ValueError(f"frame_type must be one of {FRAME_TYPES}, not {frame_type!r}")
     notes: list[str] = []
 
     exptime, exp_key, bad = _exptime(header)
