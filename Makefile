@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/lcdask demo --out demo-run
 
 test: $(STAMP)
-	-scripts/install-system-deps.sh --minimal  # astrometry.net for the solve-field tests
+	-scripts/install-system-deps.sh  # astrometry.net and its Tycho-2 index files: blind-solving tests
 	-scripts/install-browser.sh  # Debian chromium for the report test in a real browser
 	$(BIN)/ruff check lcdask tests benchmarks
 	$(BIN)/ruff format --check lcdask tests benchmarks
