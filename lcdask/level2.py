@@ -1400,7 +1400,10 @@ def _coadd_tile_task(
 def _coadd_psf(image: np.ndarray, n_used: np.ndarray, fwhm_px: float) -> PSFModel:
     """The ePSF of the co-add, from the pixels that most of its frames cover."""
     mask = ~np.isfinite(image) | (n_used < max(1, 0.5 * n_used.max()))
-    psf, _ = build_epsf(np.where(mask, 0.0, image), mask=mask, fwhm_px=fwhm_px, oversampling=3)
+    try:
+        psf, _ = build_epsf(np.where(mask, 0.0, image), mask=mask, fwhm_px=fwhm_px, oversampling=3)
+    except (ValueError, RuntimeError) as exc:  # handled by the caller: no worker traceback
+        raise LcdaskError(str(exc)) from exc
     return psf
 
 
@@ -1413,7 +1416,7 @@ def _run_psf(cube_path, coadd, reference, stats, *, client, config) -> PSFModel 
         try:
             task = _submit(client, _coadd_psf, image, n_used, coadd.fwhm_px)
             return _gather(client, [task], "level2: ePSF")[0]
-        except (LcdaskError, ValueError, RuntimeError) as exc:
+        except LcdaskError as exc:
             log.warning("no ePSF from the co-add (%s): the reference frame's is used", exc)
     fwhm = float(stats[reference].get("fwhm_px", np.nan))
     task = _submit(client, reference_psf, cube_path, int(reference), fwhm, config)

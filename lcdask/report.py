@@ -123,9 +123,7 @@ def _summary(run: RunProducts, ds: xr.Dataset) -> Any:
         ("sources", f"{len(sources)}"),
     ]
     shown = {"artefact": "artefact (fixed on the detector: hot pixels, columns)"}
-    rows += [
-        (f"&nbsp;&nbsp;{shown.get(k, k)}", f"{int(counts.get(k, 0))}") for k in KIND_COLOURS
-    ]
+    rows += [(f"&nbsp;&nbsp;{shown.get(k, k)}", f"{int(counts.get(k, 0))}") for k in KIND_COLOURS]
     rows.append(("comparison stars", f"{int(sources['is_comparison'].sum())}"))
     target = sources[sources["is_target"].to_numpy(bool)]
     if len(target):
