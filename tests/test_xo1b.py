@@ -1,0 +1,97 @@
+"""The real XO-1 b transit night (../shared/data/transit_xo1b_arcsat), run as a new user would.
+
+PROVENANCE.md: 80 lights of XO1-b in z (a PinPoint WCS in the first 56 only), one frame of
+another field (43Bet Com), bias, darks at 60 s only, dome flats at 76-83 s, a file name with a
+space; the series covers the end of ingress and the bottom of the transit, with no baseline after
+it. Literature: T0 = 2455385.51978 BJD_TDB, P = 3.941505 d, Rp/Rs = 0.1326, a/Rs = 11.55,
+i = 88.8 deg; predicted mid-transit this night 2460828.7382 +- 0.0003 BJD_TDB.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import shared_data
+
+from lcdask.run import run
+from lcdask.transit import TransitShape, fit_run_transit, fit_transit_time, transit_model
+
+PREDICTED = 2460828.7382
+# z-band quadratic limb darkening of a G1V star (Teff 5750 K, log g 4.5; Claret 2004's tables
+# give u1 ~ 0.25, u2 ~ 0.30 in Sloan z')
+XO1B = TransitShape(period_d=3.941505, rp_rs=0.1326, a_rs=11.55, inc_deg=88.8, u=(0.25, 0.30))
+
+
+@pytest.fixture(scope="module")
+def xo1_run(tmp_path_factory, session_client) -> tuple[Path, dict]:
+    frames = shared_data("transit_xo1b_arcsat") / "frames"
+    out = tmp_path_factory.mktemp("xo1") / "run"
+    record = run(frames, out, target="16:02:11.83 +28:10:10.7", client=session_client)
+    return out, record
+
+
+def test_every_product_offline(xo1_run):
+    out, record = xo1_run
+    for product in (
+        "cube.zarr", "frames.parquet", "detections.parquet", "lightcurves.zarr",
+        "sources.parquet", "report.html", "run.json",
+    ):  # fmt: skip
+        assert (out / product).exists(), product
+    assert all(s["status"] == "complete" for s in record["stages"].values())
+    assert "z" in record["stages"]["level2"]["band"]  # the frames' filter, not r
+
+
+def test_every_xo1b_light_solved_and_the_other_field_flagged(xo1_run):
+    out, record = xo1_run
+    frames = pd.read_parquet(out / "frames.parquet")
+    xo1 = frames[~frames["path"].str.contains("43Bet Com")]
+    assert len(xo1) == 80 and (xo1["astrometry_status"] == "ok").all()  # 24 had no WCS
+    other = frames[frames["path"].str.contains("43Bet Com")]
+    assert len(other) == 1 and "another field" in other["astrometry_message"].iloc[0]
+    flagged = [f for f in record["flagged"] if "another field" in f["reason"]]
+    assert len(flagged) == 1 and "43Bet Com" in flagged[0]["path"]
+
+
+def test_target_found_and_the_transit_timed(xo1_run):
+    out, record = xo1_run
+    assert record["target"]["found"] and record["target"]["how"] == "detected"
+    assert record["target"]["separation_arcsec"] < 2.0  # 3 px of 0.67"
+    fit, saved = fit_run_transit(out, t0_guess=PREDICTED, shape=XO1B)
+    assert (
+        json.loads((out / "transit.json").read_text())["fit"]["t0"] == fit.t0 == saved["fit"]["t0"]
+    )
+    # the ingress and the curved bottom time the transit: within 3 sigma of the prediction,
+    # to better than 10 minutes (measured: -0.6 +- 7.0 min with a linear baseline)
+    assert abs(fit.t0 - PREDICTED) < 3 * fit.t0_err
+    assert fit.t0_err * 1440 < 10
+    assert fit.rms < 0.01  # 0.67% per 60 s point
+
+
+def test_the_light_curve_shows_the_transit(xo1_run):
+    """The transit model explains the target's curve far better than a line does."""
+    out, _ = xo1_run
+    from lcdask.export import read_run
+
+    products = read_run(out)
+    sid = int(products.sources.loc[products.sources["is_target"], "source_id"].iloc[0])
+    ds = products.lightcurves
+    index = int(np.flatnonzero(ds["source_id"].to_numpy() == sid)[0])
+    one = ds.isel(source=index).load()
+    bjd = products.frames.set_index("frame")["bjd_tdb"].reindex(one["frame"].to_numpy())
+    t = bjd.to_numpy(float)
+    flux = np.asarray(one["rel_flux"], float)
+    err = np.asarray(one["rel_flux_err"], float)
+    fit = fit_transit_time(t, flux, err, t0_guess=PREDICTED, shape=XO1B)
+    ok = np.isfinite(flux) & np.isfinite(err)
+    model = transit_model(t[ok], fit.t0, XO1B)
+    design = np.column_stack([np.ones(ok.sum()), t[ok] - t[ok].mean()])
+    base = np.linalg.lstsq(design * model[:, None], flux[ok], rcond=None)[0]
+    chi2_transit = np.sum(((flux[ok] - model * (design @ base)) / err[ok]) ** 2)
+    line = np.linalg.lstsq(design, flux[ok], rcond=None)[0]
+    chi2_line = np.sum(((flux[ok] - design @ line) / err[ok]) ** 2)
+    # the end of ingress (a drop of ~1% in the first 20 minutes) and the curved bottom
+    assert chi2_line - chi2_transit > 25, (chi2_line, chi2_transit)
