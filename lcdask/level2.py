@@ -568,7 +568,7 @@ def frame_photcal(
     row : dict
         ``row`` with the zero point's keys of `FRAME_COLUMNS` set.
     """
-    band = config.band
+    band = _resolved_band(config)
     names = ("mag", "mag_err", "flux_jy", "flux_jy_err")
     uncalibrated = {name: np.full(len(detections), np.nan) for name in names}
     row = row | _PHOTCAL_DEFAULTS
@@ -611,6 +611,16 @@ def frame_photcal(
         zp_rms=fit.rms,
     )
     return out, row
+
+
+def _resolved_band(config: Level2Config) -> str:
+    """``config.band``, which a per-frame function cannot resolve from "auto" alone."""
+    if config.band == "auto":
+        raise ValueError(
+            'band = "auto" names no catalog column: resolve it from the frames\' filters first '
+            "(lcdask.catalogs.resolve_band, as run_level2 does), or give the band"
+        )
+    return config.band
 
 
 def _with_columns(table: pd.DataFrame, columns: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -164,7 +164,7 @@ def test_detection_fluxes_keep_the_refine_tasks_zero_points(solved_night, monkey
     fluxes to the same values (frame_photcal is a pure function of them)."""
     out, cube, _, _, _ = solved_night
     catalog = load_catalog(out / "night" / "refcat.parquet")
-    config = Level2Config(flux="detection", coadd_frames=0)
+    config = Level2Config(flux="detection", coadd_frames=0, band="r")
 
     def no_second_pass(*args):
         raise AssertionError("the zero-point pass ran again")
