@@ -733,16 +733,17 @@ def _wild_points(x: NDArray, expected: NDArray, noise_floor: float) -> NDArray[n
 
     ``x`` is (star, frame) normalised flux; a point is wild when it departs from the frame's
     median over the stars (normalised per star) by more than 8 times the largest of the star's
-    robust scatter, its expected noise and ``noise_floor``: a single failed measurement, not
-    the star's own noise (an eclipsing star's points are judged, and the star dropped, by the
-    eclipse test of `ensemble_photometry`).
+    robust scatter, its expected noise and ``noise_floor``, and the star has at most 2 such
+    points: a failed measurement, not the star's own behaviour (an eclipsing star's points are
+    left in, and the star dropped by the eclipse test of `ensemble_photometry`).
     """
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         dev = x / np.nanmedian(x, axis=0)
         dev = dev / np.nanmedian(dev, axis=1, keepdims=True)
         spread = np.fmax(np.fmax(robust_std(dev, axis=1), expected), noise_floor)
-        return np.abs(dev - 1.0) > 8.0 * spread[:, None]
+        wild = np.abs(dev - 1.0) > 8.0 * spread[:, None]
+    return wild & (wild.sum(axis=1) <= 2)[:, None]
 
 
 def _common_scale(cf: NDArray) -> NDArray:
@@ -982,8 +983,9 @@ class StarFlat:
     n_stars_clipped, n_points_clipped
         Stars dropped as variable and points dropped as outliers.
     rms_before_mag, rms_after_mag
-        Median over the stars used of the rms of their magnitudes about ``m_s + z_f``, without
-        and with ``P``.
+        Median over the bright stars used (median error below 0.01 mag; all the stars used
+        when fewer than 5) of the rms of their magnitudes about ``m_s + z_f``, without and
+        with ``P``.
     throughput_range
         Smallest and largest relative throughput ``10 ** (-0.4 P)`` at the points used.
     criterion
@@ -1155,7 +1157,10 @@ def fit_star_flat(
     positions) ``P`` is not constrained and the result is not usable. Terms the star and frame
     offsets absorb are set to 0: under a pure translation of the field a linear gradient is
     one more per-frame zero point (it changes every star of a frame alike), harmless to
-    differential photometry and not measurable. Structure smaller than the polynomial
+    differential photometry and not measurable. Likewise, when the field drifts along a straight
+    line only, any function of the coordinate across the drift is one more per-star constant:
+    lsqr's minimum-norm solution leaves it arbitrary, which changes no light curve's shape (only
+    the stars' mean magnitudes). Structure smaller than the polynomial
     resolves (dust donuts, pixel-to-pixel response) is not corrected.
 
     Parameters
@@ -1306,8 +1311,16 @@ def fit_star_flat(
     coef, r_after = fits[chosen] if chosen in fits else fit(use, len(_poly_exponents(chosen)))
     _, r_before = fits[0] if 0 in fits else fit(use, 0)
     s_use = si[use]
-    rms_before = float(np.median(pd.Series(r_before**2).groupby(s_use).mean() ** 0.5))
-    rms_after = float(np.median(pd.Series(r_after**2).groupby(s_use).mean() ** 0.5))
+    # the bright stars (median error below 1%), where the flat shows above the noise
+    star_err = pd.Series(sig[use]).groupby(s_use).median()
+    bright = star_err.index[star_err.to_numpy() < 0.01].to_numpy()
+    judged = np.isin(s_use, bright) if bright.size >= 5 else np.ones(n, bool)
+    rms_before = float(
+        np.median(pd.Series(r_before[judged] ** 2).groupby(s_use[judged]).mean() ** 0.5)
+    )
+    rms_after = float(
+        np.median(pd.Series(r_after[judged] ** 2).groupby(s_use[judged]).mean() ** 0.5)
+    )
     n_terms = len(_poly_exponents(chosen))
     exps = exps_all[:n_terms]
     coef = coef[:n_terms]
