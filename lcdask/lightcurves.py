@@ -1068,7 +1068,11 @@ class StarFlat:
         return out
 
     def as_record(self) -> dict:
-        """A JSON-ready summary for run.json."""
+        """A JSON-ready summary for run.json (None for what was not measured)."""
+
+        def num(value: float, digits: int) -> float | None:
+            return round(float(value), digits) if np.isfinite(value) else None
+
         return {
             "order": int(self.order),
             "usable": bool(self.usable),
@@ -1078,11 +1082,11 @@ class StarFlat:
             "n_points": int(self.n_points),
             "n_stars_clipped": int(self.n_stars_clipped),
             "n_points_clipped": int(self.n_points_clipped),
-            "shift_px": round(float(self.shift_px), 1),
-            "throughput_min": round(float(self.throughput_range[0]), 4),
-            "throughput_max": round(float(self.throughput_range[1]), 4),
-            "rms_before_mag": round(float(self.rms_before_mag), 5),
-            "rms_after_mag": round(float(self.rms_after_mag), 5),
+            "shift_px": num(self.shift_px, 1),
+            "throughput_min": num(self.throughput_range[0], 4),
+            "throughput_max": num(self.throughput_range[1], 4),
+            "rms_before_mag": num(self.rms_before_mag, 5),
+            "rms_after_mag": num(self.rms_after_mag, 5),
             "bic": {str(k): round(float(v), 1) for k, v in self.criterion.items()},
         }
 

@@ -150,6 +150,8 @@ def test_without_drift_the_correction_is_not_applied():
     assert fit.shift_px < 1.0  # 0.1 px of jitter
     with pytest.raises(ValueError, match="cannot be applied"):
         fit.apply(ds)
+    record = json.loads(json.dumps(fit.as_record(), allow_nan=False))  # strict JSON for run.json
+    assert record["usable"] is False and record["rms_after_mag"] is None
 
 
 def test_a_flat_detector_gets_no_correction():
