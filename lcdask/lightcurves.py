@@ -43,6 +43,7 @@ and can be imposed with ``comparison_ids=``. `detrend` optionally removes a line
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Sequence
@@ -62,13 +63,16 @@ __all__ = [
     "BAD_FOR_POSITION",
     "LIGHTCURVE_VARIABLES",
     "RELAX_STEPS",
+    "STAR_FLAT_MODES",
     "EnsembleResult",
     "LightCurveFlag",
     "LightCurvesConfig",
+    "StarFlat",
     "apply_ensemble",
     "build_lightcurves",
     "detrend",
     "ensemble_photometry",
+    "fit_star_flat",
     "insert_forced",
     "missing_entries",
     "robust_std",
@@ -128,6 +132,10 @@ class LightCurveFlag(IntFlag):
     another source fixed on the detector (`lcdask.classify.find_artefacts`)."""
 
 
+STAR_FLAT_MODES = ("auto", "on", "off")
+"""Values of ``[lightcurves] star_flat``."""
+
+
 @dataclass(frozen=True)
 class LightCurvesConfig:
     """Options of the light curves.
@@ -145,13 +153,28 @@ class LightCurvesConfig:
         Fastest motion the track linking looks for (`lcdask.classify.link_tracks`): main-belt
         asteroids move 20-60"/h, near-Earth objects up to thousands. A faster mover must still
         be detected as a point in each frame (trailed by less than a few FWHM).
+    star_flat : str
+        Illumination correction from the stars themselves (`fit_star_flat`), divided out of
+        the fluxes before the ensemble photometry: a smooth polynomial over the detector
+        fitted to how each stable star's brightness changes as it drifts across it. "auto":
+        when the lights were not flat-fielded (no master flat for their filter) and the field
+        moved enough on the detector for the stars to sample it (re-pointing, tracking drift);
+        "on": also after a flat field (what a flat leaves, e.g. scattered light), still only
+        when the field moved; "off": never. Without it, on a night without flats, stars
+        drifting across 13% of vignetting are classed variable.
     """
 
     forced: bool = True
     forced_min_detections: int = 3
     max_rate_arcsec_h: float = 600.0
+    star_flat: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.star_flat not in STAR_FLAT_MODES:
+            raise ValueError(
+                f"star_flat must be one of {', '.join(map(repr, STAR_FLAT_MODES))}, "
+                f"not {self.star_flat!r}"
+            )
         if not self.max_rate_arcsec_h > 0:
             raise ValueError(f"max_rate_arcsec_h must be positive, not {self.max_rate_arcsec_h!r}")
         if self.forced_min_detections < 1:
@@ -627,9 +650,13 @@ def ensemble_photometry(
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # frames without a good point
             norm = _common_scale(cf)
-            x = cf / norm[:, None]
+            x_all = cf / norm[:, None]
             e = ce / cf  # fractional error
             expected = np.nanmedian(e, axis=1)
+            # a single wild point (a failed centroid, a cosmic ray in a blend: 20% of the flux
+            # on a simulated night) stays out of the transparency: with a weight of 1/10 it
+            # moved a frame's transparency by 9%
+            x = np.where(_wild_points(x_all, expected, noise_floor), np.nan, x_all)
             # first pass: weights from the expected noise; then from the measured scatter
             scatter = expected.copy()
             for _ in range(3):
@@ -651,7 +678,7 @@ def ensemble_photometry(
         # the weighted mean, hence on every other star's leave-one-out residuals)
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN frames
-            to_median = x / np.nanmedian(x, axis=0)
+            to_median = x_all / np.nanmedian(x_all, axis=0)
             to_median /= np.nanmedian(to_median, axis=1, keepdims=True)
             far = np.abs(to_median - 1.0) > 5.0 * np.fmax(scatter, expected)[:, None]
         n_off, n_points = far.sum(axis=1), np.isfinite(to_median).sum(axis=1)
@@ -699,6 +726,24 @@ def ensemble_photometry(
         note=note,
         criteria=criteria,
     )
+
+
+def _wild_points(x: NDArray, expected: NDArray, noise_floor: float) -> NDArray[np.bool_]:
+    """Comparison-star points off the ensemble's median by more than 8 times their scatter.
+
+    ``x`` is (star, frame) normalised flux; a point is wild when it departs from the frame's
+    median over the stars (normalised per star) by more than 8 times the largest of the star's
+    robust scatter, its expected noise and ``noise_floor``, and the star has at most 2 such
+    points: a failed measurement, not the star's own behaviour (an eclipsing star's points are
+    left in, and the star dropped by the eclipse test of `ensemble_photometry`).
+    """
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        dev = x / np.nanmedian(x, axis=0)
+        dev = dev / np.nanmedian(dev, axis=1, keepdims=True)
+        spread = np.fmax(np.fmax(robust_std(dev, axis=1), expected), noise_floor)
+        wild = np.abs(dev - 1.0) > 8.0 * spread[:, None]
+    return wild & (wild.sum(axis=1) <= 2)[:, None]
 
 
 def _common_scale(cf: NDArray) -> NDArray:
@@ -899,3 +944,411 @@ def detrend(
     out["detrend_coef"] = (("source", "regressor"), coef)
     out = out.assign_coords(regressor=("regressor", list(regressors)))
     return out
+
+
+@dataclass(frozen=True)
+class StarFlat:
+    """A smooth illumination correction fitted to the stars themselves (`fit_star_flat`).
+
+    The correction is ``P(x, y)``, a polynomial in detector coordinates in magnitudes
+    (``P > 0``: the detector is less sensitive there), 0 at the stars' median position; the
+    relative throughput is ``10 ** (-0.4 P)``. Outside the box the stars sampled the polynomial
+    is evaluated on the box's edge (no extrapolation).
+
+    Attributes
+    ----------
+    order
+        Degree of ``P``; 0 when no correction was found (see ``reason``).
+    exponents
+        ``(i, j)`` of each term ``u**i v**j`` (``u``, ``v``: detector coordinates centred on
+        ``centre`` and divided by ``half_size``).
+    coefficients
+        One per term, in magnitudes; terms the data cannot constrain (a linear gradient when
+        the field only translates: it is one more per-frame zero point) are 0.
+    centre, half_size
+        The normalisation of ``x`` and ``y`` (pixels): the stars' median position and half the
+        extent of the positions used.
+    box
+        ``(x_min, x_max, y_min, y_max)`` of the positions used.
+    shift_px
+        Median over the stars used of how far each strays from its median position (90th
+        percentile of the distance): how much the field moved on the detector.
+    usable
+        Whether the correction may be applied: enough drift, and a polynomial of degree 1 or
+        more chosen by the data.
+    reason
+        Why not usable (empty when usable).
+    n_stars, n_frames, n_points
+        Stars, frames and points of the final fit (after the clipping).
+    n_stars_clipped, n_points_clipped
+        Stars dropped as variable and points dropped as outliers.
+    rms_before_mag, rms_after_mag
+        Median over the bright stars used (median error below 0.01 mag; all the stars used
+        when fewer than 5) of the rms of their magnitudes about ``m_s + z_f``, without and
+        with ``P``.
+    throughput_range
+        Smallest and largest relative throughput ``10 ** (-0.4 P)`` at the points used.
+    criterion
+        Order -> BIC of each order tried (when the order was chosen by the data).
+    """
+
+    order: int
+    exponents: tuple[tuple[int, int], ...]
+    coefficients: NDArray[np.float64]
+    centre: tuple[float, float]
+    half_size: tuple[float, float]
+    box: tuple[float, float, float, float]
+    shift_px: float
+    usable: bool
+    reason: str = ""
+    n_stars: int = 0
+    n_frames: int = 0
+    n_points: int = 0
+    n_stars_clipped: int = 0
+    n_points_clipped: int = 0
+    rms_before_mag: float = float("nan")
+    rms_after_mag: float = float("nan")
+    throughput_range: tuple[float, float] = (1.0, 1.0)
+    criterion: dict[int, float] = field(default_factory=dict)
+
+    def correction_mag(self, x: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
+        """``P(x, y)`` in magnitudes (NaN where ``x`` or ``y`` is NaN)."""
+        xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        if not self.exponents:
+            return np.where(np.isfinite(xa) & np.isfinite(ya), 0.0, np.nan)
+        x0, x1, y0, y1 = self.box
+        u = (np.clip(xa, x0, x1) - self.centre[0]) / self.half_size[0]
+        v = (np.clip(ya, y0, y1) - self.centre[1]) / self.half_size[1]
+        out = np.zeros(np.broadcast_shapes(u.shape, v.shape))
+        for (i, j), c in zip(self.exponents, self.coefficients, strict=True):
+            out = out + c * u**i * v**j
+        return out
+
+    def throughput(self, x: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
+        """Relative throughput ``10 ** (-0.4 P)`` (1 at the stars' median position)."""
+        return 10.0 ** (-0.4 * self.correction_mag(x, y))
+
+    def apply(self, ds: xr.Dataset) -> xr.Dataset:
+        """Divide the light curves' fluxes by the throughput at each point's position.
+
+        Parameters
+        ----------
+        ds
+            The light-curve Dataset (``x``, ``y``, ``flux``, ``flux_err``; ``flux_jy`` and
+            ``mag`` when present).
+
+        Returns
+        -------
+        xarray.Dataset
+            A copy with ``flux``, ``flux_err`` and ``flux_jy`` divided by the throughput and
+            ``P`` subtracted from ``mag`` (``mag_err`` unchanged: the relative error is); the
+            variable ``star_flat`` (source, frame) holds the throughput applied (1 where a
+            point has no position).
+
+        Raises
+        ------
+        ValueError
+            When the correction is not usable (``reason`` says why).
+        """
+        if not self.usable:
+            raise ValueError(f"the star flat cannot be applied: {self.reason}")
+        p = self.correction_mag(ds["x"].to_numpy(), ds["y"].to_numpy())
+        p = np.where(np.isfinite(p), p, 0.0)
+        factor = 10.0 ** (-0.4 * p)
+        out = ds.copy()
+        for name in ("flux", "flux_err", "flux_jy"):
+            if name in out:
+                out[name] = out[name].copy(data=out[name].to_numpy() / factor)
+        if "mag" in out:
+            out["mag"] = out["mag"].copy(data=out["mag"].to_numpy() - p)
+        out["star_flat"] = (("source", "frame"), factor)
+        out["star_flat"].attrs["long_name"] = (
+            f"relative throughput divided out of the fluxes (star flat, order {self.order})"
+        )
+        return out
+
+    def as_record(self) -> dict:
+        """A JSON-ready summary for run.json (None for what was not measured)."""
+
+        def num(value: float, digits: int) -> float | None:
+            return round(float(value), digits) if np.isfinite(value) else None
+
+        return {
+            "order": int(self.order),
+            "usable": bool(self.usable),
+            "reason": self.reason,
+            "n_stars": int(self.n_stars),
+            "n_frames": int(self.n_frames),
+            "n_points": int(self.n_points),
+            "n_stars_clipped": int(self.n_stars_clipped),
+            "n_points_clipped": int(self.n_points_clipped),
+            "shift_px": num(self.shift_px, 1),
+            "throughput_min": num(self.throughput_range[0], 4),
+            "throughput_max": num(self.throughput_range[1], 4),
+            "rms_before_mag": num(self.rms_before_mag, 5),
+            "rms_after_mag": num(self.rms_after_mag, 5),
+            "bic": {str(k): round(float(v), 1) for k, v in self.criterion.items()},
+        }
+
+
+def _poly_exponents(order: int) -> tuple[tuple[int, int], ...]:
+    return tuple((i, d - i) for d in range(1, order + 1) for i in range(d, -1, -1))
+
+
+def _two_way_fit(
+    si: NDArray[np.int64],
+    fi: NDArray[np.int64],
+    sw: NDArray[np.float64],
+    y: NDArray[np.float64],
+    terms: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Weighted least squares ``y = m_s + z_f + terms @ c`` (sparse, lsqr): ``c`` and residuals.
+
+    ``sw`` is the square root of the weights. The gauge (a constant between ``m_s`` and
+    ``z_f``) and any term the star and frame offsets absorb are left to lsqr's minimum norm.
+    """
+    from scipy import sparse
+    from scipy.sparse.linalg import lsqr
+
+    n = y.size
+    n_s, n_f = int(si.max()) + 1, int(fi.max()) + 1
+    k = terms.shape[1]
+    rows = np.arange(n)
+    star = sparse.csr_matrix((sw, (rows, si)), shape=(n, n_s))
+    frame = sparse.csr_matrix((sw, (rows, fi)), shape=(n, n_f))
+    blocks = [star, frame]
+    if k:
+        blocks.append(sparse.csr_matrix(terms * sw[:, None]))
+    a = sparse.hstack(blocks).tocsr()
+    sol = lsqr(a, y * sw, atol=1e-12, btol=1e-12, iter_lim=20 * (n_s + n_f + k) + 200)[0]
+    model = sol[:n_s][si] + sol[n_s : n_s + n_f][fi]
+    c = sol[n_s + n_f :]
+    if k:
+        model = model + terms @ c
+    return c, y - model
+
+
+def fit_star_flat(
+    ds: xr.Dataset,
+    *,
+    order: int | None = None,
+    max_order: int = 4,
+    exclude_ids: ArrayLike | None = None,
+    min_snr: float = 20.0,
+    min_points: int = 5,
+    noise_floor: float = 0.002,
+    clip: float = 4.0,
+    star_clip: float = 2.0,
+    min_shift: float = 0.05,
+    max_iter: int = 6,
+) -> StarFlat:
+    """An illumination correction ("star flat") from the stars' magnitudes over the night.
+
+    Fits ``m[s, f] = m_s + z_f + P(x[s, f], y[s, f])`` to the stable stars' instrumental
+    magnitudes by weighted sparse least squares (`scipy.sparse.linalg.lsqr`): ``m_s`` one per
+    star, ``z_f`` one per frame (transparency, airmass), ``P`` a polynomial of degree ``order``
+    in detector coordinates, 0 at the stars' median position (self-calibration, as in ubercal
+    photometry). Robust: points more than ``clip`` robust deviations off the model are dropped,
+    and stars whose scatter about it exceeds ``star_clip`` times the typical one (variables),
+    until nothing changes. The degree, unless given, is the one of 0..``max_order`` with the
+    smallest Bayesian information criterion on the clipped points.
+
+    Assumes: the response varies smoothly across the detector (vignetting, a large-scale
+    illumination gradient) and is the same in every frame; most of the stars are constant; the
+    stars sample different detector positions over the night (drift, re-pointing) -- the
+    correction is measured only from the differences a star shows at different positions.
+    When the field barely moves (``shift_px`` below ``min_shift`` of the extent of the
+    positions) ``P`` is not constrained and the result is not usable. Terms the star and frame
+    offsets absorb are set to 0: under a pure translation of the field a linear gradient is
+    one more per-frame zero point (it changes every star of a frame alike), harmless to
+    differential photometry and not measurable. Likewise, when the field drifts along a straight
+    line only, any function of the coordinate across the drift is one more per-star constant:
+    lsqr's minimum-norm solution leaves it arbitrary, which changes no light curve's shape (only
+    the stars' mean magnitudes). Structure smaller than the polynomial
+    resolves (dust donuts, pixel-to-pixel response) is not corrected.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset (``flux``, ``flux_err``, ``x``, ``y``, ``flags``; sources with
+        ``is_artefact`` are left out).
+    order
+        Degree of ``P``; None: chosen by the data.
+    max_order
+        Highest degree tried when ``order`` is None.
+    exclude_ids
+        ``source_id`` values left out (movers, the target, known variables).
+    min_snr
+        Points with ``flux / flux_err`` below this are left out.
+    min_points
+        Stars with fewer good points are left out.
+    noise_floor
+        Magnitudes added in quadrature to each point's error in the weights.
+    clip, star_clip
+        Outlier rejection of points (robust deviations) and of stars (times the median
+        star's scatter).
+    min_shift
+        Least drift for a usable correction, as a fraction of the extent of the positions.
+    max_iter
+        Largest number of clipping rounds.
+
+    Returns
+    -------
+    StarFlat
+        The correction, its fit statistics, and whether it is usable (``apply`` it).
+    """
+    if order is not None and order < 0:
+        raise ValueError(f"order must be 0 or more (or None: chosen by the data), not {order!r}")
+    if max_order < 0:
+        raise ValueError(f"max_order must be 0 or more, not {max_order!r}")
+    flux = ds["flux"].to_numpy().astype(float)
+    err = ds["flux_err"].to_numpy().astype(float)
+    x = ds["x"].to_numpy().astype(float)
+    y = ds["y"].to_numpy().astype(float)
+    flags = ds["flags"].to_numpy()
+    good = _usable(ds) & np.isfinite(x) & np.isfinite(y)
+    good &= (flags & int(BAD_FOR_FLUX | LightCurveFlag.NEAR_MOVER)) == 0
+    with np.errstate(all="ignore"):
+        good &= flux / err >= min_snr
+    keep_star = np.ones(flux.shape[0], bool)
+    if "is_artefact" in ds:
+        keep_star &= ~ds["is_artefact"].to_numpy().astype(bool)
+    if exclude_ids is not None:
+        keep_star &= ~np.isin(ds["source_id"].to_numpy(), np.asarray(exclude_ids, np.int64))
+    good &= keep_star[:, None]
+    good &= (good.sum(axis=1) >= min_points)[:, None]
+    empty = StarFlat(
+        order=0,
+        exponents=(),
+        coefficients=np.zeros(0),
+        centre=(np.nan, np.nan),
+        half_size=(np.nan, np.nan),
+        box=(np.nan,) * 4,
+        shift_px=np.nan,
+        usable=False,
+    )
+    n_stars0 = int(good.any(axis=1).sum())
+    if n_stars0 < 10:
+        why = f"{n_stars0} stars with {min_points}+ good points of S/N >= {min_snr:g} (10 needed)"
+        return dataclasses.replace(empty, reason=why, n_stars=n_stars0)
+    si, fi = np.nonzero(good)
+    px, py = x[si, fi], y[si, fi]
+    mag = -2.5 * np.log10(flux[si, fi])
+    sig = np.hypot(2.5 / np.log(10) * err[si, fi] / flux[si, fi], noise_floor)
+    # how far the field moved on the detector, per star
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mx = np.nanmedian(np.where(good, x, np.nan), axis=1)
+        my = np.nanmedian(np.where(good, y, np.nan), axis=1)
+    dist = np.hypot(px - mx[si], py - my[si])
+    per_star = pd.Series(dist).groupby(si).quantile(0.9)
+    shift = float(np.median(per_star.to_numpy()))
+    box = (float(px.min()), float(px.max()), float(py.min()), float(py.max()))
+    half = (max((box[1] - box[0]) / 2, 1.0), max((box[3] - box[2]) / 2, 1.0))
+    centre = (float(np.median(px)), float(np.median(py)))
+    extent = max(box[1] - box[0], box[3] - box[2])
+    base = dataclasses.replace(empty, centre=centre, half_size=half, box=box, shift_px=shift)
+    if shift < min_shift * extent:
+        why = (
+            f"the field moved {shift:.1f} px on the detector (less than {min_shift:g} of the "
+            f"{extent:.0f} px the stars span): the stars do not sample the illumination"
+        )
+        return dataclasses.replace(base, reason=why, n_stars=n_stars0)
+    u = (px - centre[0]) / half[0]
+    v = (py - centre[1]) / half[1]
+    top = max_order if order is None else order
+    exps_all = _poly_exponents(top)
+    cols = np.zeros((u.size, len(exps_all)))
+    for t, (i, j) in enumerate(exps_all):
+        cols[:, t] = u**i * v**j
+    # terms the star and frame offsets absorb (a gradient under a pure translation)
+    w0 = 1.0 / sig
+    free = np.ones(len(exps_all), bool)
+    for t in range(len(exps_all)):
+        c = cols[:, t]
+        _, resid = _two_way_fit(si, fi, w0, c, np.zeros((c.size, 0)))
+        spread = np.average((c - np.average(c, weights=w0**2)) ** 2, weights=w0**2)
+        free[t] = np.average(resid**2, weights=w0**2) > 1e-3 * spread
+    use = np.ones(si.size, bool)
+    n_dropped_stars = 0
+
+    def fit(sel: NDArray[np.bool_], n_terms: int) -> tuple[NDArray, NDArray]:
+        # the points' own star/frame numbering, so that dropped stars leave no empty column
+        s_idx = np.unique(si[sel], return_inverse=True)[1]
+        f_idx = np.unique(fi[sel], return_inverse=True)[1]
+        t_sel = free.copy()
+        t_sel[n_terms:] = False
+        coef = np.zeros(len(exps_all))
+        c, r = _two_way_fit(s_idx, f_idx, w0[sel], mag[sel], cols[sel][:, t_sel])
+        coef[t_sel] = c
+        return coef, r
+
+    n_top = len(exps_all)
+    for _ in range(max_iter):
+        _, r = fit(use, n_top)
+        z = r / sig[use]
+        scale = max(float(robust_std(z)), 1e-6)
+        bad_point = np.zeros(si.size, bool)
+        bad_point[np.flatnonzero(use)[np.abs(z) > clip * scale]] = True
+        star_scatter = pd.Series(z).groupby(si[use]).agg(lambda a: float(robust_std(a)))
+        typical = float(np.median(star_scatter.to_numpy()))
+        bad_star = star_scatter.index[star_scatter.to_numpy() > star_clip * typical].to_numpy()
+        new = use & ~bad_point & ~np.isin(si, bad_star)
+        counts = np.bincount(si[new], minlength=flux.shape[0])
+        new &= counts[si] >= min_points
+        if np.array_equal(new, use):
+            break
+        n_dropped_stars += int(np.unique(si[use & ~new & np.isin(si, bad_star)]).size)
+        use = new
+    n = int(use.sum())
+    orders = [top] if order is not None else list(range(0, top + 1))
+    bic: dict[int, float] = {}
+    fits: dict[int, tuple[NDArray, NDArray]] = {}
+    for o in orders:
+        n_terms = len(_poly_exponents(o))
+        coef, r = fit(use, n_terms)
+        chi2 = float(np.sum((r / sig[use]) ** 2))
+        k = np.unique(si[use]).size + np.unique(fi[use]).size + int(free[:n_terms].sum())
+        bic[o] = n * np.log(chi2 / n) + k * np.log(n)
+        fits[o] = (coef, r)
+    chosen = order if order is not None else min(bic, key=bic.get)
+    coef, r_after = fits[chosen] if chosen in fits else fit(use, len(_poly_exponents(chosen)))
+    _, r_before = fits[0] if 0 in fits else fit(use, 0)
+    s_use = si[use]
+    # the bright stars (median error below 1%), where the flat shows above the noise
+    star_err = pd.Series(sig[use]).groupby(s_use).median()
+    bright = star_err.index[star_err.to_numpy() < 0.01].to_numpy()
+    judged = np.isin(s_use, bright) if bright.size >= 5 else np.ones(n, bool)
+    rms_before = float(
+        np.median(pd.Series(r_before[judged] ** 2).groupby(s_use[judged]).mean() ** 0.5)
+    )
+    rms_after = float(
+        np.median(pd.Series(r_after[judged] ** 2).groupby(s_use[judged]).mean() ** 0.5)
+    )
+    n_terms = len(_poly_exponents(chosen))
+    exps = exps_all[:n_terms]
+    coef = coef[:n_terms]
+    p = cols[use][:, :n_terms] @ coef if n_terms else np.zeros(n)
+    thr = 10.0 ** (-0.4 * p)
+    usable = chosen > 0 and bool(free[:n_terms].any())
+    reason = "" if usable else "the data prefer no correction (degree 0 has the smallest BIC)"
+    return StarFlat(
+        order=int(chosen),
+        exponents=exps,
+        coefficients=coef,
+        centre=centre,
+        half_size=half,
+        box=box,
+        shift_px=shift,
+        usable=usable,
+        reason=reason,
+        n_stars=int(np.unique(s_use).size),
+        n_frames=int(np.unique(fi[use]).size),
+        n_points=n,
+        n_stars_clipped=n_dropped_stars,
+        n_points_clipped=int(si.size - n),
+        rms_before_mag=rms_before,
+        rms_after_mag=rms_after,
+        throughput_range=(float(thr.min()), float(thr.max())),
+        criterion=bic if order is None else {},
+    )

@@ -60,6 +60,7 @@ from lcdask.lightcurves import (
     apply_ensemble,
     build_lightcurves,
     ensemble_photometry,
+    fit_star_flat,
     insert_forced,
 )
 from lcdask.match import match_detections
@@ -418,6 +419,7 @@ def run(
         not_comparison = first.loc[first["kind"] == "moving", "source_id"].to_numpy()
         if target_id is not None:
             not_comparison = np.append(not_comparison, target_id)
+        ds, star_flat = _star_flat(ds, not_comparison)
         ensemble = ensemble_photometry(ds, exclude_ids=not_comparison)
         if ensemble.note:
             record.data["notes"].append(f"ensemble: {ensemble.note}")
@@ -447,8 +449,38 @@ def run(
             "n_comparison": int(ensemble.comparison_ids.size),
             "comparison_criteria": ensemble.criteria,
             "ensemble_note": ensemble.note,
+            "star_flat": star_flat,
             **forced,
         }
+
+    def _star_flat(ds: xr.Dataset, exclude) -> tuple[xr.Dataset, dict]:
+        # [lightcurves] star_flat: an illumination correction from the stars (no master flat)
+        mode = config.lightcurves.star_flat
+        if mode == "off":
+            return ds, {"applied": False, "why": 'off ([lightcurves] star_flat = "off")'}
+        cube = cube_io.open_cube(cube_path)
+        lights = cube["frame"].isin(ds["frame"].to_numpy())
+        filters = {str(f) for f in cube["filter"].values[lights.to_numpy()]}
+        flats = {str(f) for f in cube["flat_filter"].values} if "master_flat" in cube else set()
+        if mode == "auto" and filters <= flats:
+            return ds, {"applied": False, "why": "the lights were flat-fielded"}
+        fit = fit_star_flat(ds, exclude_ids=exclude)
+        info = {"applied": fit.usable, "flat_fielded": filters <= flats, **fit.as_record()}
+        if not fit.usable:
+            log.info("star flat not applied: %s", fit.reason)
+            return ds, info
+        log.info(
+            "star flat (%s): degree %d from %d stars (%d points); throughput %.3f-%.3f; "
+            "stable stars' rms %.4f -> %.4f mag",
+            "lights flat-fielded" if filters <= flats else "no master flat",
+            fit.order,
+            fit.n_stars,
+            fit.n_points,
+            *fit.throughput_range,
+            fit.rms_before_mag,
+            fit.rms_after_mag,
+        )
+        return fit.apply(ds), info
 
     def _locate_target(ds, frames) -> TargetLocation:
         with warnings.catch_warnings():  # artefacts' positions are NaN: "All-NaN slice"
