@@ -96,7 +96,7 @@ LIGHTCURVE_VARIABLES = (
 """Data variables of the light-curve Dataset (all on dims ``(source, frame)``)."""
 
 _DETECTION_VALUES = ("flux", "flux_err", "mag", "mag_err", "flux_jy", "ra", "dec", "x", "y")
-_FRAME_COORDS = ("zero_point", "airmass", "fwhm_px", "sky", "rms_arcsec")
+_FRAME_COORDS = ("bjd_tdb", "zero_point", "airmass", "fwhm_px", "sky", "rms_arcsec")
 MAD_TO_STD = 1.4826
 log = logging.getLogger("lcdask")
 
@@ -241,9 +241,10 @@ def build_lightcurves(
         Source of each detection (`lcdask.match.match_detections`), -1 for none; at most one
         detection per (source, frame).
     frames
-        The per-frame table: ``frame`` and ``time_mjd``; ``zero_point``, ``airmass``,
-        ``fwhm_px``, ``sky`` and ``rms_arcsec`` become frame coordinates when present. Frames
-        without any detection still get a column.
+        The per-frame table: ``frame`` and ``time_mjd``; ``bjd_tdb`` (the mid-exposure's
+        barycentric Julian date, TDB), ``zero_point``, ``airmass``, ``fwhm_px``, ``sky`` and
+        ``rms_arcsec`` become frame coordinates when present. Frames without any detection
+        still get a column.
 
     Returns
     -------

@@ -82,7 +82,9 @@ def test_the_light_curve_shows_the_transit(xo1_run):
     index = int(np.flatnonzero(ds["source_id"].to_numpy() == sid)[0])
     one = ds.isel(source=index).load()
     bjd = products.frames.set_index("frame")["bjd_tdb"].reindex(one["frame"].to_numpy())
-    t = bjd.to_numpy(float)
+    t = np.asarray(one["bjd_tdb"], float)  # BJD_TDB on the light curves' frame axis
+    np.testing.assert_array_equal(t, bjd.to_numpy(float))
+    assert np.all(np.diff(t) > 0) and abs(t[0] - 2460828.67) < 0.01  # 04:10 UT
     flux = np.asarray(one["rel_flux"], float)
     err = np.asarray(one["rel_flux_err"], float)
     fit = fit_transit_time(t, flux, err, t0_guess=PREDICTED, shape=XO1B)
