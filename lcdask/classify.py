@@ -16,7 +16,11 @@ regressed on time (least squares, one 4-sigma clipping pass): the rates ``rate_r
 north), the residual rms ``motion_rms_arcsec``, and the rate's significance. A candidate is
 ``moving`` when the rate is significant (``rate_snr >= 5``) and the displacement over its
 detections reaches ``min_motion_arcsec`` (1"): a blend or a bimodal cluster has a large MAD but
-no linear motion. Tracks from `link_tracks` go through the same test.
+no linear motion; and when it is detected in at least half of the frames between its first and
+last detection (`detection_coverage`): a few sporadic detections of a faint star, their centroids
+pulled by noise and bad pixels, can line up. Pieces of one mover that the matching cut apart
+(a wider step between frames, a bad column) are joined first (`join_moving_pieces`). Tracks
+from `link_tracks` go through the same test.
 
 Movers too fast to make a dense cloud are left unassigned by the matching; `link_tracks` links
 the unassigned detections into straight tracks in (time, RA, Dec): seed lines from pairs of
@@ -100,6 +104,7 @@ __all__ = [
     "ArtefactResult",
     "TrackResult",
     "classify_sources",
+    "detection_coverage",
     "expected_trend",
     "find_artefacts",
     "flag_near_movers",
@@ -1229,6 +1234,32 @@ def match_target(
     return int(sources["source_id"].iloc[best])
 
 
+def detection_coverage(ds: xr.Dataset) -> NDArray[np.float64]:
+    """Per source: its detections over the frames between its first and last detection.
+
+    Forced and missing entries are not detections; a source without any has coverage 0.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset (``flags``, ``time_mjd``).
+
+    Returns
+    -------
+    numpy.ndarray
+        The fraction, 0-1.
+    """
+    flags = ds["flags"].to_numpy()
+    found = (flags & (int(LightCurveFlag.MISSING) | int(LightCurveFlag.FORCED))) == 0
+    if "ra" in ds:
+        found &= np.isfinite(ds["ra"].to_numpy())
+    t = ds["time_mjd"].to_numpy().astype(float)
+    first = np.where(found, t[None, :], np.inf).min(axis=1)
+    last = np.where(found, t[None, :], -np.inf).max(axis=1)
+    in_span = ((t[None, :] >= first[:, None]) & (t[None, :] <= last[:, None])).sum(axis=1)
+    return found.sum(axis=1) / np.maximum(in_span, 1)
+
+
 # --------------------------------------------------------------------------------------------
 # the sources table
 
@@ -1245,6 +1276,7 @@ def classify_sources(
     binned_ratio_threshold: float = 3.5,
     n_bins: int = 20,
     min_frames: int = 5,
+    min_coverage: float = 0.5,
     mover_radius_fwhm: float = 3.0,
 ) -> pd.DataFrame:
     """The sources table (``sources.parquet``): positions, motion, scatter and class.
@@ -1264,6 +1296,13 @@ def classify_sources(
     min_frames
         Sources detected in fewer frames are classed from what there is but never moving
         unless linked as a track.
+    min_coverage
+        A moving source is detected in at least this fraction of the frames between its first
+        and last detection: sporadic detections of a faint star have positions pulled by noise,
+        neighbours and bad pixels, which a line through a few of them can take for motion (a
+        simulated small-telescope night: a star of r 16.1 seen in 5 of the 13 frames of its
+        span, "moving" at 1.8"/h with a rate S/N of 8.6), while a mover bright enough to be
+        found is seen in nearly every frame (the same nights: 90-100%).
     mover_radius_fwhm
         Points of a fixed source with a moving source within this many FWHM (`near_movers`)
         are left out of its variability statistics.
@@ -1291,6 +1330,7 @@ def classify_sources(
         & (table["displacement_arcsec"] >= min_motion_arcsec)
         & (table["n_position_points"] >= min(min_frames, 3))
     ).to_numpy() & ~artefact
+    moving &= detection_coverage(ds) >= min_coverage
     fixed = ~moving & ~artefact
     movers = table[moving].assign(ra=table["ra_fit"], dec=table["dec_fit"])  # at epoch_mjd
     near = _near_fixed(ds, movers, mover_radius_fwhm)
