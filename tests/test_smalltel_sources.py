@@ -1,9 +1,12 @@
 """The small-telescope night end to end: movers found, hot pixels artefacts, stars kept.
 
-One simulated night (`lcdask.simulate.small_telescope_config`, seed 1: 30 frames of 512 x 512 at
-5.5"/px, FWHM ~1.8 px, 296 px of drift and a re-pointing, ~340 hot pixels and 4 warm columns, no
-calibration frames), run on its lights only with the target given, solved blind by
-``solve-field``. Each source is tied to the truth through its detections: in every frame the
+One simulated night (`lcdask.simulate.small_telescope_config`, seed 2: 30 frames of 512 x 512 at
+4.9"/px, FWHM ~1.8 px, 333 px of drift and a re-pointing, the field turned 180 deg, ~300 hot
+pixels and 4 warm columns, no calibration frames, 60 s then 30 s exposures), run on its lights
+only with the target given, solved blind by ``solve-field``. Seed 2 has what went wrong: a slow
+mover cut in two by the matching at the re-pointing, another where a fast mover passes it, a
+star of r 16.1 seen in 5 frames whose centroids lined up as a "mover", a hot pixel beside a dead
+one. Each source is tied to the truth through its detections: in every frame the
 truth star (or mover) within 1 px of the detection's pixel position, through the frame's true
 WCS; a source's truth is the one found in at least half of its detections.
 """
@@ -45,7 +48,7 @@ def smalltel(tmp_path_factory, session_client):
     from lcdask.simulate.tan import world_to_pixel
 
     base = tmp_path_factory.mktemp("smalltel_sources")
-    cfg = small_telescope_config(n_frames=30, size=512, seed=1)
+    cfg = small_telescope_config(n_frames=30, size=512, seed=2)
     simulate_night(base / "night", cfg, n_workers=1)
     lights = base / "lights"  # frame typing is not what is tested here
     lights.mkdir()
@@ -103,10 +106,11 @@ def test_every_mover_is_found_once_with_its_rate(smalltel):
         src = mine.iloc[0]
         assert src["kind"] == "moving", src
         # in nearly every frame: a frame or two may be lost where the mover crosses a bad
-        # column or a star (seed 1: all 30)
+        # column or a star (seed 2: 27, 29, 30, 29; 27 where a fast mover passes a slow one)
         assert src["n_frames"] >= 0.9 * cfg.n_frames, src
         # rate: a detection at S/N ~80 has ~0.05 px = 0.3" of centroid noise; 30 points over
-        # 6 h give a rate error of ~0.03"/h; 0.3"/h is 10 times that (seed 1: within 0.02"/h)
+        # 6 h give a rate error of ~0.03"/h; 0.3"/h is 10 times that (seed 2: within 0.06"/h;
+        # seed 3's mover across a dead column 0.14"/h)
         assert src["rate_ra_arcsec_h"] == pytest.approx(m.rate_ra_arcsec_h, abs=0.3), src
         assert src["rate_dec_arcsec_h"] == pytest.approx(m.rate_dec_arcsec_h, abs=0.3), src
 
@@ -120,7 +124,7 @@ def test_no_source_but_the_movers_is_moving(smalltel):
 def test_no_real_star_is_an_artefact_or_a_mover(smalltel):
     _, sources, _ = smalltel
     stars = sources[sources["true_kind"].isin(["stable", "variable"])]
-    assert len(stars) > 200  # there were stars to lose (seed 1: 244)
+    assert len(stars) > 200  # there were stars to lose (seed 2: 219)
     lost = stars[stars["kind"].isin(["artefact", "moving"])]
     assert lost.empty, lost[["source_id", "kind", "n_frames", "star_id", "px", "py"]]
 
@@ -129,11 +133,18 @@ def test_every_artefact_sits_on_a_bad_pixel(smalltel):
     truth, sources, _ = smalltel
     art = sources[sources["kind"] == "artefact"]
     # 0.12% hot pixels of 512^2 (~310) and 4 warm columns: most hot pixels are detected
-    assert len(art) > 100  # seed 1: 179
+    assert len(art) > 100  # seed 2: 163
     assert (art["star_id"] < 0).all(), art[art["star_id"] >= 0]
-    bad = truth.bad_pixels[["x", "y"]].to_numpy()
-    d, _ = cKDTree(bad).query(art[["px", "py"]].to_numpy())
-    # 1.5 px: a hot pixel's detection is centred on it to ~0.1 px; a hot pixel beside a dead
-    # pixel or column (none on seed 1, one source on seeds 2 and 3) is centroided 2-3.5 px
-    # away, pushed by the dead pixel's hole in the background-subtracted image
-    assert d.max() < 1.5, art.assign(d=d).sort_values("d").tail(3)
+    bad = truth.bad_pixels
+    d, _ = cKDTree(bad[["x", "y"]].to_numpy()).query(art[["px", "py"]].to_numpy())
+    # 1.5 px: a hot pixel's detection is centred on it to ~0.1 px (seed 2: 162 of 163 within
+    # 0.5 px) ...
+    near = d < 1.5
+    # ... but beside a dead pixel or column the detection is centred 2-3.5 px from the hot
+    # pixel, pushed away by the dead pixel's hole in the background-subtracted image (seed 2:
+    # one at 2.4 px, hot (108, 101) beside dead (107, 100); 768 px seed 1: two at 3.1-3.4 px)
+    dead = bad[bad["kind"] == "dead"][["x", "y"]].to_numpy()
+    hot = bad[bad["kind"] == "hot"][["x", "y"]].to_numpy()
+    hot_by_dead = hot[cKDTree(dead).query(hot)[0] < 1.5]
+    d_hot, _ = cKDTree(hot_by_dead).query(art[["px", "py"]].to_numpy())
+    assert (near | (d_hot < 4.0)).all(), art.assign(d=d, d_hot=d_hot)[~near]
