@@ -16,7 +16,11 @@ regressed on time (least squares, one 4-sigma clipping pass): the rates ``rate_r
 north), the residual rms ``motion_rms_arcsec``, and the rate's significance. A candidate is
 ``moving`` when the rate is significant (``rate_snr >= 5``) and the displacement over its
 detections reaches ``min_motion_arcsec`` (1"): a blend or a bimodal cluster has a large MAD but
-no linear motion. Tracks from `link_tracks` go through the same test.
+no linear motion; and when it is detected in at least half of the frames between its first and
+last detection (`detection_coverage`): a few sporadic detections of a faint star, their centroids
+pulled by noise and bad pixels, can line up. Pieces of one mover that the matching cut apart
+(a wider step between frames, a bad column) are joined first (`join_moving_pieces`). Tracks
+from `link_tracks` go through the same test.
 
 Movers too fast to make a dense cloud are left unassigned by the matching; `link_tracks` links
 the unassigned detections into straight tracks in (time, RA, Dec): seed lines from pairs of
@@ -100,9 +104,11 @@ __all__ = [
     "ArtefactResult",
     "TrackResult",
     "classify_sources",
+    "detection_coverage",
     "expected_trend",
     "find_artefacts",
     "flag_near_movers",
+    "join_moving_pieces",
     "link_tracks",
     "match_target",
     "motion_statistics",
@@ -375,6 +381,161 @@ def _ransac_track(
     return best, _line_fit(t[best], xy[best])
 
 
+def join_moving_pieces(
+    detections: pd.DataFrame,
+    source_id: ArrayLike,
+    *,
+    centre: tuple[float, float] | None = None,
+    min_rate_snr: float = 5.0,
+    min_motion_arcsec: float = 1.0,
+    tolerance_arcsec: float = 1.0,
+    min_fraction: float = 0.8,
+    max_moving: int = 1000,
+) -> NDArray[np.int64]:
+    """Join the pieces of one moving source that the matching cut apart.
+
+    A slow mover makes a chain of detections that DBSCAN links only while consecutive ones lie
+    within ``eps``: a wider step (a longer gap between frames, a frame where its centroid is
+    pulled by a bad column or a passing star) cuts the chain, and each piece becomes a source
+    (a simulated small-telescope night, 4.9"/px: a mover at 3.2"/h cut in two at the
+    re-pointing, both halves classed moving; another cut where it crossed a dead column).
+
+    Every source with at least 3 detections is fitted by a straight line in time (least
+    squares on the tangent plane); it is a moving piece when its rate is significant (``rate /
+    error >= min_rate_snr``) and its displacement exceeds ``min_motion_arcsec`` and 3 times its
+    residual rms. From the piece with most detections down, another source is joined to it
+    when at least ``min_fraction`` of its detections lie within the piece's tolerance of the
+    piece's line at their times and none shares a frame with the piece; an unassigned detection
+    (-1) is joined when it is the nearest within the tolerance in a frame the piece lacks. The
+    tolerance is ``max(tolerance_arcsec, 3 * rms)`` plus 3 times the line's position error at
+    that time (the extrapolation). The line is refitted after each join.
+
+    Parameters
+    ----------
+    detections
+        ``frame``, ``time_mjd``, ``ra``, ``dec`` per detection.
+    source_id
+        Per detection, from the matching (-1: unassigned).
+    centre
+        Tangent point (degrees); default the centre of the detections.
+    min_rate_snr, min_motion_arcsec
+        What makes a piece moving (as `classify_sources`' moving rule).
+    tolerance_arcsec
+        Smallest distance from the line accepted.
+    min_fraction
+        Fraction of a source's detections that must lie on the line for it to be joined.
+    max_moving
+        At most this many moving pieces are tried (the ones with most detections).
+
+    Returns
+    -------
+    numpy.ndarray
+        The source ids with each joined source (and detection) given its piece's id.
+    """
+    from scipy.spatial import cKDTree
+
+    sid = np.asarray(source_id, dtype=np.int64).copy()
+    ra = detections["ra"].to_numpy(float)
+    dec = detections["dec"].to_numpy(float)
+    ok = np.isfinite(ra) & np.isfinite(dec)
+    if ok.sum() < 6:
+        return sid
+    if centre is None:
+        centre = field_centre(ra[ok], dec[ok])
+    xi = np.full(ra.size, np.nan)
+    eta = np.full(ra.size, np.nan)
+    xi[ok], eta[ok] = tangent_plane(ra[ok], dec[ok], *centre)
+    t_mjd = detections["time_mjd"].to_numpy(float)
+    t = (t_mjd - np.nanmin(t_mjd[ok])) * 24.0
+    frame = detections["frame"].to_numpy(np.int64)
+
+    def fit(idx: NDArray[np.int64]) -> tuple[float, NDArray, NDArray, float, float, float]:
+        """Line of a set of detections: t_mean, position at t_mean, rate, rms, stt, span."""
+        tt = t[idx]
+        t_mean = float(tt.mean())
+        dt = tt - t_mean
+        stt = float((dt * dt).sum())
+        pos = np.array([xi[idx].mean(), eta[idx].mean()])
+        rate = (
+            np.array([(dt * (xi[idx] - pos[0])).sum(), (dt * (eta[idx] - pos[1])).sum()]) / stt
+            if stt > 0
+            else np.zeros(2)
+        )
+        res = np.column_stack([xi[idx], eta[idx]]) - (pos + dt[:, None] * rate)
+        rms = float(np.sqrt((res**2).sum() / max(idx.size - 2, 1)))
+        return t_mean, pos, rate, rms, stt, float(tt.max() - tt.min())
+
+    def moving(idx: NDArray[np.int64]) -> bool:
+        if idx.size < 3:
+            return False
+        _, _, rate, rms, stt, span = fit(idx)
+        if stt <= 0:
+            return False
+        speed = float(np.hypot(*rate))
+        err = max(rms, 1e-3) / np.sqrt(2.0) / np.sqrt(stt)
+        shift = speed * span
+        return speed >= min_rate_snr * err and shift >= max(min_motion_arcsec, 3.0 * rms)
+
+    valid = ok & (sid >= 0)
+    members = pd.Series(np.flatnonzero(valid)).groupby(sid[valid]).indices
+    members = {k: np.flatnonzero(valid)[v] for k, v in members.items()}
+    pieces = sorted((k for k, v in members.items() if moving(v)), key=lambda k: -members[k].size)
+    pieces = pieces[:max_moving]
+    if not pieces:
+        return sid
+    tree = cKDTree(np.column_stack([xi[ok], eta[ok]]))
+    ok_idx = np.flatnonzero(ok)
+    times = np.unique(t[ok])
+    joined: set[int] = set()
+    for piece in pieces:
+        if piece in joined:
+            continue
+        changed = True
+        while changed:
+            changed = False
+            idx = members[piece]
+            t_mean, pos, rate, rms, stt, _ = fit(idx)
+            sigma = max(rms, 1e-3) / np.sqrt(2.0)
+            own = set(frame[idx].tolist())
+            # the line at every time; detections within the tolerance of it
+            dt = times - t_mean
+            pred = pos + dt[:, None] * rate
+            tol = max(tolerance_arcsec, 3.0 * rms) + 3.0 * sigma * np.sqrt(
+                1.0 / idx.size + dt**2 / stt
+            )
+            hits = tree.query_ball_point(pred, tol)
+            near = np.zeros(ra.size, dtype=bool)
+            for k, h in enumerate(hits):
+                if h:
+                    cand = ok_idx[np.asarray(h, dtype=np.int64)]
+                    near[cand[t[cand] == times[k]]] = True
+            for other in np.unique(sid[near]):
+                if other < 0 or other == piece or other in joined:
+                    continue
+                mem = members[other]
+                if own & set(frame[mem].tolist()):
+                    continue
+                if near[mem].mean() >= min_fraction:
+                    sid[mem] = piece
+                    members[piece] = np.concatenate([members[piece], mem])
+                    own |= set(frame[mem].tolist())
+                    joined.add(int(other))
+                    changed = True
+            # unassigned detections in the piece's missing frames: the nearest to the line
+            loose = np.flatnonzero(near & (sid < 0) & ~np.isin(frame, list(own)))
+            if loose.size:
+                dt_l = t[loose] - t_mean
+                d = np.hypot(
+                    xi[loose] - (pos[0] + dt_l * rate[0]), eta[loose] - (pos[1] + dt_l * rate[1])
+                )
+                table = pd.DataFrame({"f": frame[loose], "d": d, "j": loose}).sort_values("d")
+                take = table.drop_duplicates("f")["j"].to_numpy()
+                sid[take] = piece
+                members[piece] = np.concatenate([members[piece], take])
+                changed = True
+    return sid
+
+
 def link_tracks(
     detections: pd.DataFrame,
     source_id: ArrayLike,
@@ -387,6 +548,7 @@ def link_tracks(
     max_frame_gap: int = 3,
     max_tracks: int = 1000,
     seed: int = 0,
+    join_pieces: bool = True,
 ) -> TrackResult:
     """Link unassigned detections into straight tracks in (time, RA, Dec) (module docstring).
 
@@ -413,6 +575,9 @@ def link_tracks(
         Stop after this many tracks.
     seed
         Random state of RANSAC.
+    join_pieces
+        First join the pieces of a moving source cut apart by the matching, and the unassigned
+        detections on their lines (`join_moving_pieces`, with ``tolerance_arcsec``).
 
     Returns
     -------
@@ -422,6 +587,8 @@ def link_tracks(
     from scipy.spatial import cKDTree
 
     sid = np.asarray(source_id, dtype=np.int64).copy()
+    if join_pieces:
+        sid = join_moving_pieces(detections, sid, centre=centre, tolerance_arcsec=tolerance_arcsec)
     empty = pd.DataFrame(
         {
             c: pd.Series([], dtype=d)
@@ -1067,6 +1234,32 @@ def match_target(
     return int(sources["source_id"].iloc[best])
 
 
+def detection_coverage(ds: xr.Dataset) -> NDArray[np.float64]:
+    """Per source: its detections over the frames between its first and last detection.
+
+    Forced and missing entries are not detections; a source without any has coverage 0.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset (``flags``, ``time_mjd``).
+
+    Returns
+    -------
+    numpy.ndarray
+        The fraction, 0-1.
+    """
+    flags = ds["flags"].to_numpy()
+    found = (flags & (int(LightCurveFlag.MISSING) | int(LightCurveFlag.FORCED))) == 0
+    if "ra" in ds:
+        found &= np.isfinite(ds["ra"].to_numpy())
+    t = ds["time_mjd"].to_numpy().astype(float)
+    first = np.where(found, t[None, :], np.inf).min(axis=1)
+    last = np.where(found, t[None, :], -np.inf).max(axis=1)
+    in_span = ((t[None, :] >= first[:, None]) & (t[None, :] <= last[:, None])).sum(axis=1)
+    return found.sum(axis=1) / np.maximum(in_span, 1)
+
+
 # --------------------------------------------------------------------------------------------
 # the sources table
 
@@ -1083,6 +1276,7 @@ def classify_sources(
     binned_ratio_threshold: float = 3.5,
     n_bins: int = 20,
     min_frames: int = 5,
+    min_coverage: float = 0.5,
     mover_radius_fwhm: float = 3.0,
 ) -> pd.DataFrame:
     """The sources table (``sources.parquet``): positions, motion, scatter and class.
@@ -1102,6 +1296,13 @@ def classify_sources(
     min_frames
         Sources detected in fewer frames are classed from what there is but never moving
         unless linked as a track.
+    min_coverage
+        A moving source is detected in at least this fraction of the frames between its first
+        and last detection: sporadic detections of a faint star have positions pulled by noise,
+        neighbours and bad pixels, which a line through a few of them can take for motion (a
+        simulated small-telescope night: a star of r 16.1 seen in 5 of the 13 frames of its
+        span, "moving" at 1.8"/h with a rate S/N of 8.6), while a mover bright enough to be
+        found is seen in nearly every frame (the same nights: 90-100%).
     mover_radius_fwhm
         Points of a fixed source with a moving source within this many FWHM (`near_movers`)
         are left out of its variability statistics.
@@ -1129,6 +1330,7 @@ def classify_sources(
         & (table["displacement_arcsec"] >= min_motion_arcsec)
         & (table["n_position_points"] >= min(min_frames, 3))
     ).to_numpy() & ~artefact
+    moving &= detection_coverage(ds) >= min_coverage
     fixed = ~moving & ~artefact
     movers = table[moving].assign(ra=table["ra_fit"], dec=table["dec_fit"])  # at epoch_mjd
     near = _near_fixed(ds, movers, mover_radius_fwhm)

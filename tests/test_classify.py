@@ -13,12 +13,19 @@ from lcdask.classify import (
     _line_at,
     _ransac_track,
     classify_sources,
+    detection_coverage,
     expected_trend,
+    join_moving_pieces,
     link_tracks,
     match_target,
     parse_target,
 )
-from lcdask.lightcurves import apply_ensemble, build_lightcurves, ensemble_photometry
+from lcdask.lightcurves import (
+    LightCurveFlag,
+    apply_ensemble,
+    build_lightcurves,
+    ensemble_photometry,
+)
 from lcdask.match import match_detections
 from lcdask.simulate import SimConfig
 from lcdask.testing import frame_table, inject_variables, make_detections, simulate_truth
@@ -414,3 +421,86 @@ def test_ransac_track_is_scikit_learns_ransac_step_for_step():
         )
         np.testing.assert_array_equal(inliers, reference.inlier_mask_)
         np.testing.assert_array_equal(_line_at(t, line), reference.predict(t[:, None]))
+
+
+def _slow_night(n: int = 40, seed: int = 0) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """A slow mover (6"/h, 0.2" noise), a star on its path and a star elsewhere, n frames."""
+    rng = np.random.default_rng(seed)
+    t = 60000 + np.arange(n) * 600 / 86400  # 10 min cadence: 1" per frame
+    hours = (t - t[0]) * 24
+    cosd = np.cos(np.deg2rad(20))
+    rows = {
+        # along RA: 0" -> 39" over the night
+        "mover": (150 + 6 * hours / 3600 / cosd, 20 + np.zeros(n)),
+        # on the mover's path at 20": the mover passes it around frame 20
+        "star_on_path": (150 + np.full(n, 20.0) / 3600 / cosd, 20 + np.zeros(n)),
+        "star": (150 + np.full(n, 30.0) / 3600 / cosd, 20 + np.full(n, 15.0) / 3600),
+    }
+    parts, index = [], {}
+    start = 0
+    for name, (ra, dec) in rows.items():
+        noise = rng.normal(0, 0.2, (2, n)) / 3600
+        parts.append(
+            pd.DataFrame(
+                {
+                    "frame": np.arange(n),
+                    "time_mjd": t,
+                    "ra": ra + noise[0] / cosd,
+                    "dec": dec + noise[1],
+                }
+            )
+        )
+        index[name] = np.arange(start, start + n)
+        start += n
+    return pd.concat(parts, ignore_index=True), index
+
+
+def test_join_moving_pieces_joins_a_mover_cut_apart():
+    det, idx = _slow_night()
+    sid = np.full(len(det), -1, dtype=np.int64)
+    mover = idx["mover"]
+    sid[mover[:15]] = 0  # the matching cut it at frame 15 ...
+    sid[mover[15:18]] = -1  # ... left three detections unassigned ...
+    sid[mover[18:]] = 1  # ... and made the rest another source
+    # the star on its path: the mover's line passes through it around frame 20
+    on_path = idx["star_on_path"]
+    sid[on_path] = 2
+    sid[idx["star"]] = 3
+    out = join_moving_pieces(det, sid)
+    assert np.unique(out[mover]).size == 1  # one source, all 40 detections
+    assert out[mover[0]] in (0, 1)
+    assert (out[on_path] == 2).all()  # the star it passes is left alone
+    assert (out[idx["star"]] == 3).all()
+    # without the join, link_tracks would see pieces; with it (the default) one source
+    assert np.unique(link_tracks(det, sid).source_id[mover]).size == 1
+    assert np.unique(link_tracks(det, sid, join_pieces=False).source_id[mover]).size == 3
+
+
+def test_join_moving_pieces_leaves_fixed_sources_and_far_pieces_alone():
+    det, idx = _slow_night()
+    sid = np.full(len(det), -1, dtype=np.int64)
+    sid[idx["mover"]] = 0
+    sid[idx["star_on_path"]] = 1
+    sid[idx["star"]] = 2
+    assert (join_moving_pieces(det, sid) == sid).all()  # nothing to join
+    # another mover's piece, 10" off the line, is not joined
+    other = det.iloc[idx["mover"][20:]].assign(dec=lambda d: d["dec"] + 10 / 3600)
+    both = pd.concat([det.iloc[idx["mover"][:20]], other], ignore_index=True)
+    cut = np.r_[np.zeros(20, np.int64), np.ones(20, np.int64)]
+    assert (join_moving_pieces(both, cut) == cut).all()
+
+
+def test_detection_coverage_and_sporadic_faint_sources_are_not_moving():
+    import xarray as xr
+
+    n = 30
+    t = 60000 + np.arange(n) / 96.0
+    flags = np.zeros((2, n), dtype=np.int32)
+    # source 1: detected in frames 6, 8, 11, 14, 18 only (5 of the 13 of its span)
+    flags[1] = int(LightCurveFlag.MISSING)
+    flags[1, [6, 8, 11, 14, 18]] = 0
+    ds = xr.Dataset(
+        {"flags": (("source", "frame"), flags), "ra": (("source", "frame"), np.ones((2, n)))},
+        coords={"time_mjd": ("frame", t)},
+    )
+    assert detection_coverage(ds) == pytest.approx([1.0, 5 / 13])

@@ -70,6 +70,8 @@ class SimConfig:
         of the flux).
     n_slow_movers, n_fast_movers
         Moving objects that move 1-3 FWHM over the sequence, and 30-300 px over the sequence.
+    mover_mag_bright, mover_mag_faint
+        The movers' magnitudes are drawn uniformly between these two (catalog r).
     gain_e_adu, read_noise_e, bias_adu, bias_column_rms_adu
         Detector gain, read noise, bias level and rms of its column pattern.
     dark_current_e_s, ccd_temp_c
@@ -174,6 +176,8 @@ class SimConfig:
     # moving objects
     n_slow_movers: int = 2
     n_fast_movers: int = 2
+    mover_mag_bright: float = 15.5
+    mover_mag_faint: float = 19.0
     # detector
     gain_e_adu: float = 1.5
     read_noise_e: float = 8.0
@@ -266,6 +270,11 @@ class SimConfig:
             raise ValueError(
                 f"SimConfig.mag_faint ({self.mag_faint}) must be fainter (larger) than "
                 f"mag_bright ({self.mag_bright})"
+            )
+        if self.mover_mag_faint < self.mover_mag_bright:
+            raise ValueError(
+                f"SimConfig.mover_mag_faint ({self.mover_mag_faint}) must not be brighter "
+                f"(smaller) than mover_mag_bright ({self.mover_mag_bright})"
             )
         for name in (
             "n_close_pairs",

@@ -352,7 +352,7 @@ def make_stars(
                 xm, ym = rng.uniform(lo, hi, 2)
                 if _track_clearance(xm, ym, dx, dy, special_xy) > iso_radius:
                     break
-            mag = rng.uniform(15.5, 19.0)
+            mag = rng.uniform(cfg.mover_mag_bright, cfg.mover_mag_faint)
             colour = rng.uniform(0.4, 0.8)
             ra, dec = pixel_to_world(
                 np.array([xm, xm - dx, xm + dx]),
