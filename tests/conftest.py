@@ -14,7 +14,12 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # `make test` runs the suite on two processes (pytest-xdist, --dist loadgroup): each test file is
 # a group that one process runs whole (its module fixtures are made once), and files that share
 # an expensive session fixture are one group, so that it too is made once.
-_SHARED_GROUPS = {"test_api.py": "lowell_run", "test_real_runs.py": "lowell_run"}
+_SHARED_GROUPS = {
+    "test_api.py": "lowell_run",
+    "test_real_runs.py": "lowell_run",
+    "test_small_telescope.py": "smalltel_run",
+    "test_star_flat.py": "smalltel_run",
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
@@ -102,6 +107,41 @@ def lowell_run(lowell_dir, tmp_path_factory, session_client) -> Path:
         client=session_client,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def smalltel_run(tmp_path_factory, session_client) -> tuple[Path, dict]:
+    """The small-telescope preset (seed 1, 30 frames of 512 px) and `lcdask.run.run` on its raw
+    folder, offline, with the target's position only: ``(base, record)``, the night in
+    ``base / "sim"`` (truth in ``sim/truth``) and the run in ``base / "run"``.
+
+    Skipped, with the reason printed, where solve-field or its index files are missing (the
+    preset's sky is the real Tycho-2 sky, solved blind)."""
+    import shutil
+
+    from lcdask.config import load_config
+    from lcdask.io.anindex import find_index_files
+    from lcdask.run import run
+    from lcdask.simulate import simulate_night, small_telescope_config
+
+    why = ""
+    if shutil.which("solve-field") is None:
+        why = "solve-field not installed (scripts/install-system-deps.sh)"
+    elif not find_index_files():
+        why = "no astrometry.net index files (scripts/install-system-deps.sh)"
+    if why:
+        print(f"skipped: {why}")
+        pytest.skip(why)
+    base = tmp_path_factory.mktemp("smalltel")
+    simulate_night(base / "sim", small_telescope_config(n_frames=30, size=512, seed=1), n_workers=1)
+    record = run(
+        base / "sim" / "raw",
+        base / "run",
+        config=load_config(catalog={"offline": True}),
+        target="19:07:14.035 +49:18:59.07",  # TrES-2, as an observer would type it
+        client=session_client,
+    )
+    return base, record
 
 
 @pytest.fixture(autouse=True)

@@ -68,6 +68,9 @@ class SimConfig:
     eclipse_depth, pulsator_amplitude
         Primary eclipse depth of the eclipsing binary, semi-amplitude of the pulsator (fractions
         of the flux).
+    variable_mag_shift
+        Added to the eclipsing binary's (r 14-15.5) and the pulsator's (r 13.5-15.5)
+        magnitudes: negative for skies where those are too faint to measure.
     n_slow_movers, n_fast_movers
         Moving objects that move 1-3 FWHM over the sequence, and 30-300 px over the sequence.
     mover_mag_bright, mover_mag_faint
@@ -173,6 +176,7 @@ class SimConfig:
     transit_duration_h: float = 2.0
     eclipse_depth: float = 0.3
     pulsator_amplitude: float = 0.05
+    variable_mag_shift: float = 0.0
     # moving objects
     n_slow_movers: int = 2
     n_fast_movers: int = 2

@@ -251,7 +251,7 @@ def make_stars(
     add(
         x,
         y,
-        rng.uniform(14.0, 15.5),
+        rng.uniform(14.0, 15.5) + cfg.variable_mag_shift,
         float(draw_colours(rng, 1)[0]),
         "eclipsing",
         {
@@ -271,7 +271,7 @@ def make_stars(
     add(
         x,
         y,
-        rng.uniform(13.5, 15.5),
+        rng.uniform(13.5, 15.5) + cfg.variable_mag_shift,
         float(draw_colours(rng, 1)[0]),
         "pulsator",
         {

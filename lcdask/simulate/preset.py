@@ -117,6 +117,7 @@ def small_telescope_config(
         "n_saturated_stars": 0,
         "mover_mag_bright": 12.0,
         "mover_mag_faint": 14.0,
+        "variable_mag_shift": -2.5,  # the variables at r 11-13, as the movers (see above)
         "target_mag": 11.32,
         "transit_depth": 0.014,
         "transit_duration_h": 1.8,
