@@ -970,7 +970,7 @@ def _frame_center(cube, index: int, shape) -> tuple[float, float] | None:
     wcs = header_wcs(fits.Header.fromstring(text)) if text else None
     if wcs is not None:
         ny, nx = shape
-        ra, dec = (float(v) for v in wcs.all_pix2world([(nx - 1) / 2], [(ny - 1) / 2], 0))
+        ra, dec = (float(v[0]) for v in wcs.all_pix2world([(nx - 1) / 2], [(ny - 1) / 2], 0))
     else:
         ra, dec = float(cube["ra_deg"].values[index]), float(cube["dec_deg"].values[index])
     return (ra, dec) if np.isfinite(ra) and np.isfinite(dec) else None
