@@ -906,3 +906,20 @@ def test_lowell_classification_from_folder_when_type_keys_are_gone(lowell_header
             del stripped[key]
         expected = {"science": "light"}.get(path.parent.name, path.parent.name)
         assert classify_frame(stripped, path) == expected
+
+
+def test_a_stale_airmass_gives_way_to_the_altitude():
+    """MaxIm DL's AIRMASS = 13.37 while OBJCTALT says 77 deg (the XO-1 b night)."""
+    from lcdask.io.headers import airmass_of_altitude
+
+    header = {
+        "IMAGETYP": "Light Frame", "DATE-OBS": "2025-06-02T05:26:24.460", "EXPTIME": 60.0,
+        "AIRMASS": 13.3748135344, "OBJCTALT": 77.236,
+    }  # fmt: skip
+    meta = normalize_header(header)
+    assert meta.airmass == pytest.approx(1.0253, abs=1e-3)  # 1 / sin(77.236 deg), refracted
+    assert any("AIRMASS=13.375 disagrees with OBJCTALT" in n for n in meta.notes)
+    consistent = normalize_header(header | {"AIRMASS": 1.139, "OBJCTALT": 61.372})
+    assert consistent.airmass == 1.139 and not consistent.notes  # the header's, when it agrees
+    assert airmass_of_altitude(90.0) == pytest.approx(1.0, abs=5e-4)  # the formula: 0.9997
+    assert airmass_of_altitude(30.0) == pytest.approx(1.995, abs=0.005)  # Kasten & Young

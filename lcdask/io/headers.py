@@ -51,6 +51,7 @@ from lcdask.errors import HeaderError
 __all__ = [
     "FrameMeta",
     "UntypedFrameError",
+    "airmass_of_altitude",
     "bjd_tdb",
     "classify_frame",
     "header_wcs",
@@ -106,6 +107,7 @@ _GAIN_KEYS = ("EGAIN", "GAINE", "CCDGAIN", "GAIN")
 _RDNOISE_KEYS = ("RDNOISE", "READNOIS", "RON", "READNOISE", "RDNOISE1", "ENOISE")
 _SATURATE_KEYS = ("SATURATE", "SATLEVEL", "MAXLIN", "SATURATION", "DATAMAX")
 _AIRMASS_KEYS = ("AIRMASS", "SECZ", "AIRM", "AMSTART")
+_ALTITUDE_KEYS = ("OBJCTALT", "ALT-OBJ", "CENTALT", "TELALT", "ALT_OBJ")  # degrees
 _LAT_KEYS = ("SITELAT", "LAT-OBS", "OBSLAT", "LATITUDE", "OBSGEO-B", "LAT")
 _LON_KEYS = ("SITELONG", "LONG-OBS", "OBSLONG", "LONGITUD", "OBSGEO-L", "LONGITUDE", "LON")
 _HEIGHT_KEYS = ("SITEELEV", "ALT-OBS", "OBSALT", "HEIGHT", "OBSGEO-H", "ELEVATIO", "ALTITUDE")
@@ -1157,9 +1159,33 @@ def _saturate(header: Mapping[str, Any], notes: list[str]) -> float:
     return level
 
 
-def _airmass(header: Mapping[str, Any]) -> float:
-    value, _ = _first_float(header, _AIRMASS_KEYS)
-    return value if value is not None and 1.0 <= value < 100.0 else NAN
+def airmass_of_altitude(altitude_deg: float) -> float:
+    """Relative air mass at an apparent altitude: Kasten & Young (1989), good to the horizon."""
+    h = float(altitude_deg)
+    if not 0.0 < h <= 90.0:
+        return NAN
+    return 1.0 / (math.sin(math.radians(h)) + 0.50572 * (h + 6.07995) ** -1.6364)
+
+
+def _airmass(header: Mapping[str, Any], notes: list[str]) -> float:
+    """The header's airmass, checked against its altitude keyword when it has one.
+
+    MaxIm DL has written a stale AIRMASS (13.37 while OBJCTALT went from 77 to 84 deg: the
+    XO-1 b night in ../shared/data): when the two disagree by more than 5%, the altitude's is
+    taken, with a note.
+    """
+    value, key = _first_float(header, _AIRMASS_KEYS)
+    airmass = value if value is not None and 1.0 <= value < 100.0 else NAN
+    altitude, alt_key = _first_float(header, _ALTITUDE_KEYS)
+    from_altitude = airmass_of_altitude(altitude) if altitude is not None else NAN
+    if math.isfinite(from_altitude) and not abs(airmass / from_altitude - 1.0) <= 0.05:
+        if math.isfinite(airmass):
+            notes.append(
+                f"{key}={airmass:.3f} disagrees with {alt_key}={altitude:.2f} deg (airmass "
+                f"{from_altitude:.3f}): the altitude's airmass is used"
+            )
+        return from_altitude
+    return airmass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1371,7 +1397,7 @@ def normalize_header(
         object=_first_str(header, _OBJECT_KEYS),
         ra_deg=ra,
         dec_deg=dec,
-        airmass=_airmass(header),
+        airmass=_airmass(header, notes),
         binning_x=binning_x,
         binning_y=binning_y,
         gain_e_adu=_gain(header, notes),
