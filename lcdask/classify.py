@@ -93,11 +93,11 @@ import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 from scipy import linalg
 
+from lcdask._utils.robust import dynamic_max_trials, r2_score, sample_without_replacement
 from lcdask.astrometry import sharper_than_stars
 from lcdask.flags import ARTEFACT
 from lcdask.lightcurves import BAD_FOR_FLUX, BAD_FOR_POSITION, LightCurveFlag, robust_std
 from lcdask.match import dbscan_grid, field_centre, resolve_duplicates, tangent_plane
-from lcdask.photcal import _dynamic_max_trials, _r2_score, _sample_without_replacement
 
 __all__ = [
     "SOURCE_COLUMNS",
@@ -347,8 +347,8 @@ def _ransac_track(
 
     What ``RANSACRegressor(LinearRegression(), min_samples=2, loss=<Euclidean distance>,
     residual_threshold=..., max_trials=..., random_state=...)`` finds, step for step: the same
-    random pairs (`lcdask.photcal._sample_without_replacement`), line fits (`_line_fit`),
-    R^2 tie-breaks and stopping rule (as `lcdask.photcal._ransac_inliers`), and the final fit
+    random pairs (`lcdask._utils.robust.sample_without_replacement`), line fits (`_line_fit`),
+    R^2 tie-breaks and stopping rule (as `lcdask.photcal` does), and the final fit
     on the inliers; without importing scikit-learn (~2 s in the run's process).
 
     Returns
@@ -364,18 +364,18 @@ def _ransac_track(
     n_trials, limit = 0, max_trials
     while n_trials < limit:
         n_trials += 1
-        subset = _sample_without_replacement(rng, n_samples, 2)
+        subset = sample_without_replacement(rng, n_samples, 2)
         line = _line_fit(t[subset], xy[subset])
         predicted = _line_at(t, line)
         inliers = np.sqrt(((xy - predicted) ** 2).sum(axis=1)) <= residual_threshold
         n_inliers = int(np.sum(inliers))
         if n_inliers < n_best:
             continue
-        score = _r2_score(xy[inliers], predicted[inliers])
+        score = r2_score(xy[inliers], predicted[inliers])
         if n_inliers == n_best and score < score_best:
             continue
         n_best, score_best, best = n_inliers, score, inliers
-        limit = min(limit, _dynamic_max_trials(n_inliers, n_samples, 2, 0.99))
+        limit = min(limit, dynamic_max_trials(n_inliers, n_samples, 2, 0.99))
     if best is None:
         return None
     return best, _line_fit(t[best], xy[best])

@@ -28,6 +28,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import linalg
 from scipy.spatial import cKDTree
 
+from lcdask._utils.robust import dynamic_max_trials, r2_score, sample_without_replacement
 from lcdask.errors import FrameError
 
 __all__ = [
@@ -389,64 +390,6 @@ def _weighted_fit(
     return beta, cov, chi2
 
 
-def _r2_score(y_true: NDArray[np.float64], y_pred: NDArray[np.float64]) -> float:
-    """`sklearn.metrics.r2_score` of ``(n,)`` or ``(n, k)`` outputs as it computes it (columns,
-    force_finite, uniform average)."""
-    if y_true.shape[0] < 2:
-        return float("nan")
-    yt, yp = y_true.reshape(len(y_true), -1), y_pred.reshape(len(y_pred), -1)
-    numerator = np.sum((yt - yp) ** 2, axis=0)
-    denominator = np.sum((yt - np.mean(yt, axis=0)) ** 2, axis=0)
-    scores = np.ones(yt.shape[1])
-    valid = (numerator != 0) & (denominator != 0)
-    scores[valid] = 1 - numerator[valid] / denominator[valid]
-    scores[(numerator != 0) & (denominator == 0)] = 0.0
-    return float(np.mean(scores))
-
-
-def _dynamic_max_trials(
-    n_inliers: int, n_samples: int, min_samples: int, stop_probability: float
-) -> float:
-    """scikit-learn's ``_dynamic_max_trials``: trials enough to have drawn an outlier-free set."""
-    nom = max(np.spacing(1), 1.0 - stop_probability)
-    denom = max(np.spacing(1), 1.0 - (n_inliers / float(n_samples)) ** min_samples)
-    if nom == 1:
-        return 0.0
-    if denom == 1:
-        return float("inf")
-    return abs(float(np.ceil(np.log(nom) / np.log(denom))))
-
-
-def _sample_without_replacement(
-    rng: np.random.RandomState, n_population: int, n_samples: int
-) -> NDArray[np.intp]:
-    """``sklearn.utils.random.sample_without_replacement(..., method="auto")``, draw for draw.
-
-    A permutation when ``n_samples / n_population`` is between 0.01 and 0.99, else tracking
-    selection (repeated ``randint``) below 0.2 and reservoir sampling above, as scikit-learn
-    chooses, so that a seeded `numpy.random.RandomState` gives its subsets.
-    """
-    ratio = n_samples / n_population if n_population != 0 else 1.0
-    if 0.01 < ratio < 0.99:
-        return rng.permutation(n_population)[:n_samples]
-    out = np.empty(n_samples, dtype=int)
-    if ratio < 0.2:
-        selected: set[int] = set()
-        for i in range(n_samples):
-            j = rng.randint(n_population)
-            while j in selected:
-                j = rng.randint(n_population)
-            selected.add(j)
-            out[i] = j
-        return out
-    out[:] = np.arange(n_samples)
-    for i in range(n_samples, n_population):
-        j = rng.randint(0, i + 1)
-        if j < n_samples:
-            out[j] = i
-    return out
-
-
 def _ransac_inliers(
     x: NDArray[np.float64],
     y: NDArray[np.float64],
@@ -501,7 +444,7 @@ def _ransac_inliers(
     n_trials, limit = 0, max_trials
     while n_trials < limit:
         n_trials += 1
-        subset = _sample_without_replacement(rng, n_samples, min_samples)
+        subset = sample_without_replacement(rng, n_samples, min_samples)
         coef = linalg.lstsq(x[subset], y[subset], cond=1e-6)[0]
         if slope_index is not None and not (slope_range[0] <= coef[slope_index] <= slope_range[1]):
             continue
@@ -509,11 +452,11 @@ def _ransac_inliers(
         n_inliers = int(np.sum(inliers))
         if n_inliers < n_best:
             continue
-        score = _r2_score(y[inliers], x[inliers] @ coef)
+        score = r2_score(y[inliers], x[inliers] @ coef)
         if n_inliers == n_best and score < score_best:
             continue
         n_best, score_best, best = n_inliers, score, inliers
-        limit = min(limit, _dynamic_max_trials(n_inliers, n_samples, min_samples, stop_probability))
+        limit = min(limit, dynamic_max_trials(n_inliers, n_samples, min_samples, stop_probability))
     return best
 
 

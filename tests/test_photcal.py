@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 from numpy.testing import assert_allclose
 
+from lcdask._utils.robust import sample_without_replacement
 from lcdask.errors import FrameError, LcdaskError
 from lcdask.photcal import (
     PhotometricCalibrationError,
     ZeroPointFit,
     _ransac_inliers,
-    _sample_without_replacement,
     calibrate_fluxes,
     calibrate_image_jy,
     fit_zero_point,
@@ -249,14 +249,14 @@ def test_ransac_finds_the_inliers_of_sklearn_ransac(seed):
 @pytest.mark.parametrize("n_population", [1, 3, 5, 50, 299, 300, 301, 1000])
 def test_sampler_draws_sklearns_subsets(n_population):
     """The three methods scikit-learn's "auto" picks by the ratio, each draw for draw."""
-    from sklearn.utils.random import sample_without_replacement
+    from sklearn.utils.random import sample_without_replacement as sklearn_sample
 
     for n_samples in range(min(n_population, 3) + 1):
         ours, theirs = np.random.RandomState(7), np.random.RandomState(7)
         for _ in range(20):
             np.testing.assert_array_equal(
-                _sample_without_replacement(ours, n_population, n_samples),
-                sample_without_replacement(n_population, n_samples, random_state=theirs),
+                sample_without_replacement(ours, n_population, n_samples),
+                sklearn_sample(n_population, n_samples, random_state=theirs),
             )
 
 

@@ -1,0 +1,1 @@
+"""Helpers shared by several modules of lcdask (private to the package: no public API)."""
