@@ -29,9 +29,7 @@ import json
 import math
 import os
 import re
-import socket
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lcdask._utils.net import query_versions, socket_timeout
 from lcdask.errors import LcdaskError
 from lcdask.io.atomic import atomic_path
 
@@ -567,25 +566,13 @@ def _cached_query(
         "radius_deg": radius_q,
         "query_time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "n_rows": len(table),
-        "versions": _versions(),
+        "versions": query_versions(),
     }
     path = _cache_store(cache, table, meta)
     inside = _separation_deg(ra, dec, table["ra"], table["dec"]) <= radius_deg
     table = table[np.asarray(inside)].reset_index(drop=True)
     table.attrs["catalog"] = {**meta, "cache_file": str(path), "cache_hit": False}
     return table
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("lcdask", "astroquery", "astropy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
 
 
 def _empty_catalog(bands: Sequence[str], source: str) -> pd.DataFrame:
@@ -711,17 +698,6 @@ def gaia_adql(ra: float, dec: float, radius_deg: float, *, mag_limit: float, max
     )
 
 
-@contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """Temporarily set the default socket timeout (astroquery's TAP client takes none)."""
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
 def query_gaia(
     ra: float,
     dec: float,
@@ -765,7 +741,7 @@ def query_gaia(
 
     def run(ra_q: float, dec_q: float, radius_q: float) -> tuple[pd.DataFrame, str]:
         adql = gaia_adql(ra_q, dec_q, radius_q, mag_limit=mag_limit, max_rows=max_rows)
-        with _socket_timeout(timeout):
+        with socket_timeout(timeout):
             from astroquery.gaia import GaiaClass
 
             gaia = GaiaClass(show_server_messages=False)

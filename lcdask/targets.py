@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from lcdask.catalogs import _socket_timeout, _versions, default_cache_dir
+from lcdask._utils.net import query_versions, socket_timeout
+from lcdask.catalogs import default_cache_dir
 from lcdask.classify import parse_target
 from lcdask.errors import LcdaskError
 from lcdask.io.atomic import write_json_atomic
@@ -136,7 +137,7 @@ def query_simbad(name: str, *, timeout_s: float = 30.0) -> dict[str, Any]:
     from astroquery.simbad import SimbadClass
 
     simbad = SimbadClass()
-    with _socket_timeout(timeout_s), warnings.catch_warnings():
+    with socket_timeout(timeout_s), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # NoResultsWarning: handled below
         query = simbad.query_object(name, get_query_payload=True).get("QUERY", "")
         table = simbad.query_object(name)
@@ -239,7 +240,7 @@ def resolve_target(
         **answer,
         "service": SIMBAD_SERVICE,
         "query_time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": _versions(),
+        "versions": query_versions(),
     }
     write_json_atomic(path, entry)
     return ResolvedTarget(
