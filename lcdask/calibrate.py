@@ -984,13 +984,13 @@ def bad_pixel_kernel(
     shape = (dark_signal if dark_signal is not None else flat).shape
     mask = np.zeros(shape, np.uint8)
     if dark_signal is not None:
-        mask |= _hot_pixels(dark_signal, config=config)
+        mask |= hot_pixel_bits(dark_signal, config=config)
     if flat is not None:
-        mask |= _dead_pixels(flat, config=config)
-    return _with_bad_columns(mask, config=config)
+        mask |= dead_pixel_bits(flat, config=config)
+    return with_bad_column_bits(mask, config=config)
 
 
-def _hot_pixels(dark_signal: np.ndarray, *, config: CalibrationConfig) -> np.ndarray:
+def hot_pixel_bits(dark_signal: np.ndarray, *, config: CalibrationConfig) -> np.ndarray:
     """The HOT bits of `bad_pixel_kernel` (uint8)."""
     mask = np.zeros(dark_signal.shape, np.uint8)
     center, sigma = _robust_center_sigma(dark_signal)
@@ -998,7 +998,7 @@ def _hot_pixels(dark_signal: np.ndarray, *, config: CalibrationConfig) -> np.nda
     return mask
 
 
-def _dead_pixels(flat: np.ndarray, *, config: CalibrationConfig) -> np.ndarray:
+def dead_pixel_bits(flat: np.ndarray, *, config: CalibrationConfig) -> np.ndarray:
     """The DEAD bits of `bad_pixel_kernel` (uint8)."""
     mask = np.zeros(flat.shape, np.uint8)
     # separable median (rows, then columns): a fast stand-in for the square median filter
@@ -1014,7 +1014,7 @@ def _dead_pixels(flat: np.ndarray, *, config: CalibrationConfig) -> np.ndarray:
     return mask
 
 
-def _with_bad_columns(mask: np.ndarray, *, config: CalibrationConfig) -> np.ndarray:
+def with_bad_column_bits(mask: np.ndarray, *, config: CalibrationConfig) -> np.ndarray:
     """``mask`` (HOT and DEAD bits, changed in place) plus the BAD_COLUMN bits of
     `bad_pixel_kernel`."""
     bad = (mask & (PixelFlag.HOT | PixelFlag.DEAD)) != 0
@@ -1095,7 +1095,7 @@ def calibrate_frames(raw: xr.DataArray, dark: xr.DataArray, flat: xr.DataArray) 
     return out.astype(np.float32).rename("calibrated")
 
 
-def _saturation(
+def saturation_level(
     raw: xr.DataArray, saturate_adu: xr.DataArray | float | None
 ) -> xr.DataArray | float:
     """The saturation level per frame: given, else the integer type's maximum, else infinity."""
@@ -1127,7 +1127,7 @@ def pixel_flags(
     xarray.DataArray
         ``(frame, y, x)`` uint8 `PixelFlag` bits, named ``pixel_flags``.
     """
-    saturate = _saturation(raw, saturate_adu)
+    saturate = saturation_level(raw, saturate_adu)
     saturated = (raw >= saturate).astype(np.uint8) * np.uint8(PixelFlag.SATURATED)
     flags = saturated | bad_pixels.astype(np.uint8)
     if raw.dtype.kind == "f":

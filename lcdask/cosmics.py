@@ -206,7 +206,7 @@ def detect_cosmics(
 
 
 # pixel offsets of a twice-dilated 4-connected cross (within 2 steps) and of the 3x3 box
-_CROSS_2 = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if abs(dy) + abs(dx) <= 2]
+CROSS_2 = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if abs(dy) + abs(dx) <= 2]
 _BOX_3 = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 _BOX_7 = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)]
 
@@ -231,7 +231,7 @@ def _protected(data: np.ndarray, bad: np.ndarray, saturation: float | None) -> n
     """Pixels never taken for cosmic rays: bad ones, and saturated ones with two around them."""
     protect = bad.copy()
     if saturation is not None:
-        protect |= _dilated(data >= saturation, _CROSS_2)
+        protect |= _dilated(data >= saturation, CROSS_2)
     return protect
 
 

@@ -61,7 +61,7 @@ from lcdask.astrometry import (
 from lcdask.calibrate import PixelFlag
 from lcdask.catalogs import resolve_band
 from lcdask.coadd import Coadd, coadd_tile, optimal_wcs, tile_size_for, tile_slices
-from lcdask.cosmics import _CROSS_2, clean_cosmics, remove_cosmics
+from lcdask.cosmics import CROSS_2, clean_cosmics, remove_cosmics
 from lcdask.detect import DetectionFlag, detect_frame
 from lcdask.errors import FrameError, LcdaskError
 from lcdask.flags import UNUSABLE
@@ -317,7 +317,7 @@ def _near_flagged(flagged: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
     hit = np.zeros(len(ix), bool)
     if not flagged.any():
         return hit
-    for dy, dx in _CROSS_2:  # clipped at the edges: a pixel nearer the position, same answer
+    for dy, dx in CROSS_2:  # clipped at the edges: a pixel nearer the position, same answer
         hit |= flagged[np.clip(iy + dy, 0, ny - 1), np.clip(ix + dx, 0, nx - 1)]
     return hit
 

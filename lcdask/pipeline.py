@@ -263,7 +263,7 @@ def calibrate_cube(
         sat_calib = (
             saturate.sel(frame=calib_frames) if isinstance(saturate, xr.DataArray) else saturate
         )
-        sat_calib = cal._saturation(raw, sat_calib)
+        sat_calib = cal.saturation_level(raw, sat_calib)
         sat_calib = np.broadcast_to(
             np.asarray(getattr(sat_calib, "values", sat_calib), np.float64), calib_frames.shape
         )
@@ -465,7 +465,7 @@ def calibrate_cube(
                 )
             notes.append(message + ": those lights are not flat-fielded")
         sat_l = saturate.sel(frame=todo) if isinstance(saturate, xr.DataArray) else saturate
-        sat_l = cal._saturation(raw_l, sat_l)
+        sat_l = cal.saturation_level(raw_l, sat_l)
         # per-frame levels as float64 scalars and a common level as a Python float: raw >= level
         # then compares in the same type as `pixel_flags` does
         sat_l = (
@@ -722,12 +722,12 @@ def _hot_pixels_task(
 ) -> np.ndarray:
     """The HOT bits of the bad-pixel map from the dark signal (``m_dark - m_bias``)."""
     dark_signal = m_dark if m_bias is None else m_dark - m_bias
-    return cal._hot_pixels(dark_signal, config=config)
+    return cal.hot_pixel_bits(dark_signal, config=config)
 
 
 def _dead_pixels_task(flat: np.ndarray, config: CalibrationConfig) -> np.ndarray:
     """The DEAD bits of the bad-pixel map from one master flat."""
-    return cal._dead_pixels(flat, config=config)
+    return cal.dead_pixel_bits(flat, config=config)
 
 
 def _bad_pixels_task(
@@ -738,7 +738,7 @@ def _bad_pixels_task(
     for dead_i in dead or [None]:
         parts = [m for m in (hot, dead_i) if m is not None]
         mask = parts[0] | parts[1] if len(parts) == 2 else parts[0].copy()
-        mask = cal._with_bad_columns(mask, config=config)
+        mask = cal.with_bad_column_bits(mask, config=config)
         out = mask if out is None else out | mask
     return out
 

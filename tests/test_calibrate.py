@@ -544,7 +544,7 @@ def _lazy_masters(path: Path, config: CalibrationConfig) -> tuple[dict[str, np.n
     calib = np.concatenate(list(candidates.values()))
     saturate = ds["saturate_adu"] if config.saturate_adu is None else config.saturate_adu
     sat = saturate.sel(frame=calib) if isinstance(saturate, xr.DataArray) else saturate
-    stats = cal.frame_statistics(raw.sel(frame=calib), cal._saturation(raw, sat)).compute()
+    stats = cal.frame_statistics(raw.sel(frame=calib), cal.saturation_level(raw, sat)).compute()
     rejected = {}
     for kind, frames in candidates.items():
         key = {"dark": exptimes, "flat": filters}.get(kind, np.zeros(len(types)))[frames]

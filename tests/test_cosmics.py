@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 
 from lcdask.cosmics import (
     _BOX_3,
-    _CROSS_2,
+    CROSS_2,
     _dilated,
     clean_cosmics,
     detect_cosmics,
@@ -264,7 +264,7 @@ def test_sparse_dilation_equals_scipy():
         mask = rng.random((50, 70)) < fraction
         cross = ndimage.binary_dilation(mask, iterations=2)
         box = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool))
-        assert np.array_equal(_dilated(mask, _CROSS_2), cross)
+        assert np.array_equal(_dilated(mask, CROSS_2), cross)
         assert np.array_equal(_dilated(mask, _BOX_3), box)
 
 
