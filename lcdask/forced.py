@@ -6,7 +6,7 @@ a blend, a cosmic ray). `forced_photometry` measures it there, at its median pos
 exactly the photometry of the detections:
 
 * one task per frame (`frame_forced_photometry`): the worker reads its own calibrated frame from
-  the cube, prepares it as Level 2 does (`lcdask.level2._prepared_frame`: the cosmic-ray
+  the cube, prepares it as Level 2 does (`lcdask.level2.prepared_frame`: the cosmic-ray
   pixels Level 3 found, from the frames table, cleaned; sky subtracted) and measures the flux
   Level 2 keeps (``[level2] flux``: the 1.5 FWHM aperture with its aperture correction, or the
   PSF flux) with the frame's own aperture correction and PSF scale from the frames table, at
@@ -42,15 +42,13 @@ from lcdask.level2 import (
     INSTRUMENTAL_ZERO_POINT,
     NO_CATALOG_MESSAGE,
     Level2Config,
-    _gather,
-    _prepared_frame,
-    _shared,
-    _submit,
+    prepared_frame,
 )
 from lcdask.lightcurves import LightCurveFlag, missing_entries
 from lcdask.photcal import ZeroPointFit, calibrate_fluxes, instrumental_mag, instrumental_mag_err
 from lcdask.photometry import PhotFlag, photometer_frame
 from lcdask.psf import PSFModel
+from lcdask.stages._parallel import gather_results, share, submit_task
 
 __all__ = [
     "FORCED_COLUMNS",
@@ -141,7 +139,7 @@ def frame_forced_photometry(
 ) -> tuple[pd.DataFrame, float]:
     """Photometry of one frame at forced positions, exactly as of its detections (one task).
 
-    The frame is prepared once (`lcdask.level2._prepared_frame`: cosmic rays, sky) and the
+    The frame is prepared once (`lcdask.level2.prepared_frame`: cosmic rays, sky) and the
     forced positions are measured together with the detections (for the blend flags and the
     joint PSF fits) with the frame's own aperture correction and PSF scale from Level 2
     (`lcdask.level2.frame_photometry`), not new ones, which the forced positions themselves
@@ -177,7 +175,7 @@ def frame_forced_photometry(
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
     fwhm_px = float(frame["fwhm_px"])
-    image, sky, mask, cosmic, gain, repaired = _prepared_frame(
+    image, sky, mask, cosmic, gain, repaired = prepared_frame(
         cube_path, index, config, fwhm_px, psf, cosmic_pixels=frame.get("cosmic_pixels")
     )
     options = {
@@ -401,9 +399,9 @@ def forced_photometry(
     groups = dict(tuple(positions.groupby("frame", sort=True)))
     det_of = dict(tuple(detections.groupby("frame", sort=True)))
     empty_det = detections.iloc[:0]
-    shared_psf = _shared(client, psf)
+    shared_psf = share(client, psf)
     futures = [
-        _submit(
+        submit_task(
             client,
             frame_forced_photometry,
             cube_path,
@@ -420,7 +418,7 @@ def forced_photometry(
     ]
     parts, max_pull = [], 0.0
     for (frame, rows), (table, pull) in zip(
-        groups.items(), _gather(client, futures, "lightcurves: forced"), strict=True
+        groups.items(), gather_results(client, futures, "lightcurves: forced"), strict=True
     ):
         max_pull = max(max_pull, pull)
         measured = rows.reset_index(drop=True).assign(

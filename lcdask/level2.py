@@ -45,7 +45,6 @@ from astropy.coordinates import angular_separation
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from lcdask import progress
 from lcdask.astrometry import (
     AstrometryConfig,
     AstrometrySolution,
@@ -72,6 +71,7 @@ from lcdask.photcal import calibrate_fluxes, fit_zero_point, instrumental_mag, m
 from lcdask.photometry import photometer_frame
 from lcdask.psf import PSFModel, build_epsf
 from lcdask.sky import subtract_sky
+from lcdask.stages._parallel import gather_results, map_tasks, share, submit_task
 
 __all__ = [
     "Level2Config",
@@ -322,7 +322,7 @@ def _near_flagged(flagged: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
     return hit
 
 
-def _prepared_frame(
+def prepared_frame(
     cube_path: str | Path,
     index: int,
     config: Level2Config,
@@ -400,7 +400,7 @@ def reference_psf(
     -------
     lcdask.psf.PSFModel or None
     """
-    image, _, mask, cosmic, _, _ = _prepared_frame(cube_path, index, config, fwhm_px)
+    image, _, mask, cosmic, _, _ = prepared_frame(cube_path, index, config, fwhm_px)
     try:
         psf, _ = build_epsf(image, mask=mask | cosmic, fwhm_px=fwhm_px, oversampling=3)
     except (LcdaskError, ValueError, RuntimeError) as exc:
@@ -448,7 +448,7 @@ def frame_photometry(
     nan = {"aperture_correction": np.nan, "psf_scale": np.nan, "cosmic_pixels": None}
     if config.flux == "detection" or detections is None or not len(detections):
         return detections, nan
-    image, sky, mask, cosmic, gain, repaired = _prepared_frame(
+    image, sky, mask, cosmic, gain, repaired = prepared_frame(
         cube_path, index, config, fwhm_px, psf
     )
     table, info = photometer_frame(
@@ -659,38 +659,6 @@ def _solution_row(solution: AstrometrySolution) -> dict[str, Any]:
     }
 
 
-def _map(client, func, *iterables, **kwargs) -> list:
-    if client is None:
-        return [func(*args, **kwargs) for args in zip(*iterables, strict=True)]
-    # keywords bound in a partial: distributed would make a task of a list keyword under the
-    # keyword's own name, which the next run on the same client collides with
-    return client.map(functools.partial(func, **kwargs), *iterables, pure=False)
-
-
-def _submit(client, func, *args):
-    """One task on the cluster (a future), or the call itself when there is no cluster."""
-    return func(*args) if client is None else client.submit(func, *args, pure=False)
-
-
-def _shared(client, data):
-    """``data`` sent once to every worker (a future its tasks take), or itself without a cluster.
-
-    A table passed to each task as it is is pickled and sent with every one of them (the
-    reference catalog: ~0.3 MB, ~4 ms of the run's process a task).
-    """
-    if client is None or data is None:
-        return data
-    return client.scatter(data, broadcast=True, hash=False)
-
-
-def _gather(client, futures: list, label: str = "level2") -> list:
-    """The results of a step's futures (a progress bar meanwhile), or the serial results."""
-    if client is None:
-        return futures
-    progress.show(futures, label)
-    return client.gather(futures)
-
-
 def run_level2(
     cube,
     cube_path: str | Path,
@@ -759,8 +727,8 @@ def run_level2(
         clock[0] = now
 
     # 1. detection, one task per frame
-    detected = _map(client, _safe_detections, [cube_path] * len(lights), lights, config=config)
-    results = _gather(client, detected, "level2: detection")
+    detected = map_tasks(client, _safe_detections, [cube_path] * len(lights), lights, config=config)
+    results = gather_results(client, detected, "level2: detection")
     lap("detection")
     stats = {i: s for i, _, s in results}
     found = {i: d for i, d, _ in results}
@@ -785,9 +753,9 @@ def run_level2(
     exptime = cube["exptime_s"].values
     guess = start_wcs if client is None else _wcs_message(start_wcs)
     pointing = _header_pointing(cube, lights)
-    shared_catalog = _shared(client, catalog)
+    shared_catalog = share(client, catalog)
     refined = [
-        _submit(
+        submit_task(
             client,
             _refine_task,
             detected[p] if client is not None else results[p],
@@ -802,7 +770,9 @@ def run_level2(
         for p, i in enumerate(lights)
     ]
     tables, rows = {}, {}
-    for i, (table, row) in zip(lights, _gather(client, refined, "level2: astrometry"), strict=True):
+    for i, (table, row) in zip(
+        lights, gather_results(client, refined, "level2: astrometry"), strict=True
+    ):
         tables[i], rows[i] = table, row
     if any(not rows[i].get("wcs_solved") for i in lights):
         _retry_from_neighbours(
@@ -838,9 +808,9 @@ def run_level2(
     # flux = "detection" the refine tasks' zero points stand (the same fit of the same fluxes)
     solved = [i for i in lights if rows[i].get("wcs_solved") and config.flux != "detection"]
     fwhm = {i: float(stats[i].get("fwhm_px", np.nan)) for i in lights}
-    shared_psf = _shared(client, psf) if solved else psf
+    shared_psf = share(client, psf) if solved else psf
     measured = [
-        _submit(
+        submit_task(
             client,
             _measure_task,
             cube_path,
@@ -856,7 +826,7 @@ def run_level2(
         for i in solved
     ]
     for i, (table, row) in zip(
-        solved, _gather(client, measured, "level2: photometry"), strict=True
+        solved, gather_results(client, measured, "level2: photometry"), strict=True
     ):
         tables[i], rows[i] = table, row
     lap("photometry")
@@ -1360,10 +1330,12 @@ def _coadd_run(cube, cube_path, lights, rows, stats, *, client, config) -> Coadd
         scales=scales,
         method=config.coadd_method,
     )
-    futures = _map(client, task, tiles)
+    futures = map_tasks(client, task, tiles)
     image = np.full(out_shape, np.nan, np.float32)
     n_used = np.zeros(out_shape, np.int16)
-    for tile, (data, used) in zip(tiles, _gather(client, futures, "level2: co-add"), strict=True):
+    for tile, (data, used) in zip(
+        tiles, gather_results(client, futures, "level2: co-add"), strict=True
+    ):
         image[tile], n_used[tile] = data, used
     fwhm = float(np.nanmedian([stats[i].get("fwhm_px", np.nan) for i in chosen]))
     return Coadd(image, n_used, wcs, tuple(int(i) for i in chosen), fwhm)
@@ -1424,13 +1396,13 @@ def _run_psf(cube_path, coadd, reference, stats, *, client, config) -> PSFModel 
         if client is not None:  # tens of MB: sent as data, not inside the task
             image, n_used = client.scatter([image, n_used])
         try:
-            task = _submit(client, _coadd_psf, image, n_used, coadd.fwhm_px)
-            return _gather(client, [task], "level2: ePSF")[0]
+            task = submit_task(client, _coadd_psf, image, n_used, coadd.fwhm_px)
+            return gather_results(client, [task], "level2: ePSF")[0]
         except LcdaskError as exc:
             log.warning("no ePSF from the co-add (%s): the reference frame's is used", exc)
     fwhm = float(stats[reference].get("fwhm_px", np.nan))
-    task = _submit(client, reference_psf, cube_path, int(reference), fwhm, config)
-    return _gather(client, [task], "level2: ePSF")[0]
+    task = submit_task(client, reference_psf, cube_path, int(reference), fwhm, config)
+    return gather_results(client, [task], "level2: ePSF")[0]
 
 
 def nominal_wcs(
