@@ -1,0 +1,62 @@
+"""The package's layout rules (issue 16): no private names across modules; README names all."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "lcdask"
+
+
+def _modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_module_imports_another_modules_private_names():
+    found = []
+    for path in _modules():
+        name = _module_name(path)
+        tree = ast.parse(path.read_text())
+        aliases = {}  # local name -> lcdask module imported whole
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lcdask"):
+                for alias in node.names:
+                    private = alias.name.startswith("_") and not alias.name.startswith("__")
+                    if private and node.module != name:
+                        found.append(f"{path.name}: from {node.module} import {alias.name}")
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("lcdask") and alias.asname:
+                        aliases[alias.asname] = alias.name
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                found.append(f"{path.name}: {node.value.id}.{node.attr}")
+    assert not found, found
+
+
+def test_readme_layout_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    layout = layout[: layout.index("\n## ", 5)] if "\n## " in layout[5:] else layout
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", layout))
+    missing = []
+    for path in _modules():
+        if path.name == "__init__.py":
+            path = path.parent
+        stem = path.stem if path.suffix else path.name
+        if stem not in words:
+            missing.append(str(path.relative_to(PACKAGE)))
+    assert not missing, f"README's Layout section does not name {missing}"
