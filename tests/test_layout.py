@@ -35,6 +35,9 @@ def test_no_module_imports_another_modules_private_names():
                 for alias in node.names:
                     if alias.name.startswith("lcdask") and alias.asname:
                         aliases[alias.asname] = alias.name
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lcdask"):
+                for alias in node.names:  # `from lcdask import calibrate as cal`
+                    aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
         for node in ast.walk(tree):
             if (
                 isinstance(node, ast.Attribute)
