@@ -66,13 +66,13 @@ def main() -> None:
     args = parser.parse_args()
 
     import astroscrappy
+    from baselines import photutils_aperture_photometry, photutils_psf_photometry
 
     from lcdask.cosmics import detect_cosmics
-    from lcdask.photometry import aperture_radii, photometer_frame, photutils_aperture_photometry
+    from lcdask.photometry import aperture_radii, photometer_frame
     from lcdask.psf import (
         build_epsf,
         forced_psf_photometry,
-        photutils_psf_photometry,
         refine_scale,
     )
     from lcdask.simulate import SimConfig, load_truth, simulate_night

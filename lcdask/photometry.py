@@ -70,7 +70,6 @@ __all__ = [
     "empty_photometry",
     "photometer_frame",
     "photometry_schema",
-    "photutils_aperture_photometry",
 ]
 
 DEFAULT_APERTURES: tuple[tuple[float, str], ...] = (
@@ -783,64 +782,3 @@ def _aperture_corrections(
         for k in range(radii.size):
             corr[k] = np.median(fluxes[ref, good] / fluxes[k, good])
     return corr, method
-
-
-def photutils_aperture_photometry(
-    image: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    radii: Sequence[float],
-    annulus: tuple[float, float],
-    *,
-    rms: np.ndarray | None = None,
-    gain: float | None = None,
-) -> pd.DataFrame:
-    """The same measurement with photutils (`aperture_photometry` + `ApertureStats`), as reference.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        2-D sky-subtracted image.
-    x, y : numpy.ndarray
-        Positions.
-    radii : sequence of float
-        Aperture radii (px).
-    annulus : tuple of float
-        Sky annulus radii (px).
-    rms : numpy.ndarray, optional
-        Background RMS map (the error of each pixel before the star's photon noise).
-    gain : float, optional
-        e-/ADU for the photon noise (`calc_total_error`).
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``flux_ap<k>``, ``flux_ap<k>_err`` (local-sky subtracted, uncorrected) and ``sky``.
-    """
-    from astropy.stats import SigmaClip
-    from photutils.aperture import (
-        ApertureStats,
-        CircularAnnulus,
-        CircularAperture,
-        aperture_photometry,
-    )
-    from photutils.utils import calc_total_error
-
-    data = np.asarray(image, dtype=np.float64)
-    pos = np.column_stack([x, y])
-    aps = [CircularAperture(pos, r=r) for r in radii]
-    ann = CircularAnnulus(pos, r_in=annulus[0], r_out=annulus[1])
-    error = None
-    if rms is not None:
-        error = calc_total_error(data, rms, gain) if gain else np.asarray(rms, dtype=np.float64)
-    stats = ApertureStats(data, ann, sigma_clip=SigmaClip(sigma=3.0, maxiters=3))
-    sky = np.asarray(stats.mean, dtype=np.float64)
-    tab = aperture_photometry(data, aps, error=error, method="exact")
-    out: dict[str, np.ndarray] = {}
-    for k, ap in enumerate(aps):
-        s = np.asarray(tab[f"aperture_sum_{k}"], dtype=np.float64)
-        out[f"flux_ap{k + 1}"] = s - sky * ap.area
-        if error is not None:
-            out[f"flux_ap{k + 1}_err"] = np.asarray(tab[f"aperture_sum_err_{k}"], dtype=np.float64)
-    out["sky"] = sky
-    return pd.DataFrame(out)

@@ -20,8 +20,8 @@
   iterating on the residual image (the model of all stars rendered over the PSF's full extent),
   and the weights ``1 / (rms^2 + model / gain)`` come from the model, not the data (data weights
   bias faint fluxes). Errors are ``sqrt(diag((A^T W A)^-1))``.
-- `photutils_psf_photometry` wraps photutils' `PSFPhotometry` with the same model, as the
-  reference (slow: an astropy-modeling fit per source).
+- ``benchmarks/baselines.py`` wraps photutils' `PSFPhotometry` with the same model, as the
+  reference of the tests and benchmarks (slow: an astropy-modeling fit per source).
 
 Pixel positions are 0-based: the centre of ``image[y, x]`` is ``(x, y)``.
 """
@@ -47,7 +47,6 @@ __all__ = [
     "fit_moffat_psf",
     "forced_psf_photometry",
     "measure_fwhm",
-    "photutils_psf_photometry",
     "refine_scale",
     "select_psf_stars",
 ]
@@ -842,82 +841,3 @@ def refine_scale(
 
     res = optimize.minimize_scalar(cost, bounds=bounds, method="bounded", options={"xatol": 2e-3})
     return replace(psf, scale=s0 * float(res.x))
-
-
-# ---------------------------------------------------------------------------------------------
-# reference: photutils PSFPhotometry
-
-
-def photutils_psf_photometry(
-    image: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    psf: PSFModel,
-    *,
-    error: np.ndarray | None = None,
-    mask: np.ndarray | None = None,
-    fit_shape: int | None = None,
-    fit_positions: bool = True,
-    group_radius: float | None = None,
-) -> pd.DataFrame:
-    """PSF photometry with photutils' `PSFPhotometry` (the reference for `forced_psf_photometry`).
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        2-D sky-subtracted image.
-    x, y : array_like
-        Initial (or, with ``fit_positions=False``, fixed) positions.
-    psf : PSFModel
-        The PSF at this frame's scale.
-    error : numpy.ndarray, optional
-        Per-pixel 1-sigma errors (all noise sources).
-    mask : numpy.ndarray of bool, optional
-        True where a pixel is bad.
-    fit_shape : int, optional
-        Side of the fitted box (odd); default about 3 FWHM.
-    fit_positions : bool, optional
-        Fit x, y and flux (photutils' default) or only the flux.
-    group_radius : float, optional
-        `SourceGrouper` separation; default 2 FWHM (None groups nothing when 0).
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``x``, ``y`` (fitted), ``flux``, ``flux_err``, ``flags`` in input order.
-    """
-    from astropy.table import Table
-    from photutils.psf import PSFPhotometry, SourceGrouper
-
-    x = np.atleast_1d(np.asarray(x, dtype=np.float64))
-    y = np.atleast_1d(np.asarray(y, dtype=np.float64))
-    fwhm = psf.effective_fwhm_px
-    if fit_shape is None:
-        fit_shape = _odd(3.0 * fwhm)
-    model = psf.to_image_psf()
-    if not fit_positions:
-        model.x_0.fixed = True
-        model.y_0.fixed = True
-    gr = 2.0 * fwhm if group_radius is None else group_radius
-    grouper = SourceGrouper(min_separation=gr) if gr > 0 else None
-    phot = PSFPhotometry(model, fit_shape, grouper=grouper, aperture_radius=1.5 * fwhm)
-    init = Table({"x": x, "y": y})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = phot(np.asarray(image, dtype=np.float64), mask=mask, error=error, init_params=init)
-
-    def col(*names: str) -> np.ndarray:
-        for name in names:
-            if name in res.colnames:
-                return np.asarray(res[name], dtype=np.float64)
-        return np.full(len(res), np.nan)
-
-    return pd.DataFrame(
-        {
-            "x": col("x_fit"),
-            "y": col("y_fit"),
-            "flux": col("flux_fit"),
-            "flux_err": col("flux_err"),
-            "flags": col("flags").astype(np.int64),
-        }
-    )

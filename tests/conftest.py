@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 from astropy.io import fits
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# the photutils baselines the tests check lcdask against live with the benchmarks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 # `make test` runs the suite on two processes (pytest-xdist, --dist loadgroup): each test file is

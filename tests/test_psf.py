@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
+from baselines import photutils_psf_photometry
 
 from lcdask.coadd import coadd
 from lcdask.photometry import photometer_frame
@@ -16,7 +17,6 @@ from lcdask.psf import (
     build_epsf,
     forced_psf_photometry,
     measure_fwhm,
-    photutils_psf_photometry,
     refine_scale,
 )
 from lcdask.simulate import SimConfig, load_truth, simulate_night, truth_light_image
