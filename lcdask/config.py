@@ -13,6 +13,7 @@ import re
 import tomllib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,9 +175,26 @@ def _type_name(annotation: Any) -> str:
     )
 
 
+REMOVED_OPTIONS = {
+    ("calibration", "rows_per_chunk"): (
+        "the calibration sizes its blocks of rows by memory (lcdask.pipeline.calibrate_cube)"
+    ),
+}
+"""Options of earlier versions that no longer do anything: a file that still sets one loads,
+with a warning naming it and why."""
+
+
 def _build_section(section: str, cls: type, values: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    for name in [n for n in values if (section, n) in REMOVED_OPTIONS]:
+        why = REMOVED_OPTIONS[(section, name)]
+        warnings.warn(
+            f"[{section}] {name} is no longer an option and is ignored: {why}",
+            UserWarning,
+            stacklevel=3,
+        )
+        values = {k: v for k, v in values.items() if k != name}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(

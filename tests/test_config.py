@@ -50,3 +50,14 @@ def test_errors_name_the_field(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_a_removed_option_loads_with_a_warning_naming_it(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text("[calibration]\nrows_per_chunk = 128\nhot_sigma = 6.0\n")
+    with pytest.warns(UserWarning, match=r"\[calibration\] rows_per_chunk is no longer an option"):
+        config = load_config(path)
+    assert config.calibration.hot_sigma == 6.0  # the rest of the file is read
+    assert not hasattr(config.calibration, "rows_per_chunk")
+    with pytest.raises(ConfigError, match="has no option 'row_per_chunk'"):
+        load_config(None, calibration={"row_per_chunk": 1})  # a typo is still an error
