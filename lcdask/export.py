@@ -30,6 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from lcdask.io.atomic import atomic_path
+from lcdask.lightcurves import LightCurveFlag
 
 __all__ = [
     "EXPORT_COLUMNS",
@@ -101,8 +102,8 @@ _DESCRIPTIONS = {
 _SOURCE_META = ("source_id", "ra", "dec", "mag", "kind", "is_target", "is_comparison")
 _MOVER_META = ("epoch_mjd", "rate_ra_arcsec_h", "rate_dec_arcsec_h", "pa_deg")
 _SUFFIX = {"csv": ".csv", "ecsv": ".ecsv", "fits": ".fits"}
-_MISSING = 256  # lcdask.lightcurves.LightCurveFlag.MISSING
-_FORCED = 512  # lcdask.lightcurves.LightCurveFlag.FORCED
+_MISSING = int(LightCurveFlag.MISSING)
+_FORCED = int(LightCurveFlag.FORCED)
 _KINDS = ("stable", "variable", "moving")
 _CSV_BLOCK = 2_000_000
 Selection = str | int | Iterable[int] | None

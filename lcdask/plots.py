@@ -38,6 +38,7 @@ import pandas as pd
 import xarray as xr
 
 from lcdask.io.atomic import atomic_path
+from lcdask.lightcurves import LightCurveFlag
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -100,8 +101,8 @@ RUN_PLOTS = ("target", "variables", "movers", "movers_coadd", "scatter_magnitude
 # when they are spread over a cluster.
 _PLOT_COST = {"variables": 5, "frames": 4, "movers_coadd": 3, "target": 3, "movers": 2}
 
-_MISSING = 256  # lcdask.lightcurves.LightCurveFlag.MISSING
-_FORCED = 512  # lcdask.lightcurves.LightCurveFlag.FORCED
+_MISSING = int(LightCurveFlag.MISSING)
+_FORCED = int(LightCurveFlag.FORCED)
 _DPI = 100
 
 
