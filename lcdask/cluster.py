@@ -244,7 +244,17 @@ def dask_client(
             )
             yield client
     finally:
+        try:  # a worker's heartbeat racing the scheduler's shutdown logs a traceback otherwise
+            client.run(_quiet_shutdown)
+        except Exception:  # a worker already gone has nothing to say either
+            pass
+        client.close()
         cluster.close()
+
+
+def _quiet_shutdown() -> None:
+    """In a worker: nothing more from distributed, which is about to be shut down."""
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
 def batch_cluster(config):
