@@ -27,6 +27,8 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,6 +209,22 @@ def read_frame_header(path: str | Path) -> FrameHeader:
     return FrameHeader(path=str(path), hdu_index=index, header=header, shape=shape, colour=colour)
 
 
+@contextmanager
+def _image_hdu(path: str | Path, hdu_index: int | None) -> Iterator[fits.ImageHDU]:
+    """The frame's image HDU while its file is open (odd headers' warnings silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (VerifyWarning, AstropyUserWarning))
+        hdul = _open(path)
+        try:
+            yield hdul[_image_hdu_index(hdul, path) if hdu_index is None else hdu_index]
+        finally:
+            hdul.close()
+
+
+def _unreadable(path: str | Path, exc: Exception) -> FrameError:
+    return FrameError(f"{path}: pixel data unreadable ({type(exc).__name__}: {exc})")
+
+
 def read_frame_sample(
     path: str | Path, *, hdu_index: int | None = None, size: int = 512
 ) -> np.ndarray:
@@ -235,31 +253,22 @@ def read_frame_sample(
     FrameError
         If the file cannot be read.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", (VerifyWarning, AstropyUserWarning))
-        hdul = _open(path)
+    with _image_hdu(path, hdu_index) as hdu:
+        colour = frame_colour(hdu.header)
+        ny, nx = int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"])
+        hy, hx = min(size, ny) // 2, min(size, nx) // 2
+        y0, x0 = (ny // 2 - hy) // 2 * 2, (nx // 2 - hx) // 2 * 2  # even: whole Bayer blocks
+        rows, cols = slice(y0, y0 + 2 * hy), slice(x0, x0 + 2 * hx)
+        # A gzip stream cannot seek: reading its rows one section at a time took 4 s for a
+        # 512-row block of a 3k x 2k frame, against 0.1 s for the whole image.
+        source = hdu.data if str(path).endswith(".gz") else hdu.section
         try:
-            index = _image_hdu_index(hdul, path) if hdu_index is None else hdu_index
-            hdu = hdul[index]
-            colour = frame_colour(hdu.header)
-            ny, nx = int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"])
-            hy, hx = min(size, ny) // 2, min(size, nx) // 2
-            y0, x0 = (ny // 2 - hy) // 2 * 2, (nx // 2 - hx) // 2 * 2  # even: whole Bayer blocks
-            rows, cols = slice(y0, y0 + 2 * hy), slice(x0, x0 + 2 * hx)
-            # A gzip stream cannot seek: reading its rows one section at a time took 4 s for a
-            # 512-row block of a 3k x 2k frame, against 0.1 s for the whole image.
-            source = hdu.data if str(path).endswith(".gz") else hdu.section
-            try:
-                if hdu.header.get("NAXIS", 0) == 3:
-                    block = np.asarray(source[:, rows, cols], dtype=np.float64).mean(axis=0)
-                else:
-                    block = np.asarray(source[rows, cols], dtype=np.float64)
-            except Exception as exc:  # a short or corrupt file: astropy raises many kinds
-                raise FrameError(
-                    f"{path}: pixel data unreadable ({type(exc).__name__}: {exc})"
-                ) from exc
-        finally:
-            hdul.close()
+            if hdu.header.get("NAXIS", 0) == 3:
+                block = np.asarray(source[:, rows, cols], dtype=np.float64).mean(axis=0)
+            else:
+                block = np.asarray(source[rows, cols], dtype=np.float64)
+        except Exception as exc:  # a short or corrupt file: astropy raises many kinds
+            raise _unreadable(path, exc) from exc
     if colour == "bayer":
         return bayer_superpixels(block)
     return block.astype(np.float32)
@@ -376,28 +385,19 @@ def read_frame(
     FrameError
         If the file cannot be read whole or has no image.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", (VerifyWarning, AstropyUserWarning))
-        hdul = _open(path)
+    with _image_hdu(path, hdu_index) as hdu:
+        colour = frame_colour(hdu.header)
+        expected = (int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]))
+        if hdu.header.get("NAXIS", 0) == 3:
+            expected = (int(hdu.header["NAXIS3"]), *expected)
         try:
-            index = _image_hdu_index(hdul, path) if hdu_index is None else hdu_index
-            hdu = hdul[index]
-            colour = frame_colour(hdu.header)
-            expected = (int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]))
-            if hdu.header.get("NAXIS", 0) == 3:
-                expected = (int(hdu.header["NAXIS3"]), *expected)
-            try:
-                data = hdu.data
-            except Exception as exc:
-                raise FrameError(
-                    f"{path}: pixel data unreadable ({type(exc).__name__}: {exc})"
-                ) from exc
-            if data is None or data.shape != expected:
-                got = None if data is None else data.shape
-                raise FrameError(f"{path}: truncated pixel data (shape {got}, header {expected})")
-            image = np.array(data, dtype=data.dtype.newbyteorder("="))
-        finally:
-            hdul.close()
+            data = hdu.data
+        except Exception as exc:
+            raise _unreadable(path, exc) from exc
+        if data is None or data.shape != expected:
+            got = None if data is None else data.shape
+            raise FrameError(f"{path}: truncated pixel data (shape {got}, header {expected})")
+        image = np.array(data, dtype=data.dtype.newbyteorder("="))
     if image.ndim == 3:  # one plane, or the mean of three (RGB) as luminance
         image = image[0] if image.shape[0] == 1 else image.mean(axis=0, dtype=np.float64)
         if colour == "rgb":
