@@ -412,7 +412,9 @@ def _psf_excess(
     else:
         sky = np.median(box, axis=1)
     near = _gather(data, iy, ix, 1).reshape(iy.size, 9).astype(np.float64)
-    var = np.maximum(near, sky[:, None]) / gain + (read_noise_e / gain) ** 2
+    # photon noise of the larger of pixel and sky, none below zero (the vignetted borders of a
+    # calibrated Lowell frame go negative: NaN variances there, and a RuntimeWarning per frame)
+    var = np.maximum(np.maximum(near, sky[:, None]), 0.0) / gain + (read_noise_e / gain) ** 2
     if noise_factor is not None:
         var = var * noise_factor[:, None] ** 2
     above = near - sky[:, None]
