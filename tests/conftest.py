@@ -98,6 +98,33 @@ def session_client():
         yield client
 
 
+def lowell_frame(path: Path):
+    """A Lowell science frame trimmed and overscan-subtracted, its header WCS moved into the
+    trimmed frame (the header's is in raw-frame pixels), and its detections:
+    ``(header, image, wcs, detections)``."""
+    from lcdask.detect import detect_frame
+    from lcdask.io.fits import read_frame
+    from lcdask.io.headers import header_wcs, parse_section
+
+    header = fits.getheader(path)
+    image = read_frame(path, trimsec=header["TRIMSEC"], biassec=header["BIASSEC"])
+    wcs = header_wcs(header)
+    ys, xs = parse_section(header["TRIMSEC"])
+    wcs.wcs.crpix = np.asarray(wcs.wcs.crpix) - [xs.start, ys.start]
+    wcs.wcs.set()
+    detections, _ = detect_frame(image, saturation=55000.0)
+    return header, image, wcs, detections
+
+
+def catalog_of(detections, wcs):
+    """A frame's detections on the sky through its WCS, as a catalog (``ra``, ``dec``, ``mag``)."""
+    import pandas as pd
+
+    ra, dec = wcs.pixel_to_world_values(detections["x"], detections["y"])
+    mag = -2.5 * np.log10(np.clip(detections["flux"].to_numpy(), 1.0, None))
+    return pd.DataFrame({"ra": ra, "dec": dec, "mag": mag})
+
+
 @pytest.fixture(scope="session")
 def lowell_run(lowell_dir, tmp_path_factory, session_client) -> Path:
     """A whole `lcdask.run.run` of the Lowell night, with no reference catalog."""

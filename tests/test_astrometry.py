@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from astropy.io import fits
 from astropy.wcs import WCS, Sip
+from conftest import catalog_of, lowell_frame
 
 from lcdask import astrometry as A
 from lcdask.astrometry import (
@@ -269,25 +269,12 @@ def test_fit_wcs_linear_needs_enough_stars():
 def lowell(lowell_dir):
     """Detections and trimmed-frame header WCSs of the Lowell science frames; the catalog is the
     first frame's detections through its header WCS."""
-    from lcdask.io.fits import read_frame
-    from lcdask.io.headers import header_wcs, parse_section
-
     frames = []
     for path in sorted((lowell_dir / "science").glob("*.fits*")):
-        header = fits.getheader(path)
-        image = read_frame(path, trimsec=header["TRIMSEC"], biassec=header["BIASSEC"])
-        wcs = header_wcs(header)
-        # The header WCS is in raw-frame pixels: move CRPIX into the trimmed frame.
-        ys, xs = parse_section(header["TRIMSEC"])
-        wcs.wcs.crpix = np.asarray(wcs.wcs.crpix) - [xs.start, ys.start]
-        wcs.wcs.set()
-        detections, _ = detect_frame(image, saturation=55000.0)
+        _, image, wcs, detections = lowell_frame(path)
         frames.append((path.name, detections, wcs, image.shape))
     _, det0, wcs0, _ = frames[0]
-    ra, dec = wcs0.pixel_to_world_values(det0["x"], det0["y"])
-    mag = -2.5 * np.log10(np.clip(det0["flux"].to_numpy(), 1.0, None))
-    catalog = pd.DataFrame({"ra": ra, "dec": dec, "mag": mag})
-    return frames, catalog
+    return frames, catalog_of(det0, wcs0)
 
 
 def _grid_rms_arcsec(wcs: WCS, reference: WCS, shape) -> float:

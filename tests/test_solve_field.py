@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 from astropy.io import fits
 from astropy.wcs import WCS
-from conftest import shared_data
+from conftest import catalog_of, lowell_frame, shared_data
 
 from lcdask import astrometry as A
 from lcdask.astrometry import (
@@ -372,26 +372,11 @@ def test_blind_solve_field_on_a_real_lowell_frame(lowell_dir, tmp_path):
     (With only the Debian Tycho-2 files this 25' field does not solve: Tycho-2 has 4 stars in it,
     18' apart at most, fewer than the 22'-30' quads of index-tycho2-07 need.)"""
     _need_solve_field()
-    from lcdask.detect import detect_frame
-    from lcdask.io.fits import read_frame
-    from lcdask.io.headers import header_wcs, parse_section
-
-    def frame(path):
-        header = fits.getheader(path)
-        image = read_frame(path, trimsec=header["TRIMSEC"], biassec=header["BIASSEC"])
-        wcs = header_wcs(header)
-        ys, xs = parse_section(header["TRIMSEC"])
-        wcs.wcs.crpix = np.asarray(wcs.wcs.crpix) - [xs.start, ys.start]
-        wcs.wcs.set()
-        detections, _ = detect_frame(image, saturation=55000.0)
-        return header, image.shape, wcs, detections
-
     paths = sorted((lowell_dir / "science").glob("*.fits*"))
-    _, _, wcs0, det0 = frame(paths[0])
-    ra, dec = wcs0.pixel_to_world_values(det0["x"], det0["y"])
-    mag = -2.5 * np.log10(np.clip(det0["flux"].to_numpy(), 1.0, None))
-    build_index(pd.DataFrame({"ra": ra, "dec": dec, "mag": mag}), tmp_path, field_width_arcmin=25)
-    header, shape, wcs, detections = frame(paths[-1])  # 5.7 h later, drifted
+    _, _, wcs0, det0 = lowell_frame(paths[0])
+    build_index(catalog_of(det0, wcs0), tmp_path, field_width_arcmin=25)
+    header, image, wcs, detections = lowell_frame(paths[-1])  # 5.7 h later, drifted
+    shape = image.shape
     hints = solve_hints(header, image_shape=shape)  # no WCS given: the keywords only
     assert hints.scale_source == "SECPIXX"
     config = AstrometryConfig(solver="solve-field", index_dir=str(tmp_path))
