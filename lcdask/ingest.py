@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import zarr
 
 from lcdask import __version__, progress
 from lcdask.errors import FrameError, LcdaskError
@@ -701,11 +700,12 @@ def append(
     index = cube_io.append_frames(final, frames)
     frames.index = list(index)
     flagged = _flag(final, frames, _fill(client, final, frames))
-    group = zarr.open_group(str(final), mode="r+")
     before = json.loads(cube.attrs.get("skipped", "[]"))
-    group.attrs["skipped"] = json.dumps(before + [s.__dict__ for s in skipped])
-    group.attrs["typed"] = json.dumps(json.loads(cube.attrs.get("typed", "[]")) + typed)
-    cube_io.consolidate(final)
+    cube_io.set_attrs(
+        final,
+        skipped=json.dumps(before + [s.__dict__ for s in skipped]),
+        typed=json.dumps(json.loads(cube.attrs.get("typed", "[]")) + typed),
+    )
     timings["fill"] = time.perf_counter() - start
     _log_scan(rows, typed, skipped, flagged)
     counts = dict(Counter(frames["frame_type"]))

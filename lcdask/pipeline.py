@@ -557,9 +557,7 @@ def calibrate_cube(
     }
     timings["total"] = time.perf_counter() - start_all
     _flag_rejected(store, ds, rejected)
-    group = zarr.open_group(str(store), mode="r+")
-    group.attrs["calibration"] = json.dumps(summary, default=str)
-    cube_io.consolidate(store)
+    cube_io.set_attrs(store, calibration=json.dumps(summary, default=str))
     return summary
 
 

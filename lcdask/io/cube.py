@@ -168,6 +168,20 @@ def consolidate(path: str | Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
+def set_attrs(path: str | Path, **attrs: str) -> None:
+    """Set attributes of the store's group, with its metadata consolidated before and after.
+
+    Writing a group attribute rewrites the group's metadata document together with the
+    consolidated metadata it was opened with; consolidating first makes that copy list every
+    array already in the store (a process killed between the attribute and the last
+    consolidation then leaves a store whose attributes and arrays agree).
+    """
+    consolidate(path)
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs.update(attrs)
+    consolidate(path)
+
+
 def open_cube(path: str | Path, *, dask_arrays: bool = True) -> xr.Dataset:
     """Open a cube lazily.
 
