@@ -22,7 +22,6 @@ is built under a temporary name and renamed when whole.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lcdask import __version__, progress
+from lcdask import __version__
 from lcdask.errors import FrameError, LcdaskError
 from lcdask.flags import SATURATED_FRACTION, FrameFlag
 from lcdask.io import cube as cube_io
@@ -46,6 +45,7 @@ from lcdask.io.atomic import atomic_path
 from lcdask.io.discover import discover_frames
 from lcdask.io.fits import native_dtype, read_frame, read_frame_header, read_frame_sample
 from lcdask.io.headers import UntypedFrameError, bjd_tdb, normalize_header, parse_section
+from lcdask.stages._parallel import map_frames
 
 __all__ = [
     "IngestResult",
@@ -486,7 +486,7 @@ def _fill_frame(
 
 def _fill(client, store: Path, frames: pd.DataFrame) -> list[tuple[int, int, str, str]]:
     """`_fill_frame` for every row of ``frames`` (its index is the position in the cube)."""
-    return _map(
+    return map_frames(
         client,
         _fill_frame,
         [str(store)] * len(frames),
@@ -496,6 +496,7 @@ def _fill(client, store: Path, frames: pd.DataFrame) -> list[tuple[int, int, str
         frames["trimsec"].tolist(),
         frames["biassec"].tolist(),
         frames["saturate_adu"].astype(float).tolist(),
+        label="ingest: fill frame",
     )
 
 
@@ -534,16 +535,6 @@ def _flag(store: Path, frames: pd.DataFrame, results: list) -> list[Skipped]:
         cube_io.set_frame_values(store, "flags", frames.index, frames["flags"].to_numpy())
         cube_io.set_frame_values(store, "flag_reason", frames.index, frames["flag_reason"])
     return flagged
-
-
-def _map(client, func, *iterables, **kwargs) -> list:
-    """Map over a Dask client (one task per item, retried on a lost worker) or serially."""
-    if client is None:
-        return [func(*args, **kwargs) for args in zip(*iterables, strict=True)]
-    # keywords bound in a partial (see lcdask.level2._map)
-    futures = client.map(functools.partial(func, **kwargs), *iterables, pure=False, retries=2)
-    progress.show(futures, f"ingest: {func.__name__.strip('_').replace('_', ' ')}")
-    return client.gather(futures)
 
 
 def _batches(items: Sequence[str], size: int) -> list[list[str]]:
@@ -594,7 +585,11 @@ def ingest(
         raise LcdaskError(f"no FITS files found in {inputs}")
     batches = _batches(paths, 32)
     rows = [
-        r for batch in _map(client, _scan_batch, batches, utc_offset_h=utc_offset_h) for r in batch
+        r
+        for batch in map_frames(
+            client, _scan_batch, batches, utc_offset_h=utc_offset_h, label="ingest: scan batch"
+        )
+        for r in batch
     ]
     rows = settle_untyped(rows)
     typed = _typed(rows)
@@ -667,8 +662,12 @@ def append(
     start = time.perf_counter()
     rows = [
         r
-        for batch in _map(
-            client, _scan_batch, _batches([str(p) for p in paths], 32), utc_offset_h=utc_offset_h
+        for batch in map_frames(
+            client,
+            _scan_batch,
+            _batches([str(p) for p in paths], 32),
+            utc_offset_h=utc_offset_h,
+            label="ingest: scan batch",
         )
         for r in batch
     ]

@@ -1392,9 +1392,8 @@ def _coadd_psf(image: np.ndarray, n_used: np.ndarray, fwhm_px: float) -> PSFMode
 def _run_psf(cube_path, coadd, reference, stats, *, client, config) -> PSFModel | None:
     """The ePSF of the co-add, else of the reference frame; None when neither can be built."""
     if coadd is not None:
-        image, n_used = coadd.image, coadd.n_used
-        if client is not None:  # tens of MB: sent as data, not inside the task
-            image, n_used = client.scatter([image, n_used])
+        # tens of MB: sent as data to one worker, not inside the task
+        image, n_used = share(client, [coadd.image, coadd.n_used], broadcast=False)
         try:
             task = submit_task(client, _coadd_psf, image, n_used, coadd.fwhm_px)
             return gather_results(client, [task], "level2: ePSF")[0]

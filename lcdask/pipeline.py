@@ -16,7 +16,6 @@ next run) and no such attribute.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -36,13 +35,14 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
-from lcdask import __version__, progress
+from lcdask import __version__
 from lcdask import calibrate as cal
 from lcdask.calibrate import CalibrationConfig, PixelFlag
 from lcdask.errors import LcdaskError
 from lcdask.flags import FrameFlag
 from lcdask.ingest import Skipped, reason_lines
 from lcdask.io import cube as cube_io
+from lcdask.stages._parallel import compute, with_retries
 
 __all__ = ["CALIBRATION_ARRAYS", "calibrate_cube"]
 
@@ -80,13 +80,9 @@ def _cube_store(path: str | Path) -> Path:
     return path / "cube.zarr" if (path / "cube.zarr").is_dir() else path
 
 
-def _compute(client, *objects) -> tuple:
-    """Compute on the client when given, else on the local threaded scheduler."""
-    if client is not None:
-        futures = client.compute(list(objects))
-        progress.show(futures, "calibrate")
-        return tuple(client.gather(futures))
-    return dask.compute(*objects, scheduler="threads")
+def _task(func):
+    """``func`` as a delayed task of the calibration's graph, with the layer's retry policy."""
+    return dask.delayed(with_retries(func), pure=False)
 
 
 def _from_zarr(store: Path, name: str) -> da.Array:
@@ -255,7 +251,7 @@ def calibrate_cube(
     raw_array = dask.delayed(
         zarr.open_array(str(store / "raw"), mode="r"), name=f"raw-{uuid.uuid4().hex}"
     )
-    task = functools.partial(dask.delayed, pure=False)
+    task = _task
     candidates = {kind: _group(ds, kind, calib_usable) for kind in ("bias", "dark", "flat")}
     calib_frames = np.concatenate(list(candidates.values()))
     rejected: dict[int, str] = {}
@@ -267,12 +263,13 @@ def calibrate_cube(
         sat_calib = np.broadcast_to(
             np.asarray(getattr(sat_calib, "values", sat_calib), np.float64), calib_frames.shape
         )
-        per_frame = _compute(
+        per_frame = compute(
             client,
             *[
                 task(_frame_statistics_task)(raw_array, int(f), float(s))
                 for f, s in zip(calib_frames, sat_calib, strict=True)
             ],
+            label="calibrate: statistics",
         )
         stats = xr.DataArray(
             np.stack(per_frame),
@@ -433,7 +430,12 @@ def calibrate_cube(
         attrs={"flag_meanings": {f.name: int(f) for f in PixelFlag if f.value}},
     )
     bad = task(_bad_pixels_task)(hot, config, *dead) if hot is not None or dead else None
-    bad_counts, *_ = _compute(client, task(_write_bad_pixels_task)(target, bad, shape), *writes)
+    bad_counts, *_ = compute(
+        client,
+        task(_write_bad_pixels_task)(target, bad, shape),
+        *writes,
+        label="calibrate: masters",
+    )
     timings["masters"] = time.perf_counter() - t0
     written = writer.commit()
     cube_io.consolidate(store)
@@ -506,7 +508,7 @@ def calibrate_cube(
                 (bias_at(i), float(gain[i]), float(rdnoise[i])) if persist_variance else None
             )
             tasks.append(
-                dask.delayed(_calibrate_light, pure=False)(
+                task(_calibrate_light)(
                     raw_at(frame),
                     dark_at(i),
                     flat_at(i),
@@ -518,7 +520,7 @@ def calibrate_cube(
                     variance_args,
                 )
             )
-        _compute(client, *tasks)
+        compute(client, *tasks, label="calibrate")
         written += writer.commit()
         n_calibrated = len(todo)
         timings["calibrate"] = time.perf_counter() - t0

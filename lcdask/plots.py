@@ -26,7 +26,6 @@ file                         content
 
 from __future__ import annotations
 
-import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ import xarray as xr
 
 from lcdask.io.atomic import atomic_path
 from lcdask.lightcurves import LightCurveFlag
+from lcdask.stages._parallel import gather_results, submit_task
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -1157,19 +1157,19 @@ def submit_run_plots(run_dir: str | Path, client, *, out_dir: str | Path | None 
     -------
     list of distributed.Future
         One per plot, in the order of `run_plot_names`; each gives the `~pathlib.Path` written
-        (``client.gather``).
+        (`lcdask.stages._parallel.gather_results`).
     """
     run = Path(run_dir)
     sources = pd.read_parquet(run / "sources.parquet")
     names = run_plot_names(sources, coadd=(run / "coadd.fits").exists())
     futures = {
-        name: client.submit(
+        name: submit_task(
+            client,
             write_run_plot,
             str(run),
             name,
             out_dir=None if out_dir is None else str(out_dir),
-            key=f"lcdask-plot-{name}-{uuid.uuid4().hex}",
-            pure=False,
+            name=f"plot-{name}",
             priority=_PLOT_COST.get(name, 0),
         )
         for name in sorted(names, key=lambda n: -_PLOT_COST.get(n, 0))
@@ -1198,7 +1198,7 @@ def write_run_plots(
         The files written.
     """
     if client is not None:
-        return client.gather(submit_run_plots(run_dir, client, out_dir=out_dir))
+        return gather_results(client, submit_run_plots(run_dir, client, out_dir=out_dir), "plots")
     from lcdask.export import read_run
 
     run = read_run(run_dir)

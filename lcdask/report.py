@@ -30,7 +30,6 @@ name                        content
 from __future__ import annotations
 
 import html
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,7 @@ from lcdask.plots import (
     with_frame_coords,
     write_run_plots,
 )
+from lcdask.stages._parallel import gather_results, on_each_worker, submit_task
 
 __all__ = ["REPORT_NAMES", "build_report", "warm_workers", "write_report", "write_run_report"]
 
@@ -734,7 +734,8 @@ def write_report(
         The page, written atomically.
     """
     if client is not None:
-        return _submit_report(run_dir, client, out=out, **kwargs).result()
+        page = _submit_report(run_dir, client, out=out, **kwargs)
+        return gather_results(client, [page], "report")[0]
     run = read_run(run_dir)
     # the light curves' few selected chunks are read here, not sent through the cluster (with a
     # default Client, a round trip per read, behind the workers' other tasks: the figures)
@@ -749,12 +750,12 @@ def write_report(
 
 def _submit_report(run_dir: str | Path, client, *, out: str | Path | None = None, **kwargs: Any):
     """Start `write_report` in a task on the cluster, before the figures; return its future."""
-    return client.submit(
+    return submit_task(
+        client,
         write_report,
         str(run_dir),
         out=None if out is None else str(out),
-        pure=False,
-        key=f"lcdask-report-{uuid.uuid4().hex}",
+        name="report",
         priority=_REPORT_PRIORITY,
         **kwargs,
     )
@@ -781,26 +782,14 @@ def warm_workers(client) -> None:
     or the page (`write_run_report`): about 1 s of the first figure and 0.7 s of the page.
     `lcdask.run` calls this as the light-curve stage starts (the driver then matches and
     classifies for seconds, the workers wait). The tasks come last (low priority) and are not
-    waited for (`distributed.fire_and_forget`).
+    waited for (`lcdask.stages._parallel.on_each_worker`).
 
     Parameters
     ----------
     client : distributed.Client
         The cluster.
     """
-    from distributed import fire_and_forget
-
-    for address in client.scheduler_info(n_workers=-1)["workers"]:
-        fire_and_forget(
-            client.submit(
-                _warm_up,
-                workers=[address],
-                allow_other_workers=False,
-                pure=False,
-                priority=-100,
-                key=f"lcdask-warm-up-{uuid.uuid4().hex}",
-            )
-        )
+    on_each_worker(client, _warm_up, name="warm-up")
 
 
 def write_run_report(run_dir: str | Path, *, client=None) -> tuple[Path, list[Path]]:
@@ -828,4 +817,5 @@ def write_run_report(run_dir: str | Path, *, client=None) -> tuple[Path, list[Pa
         return write_report(run_dir), plots
     page = _submit_report(run_dir, client)
     pending = submit_run_plots(run_dir, client)
-    return page.result(), client.gather(pending)
+    page_path, *plots = gather_results(client, [page, *pending], "report")
+    return page_path, plots

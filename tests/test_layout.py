@@ -50,6 +50,52 @@ def test_no_module_imports_another_modules_private_names():
     assert not found, found
 
 
+_CLUSTER_CALLS = {
+    "submit",
+    "map",
+    "compute",
+    "scatter",
+    "gather",
+    "persist",
+    "run",
+    "run_on_scheduler",
+}
+_TALKS_TO_THE_CLUSTER = {"lcdask.stages._parallel", "lcdask.cluster"}
+"""The parallel layer, and the module that starts, warms and stops clusters."""
+
+
+def _client_calls(tree: ast.AST) -> list[str]:
+    """Calls that give work to a cluster: ``client.submit(...)`` (any name holding a client),
+    ``dask.compute``/``dask.persist``, ``fire_and_forget``, ``get_client``/``worker_client``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            owner_name = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", "")
+            if node.func.attr in _CLUSTER_CALLS and "client" in owner_name.lower():
+                found.append(f"{owner_name}.{node.func.attr}")
+            if owner_name == "dask" and node.func.attr in ("compute", "persist"):
+                found.append(f"dask.{node.func.attr}")
+        names = [a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []
+        found += [n for n in names if n in ("fire_and_forget", "get_client", "worker_client")]
+    return found
+
+
+def test_only_the_parallel_layer_gives_work_to_the_cluster():
+    found = {}
+    for path in _modules():
+        name = _module_name(path)
+        if name not in _TALKS_TO_THE_CLUSTER and (
+            calls := _client_calls(ast.parse(path.read_text()))
+        ):
+            found[name] = calls
+    assert not found, found
+    # the scan sees the layer's own calls (it cannot pass by seeing nothing)
+    assert "client.submit" in _client_calls(
+        ast.parse((PACKAGE / "stages/_parallel.py").read_text())
+    )
+
+
 def test_readme_layout_names_every_module():
     readme = (ROOT / "README.md").read_text()
     layout = readme[readme.index("## Layout") :]
