@@ -30,7 +30,7 @@ from _night import (
 
 pytest_plugins = ["_fixtures"]  # the suite's fixtures: night, clean, other_night
 
-PER_FRAME_TASK = "_safe_detections"  # the key prefix of Level 2's per-frame tasks
+PER_FRAME_TASK = "lcdask-safe-detections"  # Level 2's per-frame tasks' key prefix (_parallel)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
