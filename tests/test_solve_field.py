@@ -18,6 +18,7 @@ from astropy.wcs import WCS
 from conftest import catalog_of, lowell_frame, shared_data
 
 from lcdask import astrometry as A
+from lcdask._utils.skygeom import separation_arcsec
 from lcdask.astrometry import (
     AstrometryConfig,
     AstrometrySolution,
@@ -67,7 +68,7 @@ def _centre(wcs: WCS, shape) -> tuple[float, float]:
 
 
 def _sep_arcsec(a, b) -> float:
-    return float(A._sep_arcsec(np.array([a[0]]), np.array([a[1]]), b[0], b[1])[0])
+    return float(separation_arcsec(np.array([a[0]]), np.array([a[1]]), b[0], b[1])[0])
 
 
 def _scale(wcs: WCS) -> float:
