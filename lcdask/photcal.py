@@ -33,6 +33,7 @@ from lcdask.errors import FrameError
 
 __all__ = [
     "AB_ZERO_POINT_JY",
+    "INSTRUMENTAL_ZERO_POINT",
     "CatalogMatch",
     "PhotometricCalibrationError",
     "ZeroPointFit",
@@ -49,6 +50,9 @@ __all__ = [
 
 AB_ZERO_POINT_JY = 3631.0
 """Flux density of an AB magnitude 0 source (Jy)."""
+
+INSTRUMENTAL_ZERO_POINT = 25.0
+"""Zero point of the instrumental magnitudes given when no reference catalog is available."""
 
 _MAG_PER_LN = 2.5 / np.log(10.0)  # 1.0857: d(mag) = _MAG_PER_LN * d(flux) / flux
 

@@ -32,8 +32,9 @@ from lcdask.astrometry import (
     wcs_grid_error_px,
     wcs_rotation_deg,
 )
+from lcdask.astrometry.frame import nominal_wcs
 from lcdask.config import ConfigError, default_toml, load_config
-from lcdask.level2 import _another_field, nominal_wcs
+from lcdask.level2 import _another_field
 
 HAVE_SOLVE_FIELD = bool(shutil.which("solve-field") and shutil.which("build-astrometry-index"))
 
