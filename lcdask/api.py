@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from lcdask._utils.skygeom import separation_arcsec
 from lcdask.classify import parse_target
 from lcdask.export import lightcurve_table
 from lcdask.io.cube import open_cube
@@ -80,13 +81,12 @@ class Run:
         """
         ra_deg, dec_deg = parse_target(ra if dec is None else (float(ra), float(dec)))
         s = self.sources
-        cos_dec = np.cos(np.radians(dec_deg))
-        dist = 3600 * np.hypot((s["ra"] - ra_deg) * cos_dec, s["dec"] - dec_deg)
-        nearest = int(np.argmin(dist.to_numpy()))
-        if dist.iloc[nearest] > radius_arcsec:
+        dist = separation_arcsec(s["ra"].to_numpy(float), s["dec"].to_numpy(float), ra_deg, dec_deg)
+        nearest = int(np.argmin(dist))
+        if dist[nearest] > radius_arcsec:
             raise LookupError(
                 f'no source within {radius_arcsec}" of ({ra_deg:.6f}, {dec_deg:+.6f}); '
-                f'the nearest is {dist.iloc[nearest]:.1f}" away'
+                f'the nearest is {dist[nearest]:.1f}" away'
             )
         return int(s["source_id"].iloc[nearest])
 

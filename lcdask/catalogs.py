@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from lcdask._utils.net import query_versions, socket_timeout
+from lcdask._utils.skygeom import mean_radec, separation_deg, unit_vectors
 from lcdask.errors import LcdaskError
 from lcdask.io.atomic import atomic_path
 
@@ -100,24 +101,6 @@ class FieldCircle:
 
 # --------------------------------------------------------------------------------------------
 # geometry
-
-
-def _unit(ra_deg: Any, dec_deg: Any) -> np.ndarray:
-    ra = np.deg2rad(np.asarray(ra_deg, dtype=float))
-    dec = np.deg2rad(np.asarray(dec_deg, dtype=float))
-    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
-
-
-def _separation_deg(ra1: Any, dec1: Any, ra2: Any, dec2: Any) -> np.ndarray:
-    """Angular separation (degrees), accurate at all distances (Vincenty)."""
-    ra1, dec1, ra2, dec2 = (np.deg2rad(np.asarray(v, dtype=float)) for v in (ra1, dec1, ra2, dec2))
-    dra = ra2 - ra1
-    num = np.hypot(
-        np.cos(dec2) * np.sin(dra),
-        np.cos(dec1) * np.sin(dec2) - np.sin(dec1) * np.cos(dec2) * np.cos(dra),
-    )
-    den = np.sin(dec1) * np.sin(dec2) + np.cos(dec1) * np.cos(dec2) * np.cos(dra)
-    return np.rad2deg(np.arctan2(num, den))
 
 
 def _wcs_corners(wcs: Any, shape: tuple[int, int] | None) -> np.ndarray:
@@ -185,14 +168,10 @@ def field_radius(
     points = points[np.isfinite(points).all(axis=1)]
     if points.size == 0:
         raise ValueError("field_radius got no finite sky positions")
-    mean = _unit(points[:, 0], points[:, 1]).mean(axis=0)
-    norm = np.linalg.norm(mean)
-    if norm < 1e-9:
+    if np.linalg.norm(unit_vectors(points[:, 0], points[:, 1]).mean(axis=0)) < 1e-9:
         raise ValueError("the frames cover the whole sky; no circle is useful")
-    mean /= norm
-    ra_c = float(np.rad2deg(np.arctan2(mean[1], mean[0])) % 360.0)
-    dec_c = float(np.rad2deg(np.arcsin(np.clip(mean[2], -1.0, 1.0))))
-    radius = float(np.max(_separation_deg(ra_c, dec_c, points[:, 0], points[:, 1])))
+    ra_c, dec_c = mean_radec(points[:, 0], points[:, 1])
+    radius = float(np.max(separation_deg(ra_c, dec_c, points[:, 0], points[:, 1])))
     return FieldCircle(ra_c, dec_c, radius + margin_arcmin / 60.0)
 
 
@@ -461,7 +440,7 @@ def _query_circle(ra: float, dec: float, radius_deg: float) -> tuple[float, floa
     """Rounded centre and a radius (rounded up) that still covers the requested circle."""
     ra_q = round(round((ra % 360.0) / CENTRE_STEP_DEG) * CENTRE_STEP_DEG, 6) % 360.0
     dec_q = round(round(dec / CENTRE_STEP_DEG) * CENTRE_STEP_DEG, 6)
-    shift = float(_separation_deg(ra, dec, ra_q, dec_q))
+    shift = float(separation_deg(ra, dec, ra_q, dec_q))
     radius_q = math.ceil((radius_deg + shift) / RADIUS_STEP_DEG + 1e-9) * RADIUS_STEP_DEG
     return ra_q, dec_q, round(radius_q, 6)
 
@@ -490,7 +469,7 @@ def _cache_lookup(
         meta = _read_meta(path)
         if meta is None or meta.get("catalog") != catalog:
             continue
-        sep = float(_separation_deg(ra, dec, meta["ra"], meta["dec"]))
+        sep = float(separation_deg(ra, dec, meta["ra"], meta["dec"]))
         if sep + radius_deg <= meta["radius_deg"] + 1e-9 and (
             best is None or meta["radius_deg"] < best[0]
         ):
@@ -499,7 +478,7 @@ def _cache_lookup(
         return None
     _, path, meta = best
     table = pd.read_parquet(path)
-    inside = _separation_deg(ra, dec, table["ra"], table["dec"]) <= radius_deg
+    inside = separation_deg(ra, dec, table["ra"], table["dec"]) <= radius_deg
     table = table[np.asarray(inside)].reset_index(drop=True)
     table.attrs["catalog"] = {**meta, "cache_file": str(path), "cache_hit": True}
     return table
@@ -569,7 +548,7 @@ def _cached_query(
         "versions": query_versions(),
     }
     path = _cache_store(cache, table, meta)
-    inside = _separation_deg(ra, dec, table["ra"], table["dec"]) <= radius_deg
+    inside = separation_deg(ra, dec, table["ra"], table["dec"]) <= radius_deg
     table = table[np.asarray(inside)].reset_index(drop=True)
     table.attrs["catalog"] = {**meta, "cache_file": str(path), "cache_hit": False}
     return table
@@ -910,7 +889,7 @@ def frames_query_circle(
     if len(wcs_list):
         corners = np.concatenate([_wcs_corners(w, shape) for w in wcs_list])
         if pointed:
-            radius = float(np.max(_separation_deg(ra, dec, corners[:, 0], corners[:, 1])))
+            radius = float(np.max(separation_deg(ra, dec, corners[:, 0], corners[:, 1])))
             circle = FieldCircle(float(ra), float(dec), radius + margin)
         else:
             circle = field_radius(corners, margin_arcmin=margin_arcmin)

@@ -65,6 +65,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from lcdask._utils.skygeom import mean_radec, tangent_plane, untangent_plane
+
 __all__ = [
     "MatchResult",
     "dbscan",
@@ -78,6 +80,7 @@ __all__ = [
     "same_clusters",
     "tangent_plane",
     "tile_of_clusters",
+    "untangent_plane",
 ]
 
 _SQRT2 = np.sqrt(2.0)
@@ -111,60 +114,12 @@ def field_centre(ra_deg: ArrayLike, dec_deg: ArrayLike) -> tuple[float, float]:
     tuple of float
         (RA, Dec) in degrees.
     """
-    ra = np.deg2rad(np.asarray(ra_deg, dtype=float))
-    dec = np.deg2rad(np.asarray(dec_deg, dtype=float))
+    ra = np.asarray(ra_deg, dtype=float)
+    dec = np.asarray(dec_deg, dtype=float)
     ok = np.isfinite(ra) & np.isfinite(dec)
     if not ok.any():
         raise ValueError("field_centre needs at least one finite RA/Dec position")
-    ra, dec = ra[ok], dec[ok]
-    v = np.array(
-        [np.mean(np.cos(dec) * np.cos(ra)), np.mean(np.cos(dec) * np.sin(ra)), np.mean(np.sin(dec))]
-    )
-    return float(np.mod(np.rad2deg(np.arctan2(v[1], v[0])), 360.0)), float(
-        np.rad2deg(np.arctan2(v[2], np.hypot(v[0], v[1])))
-    )
-
-
-def tangent_plane(
-    ra_deg: ArrayLike, dec_deg: ArrayLike, ra0_deg: float, dec0_deg: float
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Gnomonic projection around ``(ra0, dec0)``: standard coordinates in arcsec.
-
-    Parameters
-    ----------
-    ra_deg, dec_deg
-        Sky positions (degrees).
-    ra0_deg, dec0_deg
-        Tangent point (degrees).
-
-    Returns
-    -------
-    xi, eta : numpy.ndarray
-        Offsets towards the east (along RA cos Dec) and the north, arcsec.
-    """
-    ra = np.deg2rad(np.asarray(ra_deg, dtype=float))
-    dec = np.deg2rad(np.asarray(dec_deg, dtype=float))
-    ra0, dec0 = np.deg2rad(ra0_deg), np.deg2rad(dec0_deg)
-    dra = ra - ra0
-    cos_c = np.sin(dec0) * np.sin(dec) + np.cos(dec0) * np.cos(dec) * np.cos(dra)
-    xi = np.cos(dec) * np.sin(dra) / cos_c
-    eta = (np.cos(dec0) * np.sin(dec) - np.sin(dec0) * np.cos(dec) * np.cos(dra)) / cos_c
-    scale = np.rad2deg(1.0) * 3600.0
-    return xi * scale, eta * scale
-
-
-def untangent_plane(
-    xi_arcsec: ArrayLike, eta_arcsec: ArrayLike, ra0_deg: float, dec0_deg: float
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Inverse of `tangent_plane`: RA, Dec (degrees) of standard coordinates (arcsec)."""
-    scale = np.deg2rad(1.0 / 3600.0)
-    xi = np.asarray(xi_arcsec, dtype=float) * scale
-    eta = np.asarray(eta_arcsec, dtype=float) * scale
-    ra0, dec0 = np.deg2rad(ra0_deg), np.deg2rad(dec0_deg)
-    denom = np.cos(dec0) - eta * np.sin(dec0)
-    ra = ra0 + np.arctan2(xi, denom)
-    dec = np.arctan2(np.sin(dec0) + eta * np.cos(dec0), np.hypot(xi, denom))
-    return np.mod(np.rad2deg(ra), 360.0), np.rad2deg(dec)
+    return mean_radec(ra[ok], dec[ok])
 
 
 def match_eps(

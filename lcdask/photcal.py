@@ -29,10 +29,12 @@ from scipy import linalg
 from scipy.spatial import cKDTree
 
 from lcdask._utils.robust import dynamic_max_trials, r2_score, sample_without_replacement
+from lcdask._utils.skygeom import unit_vectors
 from lcdask.errors import FrameError
 
 __all__ = [
     "AB_ZERO_POINT_JY",
+    "INSTRUMENTAL_ZERO_POINT",
     "CatalogMatch",
     "PhotometricCalibrationError",
     "ZeroPointFit",
@@ -49,6 +51,9 @@ __all__ = [
 
 AB_ZERO_POINT_JY = 3631.0
 """Flux density of an AB magnitude 0 source (Jy)."""
+
+INSTRUMENTAL_ZERO_POINT = 25.0
+"""Zero point of the instrumental magnitudes given when no reference catalog is available."""
 
 _MAG_PER_LN = 2.5 / np.log(10.0)  # 1.0857: d(mag) = _MAG_PER_LN * d(flux) / flux
 
@@ -72,13 +77,6 @@ class CatalogMatch(NamedTuple):
     det_index: NDArray[np.int64]
     cat_index: NDArray[np.int64]
     sep_arcsec: NDArray[np.float64]
-
-
-def _unit_vectors(ra_deg: ArrayLike, dec_deg: ArrayLike) -> NDArray[np.float64]:
-    ra = np.deg2rad(np.asarray(ra_deg, dtype=float))
-    dec = np.deg2rad(np.asarray(dec_deg, dtype=float))
-    cos_dec = np.cos(dec)
-    return np.column_stack([cos_dec * np.cos(ra), cos_dec * np.sin(ra), np.sin(dec)])
 
 
 def _chord(radius_arcsec: float) -> float:
@@ -128,9 +126,9 @@ def match_to_catalog(
     if det_ok.size == 0 or cat_ok.size == 0:
         return empty
     # An unbalanced tree builds in half the time and finds the same nearest neighbours.
-    tree = cKDTree(_unit_vectors(cat_ra[cat_ok], cat_dec[cat_ok]), balanced_tree=False)
+    tree = cKDTree(unit_vectors(cat_ra[cat_ok], cat_dec[cat_ok]), balanced_tree=False)
     dist, idx = tree.query(
-        _unit_vectors(det_ra[det_ok], det_dec[det_ok]),
+        unit_vectors(det_ra[det_ok], det_dec[det_ok]),
         k=1,
         distance_upper_bound=_chord(radius_arcsec),
     )
@@ -177,7 +175,7 @@ def isolated(
         Boolean mask, True for isolated stars.
     """
     mag = np.asarray(mag, dtype=float)
-    xyz = _unit_vectors(ra, dec)
+    xyz = unit_vectors(ra, dec)
     out = np.ones(mag.shape, dtype=bool)
     if mag.size < 2:
         return out

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from lcdask._utils.net import query_versions, socket_timeout
+from lcdask._utils.skygeom import tangent_plane
 from lcdask.catalogs import default_cache_dir
 from lcdask.classify import parse_target
 from lcdask.errors import LcdaskError
@@ -406,8 +407,6 @@ def locate_target(
     -------
     TargetLocation
     """
-    from lcdask.match import tangent_plane
-
     nearest_id, nearest = None, float("nan")
     if len(sources):
         xi, eta = tangent_plane(

@@ -15,6 +15,7 @@ from astropy.wcs import WCS, Sip
 from conftest import catalog_of, lowell_frame
 
 from lcdask import astrometry as A
+from lcdask._utils.skygeom import separation_arcsec
 from lcdask.astrometry import (
     AsterismSolver,
     AstrometryNetWebSolver,
@@ -23,6 +24,7 @@ from lcdask.astrometry import (
     SolveFieldSolver,
     build_index,
     fit_wcs_linear,
+    refine,
     refine_wcs,
     wcs_grid_error_px,
 )
@@ -249,7 +251,7 @@ def test_fit_wcs_linear_recovers_sip(flip):
     gx, gy = np.meshgrid(np.linspace(0, shape[1] - 1, 9), np.linspace(0, shape[0] - 1, 9))
     r1, d1 = fitted.all_pix2world(gx.ravel(), gy.ravel(), 0)
     r2, d2 = truth.all_pix2world(gx.ravel(), gy.ravel(), 0)
-    assert np.max(A._sep_arcsec(r1, d1, r2, d2)) < 0.005
+    assert np.max(separation_arcsec(r1, d1, r2, d2)) < 0.005
     # The inverse polynomials round-trip to a hundredth of a pixel.
     bx, by = fitted.world_to_pixel_values(ra, dec)
     assert np.max(np.hypot(bx - x, by - y)) < 0.01
@@ -281,7 +283,7 @@ def _grid_rms_arcsec(wcs: WCS, reference: WCS, shape) -> float:
     gx, gy = np.meshgrid(np.linspace(0, shape[1] - 1, 20), np.linspace(0, shape[0] - 1, 20))
     r1, d1 = wcs.pixel_to_world_values(gx.ravel(), gy.ravel())
     r2, d2 = reference.pixel_to_world_values(gx.ravel(), gy.ravel())
-    return float(np.sqrt(np.mean(A._sep_arcsec(r1, d1, r2, d2) ** 2)))
+    return float(np.sqrt(np.mean(separation_arcsec(r1, d1, r2, d2) ** 2)))
 
 
 def test_lowell_asterism_agrees_with_header(lowell):
@@ -630,10 +632,10 @@ def test_turned_180_is_the_guess_read_backwards(sip):
         wcs.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
         wcs.sip = Sip(a, b, None, None, wcs.wcs.crpix)
         wcs.wcs.set()
-    turned = A._turned_180(wcs, shape)
+    turned = refine._turned_180(wcs, shape)
     x, y = np.meshgrid(np.linspace(0, 399, 9), np.linspace(0, 299, 7))
     ra, dec = turned.all_pix2world(x.ravel(), y.ravel(), 0)
     ra0, dec0 = wcs.all_pix2world(399 - x.ravel(), 299 - y.ravel(), 0)
     assert np.max(np.hypot((ra - ra0) * np.cos(np.deg2rad(20)), dec - dec0)) * 3600 < 1e-6
-    angle, dx, dy = A._turn_and_drift(turned, wcs, shape)
+    angle, dx, dy = refine._turn_and_drift(turned, wcs, shape)
     assert abs(abs(angle) - 180) < 1e-9 and abs(dx) < 1e-6 and abs(dy) < 1e-6

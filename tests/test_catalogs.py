@@ -21,11 +21,11 @@ import pytest
 import requests
 from numpy.testing import assert_allclose
 
+from lcdask._utils.skygeom import separation_deg
 from lcdask.catalogs import (
     CatalogError,
     FieldCircle,
     _query_circle,
-    _separation_deg,
     field_radius,
     filter_band,
     frames_query_circle,
@@ -178,7 +178,7 @@ def test_sdss_cache_hit_avoids_http_and_works_offline(tmp_path, skyserver):
     inner = query_sdss(CENTRE[0] + 0.005, CENTRE[1], 0.03, cache_dir=tmp_path, offline=True)
     assert len(calls) == 1
     assert inner.attrs["catalog"]["cache_hit"] is True
-    sep = _separation_deg(CENTRE[0] + 0.005, CENTRE[1], inner["ra"], inner["dec"])
+    sep = separation_deg(CENTRE[0] + 0.005, CENTRE[1], inner["ra"], inner["dec"])
     assert (sep <= 0.03).all() and 0 < len(inner) < len(first)
     # a larger circle is not covered: a new query
     query_sdss(*CENTRE, 0.2, cache_dir=tmp_path)
@@ -219,7 +219,7 @@ def test_query_circle_covers_the_request():
     for _ in range(200):
         ra, dec, radius = rng.uniform(0, 360), rng.uniform(-89, 89), rng.uniform(0.01, 2.0)
         ra_q, dec_q, radius_q = _query_circle(ra, dec, radius)
-        assert _separation_deg(ra, dec, ra_q, dec_q) + radius <= radius_q + 1e-12
+        assert separation_deg(ra, dec, ra_q, dec_q) + radius <= radius_q + 1e-12
         assert radius_q - radius < 0.003  # rounding costs at most ~3 steps of 0.001 deg
 
 
@@ -389,7 +389,7 @@ def test_field_radius_covers_every_frame():
         x = np.concatenate([t, t, np.full(50, -0.5), np.full(50, 999.5)])
         y = np.concatenate([np.full(50, -0.5), np.full(50, 999.5), t, t])
         ra, dec = w.pixel_to_world_values(x, y)
-        assert (_separation_deg(circle.ra, circle.dec, ra, dec) <= circle.radius_deg + 1e-9).all()
+        assert (separation_deg(circle.ra, circle.dec, ra, dec) <= circle.radius_deg + 1e-9).all()
     # a 1000" square frame has a half-diagonal of 707"; five offset frames need a bit more
     assert 0.196 < circle.radius_deg < 0.26
     assert field_radius(frames, margin_arcmin=2.0).radius_deg == pytest.approx(
@@ -581,7 +581,7 @@ def test_reference_cache_hit_offline(tmp_path, skyserver, gaia_archive):
     assert calls == [] and len(gaia_archive) == n_gaia
     assert cached.attrs["catalog"]["cache_hit"] is True
     assert "no cached SDSS query" in how
-    inside = _separation_deg(*CENTRE, online["ra"], online["dec"]) <= 0.05
+    inside = separation_deg(*CENTRE, online["ra"], online["dec"]) <= 0.05
     assert cached["id"].tolist() == online["id"][inside].tolist()
     assert_allclose(cached["r"], online["r"][inside])
 
@@ -626,7 +626,7 @@ def test_frames_query_circle():
     corners = np.concatenate(
         [w.pixel_to_world_values([-0.5, 999.5], [-0.5, 999.5]) for w in frames], axis=1
     )
-    reach = _separation_deg(150.0, 20.0, corners[0], corners[1]).max()
+    reach = separation_deg(150.0, 20.0, corners[0], corners[1]).max()
     assert circle.radius_deg == pytest.approx(reach + 10 / 60, abs=1e-9) and "WCS" in how
     # a pixel scale: half the diagonal (707 px) at 5.2"/px = 1.021 deg, plus 10'
     circle, how = frames_query_circle(150.0, 20.0, shape=shape, pixel_scale_arcsec=5.2)

@@ -18,6 +18,7 @@ from astropy.wcs import WCS
 from conftest import catalog_of, lowell_frame, shared_data
 
 from lcdask import astrometry as A
+from lcdask._utils.skygeom import separation_arcsec
 from lcdask.astrometry import (
     AstrometryConfig,
     AstrometrySolution,
@@ -31,8 +32,9 @@ from lcdask.astrometry import (
     wcs_grid_error_px,
     wcs_rotation_deg,
 )
+from lcdask.astrometry.frame import nominal_wcs
 from lcdask.config import ConfigError, default_toml, load_config
-from lcdask.level2 import _another_field, nominal_wcs
+from lcdask.level2 import _another_field
 
 HAVE_SOLVE_FIELD = bool(shutil.which("solve-field") and shutil.which("build-astrometry-index"))
 
@@ -67,7 +69,7 @@ def _centre(wcs: WCS, shape) -> tuple[float, float]:
 
 
 def _sep_arcsec(a, b) -> float:
-    return float(A._sep_arcsec(np.array([a[0]]), np.array([a[1]]), b[0], b[1])[0])
+    return float(separation_arcsec(np.array([a[0]]), np.array([a[1]]), b[0], b[1])[0])
 
 
 def _scale(wcs: WCS) -> float:
