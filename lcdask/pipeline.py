@@ -25,6 +25,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -215,8 +216,57 @@ def calibrate_cube(
     LcdaskError
         If the cube has no usable lights, or lights lack a flat and ``config.require_flat``.
     """
-    timings: dict[str, float] = {}
     start_all = time.perf_counter()
+    run = _prepare(cube_path, client=client, config=config, frames=frames)
+    rejected, used = _reject_calibration_frames(run)
+    masters = _make_masters(run, used)
+    missing: list[str] = []
+    n_calibrated = 0
+    if persist_calibrated:
+        missing = _calibrate_lights(run, masters, persist_variance=persist_variance)
+        n_calibrated = len(run.todo)
+    summary = _summary(run, masters, used, rejected, missing, n_calibrated)
+    run.timings["total"] = time.perf_counter() - start_all
+    _flag_rejected(run.store, run.ds, rejected)
+    cube_io.set_attrs(run.store, calibration=json.dumps(summary, default=str))
+    return summary
+
+
+@dataclass
+class _Calibration:
+    """What the phases of a calibration share (`calibrate_cube`)."""
+
+    store: Path
+    ds: xr.Dataset
+    raw: xr.DataArray
+    raw_array: Any  # a dask.delayed zarr.Array: one graph key every task reads from
+    config: CalibrationConfig
+    client: Any
+    lights: np.ndarray
+    todo: np.ndarray
+    in_place: tuple[str, ...]
+    saturate: Any
+    notes: list[str]
+    timings: dict[str, float]
+    writer: _Writer
+    written: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Masters:
+    """The masters' choices, and whether a bias and a flat were made (`_make_masters`)."""
+
+    choice: cal.DarkChoice
+    flat_choices: dict[str, cal.DarkChoice]
+    flat_filters: list[str]
+    has_bias: bool
+    has_flat: bool
+    bad_counts: dict[str, Any]
+
+
+def _prepare(cube_path, *, client, config: CalibrationConfig, frames) -> _Calibration:
+    """The cube opened, its lights found, the calibration marked incomplete."""
+    timings: dict[str, float] = {}
     store = _cube_store(cube_path)
     with dask.config.set(scheduler="threads"):  # small coordinates: not worth a round trip
         ds = cube_io.open_cube(store, dask_arrays=False)
@@ -224,7 +274,6 @@ def calibrate_cube(
     # backend wrapper, which costs a store round trip per task on a distributed cluster
     raw = ds["raw"].copy(data=_from_zarr(store, "raw"))
     flags = ds["flags"].values.astype(np.int64)
-    calib_usable = (flags & ~int(FrameFlag.REJECTED)) == 0  # judged afresh below
     light_usable = (flags & ~int(FrameFlag.NONFINITE)) == 0
     lights = _group(ds, "light", light_usable)
     if lights.size == 0:
@@ -243,19 +292,44 @@ def calibrate_cube(
     todo = lights if frames is None else np.intersect1d(lights, np.asarray(frames, int))
     in_place = ("calibrated", "pixel_flags", "variance") if frames is not None else ()
     _start(store, keep=in_place)
-
-    # --- statistics and rejection of calibration frames: one task per frame ------------------
-    t0 = time.perf_counter()
     # one graph key for the raw zarr.Array that every task reads from (building a task that
     # holds the array itself walks its fields, ~1 ms each)
     raw_array = dask.delayed(
         zarr.open_array(str(store / "raw"), mode="r"), name=f"raw-{uuid.uuid4().hex}"
     )
-    task = _task
+    return _Calibration(
+        store=store,
+        ds=ds,
+        raw=raw,
+        raw_array=raw_array,
+        config=config,
+        client=client,
+        lights=lights,
+        todo=todo,
+        in_place=in_place,
+        saturate=saturate,
+        notes=notes,
+        timings=timings,
+        writer=_Writer(store),
+    )
+
+
+def _reject_calibration_frames(
+    run: _Calibration,
+) -> tuple[dict[int, str], dict[str, np.ndarray]]:
+    """Statistics of every calibration frame (one task each) and the outliers rejected.
+
+    Returns the rejected frames with their reasons, and the frames used per kind.
+    """
+    ds, raw, config = run.ds, run.raw, run.config
+    t0 = time.perf_counter()
+    flags = ds["flags"].values.astype(np.int64)
+    calib_usable = (flags & ~int(FrameFlag.REJECTED)) == 0  # judged afresh below
     candidates = {kind: _group(ds, kind, calib_usable) for kind in ("bias", "dark", "flat")}
     calib_frames = np.concatenate(list(candidates.values()))
     rejected: dict[int, str] = {}
     if calib_frames.size:
+        saturate = run.saturate
         sat_calib = (
             saturate.sel(frame=calib_frames) if isinstance(saturate, xr.DataArray) else saturate
         )
@@ -264,9 +338,9 @@ def calibrate_cube(
             np.asarray(getattr(sat_calib, "values", sat_calib), np.float64), calib_frames.shape
         )
         per_frame = compute(
-            client,
+            run.client,
             *[
-                task(_frame_statistics_task)(raw_array, int(f), float(s))
+                _task(_frame_statistics_task)(run.raw_array, int(f), float(s))
                 for f, s in zip(calib_frames, sat_calib, strict=True)
             ],
             label="calibrate: statistics",
@@ -284,10 +358,16 @@ def calibrate_cube(
                 groups.append((kind, frames[values == value]))
         for kind, frames in groups:
             rejected.update(cal.reject_frames(stats.sel(frame=frames), kind=kind, config=config))
-    timings["frame_statistics"] = time.perf_counter() - t0
+    run.timings["frame_statistics"] = time.perf_counter() - t0
     used = {k: np.array([f for f in v if f not in rejected], int) for k, v in candidates.items()}
+    return rejected, used
 
-    # --- masters and bad-pixel map: numpy tasks on blocks of rows, one compute ----------------
+
+def _make_masters(run: _Calibration, used: dict[str, np.ndarray]) -> _Masters:
+    """Masters and bad-pixel map: numpy tasks on blocks of rows, one compute, written by the
+    workers into the cube (no round trip of the arrays through this process)."""
+    ds, raw, config, store, notes = run.ds, run.raw, run.config, run.store, run.notes
+    lights, raw_array, task = run.lights, run.raw_array, _task
     t0 = time.perf_counter()
     shape = raw.shape[1:]
     exptimes = ds["exptime_s"].values.astype(np.float64)
@@ -397,7 +477,7 @@ def calibrate_cube(
     with dask.annotate(priority=1):
         dead = [task(_dead_pixels_task)(flat, config) for flat in flat_masters]
     # the workers write the masters (no round trip of the arrays through the driver)
-    writer = _Writer(store)
+    writer = run.writer
     yx = ("y", "x")
     writes = []
     for name, value in (
@@ -431,108 +511,123 @@ def calibrate_cube(
     )
     bad = task(_bad_pixels_task)(hot, config, *dead) if hot is not None or dead else None
     bad_counts, *_ = compute(
-        client,
+        run.client,
         task(_write_bad_pixels_task)(target, bad, shape),
         *writes,
         label="calibrate: masters",
     )
-    timings["masters"] = time.perf_counter() - t0
-    written = writer.commit()
+    run.timings["masters"] = time.perf_counter() - t0
+    run.written += writer.commit()
     cube_io.consolidate(store)
+    return _Masters(
+        choice=choice,
+        flat_choices=flat_choices,
+        flat_filters=flat_filters,
+        has_bias=m_bias is not None,
+        has_flat=m_flat is not None,
+        bad_counts=bad_counts,
+    )
 
-    # --- calibration of the lights (lazy, masters read back from the store by the workers) ----
+
+def _calibrate_lights(run: _Calibration, masters: _Masters, *, persist_variance: bool) -> list[str]:
+    """The lights calibrated, flagged and cleaned: one task per light, masters read back from
+    the store by the workers. Returns the filters that had no flat."""
+    raw, config, store, notes, todo = run.raw, run.config, run.store, run.notes, run.todo
+    saturate, in_place, writer, task = run.saturate, run.in_place, run.writer, _task
+    choice, flat_filters = masters.choice, masters.flat_filters
+    yx = ("y", "x")
     missing: list[str] = []
-    n_calibrated = 0
-    if persist_calibrated:
-        t0 = time.perf_counter()
-        raw_l = raw.sel(frame=todo)
-        m_bias_s = _stored(store, "master_bias", yx) if m_bias is not None else None
-        dark_l = cal.dark_for_frames(
-            raw_l["exptime_s"], _stored(store, "master_dark", yx), m_bias_s, choice
+    t0 = time.perf_counter()
+    raw_l = raw.sel(frame=todo)
+    m_bias_s = _stored(store, "master_bias", yx) if masters.has_bias else None
+    dark_l = cal.dark_for_frames(
+        raw_l["exptime_s"], _stored(store, "master_dark", yx), m_bias_s, choice
+    )
+    if masters.has_flat:
+        stored_flat = _stored(store, "master_flat", ("flat_filter", *yx))
+        stored_flat = stored_flat.assign_coords(flat_filter=flat_filters)
+        flat_l, missing = cal.flat_for_frames(stored_flat, raw_l["filter"])
+    else:
+        flat_l, missing = None, sorted(set(raw_l["filter"].values))
+    if missing:
+        message = (
+            f"{store}: no flat for the lights of filter(s) {missing} "
+            f"(flats found for {flat_filters or 'none'})"
         )
-        if m_flat is not None:
-            stored_flat = _stored(store, "master_flat", ("flat_filter", *yx))
-            stored_flat = stored_flat.assign_coords(flat_filter=flat_filters)
-            flat_l, missing = cal.flat_for_frames(stored_flat, raw_l["filter"])
+        if config.require_flat:
+            raise LcdaskError(message + "; add flats of these filters or set require_flat=false")
+        notes.append(message + ": those lights are not flat-fielded")
+    sat_l = saturate.sel(frame=todo) if isinstance(saturate, xr.DataArray) else saturate
+    sat_l = cal.saturation_level(raw_l, sat_l)
+    # per-frame levels as float64 scalars and a common level as a Python float: raw >= level
+    # then compares in the same type as `pixel_flags` does
+    sat_l = (
+        list(sat_l.values.astype(np.float64))
+        if isinstance(sat_l, xr.DataArray)
+        else [sat_l] * len(todo)
+    )
+    names = ["calibrated", "pixel_flags"] + (["variance"] if persist_variance else [])
+    if persist_variance:
+        gain = raw_l["gain_e_adu"].values.astype(np.float64)
+        rdnoise = raw_l["rdnoise_e"].values.astype(np.float64)
+        if not np.isfinite(gain).all():
+            notes.append("some lights have no gain: variance uses 1 e-/ADU for them")
+    shape = raw.shape
+    targets = {}
+    for name in names:
+        dtype = np.dtype(np.uint8 if name == "pixel_flags" else np.float32)
+        fill = 0 if dtype.kind == "u" else np.nan
+        if name in in_place and (store / name).exists():
+            target = zarr.open_array(str(store / name), mode="r+")
+            targets[name] = target.with_config(cube_io.FRAME_WRITE_CONFIG)
         else:
-            flat_l, missing = None, sorted(set(raw_l["filter"].values))
-        if missing:
-            message = (
-                f"{store}: no flat for the lights of filter(s) {missing} "
-                f"(flats found for {flat_filters or 'none'})"
+            targets[name] = writer.create(
+                name, shape, dtype, ("frame", "y", "x"), chunks=(1, *shape[1:]), fill_value=fill
             )
-            if config.require_flat:
-                raise LcdaskError(
-                    message + "; add flats of these filters or set require_flat=false"
-                )
-            notes.append(message + ": those lights are not flat-fielded")
-        sat_l = saturate.sel(frame=todo) if isinstance(saturate, xr.DataArray) else saturate
-        sat_l = cal.saturation_level(raw_l, sat_l)
-        # per-frame levels as float64 scalars and a common level as a Python float: raw >= level
-        # then compares in the same type as `pixel_flags` does
-        sat_l = (
-            list(sat_l.values.astype(np.float64))
-            if isinstance(sat_l, xr.DataArray)
-            else [sat_l] * len(todo)
+    # one task per light (read, calibrate, flag, clean, write); every input is a chunk of a
+    # lazy array whose key all tasks share, so each master is read from the store once
+    if "frame" in dark_l.dims:  # (y, x, frame) when scaled: frame first
+        dark_l = dark_l.transpose("frame", *yx)
+    dark_at = _frame_chunks(dark_l.data)
+    flat_at = _frame_chunks(flat_l.data) if flat_l is not None else (lambda i: None)
+    bad_at = _frame_chunks(_stored(store, "bad_pixels", yx).data)
+    raw_at = _frame_chunks(raw.data)
+    bias_at = _frame_chunks(m_bias_s.data) if m_bias_s is not None else (lambda i: None)
+    tasks = []
+    for i, frame in enumerate(todo):
+        variance_args = (
+            (bias_at(i), float(gain[i]), float(rdnoise[i])) if persist_variance else None
         )
-        names = ["calibrated", "pixel_flags"] + (["variance"] if persist_variance else [])
-        if persist_variance:
-            gain = raw_l["gain_e_adu"].values.astype(np.float64)
-            rdnoise = raw_l["rdnoise_e"].values.astype(np.float64)
-            if not np.isfinite(gain).all():
-                notes.append("some lights have no gain: variance uses 1 e-/ADU for them")
-        shape = raw.shape
-        targets = {}
-        for name in names:
-            dtype = np.dtype(np.uint8 if name == "pixel_flags" else np.float32)
-            fill = 0 if dtype.kind == "u" else np.nan
-            if name in in_place and (store / name).exists():
-                target = zarr.open_array(str(store / name), mode="r+")
-                targets[name] = target.with_config(cube_io.FRAME_WRITE_CONFIG)
-            else:
-                targets[name] = writer.create(
-                    name, shape, dtype, ("frame", "y", "x"), chunks=(1, *shape[1:]), fill_value=fill
-                )
-        # one task per light (read, calibrate, flag, clean, write); every input is a chunk of a
-        # lazy array whose key all tasks share, so each master is read from the store once
-        if "frame" in dark_l.dims:  # (y, x, frame) when scaled: frame first
-            dark_l = dark_l.transpose("frame", *yx)
-        dark_at = _frame_chunks(dark_l.data)
-        flat_at = _frame_chunks(flat_l.data) if flat_l is not None else (lambda i: None)
-        bad_at = _frame_chunks(_stored(store, "bad_pixels", yx).data)
-        raw_at = _frame_chunks(raw.data)
-        bias_at = _frame_chunks(m_bias_s.data) if m_bias_s is not None else (lambda i: None)
-        tasks = []
-        for i, frame in enumerate(todo):
-            variance_args = (
-                (bias_at(i), float(gain[i]), float(rdnoise[i])) if persist_variance else None
+        tasks.append(
+            task(_calibrate_light)(
+                raw_at(frame),
+                dark_at(i),
+                flat_at(i),
+                bad_at(i),
+                sat_l[i],
+                config,
+                targets,
+                int(frame),
+                variance_args,
             )
-            tasks.append(
-                task(_calibrate_light)(
-                    raw_at(frame),
-                    dark_at(i),
-                    flat_at(i),
-                    bad_at(i),
-                    sat_l[i],
-                    config,
-                    targets,
-                    int(frame),
-                    variance_args,
-                )
-            )
-        compute(client, *tasks, label="calibrate")
-        written += writer.commit()
-        n_calibrated = len(todo)
-        timings["calibrate"] = time.perf_counter() - t0
+        )
+    compute(run.client, *tasks, label="calibrate")
+    run.written += writer.commit()
+    run.timings["calibrate"] = time.perf_counter() - t0
+    return missing
 
-    # --- summary, last -------------------------------------------------------------------------
+
+def _summary(run, masters, used, rejected, missing, n_calibrated) -> dict[str, Any]:
+    """What the calibration did: stored in the cube's ``attrs["calibration"]``, returned."""
+    ds, used, notes = run.ds, used, run.notes
+    choice, flat_choices, flat_filters = masters.choice, masters.flat_choices, masters.flat_filters
     paths = ds["path"].values
     types = ds["frame_type"].values
     summary: dict[str, Any] = {
         "complete": True,
         "lcdask_version": __version__,
-        "config": dataclasses.asdict(config),
-        "n_lights": len(lights),
+        "config": dataclasses.asdict(run.config),
+        "n_lights": len(run.lights),
         "n_calibrated": n_calibrated,
         "dark_strategy": choice.strategy,
         "dark_exptime_s": choice.exptime_s,
@@ -552,14 +647,11 @@ def calibrate_cube(
         ],
         "flat_filters": flat_filters,
         "missing_flat_filters": [str(m) for m in missing],
-        **bad_counts,
+        **masters.bad_counts,
         "notes": notes,
-        "arrays": written,
-        "timings_s": timings,
+        "arrays": run.written,
+        "timings_s": run.timings,
     }
-    timings["total"] = time.perf_counter() - start_all
-    _flag_rejected(store, ds, rejected)
-    cube_io.set_attrs(store, calibration=json.dumps(summary, default=str))
     return summary
 
 
