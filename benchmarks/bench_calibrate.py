@@ -35,7 +35,7 @@ import zarr
 
 from lcdask.cluster import dask_client
 from lcdask.io import cube as cube_io
-from lcdask.pipeline import calibrate_cube
+from lcdask.stages.calibrate import calibrate_cube
 
 
 def make_cube(path: Path, n_lights: int, n_darks: int, n_flats: int, n_bias: int, size: int) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 from astropy.io import fits
 
 from lcdask.cluster import dask_client
-from lcdask.ingest import ingest
+from lcdask.stages.ingest import ingest
 
 
 def make_frames(folder: Path, n_frames: int, size: int) -> list[Path]:

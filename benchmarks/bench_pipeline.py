@@ -36,9 +36,9 @@ from astropy.io import fits
 
 from lcdask.cluster import dask_client
 from lcdask.config import Config
-from lcdask.level2 import Level2Config
 from lcdask.run import run
 from lcdask.simulate import SimConfig, simulate_night
+from lcdask.stages.level2 import Level2Config
 
 
 def _masters(raw: Path) -> tuple[np.ndarray, np.ndarray]:

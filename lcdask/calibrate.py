@@ -2,8 +2,8 @@
 
 Every function here is pure and lazy: it takes xarray objects backed by dask (or numpy) and returns
 xarray objects whose dask graph does the work; nothing is computed, read or written here. The
-orchestrating layer (`lcdask.pipeline.calibrate_cube`) computes the frame statistics, chooses the
-frames and writes the products.
+calibration stage (`lcdask.stages.calibrate.calibrate_cube`) computes the frame statistics,
+chooses the frames and writes the products.
 
 The numpy kernels (``*_kernel`` and `clean_frame`) work on plain arrays and are wrapped once with
 `xarray.apply_ufunc` (reductions along ``frame``) or `dask.array.map_overlap` (cleaning).

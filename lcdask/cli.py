@@ -171,7 +171,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _ingest(args: argparse.Namespace) -> int:
     from lcdask.cluster import dask_client
-    from lcdask.ingest import ingest
+    from lcdask.stages.ingest import ingest
 
     with dask_client(scheduler=args.scheduler, n_workers=args.workers) as client:
         result = ingest(

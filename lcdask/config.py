@@ -20,8 +20,8 @@ from typing import Any
 
 from lcdask.astrometry import AstrometryConfig
 from lcdask.calibrate import CalibrationConfig
-from lcdask.level2 import Level2Config
 from lcdask.lightcurves import LightCurvesConfig
+from lcdask.stages.level2 import Level2Config
 
 __all__ = [
     "CatalogConfig",
@@ -177,7 +177,8 @@ def _type_name(annotation: Any) -> str:
 
 REMOVED_OPTIONS = {
     ("calibration", "rows_per_chunk"): (
-        "the calibration sizes its blocks of rows by memory (lcdask.pipeline.calibrate_cube)"
+        "the calibration sizes its blocks of rows by memory "
+        "(lcdask.stages.calibrate.calibrate_cube)"
     ),
 }
 """Options of earlier versions that no longer do anything: a file that still sets one loads,

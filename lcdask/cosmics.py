@@ -44,7 +44,7 @@ Measured, simulated frames (512 px, 3 frames, ~3,800 stars each, 8 movers, ~480 
 frame, counted as in tests/test_cosmics.py): recall of the pixels above 5 sigma 95.5% at FWHM
 1.42 px, 96.6% at 1.65 px, 97.7% at 1.95 px; stars touched 0.24-0.32%; movers touched 0, except
 at 1.95 px one whose core a cosmic-ray track crossed (2 of its pixels next to the track grown).
-Real Lowell frames (FWHM 1.5 and 1.8 px, calibrated by `lcdask.pipeline.calibrate_cube`, the
+Real Lowell frames (FWHM 1.5 and 1.8 px, calibrated by `lcdask.stages.calibrate.calibrate_cube`, the
 frame's own ePSF): 820 and 1,770 pixels flagged per 300 s frame (fast: 8,960 and 9,290, most of
 them noise the CCD model underestimates, 15-20% inside and 2-4x in the vignetted borders), by eye
 cosmic rays in the interior; 56 and 186 of them within 2 px of a detection of FWHM >= 1 px, by eye

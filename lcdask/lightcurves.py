@@ -143,7 +143,7 @@ class LightCurvesConfig:
     Attributes
     ----------
     forced : bool
-        Forced photometry of the missing entries (`lcdask.forced`): where a source has no
+        Forced photometry of the missing entries (`lcdask.stages.forced`): where a source has no
         detection, measure it at its position placed on that frame by the frame's WCS, with the
         detections' flux (aperture and aperture correction, or PSF) and zero point; flagged
         FORCED. Movers and frames without a plate solution are not forced.

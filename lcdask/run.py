@@ -12,7 +12,7 @@ level2         per-frame detection, plate solution, co-add (``coadd.fits``) and 
                (``psf.fits``), Level 3 photometry, zero point: ``frames.parquet``,
                ``detections.parquet``, per-frame results as variables on ``frame`` in the cube
 lightcurves    DBSCAN matching, tracks of fast movers, forced photometry of the missing entries
-               (`lcdask.forced`, one task per frame), ``lightcurves.zarr`` with ensemble
+               (`lcdask.stages.forced`, one task per frame), ``lightcurves.zarr`` with ensemble
                relative fluxes, ``sources.parquet`` (classes, motions, target)
 report         ``report.html`` (bokeh) and ``plots/`` (PNG)
 =============  =================================================================================
@@ -39,13 +39,12 @@ import numpy as np
 
 from lcdask import __version__
 from lcdask.config import Config
-from lcdask.ingest import NotAppendable
 from lcdask.io import cube as cube_io
 from lcdask.io.atomic import write_json_atomic
 from lcdask.io.discover import discover_frames
 from lcdask.stages.calibrate import append_calibrate, run_calibrate
 from lcdask.stages.context import Appending, RunContext, Stage, catalog_cache
-from lcdask.stages.ingest import append_ingest, run_ingest
+from lcdask.stages.ingest import NotAppendable, append_ingest, run_ingest
 from lcdask.stages.level2 import append_level2, run_level2_stage
 from lcdask.stages.lightcurves import run_lightcurves
 from lcdask.stages.report import run_report
@@ -285,7 +284,7 @@ def _new_inputs(previous: dict[str, Any], record: _Record) -> list[Path]:
 def _append(record: _Record, ctx: RunContext, appending: Appending) -> tuple[str, ...]:
     """The stages that can append (ingest, calibrate, level2), on the new frames alone.
 
-    The cube grows in place (`lcdask.ingest.append`), so the record says ``appending`` until
+    The cube grows in place (`lcdask.stages.ingest.append`), so the record says ``appending`` until
     they are done: a run interrupted here is made again from scratch next time. The earlier
     masters, catalog, ePSF and co-add are kept; the stages after them (light curves, report)
     are then done again over every frame. Each appended stage's record is the earlier one,
@@ -298,7 +297,7 @@ def _append(record: _Record, ctx: RunContext, appending: Appending) -> tuple[str
 
     Raises
     ------
-    lcdask.ingest.NotAppendable
+    lcdask.stages.ingest.NotAppendable
         When the new frames cannot simply be appended.
     """
     ctx.appending = appending

@@ -455,7 +455,7 @@ def locate_target(
 def add_target_source(ds: Any, ra: float, dec: float) -> tuple[Any, int]:
     """The light curves with one more source, at the target's position, all entries missing.
 
-    Forced photometry (`lcdask.forced.forced_photometry` with ``force_ids``) then measures it
+    Forced photometry (`lcdask.stages.forced.forced_photometry` with ``force_ids``) then measures it
     in every solved frame that holds it. Its ``ra``/``dec`` are set in every entry (so that
     `lcdask.lightcurves.missing_entries` places it); entries forced photometry cannot measure
     get theirs back to NaN (`clear_unmeasured_positions`).

@@ -1,10 +1,10 @@
 """lcdask's calibration as lazy xarray expressions over a whole cube: the reference of the tests.
 
 These were the first implementation of the masters, maps and calibrated frames (reductions along
-``frame`` with `xarray.apply_ufunc`); the pipeline now computes the same with numpy tasks that
-read rows of the cube (`lcdask.pipeline.calibrate_cube`), and tests/test_calibrate.py checks it
-against these. They live with the tests (issue 16: one implementation per algorithm in the
-package).
+``frame`` with `xarray.apply_ufunc`); the pipeline now computes the same with numpy tasks
+that read rows of the cube (`lcdask.stages.calibrate.calibrate_cube`), and
+tests/test_calibrate.py checks it against these. They live with the tests (issue 16: one
+implementation per algorithm in the package).
 """
 
 from __future__ import annotations

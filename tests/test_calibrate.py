@@ -20,10 +20,10 @@ from astropy.stats import sigma_clipped_stats
 from lcdask import calibrate as cal
 from lcdask.calibrate import CalibrationConfig, PixelFlag
 from lcdask.errors import LcdaskError
-from lcdask.ingest import ingest
 from lcdask.io import cube as cube_io
 from lcdask.io.cube import open_cube
-from lcdask.pipeline import calibrate_cube
+from lcdask.stages.calibrate import calibrate_cube
+from lcdask.stages.ingest import ingest
 
 # --- simulated night with truth ----------------------------------------------------------------
 
@@ -655,10 +655,10 @@ def test_masters_equal_the_lazy_functions(tmp_path, monkeypatch, kind, stack_byt
     # bias level, a saturated dark, a glowing flat, an all-NaN dark), matching, scaled (flats of
     # other exposures scaled frame by frame), nearest and bias-only darks, two filters, NaN in
     # some row blocks and not others (the combine's two paths), several row-block sizes
-    from lcdask import pipeline
+    from lcdask.stages import calibrate as calibrate_stage
 
     if stack_bytes is not None:
-        monkeypatch.setattr(pipeline, "_MASTER_STACK_BYTES", stack_bytes)
+        monkeypatch.setattr(calibrate_stage, "_MASTER_STACK_BYTES", stack_bytes)
     groups, dtype = _awkward_night(np.random.default_rng(7), kind)
     path = _write_cube(tmp_path, groups, dtype=dtype)
     expected, rejected = _lazy_masters(path, config)

@@ -23,13 +23,13 @@ import lcdask.simulate.night as sim_night
 from lcdask.astrometry import wcs_grid_error_px
 from lcdask.catalogs import load_catalog
 from lcdask.config import load_config
-from lcdask.ingest import ingest
 from lcdask.io.cube import open_cube
-from lcdask.level2 import Level2Config, run_level2
-from lcdask.pipeline import calibrate_cube
 from lcdask.run import run
 from lcdask.simulate import SimConfig, load_truth, simulate_night
 from lcdask.simulate.tan import pixel_to_world
+from lcdask.stages.calibrate import calibrate_cube
+from lcdask.stages.ingest import ingest
+from lcdask.stages.level2 import Level2Config, run_level2
 from lcdask.testing import truth_wcs
 
 JUMP_PX = 150.0

@@ -272,7 +272,7 @@ def test_non_ascii_header_bytes_are_read_or_skipped_with_a_reason(key, raw, in_c
     import tempfile
     from pathlib import Path
 
-    from lcdask.ingest import scan_frame
+    from lcdask.stages.ingest import scan_frame
 
     header = fits.Header(
         {

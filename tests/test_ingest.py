@@ -18,11 +18,11 @@ from conftest import write_fits
 from lcdask.cli import main
 from lcdask.errors import LcdaskError
 from lcdask.flags import FrameFlag
-from lcdask.ingest import NotAppendable, append, ingest
 from lcdask.io.cube import open_cube
 from lcdask.io.discover import discover_frames
 from lcdask.io.fits import read_frame
 from lcdask.io.headers import header_wcs, parse_section
+from lcdask.stages.ingest import NotAppendable, append, ingest
 
 
 def _night(folder: Path, n: int = 4) -> list[np.ndarray]:
@@ -271,7 +271,7 @@ def test_no_usable_frame_is_a_clear_error(tmp_path):
 
 
 def test_failed_fill_leaves_no_product(tmp_path, monkeypatch):
-    import lcdask.ingest as ingest_module
+    import lcdask.stages.ingest as ingest_module
 
     _night(tmp_path / "raw")
 

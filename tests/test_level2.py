@@ -12,11 +12,11 @@ from scipy import ndimage
 from lcdask import level2
 from lcdask.astrometry import wcs_grid_error_px
 from lcdask.catalogs import load_catalog
-from lcdask.ingest import ingest
 from lcdask.io.cube import open_cube
-from lcdask.level2 import Level2Config, _near_flagged, frame_photcal, run_level2
-from lcdask.pipeline import calibrate_cube
 from lcdask.simulate import SimConfig, load_truth, simulate_night
+from lcdask.stages.calibrate import calibrate_cube
+from lcdask.stages.ingest import ingest
+from lcdask.stages.level2 import Level2Config, _near_flagged, frame_photcal, run_level2
 from lcdask.testing import truth_wcs
 
 
@@ -137,7 +137,7 @@ def test_wcs_message_parses_to_the_unpickled_wcs():
     import pickle
 
     from lcdask.astrometry import fit_wcs_linear
-    from lcdask.level2 import _wcs_from_message, _wcs_message
+    from lcdask.stages.level2 import _wcs_from_message, _wcs_message
 
     truth = WCS(naxis=2)
     truth.wcs.ctype = ["RA---TAN", "DEC--TAN"]

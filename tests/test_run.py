@@ -22,14 +22,14 @@ from astropy.wcs import WCS
 from lcdask.astrometry import wcs_grid_error_px
 from lcdask.classify import link_tracks
 from lcdask.coadd import Coadd
-from lcdask.forced import forced_photometry, frame_forced_photometry
 from lcdask.io.cube import open_cube
-from lcdask.level2 import Level2Config
 from lcdask.lightcurves import LightCurveFlag, build_lightcurves, insert_forced
 from lcdask.match import match_detections
 from lcdask.psf import PSFModel
 from lcdask.run import run
 from lcdask.simulate import SimConfig, catalog_flux_adu, flux_factor, load_truth, simulate_night
+from lcdask.stages.forced import forced_photometry, frame_forced_photometry
+from lcdask.stages.level2 import Level2Config
 
 LCDASK = [sys.executable, "-m", "lcdask"]
 MAD_TO_STD = 1.4826

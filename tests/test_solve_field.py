@@ -34,7 +34,7 @@ from lcdask.astrometry import (
 )
 from lcdask.astrometry.frame import nominal_wcs
 from lcdask.config import ConfigError, default_toml, load_config
-from lcdask.level2 import _another_field
+from lcdask.stages.level2 import _another_field
 
 HAVE_SOLVE_FIELD = bool(shutil.which("solve-field") and shutil.which("build-astrometry-index"))
 

@@ -19,7 +19,10 @@ from astropy.time import Time
 from conftest import write_fits
 
 from lcdask.errors import FrameError, HeaderError, LcdaskError
-from lcdask.ingest import (
+from lcdask.io.cube import open_cube
+from lcdask.io.fits import read_frame, read_frame_header, read_frame_sample
+from lcdask.io.headers import UntypedFrameError, classify_frame
+from lcdask.stages.ingest import (
     MIN_STARS,
     Skipped,
     count_stars,
@@ -27,9 +30,6 @@ from lcdask.ingest import (
     reason_lines,
     untyped_frame_type,
 )
-from lcdask.io.cube import open_cube
-from lcdask.io.fits import read_frame, read_frame_header, read_frame_sample
-from lcdask.io.headers import UntypedFrameError, classify_frame
 
 SHAPE = (128, 128)
 N_STARS = 30

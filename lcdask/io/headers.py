@@ -450,8 +450,8 @@ def classify_frame(header: Mapping[str, Any], path: str | Path | None = None) ->
     ------
     UntypedFrameError
         When no type key is in the header (none of the keys above, no ``PICTTYPE`` other than
-        0) and the path tells nothing: `lcdask.ingest` then looks at the exposure time,
-        ``OBJECT`` and the pixels (`lcdask.ingest.guess_untyped_frame`).
+        0) and the path tells nothing: `lcdask.stages.ingest` then looks at the exposure time,
+        ``OBJECT`` and the pixels (`lcdask.stages.ingest.guess_untyped_frame`).
     HeaderError
         When a type key holds a value that is not a light, dark, bias or flat (``'COMPARISON'``).
     """

@@ -6,9 +6,11 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lcdask.config import Config
+if TYPE_CHECKING:  # lcdask.config imports the stages' options
+    from lcdask.config import Config
+
 
 __all__ = ["Appending", "RunContext", "Stage", "catalog_cache"]
 

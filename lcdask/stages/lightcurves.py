@@ -15,7 +15,6 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from lcdask.classify import classify_sources, find_artefacts, flag_near_movers, link_tracks
-from lcdask.forced import forced_photometry
 from lcdask.io import cube as cube_io
 from lcdask.io.atomic import atomic_path
 from lcdask.lightcurves import (
@@ -30,6 +29,7 @@ from lcdask.match import match_detections
 from lcdask.psf import PSFModel
 from lcdask.report import warm_workers
 from lcdask.stages.context import RunContext
+from lcdask.stages.forced import forced_photometry
 from lcdask.targets import (
     TargetLocation,
     add_target_source,
@@ -204,7 +204,7 @@ def _forced_target(
 def _forced_photometry(
     ctx: RunContext, ds, detections, frames, first, added=None
 ) -> tuple[xr.Dataset, dict]:
-    # movers and artefacts are not forced (lcdask.forced): from a first classification
+    # movers and artefacts are not forced (lcdask.stages.forced): from a first classification
     config = ctx.config
     movers = first.query("kind == 'moving' or kind == 'artefact'")["source_id"]
     psf_path = ctx.out / "psf.fits"

@@ -642,7 +642,7 @@ def slow_detections(seconds: float):
     def patch() -> None:
         import time
 
-        import lcdask.level2 as level2
+        import lcdask.stages.level2 as level2
 
         original = level2.frame_detections
         if getattr(original, "slowed", False):

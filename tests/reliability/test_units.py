@@ -13,9 +13,9 @@ from _night import cube_frames, light_leak_dark
 from astropy.io import fits
 
 from lcdask.flags import SATURATED_FRACTION, UNUSABLE, FrameFlag
-from lcdask.ingest import ingest
 from lcdask.io.fits import read_frame_header
-from lcdask.pipeline import calibrate_cube
+from lcdask.stages.calibrate import calibrate_cube
+from lcdask.stages.ingest import ingest
 
 pytest_plugins = ["_fixtures"]  # the suite's fixtures: night, clean, other_night
 

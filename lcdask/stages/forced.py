@@ -6,7 +6,7 @@ a blend, a cosmic ray). `forced_photometry` measures it there, at its median pos
 exactly the photometry of the detections:
 
 * one task per frame (`frame_forced_photometry`): the worker reads its own calibrated frame from
-  the cube, prepares it as Level 2 does (`lcdask.level2.prepared_frame`: the cosmic-ray
+  the cube, prepares it as Level 2 does (`lcdask.stages.level2.prepared_frame`: the cosmic-ray
   pixels Level 3 found, from the frames table, cleaned; sky subtracted) and measures the flux
   Level 2 keeps (``[level2] flux``: the 1.5 FWHM aperture with its aperture correction, or the
   PSF flux) with the frame's own aperture correction and PSF scale from the frames table, at
@@ -38,17 +38,17 @@ import xarray as xr
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from lcdask.level2 import (
-    INSTRUMENTAL_ZERO_POINT,
-    NO_CATALOG_MESSAGE,
-    Level2Config,
-    prepared_frame,
-)
 from lcdask.lightcurves import LightCurveFlag, missing_entries
 from lcdask.photcal import ZeroPointFit, calibrate_fluxes, instrumental_mag, instrumental_mag_err
 from lcdask.photometry import PhotFlag, photometer_frame
 from lcdask.psf import PSFModel
 from lcdask.stages._parallel import gather_results, share, submit_task
+from lcdask.stages.level2 import (
+    INSTRUMENTAL_ZERO_POINT,
+    NO_CATALOG_MESSAGE,
+    Level2Config,
+    prepared_frame,
+)
 
 __all__ = [
     "FORCED_COLUMNS",
@@ -139,10 +139,10 @@ def frame_forced_photometry(
 ) -> tuple[pd.DataFrame, float]:
     """Photometry of one frame at forced positions, exactly as of its detections (one task).
 
-    The frame is prepared once (`lcdask.level2.prepared_frame`: cosmic rays, sky) and the
+    The frame is prepared once (`lcdask.stages.level2.prepared_frame`: cosmic rays, sky) and the
     forced positions are measured together with the detections (for the blend flags and the
     joint PSF fits) with the frame's own aperture correction and PSF scale from Level 2
-    (`lcdask.level2.frame_photometry`), not new ones, which the forced positions themselves
+    (`lcdask.stages.level2.frame_photometry`), not new ones, which the forced positions themselves
     would perturb (a forced position on a bright star's wing changes which stars count as
     isolated). A frames table without them (a run of an earlier version) has them found again
     from the detections as Level 2 found them.
@@ -187,7 +187,7 @@ def frame_forced_photometry(
         "cosmic_mask": cosmic,
         "repaired_mask": repaired,
     }
-    # the flux Level 2 keeps (lcdask.level2.frame_photometry)
+    # the flux Level 2 keeps (lcdask.stages.level2.frame_photometry)
     column = "flux_psf" if config.flux == "psf" and psf is not None else "flux_ap2"
     det_x, det_y = detections["x"].to_numpy(float), detections["y"].to_numpy(float)
     factor = float(frame.get("aperture_correction", np.nan))
