@@ -23,6 +23,8 @@ from enum import IntFlag
 import numpy as np
 import xarray as xr
 
+from lcdask.config import CalibrationConfig
+
 __all__ = [
     "FRAME_STATISTICS",
     "CalibrationConfig",
@@ -67,109 +69,6 @@ class PixelFlag(IntFlag):
 
 
 _STATIC_BAD = PixelFlag.HOT | PixelFlag.DEAD | PixelFlag.BAD_COLUMN
-
-_COMBINE = ("median", "sigma_clip")
-_CLEAN = ("interpolate", "median", "mask", "none")
-
-
-@dataclass(frozen=True)
-class CalibrationConfig:
-    """Options of Level 1 calibration; every field has a default that suits ordinary data.
-
-    Attributes
-    ----------
-    combine : {"sigma_clip", "median"}
-        How masters combine frames along ``frame``: sigma-clipped mean (clipped about the median
-        with a MAD-based sigma, so that it works for 3-5 frames) or plain median.
-    clip_sigma : float
-        Clipping threshold of ``"sigma_clip"`` (in robust sigma).
-    clip_iterations : int
-        Clipping passes of ``"sigma_clip"``.
-    reject_sigma : float
-        Outlier calibration frames: a bias or dark whose median is further than this many robust
-        sigma from its group's, or whose spread or bright fraction stands out (see
-        `reject_frames`), is not used.
-    max_saturated_fraction : float
-        A calibration frame with more than this fraction of saturated pixels is not used.
-    exptime_rtol : float
-        Relative tolerance for a dark to count as the same exposure as a light or flat.
-    hot_sigma : float
-        Hot pixel: dark current above the median by more than this many robust sigma (MAD).
-    dead_response : float
-        Dead/cold pixel: master flat below this fraction of the smoothed flat.
-    flat_smooth_px : int
-        Width of the median filter that gives the smoothed flat (odd, >= 3).
-    bad_column_fraction : float
-        The hot or dead pixels of a column with at least this fraction of them get BAD_COLUMN.
-    clean : {"interpolate", "median", "mask", "none"}
-        Bad-pixel cleaning: Gaussian-weighted interpolation of good neighbours (normalised
-        convolution), local median of good neighbours, NaN (plus the MASKED flag), or nothing.
-    clean_sigma_px : float
-        Width (sigma, px) of the interpolation kernel; the window reaches 3 sigma.
-    clean_size_px : int
-        Side of the local-median window (odd).
-    require_flat : bool
-        Raise `LcdaskError` when lights of a filter have no flat; when False they are calibrated
-        without flat-fielding and a note says so.
-    saturate_adu : float or None
-        Saturation level overriding the frames' ``saturate_adu`` coordinate.
-    """
-
-    combine: str = "sigma_clip"
-    clip_sigma: float = 3.0
-    clip_iterations: int = 2
-    reject_sigma: float = 5.0
-    max_saturated_fraction: float = 0.001
-    exptime_rtol: float = 0.01
-    hot_sigma: float = 5.0
-    dead_response: float = 0.7
-    flat_smooth_px: int = 9
-    bad_column_fraction: float = 0.3
-    clean: str = "interpolate"
-    clean_sigma_px: float = 1.0
-    clean_size_px: int = 5
-    require_flat: bool = False
-    saturate_adu: float | None = None
-
-    def __post_init__(self) -> None:
-        _check_choice("combine", self.combine, _COMBINE)
-        _check_choice("clean", self.clean, _CLEAN)
-        for name in ("clip_sigma", "reject_sigma", "hot_sigma", "clean_sigma_px"):
-            _check_positive(name, getattr(self, name))
-        for name in ("clip_iterations",):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"CalibrationConfig.{name} must be an integer >= 1, got {value!r}")
-        for name in (
-            "max_saturated_fraction",
-            "exptime_rtol",
-            "dead_response",
-            "bad_column_fraction",
-        ):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"CalibrationConfig.{name} must be in [0, 1], got {value!r}")
-        for name in ("flat_smooth_px", "clean_size_px"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 3 or value % 2 == 0:
-                raise ValueError(
-                    f"CalibrationConfig.{name} must be an odd integer >= 3, got {value!r}"
-                )
-        if self.saturate_adu is not None:
-            _check_positive("saturate_adu", self.saturate_adu)
-
-
-def _check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(
-            f"CalibrationConfig.{name} must be one of {', '.join(map(repr, allowed))}; "
-            f"got {value!r}"
-        )
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"CalibrationConfig.{name} must be a positive number, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------

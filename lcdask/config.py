@@ -2,32 +2,35 @@
 
 A configuration file has one table per stage; every field has a default that suits ordinary data,
 so a file holds only what differs. ``lcdask config`` prints the defaults as a commented TOML file
-to start from. Each stage owns its options dataclass (documented in its numpydoc "Attributes"
-section, which also gives the comments of the printed file).
+to start from. Each stage's options are one dataclass here (documented in its numpydoc
+"Attributes" section, which also gives the comments of the printed file), which the stage
+imports: loading a configuration imports none of the stages.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 import types
 import typing
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lcdask.astrometry import AstrometryConfig
-from lcdask.calibrate import CalibrationConfig
-from lcdask.lightcurves import LightCurvesConfig
-from lcdask.stages.level2 import Level2Config
-
 __all__ = [
+    "STAR_FLAT_MODES",
+    "AstrometryConfig",
+    "CalibrationConfig",
     "CatalogConfig",
     "ClusterConfig",
     "Config",
     "ConfigError",
+    "Level2Config",
+    "LightCurvesConfig",
     "default_toml",
     "load_config",
 ]
@@ -35,6 +38,319 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the field and what is allowed."""
+
+
+_COMBINE = ("median", "sigma_clip")
+
+
+_CLEAN = ("interpolate", "median", "mask", "none")
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Options of Level 1 calibration; every field has a default that suits ordinary data.
+
+    Attributes
+    ----------
+    combine : {"sigma_clip", "median"}
+        How masters combine frames along ``frame``: sigma-clipped mean (clipped about the median
+        with a MAD-based sigma, so that it works for 3-5 frames) or plain median.
+    clip_sigma : float
+        Clipping threshold of ``"sigma_clip"`` (in robust sigma).
+    clip_iterations : int
+        Clipping passes of ``"sigma_clip"``.
+    reject_sigma : float
+        Outlier calibration frames: a bias or dark whose median is further than this many robust
+        sigma from its group's, or whose spread or bright fraction stands out (see
+        `reject_frames`), is not used.
+    max_saturated_fraction : float
+        A calibration frame with more than this fraction of saturated pixels is not used.
+    exptime_rtol : float
+        Relative tolerance for a dark to count as the same exposure as a light or flat.
+    hot_sigma : float
+        Hot pixel: dark current above the median by more than this many robust sigma (MAD).
+    dead_response : float
+        Dead/cold pixel: master flat below this fraction of the smoothed flat.
+    flat_smooth_px : int
+        Width of the median filter that gives the smoothed flat (odd, >= 3).
+    bad_column_fraction : float
+        The hot or dead pixels of a column with at least this fraction of them get BAD_COLUMN.
+    clean : {"interpolate", "median", "mask", "none"}
+        Bad-pixel cleaning: Gaussian-weighted interpolation of good neighbours (normalised
+        convolution), local median of good neighbours, NaN (plus the MASKED flag), or nothing.
+    clean_sigma_px : float
+        Width (sigma, px) of the interpolation kernel; the window reaches 3 sigma.
+    clean_size_px : int
+        Side of the local-median window (odd).
+    require_flat : bool
+        Raise `LcdaskError` when lights of a filter have no flat; when False they are calibrated
+        without flat-fielding and a note says so.
+    saturate_adu : float or None
+        Saturation level overriding the frames' ``saturate_adu`` coordinate.
+    """
+
+    combine: str = "sigma_clip"
+    clip_sigma: float = 3.0
+    clip_iterations: int = 2
+    reject_sigma: float = 5.0
+    max_saturated_fraction: float = 0.001
+    exptime_rtol: float = 0.01
+    hot_sigma: float = 5.0
+    dead_response: float = 0.7
+    flat_smooth_px: int = 9
+    bad_column_fraction: float = 0.3
+    clean: str = "interpolate"
+    clean_sigma_px: float = 1.0
+    clean_size_px: int = 5
+    require_flat: bool = False
+    saturate_adu: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("combine", self.combine, _COMBINE)
+        _check_choice("clean", self.clean, _CLEAN)
+        for name in ("clip_sigma", "reject_sigma", "hot_sigma", "clean_sigma_px"):
+            _check_positive(name, getattr(self, name))
+        for name in ("clip_iterations",):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"CalibrationConfig.{name} must be an integer >= 1, got {value!r}")
+        for name in (
+            "max_saturated_fraction",
+            "exptime_rtol",
+            "dead_response",
+            "bad_column_fraction",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"CalibrationConfig.{name} must be in [0, 1], got {value!r}")
+        for name in ("flat_smooth_px", "clean_size_px"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 3 or value % 2 == 0:
+                raise ValueError(
+                    f"CalibrationConfig.{name} must be an odd integer >= 3, got {value!r}"
+                )
+        if self.saturate_adu is not None:
+            _check_positive("saturate_adu", self.saturate_adu)
+
+
+def _check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(
+            f"CalibrationConfig.{name} must be one of {', '.join(map(repr, allowed))}; "
+            f"got {value!r}"
+        )
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"CalibrationConfig.{name} must be a positive number, got {value!r}")
+
+
+STAR_FLAT_MODES = ("auto", "on", "off")
+"""Values of ``[lightcurves] star_flat``."""
+
+
+@dataclass(frozen=True)
+class LightCurvesConfig:
+    """Options of the light curves.
+
+    Attributes
+    ----------
+    forced : bool
+        Forced photometry of the missing entries (`lcdask.stages.forced`): where a source has no
+        detection, measure it at its position placed on that frame by the frame's WCS, with the
+        detections' flux (aperture and aperture correction, or PSF) and zero point; flagged
+        FORCED. Movers and frames without a plate solution are not forced.
+    forced_min_detections : int
+        Sources detected in fewer frames are not forced (mostly noise and cosmic-ray residuals).
+    max_rate_arcsec_h : float
+        Fastest motion the track linking looks for (`lcdask.classify.link_tracks`): main-belt
+        asteroids move 20-60"/h, near-Earth objects up to thousands. A faster mover must still
+        be detected as a point in each frame (trailed by less than a few FWHM).
+    star_flat : str
+        Illumination correction from the stars themselves (`fit_star_flat`), divided out of
+        the fluxes before the ensemble photometry: a smooth polynomial over the detector
+        fitted to how each stable star's brightness changes as it drifts across it. "auto":
+        when the lights were not flat-fielded (no master flat for their filter) and the field
+        moved enough on the detector for the stars to sample it (re-pointing, tracking drift);
+        "on": also after a flat field (what a flat leaves, e.g. scattered light), still only
+        when the field moved; "off": never. Without it, on a night without flats, stars
+        drifting across 13% of vignetting are classed variable.
+    """
+
+    forced: bool = True
+    forced_min_detections: int = 3
+    max_rate_arcsec_h: float = 600.0
+    star_flat: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.star_flat not in STAR_FLAT_MODES:
+            raise ValueError(
+                f"star_flat must be one of {', '.join(map(repr, STAR_FLAT_MODES))}, "
+                f"not {self.star_flat!r}"
+            )
+        if not self.max_rate_arcsec_h > 0:
+            raise ValueError(f"max_rate_arcsec_h must be positive, not {self.max_rate_arcsec_h!r}")
+        if self.forced_min_detections < 1:
+            raise ValueError(
+                f"forced_min_detections must be 1 or more, not {self.forced_min_detections!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Level2Config:
+    """Options of detection, plate solving and photometric calibration.
+
+    Attributes
+    ----------
+    threshold_sigma : float
+        Detection threshold in units of the background RMS.
+    min_area : int
+        Minimum connected pixels of a detection.
+    backend : {"sep", "photutils"}
+        Detection library.
+    band : str
+        Catalog band the zero point refers to (a column of the reference catalog), or "auto":
+        the band of the light frames' FILTER (`lcdask.catalogs.filter_band`: SDSS u g r i z,
+        Johnson-Cousins B V R I; r for clear or unknown filters; the catalog's first band when
+        it lacks that one).
+    match_radius_arcsec : float
+        Radius for matching detections to catalog stars after plate solving.
+    fit_slope : bool
+        Fit the slope of catalog against instrumental magnitude (else fixed to 1).
+    max_shift_px : float
+        Largest drift the fast refinement searches; when it finds none, the whole field is
+        searched (`lcdask.astrometry.refine_wcs`, any drift that leaves stars in common).
+    flux : {"aperture", "psf", "detection"}
+        The flux the light curves and zero points use: the aperture-corrected 1.5 FWHM
+        aperture of the Level 3 photometry (cosmic rays cleaned, sky subtracted), its PSF flux
+        with the ePSF of the co-add, or the detection's own 2.5 FWHM aperture
+        (fastest; 2-3% of the flux outside it).
+    coadd_frames : int
+        Solved frames co-added into ``coadd.fits`` (spread evenly over the night, so that
+        movers and cosmic rays are rejected); its ePSF is the PSF model of every frame,
+        scaled to each frame's FWHM. 0: no co-add, the ePSF comes from the reference frame.
+        20 by default: on a simulated night of 40 frames of 2048^2 a co-add of 20 gave the
+        same light curves as one of all 40 (ePSF within 0.8% of its peak, zero points within
+        0.0005 mag, stable stars' scatter equal) at half the co-add's cost, which grows with
+        the frames; more make a deeper ``coadd.fits``.
+    coadd_method : {"median", "sigma_clip"}
+        How the co-add combines its frames pixel by pixel: median, or a mean after clipping
+        at 3 sigma about the median (deeper, as robust with 5 frames or more).
+    cosmics : {"auto", "fast", "psf", "tiles", "none"}
+        Cosmic-ray detection before photometry: "auto" takes the fast L.A.Cosmic for frames
+        with FWHM of 2 px or more and the PSF test ("psf", `lcdask.cosmics`: a pixel sharper
+        than the run's ePSF allows at any sub-pixel phase) for undersampled ones, where
+        L.A.Cosmic's sharpness test cannot tell cosmic rays from star cores (on the Lowell
+        frames, FWHM 1.5-1.8 px, it and astroscrappy flagged 6,500-10,000 pixels of a 300 s
+        frame; the PSF test 820-1,770, by eye cosmic rays). Without an ePSF (the reference
+        frame's own, built before it) "psf" does nothing. "tiles" runs astroscrappy around
+        candidates whatever the FWHM.
+    """
+
+    threshold_sigma: float = 3.0
+    min_area: int = 5
+    backend: str = "sep"
+    band: str = "auto"
+    match_radius_arcsec: float = 2.0
+    fit_slope: bool = True
+    max_shift_px: float = 60.0
+    flux: str = "aperture"
+    cosmics: str = "auto"
+    coadd_frames: int = 20
+    coadd_method: str = "sigma_clip"
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("sep", "photutils"):
+            raise ValueError(f"backend must be 'sep' or 'photutils', not {self.backend!r}")
+        if self.flux not in ("aperture", "psf", "detection"):
+            raise ValueError(f"flux must be 'aperture', 'psf' or 'detection', not {self.flux!r}")
+        if self.cosmics not in ("auto", "fast", "psf", "tiles", "none"):
+            raise ValueError(
+                f"cosmics must be 'auto', 'fast', 'psf', 'tiles' or 'none', not {self.cosmics!r}"
+            )
+        if self.coadd_method not in ("median", "sigma_clip"):
+            raise ValueError(
+                f"coadd_method must be 'median' or 'sigma_clip', not {self.coadd_method!r}"
+            )
+        if not self.coadd_frames >= 0:
+            raise ValueError(f"coadd_frames must be 0 or more, not {self.coadd_frames!r}")
+        for name in ("threshold_sigma", "match_radius_arcsec", "max_shift_px"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class AstrometryConfig:
+    """Plate solving of the reference frame and of frames that fail to follow it.
+
+    Attributes
+    ----------
+    solver : {"auto", "header", "asterism", "solve-field", "web"}
+        "auto" tries in turn: the header WCS checked against the catalog (enough detections
+        within header_match_arcsec of catalog stars), the asterism solver against the
+        catalog, astrometry.net's solve-field with the installed index files (blind, with the
+        pixel scale and pointing of the headers as hints), the astrometry.net web API (with
+        an API key, not offline). A name uses that solver alone (`PLATE_SOLVERS`). With no
+        solution, frames are aligned to each other on a nominal tangent plane (relative
+        positions only).
+    index_dir : str
+        Directory of astrometry.net index files for solve-field ("" for the system's:
+        /etc/astrometry.cfg, /usr/share/astrometry). Debian's astrometry-data-tycho2 files
+        solve fields from about 22'; add 4200/5200-series files for narrower ones.
+    timeout_s : float
+        Seconds one solve may take (solve-field's CPU limit; the web API's wait).
+    n_detections : int
+        Brightest detections given to solve-field and the web API.
+    scale_tolerance : float
+        Relative width of the pixel-scale hint (a header's scale keywords can be 10% off).
+    search_radius_deg : float
+        How far from the header pointing solve-field and the web API search (generous: header
+        pointings can be far off).
+    header_match_arcsec : float
+        Largest distance of a detection from its catalog star for the header WCS to be
+        accepted.
+    api_key : str
+        astrometry.net API key ("" for the ASTROMETRY_NET_API_KEY environment variable).
+    offline : bool
+        Never reach the network (the web API is not tried); also set by catalog.offline.
+    """
+
+    solver: str = "auto"
+    index_dir: str = ""
+    timeout_s: float = 60.0
+    n_detections: int = 80
+    scale_tolerance: float = 0.25
+    search_radius_deg: float = 5.0
+    header_match_arcsec: float = 3.0
+    api_key: str = dataclasses.field(default="", repr=False)
+    offline: bool = False
+
+    def __post_init__(self) -> None:
+        if self.solver != "auto":
+            # the registry is imported only to check a named solver (it imports every solver)
+            from lcdask.astrometry import PLATE_SOLVERS
+
+            allowed = ("auto", *PLATE_SOLVERS)
+            if self.solver not in allowed:
+                raise ValueError(
+                    f"astrometry.solver must be one of {', '.join(map(repr, allowed))}, "
+                    f"not {self.solver!r}"
+                )
+        if self.index_dir and not Path(self.index_dir).expanduser().is_dir():
+            raise ValueError(
+                f"astrometry.index_dir {self.index_dir!r} is not a directory: give the folder "
+                'of the index files, or "" for the system\'s'
+            )
+        for name in ("timeout_s", "search_radius_deg", "header_match_arcsec"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"astrometry.{name} must be positive, not {getattr(self, name)!r}")
+        if not 0 < self.scale_tolerance < 1:
+            raise ValueError(
+                f"astrometry.scale_tolerance must be between 0 and 1, not {self.scale_tolerance!r}"
+            )
+        if self.n_detections < 4:
+            raise ValueError(f"astrometry.n_detections must be 4 or more, not {self.n_detections}")
 
 
 @dataclass(frozen=True)

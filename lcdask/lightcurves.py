@@ -55,6 +55,7 @@ import pandas as pd
 import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
+from lcdask.config import STAR_FLAT_MODES, LightCurvesConfig
 from lcdask.flags import ARTEFACT as ARTEFACT_BIT
 
 __all__ = [
@@ -130,57 +131,6 @@ class LightCurveFlag(IntFlag):
     ARTEFACT = ARTEFACT_BIT
     """(Detection bit, `lcdask.flags.ARTEFACT`) a detector artefact: a hot pixel, a warm column or
     another source fixed on the detector (`lcdask.classify.find_artefacts`)."""
-
-
-STAR_FLAT_MODES = ("auto", "on", "off")
-"""Values of ``[lightcurves] star_flat``."""
-
-
-@dataclass(frozen=True)
-class LightCurvesConfig:
-    """Options of the light curves.
-
-    Attributes
-    ----------
-    forced : bool
-        Forced photometry of the missing entries (`lcdask.stages.forced`): where a source has no
-        detection, measure it at its position placed on that frame by the frame's WCS, with the
-        detections' flux (aperture and aperture correction, or PSF) and zero point; flagged
-        FORCED. Movers and frames without a plate solution are not forced.
-    forced_min_detections : int
-        Sources detected in fewer frames are not forced (mostly noise and cosmic-ray residuals).
-    max_rate_arcsec_h : float
-        Fastest motion the track linking looks for (`lcdask.classify.link_tracks`): main-belt
-        asteroids move 20-60"/h, near-Earth objects up to thousands. A faster mover must still
-        be detected as a point in each frame (trailed by less than a few FWHM).
-    star_flat : str
-        Illumination correction from the stars themselves (`fit_star_flat`), divided out of
-        the fluxes before the ensemble photometry: a smooth polynomial over the detector
-        fitted to how each stable star's brightness changes as it drifts across it. "auto":
-        when the lights were not flat-fielded (no master flat for their filter) and the field
-        moved enough on the detector for the stars to sample it (re-pointing, tracking drift);
-        "on": also after a flat field (what a flat leaves, e.g. scattered light), still only
-        when the field moved; "off": never. Without it, on a night without flats, stars
-        drifting across 13% of vignetting are classed variable.
-    """
-
-    forced: bool = True
-    forced_min_detections: int = 3
-    max_rate_arcsec_h: float = 600.0
-    star_flat: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.star_flat not in STAR_FLAT_MODES:
-            raise ValueError(
-                f"star_flat must be one of {', '.join(map(repr, STAR_FLAT_MODES))}, "
-                f"not {self.star_flat!r}"
-            )
-        if not self.max_rate_arcsec_h > 0:
-            raise ValueError(f"max_rate_arcsec_h must be positive, not {self.max_rate_arcsec_h!r}")
-        if self.forced_min_detections < 1:
-            raise ValueError(
-                f"forced_min_detections must be 1 or more, not {self.forced_min_detections!r}"
-            )
 
 
 BAD_FOR_COMPARISON = (

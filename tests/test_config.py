@@ -61,3 +61,19 @@ def test_a_removed_option_loads_with_a_warning_naming_it(tmp_path):
     assert not hasattr(config.calibration, "rows_per_chunk")
     with pytest.raises(ConfigError, match="has no option 'row_per_chunk'"):
         load_config(None, calibration={"row_per_chunk": 1})  # a typo is still an error
+
+
+def test_loading_a_configuration_imports_no_stage():
+    """``lcdask.config`` holds every section's options: loading one imports no stage (issue 16:
+    it imported the whole Level 2 stack, 42 modules and 2.4 s, for `Level2Config`)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lcdask.config; lcdask.config.Config();"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('lcdask'))))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert found == ["lcdask", "lcdask.config"]

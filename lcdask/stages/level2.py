@@ -63,6 +63,7 @@ from lcdask.astrometry.frame import internal_catalog, raw_header
 from lcdask.calibrate import PixelFlag
 from lcdask.catalogs import frames_query_circle, reference_catalog, resolve_band
 from lcdask.coadd import Coadd, coadd_tile, optimal_wcs, tile_size_for, tile_slices
+from lcdask.config import Level2Config
 from lcdask.cosmics import CROSS_2, clean_cosmics, remove_cosmics
 from lcdask.detect import DetectionFlag, detect_frame
 from lcdask.errors import FrameError, LcdaskError
@@ -131,89 +132,6 @@ FRAME_COLUMNS = {
 """Per-frame results of Level 2 (``frames.parquet``; the scalars also as coordinates on ``frame``
 in the cube). ``cosmic_pixels`` holds the flat indices (``y * nx + x``, int32) of the pixels
 Level 3 took for cosmic rays, which forced photometry reuses (`lcdask.stages.forced`)."""
-
-
-@dataclass(frozen=True)
-class Level2Config:
-    """Options of detection, plate solving and photometric calibration.
-
-    Attributes
-    ----------
-    threshold_sigma : float
-        Detection threshold in units of the background RMS.
-    min_area : int
-        Minimum connected pixels of a detection.
-    backend : {"sep", "photutils"}
-        Detection library.
-    band : str
-        Catalog band the zero point refers to (a column of the reference catalog), or "auto":
-        the band of the light frames' FILTER (`lcdask.catalogs.filter_band`: SDSS u g r i z,
-        Johnson-Cousins B V R I; r for clear or unknown filters; the catalog's first band when
-        it lacks that one).
-    match_radius_arcsec : float
-        Radius for matching detections to catalog stars after plate solving.
-    fit_slope : bool
-        Fit the slope of catalog against instrumental magnitude (else fixed to 1).
-    max_shift_px : float
-        Largest drift the fast refinement searches; when it finds none, the whole field is
-        searched (`lcdask.astrometry.refine_wcs`, any drift that leaves stars in common).
-    flux : {"aperture", "psf", "detection"}
-        The flux the light curves and zero points use: the aperture-corrected 1.5 FWHM
-        aperture of the Level 3 photometry (cosmic rays cleaned, sky subtracted), its PSF flux
-        with the ePSF of the co-add, or the detection's own 2.5 FWHM aperture
-        (fastest; 2-3% of the flux outside it).
-    coadd_frames : int
-        Solved frames co-added into ``coadd.fits`` (spread evenly over the night, so that
-        movers and cosmic rays are rejected); its ePSF is the PSF model of every frame,
-        scaled to each frame's FWHM. 0: no co-add, the ePSF comes from the reference frame.
-        20 by default: on a simulated night of 40 frames of 2048^2 a co-add of 20 gave the
-        same light curves as one of all 40 (ePSF within 0.8% of its peak, zero points within
-        0.0005 mag, stable stars' scatter equal) at half the co-add's cost, which grows with
-        the frames; more make a deeper ``coadd.fits``.
-    coadd_method : {"median", "sigma_clip"}
-        How the co-add combines its frames pixel by pixel: median, or a mean after clipping
-        at 3 sigma about the median (deeper, as robust with 5 frames or more).
-    cosmics : {"auto", "fast", "psf", "tiles", "none"}
-        Cosmic-ray detection before photometry: "auto" takes the fast L.A.Cosmic for frames
-        with FWHM of 2 px or more and the PSF test ("psf", `lcdask.cosmics`: a pixel sharper
-        than the run's ePSF allows at any sub-pixel phase) for undersampled ones, where
-        L.A.Cosmic's sharpness test cannot tell cosmic rays from star cores (on the Lowell
-        frames, FWHM 1.5-1.8 px, it and astroscrappy flagged 6,500-10,000 pixels of a 300 s
-        frame; the PSF test 820-1,770, by eye cosmic rays). Without an ePSF (the reference
-        frame's own, built before it) "psf" does nothing. "tiles" runs astroscrappy around
-        candidates whatever the FWHM.
-    """
-
-    threshold_sigma: float = 3.0
-    min_area: int = 5
-    backend: str = "sep"
-    band: str = "auto"
-    match_radius_arcsec: float = 2.0
-    fit_slope: bool = True
-    max_shift_px: float = 60.0
-    flux: str = "aperture"
-    cosmics: str = "auto"
-    coadd_frames: int = 20
-    coadd_method: str = "sigma_clip"
-
-    def __post_init__(self) -> None:
-        if self.backend not in ("sep", "photutils"):
-            raise ValueError(f"backend must be 'sep' or 'photutils', not {self.backend!r}")
-        if self.flux not in ("aperture", "psf", "detection"):
-            raise ValueError(f"flux must be 'aperture', 'psf' or 'detection', not {self.flux!r}")
-        if self.cosmics not in ("auto", "fast", "psf", "tiles", "none"):
-            raise ValueError(
-                f"cosmics must be 'auto', 'fast', 'psf', 'tiles' or 'none', not {self.cosmics!r}"
-            )
-        if self.coadd_method not in ("median", "sigma_clip"):
-            raise ValueError(
-                f"coadd_method must be 'median' or 'sigma_clip', not {self.coadd_method!r}"
-            )
-        if not self.coadd_frames >= 0:
-            raise ValueError(f"coadd_frames must be 0 or more, not {self.coadd_frames!r}")
-        for name in ("threshold_sigma", "match_radius_arcsec", "max_shift_px"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
