@@ -53,6 +53,7 @@ aperture, or leave more in the sky annulus after clipping, than the flux error.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import IntFlag
 from typing import Any
 
@@ -62,15 +63,62 @@ from scipy.spatial import cKDTree
 
 __all__ = [
     "DEFAULT_APERTURES",
+    "FLUX_METHODS",
     "PHOTOMETRY_SCHEMA",
+    "FluxMethod",
     "PhotFlag",
     "annulus_sky",
     "aperture_radii",
     "detect_sources",
     "empty_photometry",
+    "flux_method",
     "photometer_frame",
     "photometry_schema",
 ]
+
+@dataclass(frozen=True)
+class FluxMethod:
+    """A flux the light curves and zero points use: ``[level2] flux`` names one of `FLUX_METHODS`.
+
+    Attributes
+    ----------
+    name : str
+        Its name in the configuration.
+    column : str or None
+        The `photometer_frame` column it keeps (its ``_err`` beside it); None for the
+        detection's own flux, which needs no photometry after detection.
+    """
+
+    name: str
+    column: str | None
+
+    @property
+    def measured(self) -> bool:
+        """Whether Level 3 photometry measures it (else the detections' fluxes stand)."""
+        return self.column is not None
+
+    def kept_column(self, psf: Any) -> str:
+        """The column kept on a frame: the PSF flux needs an ePSF (the aperture's without)."""
+        if self.column == "flux_psf" and psf is None:
+            return "flux_ap2"
+        return self.column or "flux"
+
+
+FLUX_METHODS: dict[str, FluxMethod] = {
+    m.name: m
+    for m in (
+        FluxMethod("aperture", "flux_ap2"),
+        FluxMethod("psf", "flux_psf"),
+        FluxMethod("detection", None),
+    )
+}
+"""The aperture-corrected 1.5 FWHM aperture, the ePSF fit, and the detection's own flux."""
+
+
+def flux_method(name: str) -> FluxMethod:
+    """The `FluxMethod` of ``[level2] flux`` (validated by `lcdask.config.Level2Config`)."""
+    return FLUX_METHODS[name]
+
 
 DEFAULT_APERTURES: tuple[tuple[float, str], ...] = (
     (1.0, "fwhm"),

@@ -40,7 +40,7 @@ from astropy.wcs import WCS
 
 from lcdask.lightcurves import LightCurveFlag, missing_entries
 from lcdask.photcal import ZeroPointFit, calibrate_fluxes, instrumental_mag, instrumental_mag_err
-from lcdask.photometry import PhotFlag, photometer_frame
+from lcdask.photometry import PhotFlag, flux_method, photometer_frame
 from lcdask.psf import PSFModel
 from lcdask.stages._parallel import gather_results, share, submit_task
 from lcdask.stages.level2 import (
@@ -188,7 +188,7 @@ def frame_forced_photometry(
         "repaired_mask": repaired,
     }
     # the flux Level 2 keeps (lcdask.stages.level2.frame_photometry)
-    column = "flux_psf" if config.flux == "psf" and psf is not None else "flux_ap2"
+    column = flux_method(config.flux).kept_column(psf)
     det_x, det_y = detections["x"].to_numpy(float), detections["y"].to_numpy(float)
     factor = float(frame.get("aperture_correction", np.nan))
     scale = float(frame.get("psf_scale", np.nan))
@@ -379,7 +379,7 @@ def forced_photometry(
     """
     missing = missing_entries(ds)
     summary: dict[str, Any] = {"n_missing": len(missing), "n_forced": 0}
-    if config.flux == "detection":
+    if not flux_method(config.flux).measured:
         summary["note"] = 'no forced photometry with [level2] flux = "detection"'
         return _empty(), summary
     skipped = missing["source_id"].isin(np.asarray(skip_ids if skip_ids is not None else []))

@@ -78,7 +78,7 @@ from lcdask.photcal import (
     instrumental_mag,
     match_to_catalog,
 )
-from lcdask.photometry import photometer_frame
+from lcdask.photometry import flux_method, photometer_frame
 from lcdask.psf import PSFModel, build_epsf
 from lcdask.sky import subtract_sky
 from lcdask.stages._parallel import gather_results, map_tasks, share, submit_task
@@ -377,7 +377,8 @@ def frame_photometry(
         photometry, which `lcdask.stages.forced` repeats at forced positions.
     """
     nan = {"aperture_correction": np.nan, "psf_scale": np.nan, "cosmic_pixels": None}
-    if config.flux == "detection" or detections is None or not len(detections):
+    method = flux_method(config.flux)
+    if not method.measured or detections is None or not len(detections):
         return detections, nan
     image, sky, mask, cosmic, gain, repaired = prepared_frame(
         cube_path, index, config, fwhm_px, psf
@@ -396,7 +397,7 @@ def frame_photometry(
         repaired_mask=repaired,
     )
     out = detections.rename(columns={"flux": "flux_det", "flux_err": "flux_det_err"})
-    column = "flux_psf" if config.flux == "psf" and psf is not None else "flux_ap2"
+    column = method.kept_column(psf)
     extra = table.drop(columns=["x", "y", "flags"]).reset_index(drop=True)
     out = pd.concat([out.reset_index(drop=True), extra], axis=1)
     out["flux"], out["flux_err"] = table[column].to_numpy(), table[f"{column}_err"].to_numpy()
@@ -731,13 +732,14 @@ def run_level2(
         coadd = _coadd_run(cube, cube_path, lights, rows, stats, client=client, config=config)
         lap("coadd")
         psf = None
-        if config.flux != "detection":
+        if flux_method(config.flux).measured:
             psf = _run_psf(cube_path, coadd, reference, stats, client=client, config=config)
             lap("epsf")
 
     # 5. Level 3 photometry and the zero point of every solved frame, one task each; with
     # flux = "detection" the refine tasks' zero points stand (the same fit of the same fluxes)
-    solved = [i for i in lights if rows[i].get("wcs_solved") and config.flux != "detection"]
+    measured = flux_method(config.flux).measured
+    solved = [i for i in lights if rows[i].get("wcs_solved") and measured]
     fwhm = {i: float(stats[i].get("fwhm_px", np.nan)) for i in lights}
     shared_psf = share(client, psf) if solved else psf
     measured = [
@@ -1084,7 +1086,7 @@ def _wcs_from_message(message: tuple[str, tuple[int, int] | None]) -> WCS:
 
 def _measure_task(cube_path, index, table, row, fwhm_px, psf, catalog, exptime_s, config):
     """Level 3 photometry of one solved frame, then its zero point from those fluxes."""
-    if config.flux != "detection":
+    if flux_method(config.flux).measured:
         table, corrections = frame_photometry(cube_path, index, table, fwhm_px, psf, config)
         row = row | corrections
     return frame_photcal(table, row, catalog, exptime_s=exptime_s, config=config)

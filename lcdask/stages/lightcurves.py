@@ -26,6 +26,7 @@ from lcdask.lightcurves import (
     insert_forced,
 )
 from lcdask.match import match_detections
+from lcdask.photometry import flux_method
 from lcdask.psf import PSFModel
 from lcdask.report import warm_workers
 from lcdask.stages.context import RunContext
@@ -195,7 +196,7 @@ def _forced_target(
     config = ctx.config
     why = (
         "not detected, and forced photometry is off"
-        if not config.lightcurves.forced or config.level2.flux == "detection"
+        if not config.lightcurves.forced or not flux_method(config.level2.flux).measured
         else "not detected, and forced photometry measured it in no frame"
     )
     return dataclasses.replace(located, found=False, how="", separation_arcsec=np.nan, why=why)
@@ -209,7 +210,7 @@ def _forced_photometry(
     movers = first.query("kind == 'moving' or kind == 'artefact'")["source_id"]
     psf_path = ctx.out / "psf.fits"
     psf = None
-    if psf_path.exists() and config.level2.flux != "detection":
+    if psf_path.exists() and flux_method(config.level2.flux).measured:
         with fits.open(psf_path) as hdus:
             psf = PSFModel.from_hdu(hdus["EPSF"])
     cube = cube_io.open_cube(ctx.cube_path)
