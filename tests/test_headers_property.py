@@ -305,3 +305,26 @@ def test_non_ascii_header_bytes_are_read_or_skipped_with_a_reason(key, raw, in_c
         assert str(path) in row["error"]
     else:
         assert row["frame_type"] in ("light", "dark", "bias", "flat")
+
+
+def test_an_unparsable_type_card_is_no_type():
+    """Hypothesis found it: IMAGETYP's value bytes ``\\t/\\x80`` make astropy raise VerifyError
+    (not a ValueError) on reading the card; the frame is then one with no type, not a crash."""
+    import tempfile
+    from pathlib import Path
+
+    from lcdask.stages.ingest import scan_frame
+
+    header = fits.Header(
+        {"IMAGETYP": "QQQ", "DATE-OBS": "2024-05-01T03:00:00", "EXPTIME": 30.0, "OBJECT": "M51"}
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "frame.fits"
+        fits.PrimaryHDU(np.zeros((8, 8), np.uint16), header=header).writeto(path)
+        data = path.read_bytes()
+        path.write_bytes(data.replace(b"QQQ", b"\t/\x80", 1))  # within the quotes
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            row = scan_frame(path)
+    assert "error" not in row, row
+    assert row["frame_type"] == "light"  # no type: an exposure > 0 and an OBJECT

@@ -252,7 +252,7 @@ def _raw(header: Mapping[str, Any], key: str) -> Any:
         if key not in header:
             return None
         value = header[key]
-    except (KeyError, ValueError, IndexError):
+    except (KeyError, ValueError, IndexError, fits.VerifyError):  # an unparsable card: no value
         return None
     if value is None or isinstance(value, fits.card.Undefined):
         return None
@@ -266,7 +266,7 @@ def _raw(header: Mapping[str, Any], key: str) -> Any:
 def _comment(header: Any, key: str) -> str:
     try:
         return str(header.comments[key]).lower()
-    except (AttributeError, KeyError, IndexError, ValueError):
+    except (AttributeError, KeyError, IndexError, ValueError, fits.VerifyError):
         return ""
 
 
@@ -995,7 +995,10 @@ def _wcs_ready_header(header: Mapping[str, Any]) -> fits.Header:
         key = card.keyword
         if key in ("", "COMMENT", "HISTORY") or key in _WCS_DROP_KEYS or len(key) > 8:
             continue  # WCS keywords are all standard 8-character ones
-        value = card.value
+        try:
+            value = card.value
+        except fits.VerifyError:  # an unparsable card (bytes astropy cannot read): not WCS
+            continue
         if isinstance(value, fits.card.Undefined):
             continue
         if isinstance(value, str) and (_WCS_FLOAT_KEYS.match(key) or _WCS_INT_KEYS.match(key)):
