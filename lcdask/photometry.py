@@ -76,6 +76,7 @@ __all__ = [
     "photometry_schema",
 ]
 
+
 @dataclass(frozen=True)
 class FluxMethod:
     """A flux the light curves and zero points use: ``[level2] flux`` names one of `FLUX_METHODS`.
