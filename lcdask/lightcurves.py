@@ -646,52 +646,143 @@ def ensemble_photometry(
     n_iter = 0
     while True:
         n_iter += 1
-        ci = _index_of(sid, comp)
-        cf, ce = np.where(off[ci], np.nan, flux[ci]), err[ci]
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # frames without a good point
-            norm = _common_scale(cf)
-            x_all = cf / norm[:, None]
-            e = ce / cf  # fractional error
-            expected = np.nanmedian(e, axis=1)
-            # a single wild point (a failed centroid, a cosmic ray in a blend: 20% of the flux
-            # on a simulated night) stays out of the transparency: with a weight of 1/10 it
-            # moved a frame's transparency by 9%
-            x = np.where(_wild_points(x_all, expected, noise_floor), np.nan, x_all)
-            # first pass: weights from the expected noise; then from the measured scatter
-            scatter = expected.copy()
-            for _ in range(3):
-                w = 1.0 / scatter**2
-                wx = np.where(np.isfinite(x), w[:, None] * x, 0.0)
-                ww = np.where(np.isfinite(x), w[:, None], 0.0)
-                s_wx, s_w = wx.sum(axis=0), ww.sum(axis=0)
-                loo = (s_wx[None, :] - wx) / (s_w[None, :] - ww)  # ensemble without the star
-                resid = x / loo
-                resid = resid / np.nanmedian(resid, axis=1, keepdims=True)
-                scatter = np.maximum(robust_std(resid, axis=1), 1e-6)
-        ratio = scatter / np.hypot(expected, noise_floor)
+        fit = _fit_ensemble(_index_of(sid, comp), flux, err, off, noise_floor=noise_floor)
+        ratio = fit.scatter / np.hypot(fit.expected, noise_floor)
         if imposed or n_iter >= max_iter:
             break
-        typical = np.nanmedian(ratio)
-        spread = max(float(robust_std(ratio)), 0.05 * typical)
-        bad = (ratio > reject_ratio) & (ratio > typical + clip * spread) | ~np.isfinite(ratio)
-        # against the ensemble's median, which one eclipsing star does not move (it prints on
-        # the weighted mean, hence on every other star's leave-one-out residuals)
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN frames
-            to_median = x_all / np.nanmedian(x_all, axis=0)
-            to_median /= np.nanmedian(to_median, axis=1, keepdims=True)
-            far = np.abs(to_median - 1.0) > 5.0 * np.fmax(scatter, expected)[:, None]
-        n_off, n_points = far.sum(axis=1), np.isfinite(to_median).sum(axis=1)
-        eclipsing = (n_off >= min_outliers) & (n_off > outlier_fraction * n_points)
-        bad |= eclipsing
-        if not bad.any() or comp.size - bad.sum() < min_comparison:
+        worst = _worst_comparison(
+            fit,
+            ratio,
+            reject_ratio=reject_ratio,
+            clip=clip,
+            min_outliers=min_outliers,
+            outlier_fraction=outlier_fraction,
+            min_comparison=min_comparison,
+        )
+        if worst is None:
             break
-        # drop the worst offender first (its signal pollutes the others' residuals)
-        score = np.where(np.isfinite(ratio), ratio, np.inf) + np.where(eclipsing, 1e6 * n_off, 0)
-        worst = int(np.nanargmax(np.where(bad, score, -np.inf)))
         rejected.append(int(comp[worst]))
         comp = np.delete(comp, worst)
+    rel, rel_err, transparency, transparency_err = _ensemble_relative_fluxes(fit, flux, err)
+    weights = fit.w / fit.w.sum()
+    return EnsembleResult(
+        rel_flux=rel,
+        rel_flux_err=rel_err,
+        transparency=transparency,
+        transparency_err=transparency_err,
+        comparison_ids=comp.astype(np.int64),
+        weights=weights,
+        scatter=fit.scatter,
+        rejected_ids=np.asarray(rejected, dtype=np.int64),
+        n_iterations=n_iter,
+        note=note,
+        criteria=criteria,
+    )
+
+
+@dataclass(frozen=True)
+class _EnsembleFit:
+    """One round of the ensemble on the comparison stars at rows ``ci`` of the cube.
+
+    ``x_all``: their fluxes over a common scale; ``x``: the same without wild points; ``e``:
+    fractional errors; ``expected``: each star's median fractional error; ``scatter``: its
+    robust scatter about the ensemble without itself; ``w``: the weights of the last pass (from
+    the scatter before it); ``wx``, ``ww``, ``s_wx``, ``s_w``: weighted fluxes and weights per
+    point and their sums per frame; ``loo``: the ensemble without each star.
+    """
+
+    ci: NDArray
+    x_all: NDArray
+    x: NDArray
+    e: NDArray
+    expected: NDArray
+    scatter: NDArray
+    w: NDArray
+    wx: NDArray
+    ww: NDArray
+    s_wx: NDArray
+    s_w: NDArray
+    loo: NDArray
+
+
+def _fit_ensemble(
+    ci: NDArray, flux: NDArray, err: NDArray, off: NDArray, *, noise_floor: float
+) -> _EnsembleFit:
+    """Weight the comparison stars at rows ``ci``: from the expected noise, then three times from
+    the measured scatter about the ensemble without each star."""
+    cf, ce = np.where(off[ci], np.nan, flux[ci]), err[ci]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # frames without a good point
+        norm = _common_scale(cf)
+        x_all = cf / norm[:, None]
+        e = ce / cf  # fractional error
+        expected = np.nanmedian(e, axis=1)
+        # a single wild point (a failed centroid, a cosmic ray in a blend: 20% of the flux
+        # on a simulated night) stays out of the transparency: with a weight of 1/10 it
+        # moved a frame's transparency by 9%
+        x = np.where(_wild_points(x_all, expected, noise_floor), np.nan, x_all)
+        # first pass: weights from the expected noise; then from the measured scatter
+        scatter = expected.copy()
+        for _ in range(3):
+            w = 1.0 / scatter**2
+            wx = np.where(np.isfinite(x), w[:, None] * x, 0.0)
+            ww = np.where(np.isfinite(x), w[:, None], 0.0)
+            s_wx, s_w = wx.sum(axis=0), ww.sum(axis=0)
+            loo = (s_wx[None, :] - wx) / (s_w[None, :] - ww)  # ensemble without the star
+            resid = x / loo
+            resid = resid / np.nanmedian(resid, axis=1, keepdims=True)
+            scatter = np.maximum(robust_std(resid, axis=1), 1e-6)
+    return _EnsembleFit(ci, x_all, x, e, expected, scatter, w, wx, ww, s_wx, s_w, loo)
+
+
+def _worst_comparison(
+    fit: _EnsembleFit,
+    ratio: NDArray,
+    *,
+    reject_ratio: float,
+    clip: float,
+    min_outliers: int,
+    outlier_fraction: float,
+    min_comparison: int,
+) -> int | None:
+    """Position of the comparison star to drop next (the worst offender: its signal pollutes
+    the others' residuals), or None when none is bad or dropping one leaves too few."""
+    scatter, expected, x_all = fit.scatter, fit.expected, fit.x_all
+    typical = np.nanmedian(ratio)
+    spread = max(float(robust_std(ratio)), 0.05 * typical)
+    bad = (ratio > reject_ratio) & (ratio > typical + clip * spread) | ~np.isfinite(ratio)
+    # against the ensemble's median, which one eclipsing star does not move (it prints on
+    # the weighted mean, hence on every other star's leave-one-out residuals)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN frames
+        to_median = x_all / np.nanmedian(x_all, axis=0)
+        to_median /= np.nanmedian(to_median, axis=1, keepdims=True)
+        far = np.abs(to_median - 1.0) > 5.0 * np.fmax(scatter, expected)[:, None]
+    n_off, n_points = far.sum(axis=1), np.isfinite(to_median).sum(axis=1)
+    eclipsing = (n_off >= min_outliers) & (n_off > outlier_fraction * n_points)
+    bad |= eclipsing
+    if not bad.any() or fit.ci.size - bad.sum() < min_comparison:
+        return None
+    # drop the worst offender first (its signal pollutes the others' residuals)
+    score = np.where(np.isfinite(ratio), ratio, np.inf) + np.where(eclipsing, 1e6 * n_off, 0)
+    return int(np.nanargmax(np.where(bad, score, -np.inf)))
+
+
+def _ensemble_relative_fluxes(
+    fit: _EnsembleFit, flux: NDArray, err: NDArray
+) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+    """Every source's flux relative to the ensemble (each comparison star's relative to the
+    ensemble without itself), normalised to its median, with errors; and the transparency."""
+    ci, x, e, w, ww, s_wx, s_w, loo = (
+        fit.ci,
+        fit.x,
+        fit.e,
+        fit.w,
+        fit.ww,
+        fit.s_wx,
+        fit.s_w,
+        fit.loo,
+    )
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # frames without any comparison point
         transparency = s_wx / s_w
@@ -713,20 +804,7 @@ def ensemble_photometry(
         med = np.nanmedian(rel, axis=1, keepdims=True)
         rel = rel / med
         rel_err = np.abs(rel) * np.sqrt(rel_frac_err2)
-    weights = w / w.sum()
-    return EnsembleResult(
-        rel_flux=rel,
-        rel_flux_err=rel_err,
-        transparency=transparency,
-        transparency_err=transparency_err,
-        comparison_ids=comp.astype(np.int64),
-        weights=weights,
-        scatter=scatter,
-        rejected_ids=np.asarray(rejected, dtype=np.int64),
-        n_iterations=n_iter,
-        note=note,
-        criteria=criteria,
-    )
+    return rel, rel_err, transparency, transparency_err
 
 
 def _wild_points(x: NDArray, expected: NDArray, noise_floor: float) -> NDArray[np.bool_]:
