@@ -596,52 +596,143 @@ def ensemble_photometry(
     n_iter = 0
     while True:
         n_iter += 1
-        ci = _index_of(sid, comp)
-        cf, ce = np.where(off[ci], np.nan, flux[ci]), err[ci]
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # frames without a good point
-            norm = _common_scale(cf)
-            x_all = cf / norm[:, None]
-            e = ce / cf  # fractional error
-            expected = np.nanmedian(e, axis=1)
-            # a single wild point (a failed centroid, a cosmic ray in a blend: 20% of the flux
-            # on a simulated night) stays out of the transparency: with a weight of 1/10 it
-            # moved a frame's transparency by 9%
-            x = np.where(_wild_points(x_all, expected, noise_floor), np.nan, x_all)
-            # first pass: weights from the expected noise; then from the measured scatter
-            scatter = expected.copy()
-            for _ in range(3):
-                w = 1.0 / scatter**2
-                wx = np.where(np.isfinite(x), w[:, None] * x, 0.0)
-                ww = np.where(np.isfinite(x), w[:, None], 0.0)
-                s_wx, s_w = wx.sum(axis=0), ww.sum(axis=0)
-                loo = (s_wx[None, :] - wx) / (s_w[None, :] - ww)  # ensemble without the star
-                resid = x / loo
-                resid = resid / np.nanmedian(resid, axis=1, keepdims=True)
-                scatter = np.maximum(robust_std(resid, axis=1), 1e-6)
-        ratio = scatter / np.hypot(expected, noise_floor)
+        fit = _fit_ensemble(_index_of(sid, comp), flux, err, off, noise_floor=noise_floor)
+        ratio = fit.scatter / np.hypot(fit.expected, noise_floor)
         if imposed or n_iter >= max_iter:
             break
-        typical = np.nanmedian(ratio)
-        spread = max(float(robust_std(ratio)), 0.05 * typical)
-        bad = (ratio > reject_ratio) & (ratio > typical + clip * spread) | ~np.isfinite(ratio)
-        # against the ensemble's median, which one eclipsing star does not move (it prints on
-        # the weighted mean, hence on every other star's leave-one-out residuals)
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN frames
-            to_median = x_all / np.nanmedian(x_all, axis=0)
-            to_median /= np.nanmedian(to_median, axis=1, keepdims=True)
-            far = np.abs(to_median - 1.0) > 5.0 * np.fmax(scatter, expected)[:, None]
-        n_off, n_points = far.sum(axis=1), np.isfinite(to_median).sum(axis=1)
-        eclipsing = (n_off >= min_outliers) & (n_off > outlier_fraction * n_points)
-        bad |= eclipsing
-        if not bad.any() or comp.size - bad.sum() < min_comparison:
+        worst = _worst_comparison(
+            fit,
+            ratio,
+            reject_ratio=reject_ratio,
+            clip=clip,
+            min_outliers=min_outliers,
+            outlier_fraction=outlier_fraction,
+            min_comparison=min_comparison,
+        )
+        if worst is None:
             break
-        # drop the worst offender first (its signal pollutes the others' residuals)
-        score = np.where(np.isfinite(ratio), ratio, np.inf) + np.where(eclipsing, 1e6 * n_off, 0)
-        worst = int(np.nanargmax(np.where(bad, score, -np.inf)))
         rejected.append(int(comp[worst]))
         comp = np.delete(comp, worst)
+    rel, rel_err, transparency, transparency_err = _ensemble_relative_fluxes(fit, flux, err)
+    weights = fit.w / fit.w.sum()
+    return EnsembleResult(
+        rel_flux=rel,
+        rel_flux_err=rel_err,
+        transparency=transparency,
+        transparency_err=transparency_err,
+        comparison_ids=comp.astype(np.int64),
+        weights=weights,
+        scatter=fit.scatter,
+        rejected_ids=np.asarray(rejected, dtype=np.int64),
+        n_iterations=n_iter,
+        note=note,
+        criteria=criteria,
+    )
+
+
+@dataclass(frozen=True)
+class _EnsembleFit:
+    """One round of the ensemble on the comparison stars at rows ``ci`` of the cube.
+
+    ``x_all``: their fluxes over a common scale; ``x``: the same without wild points; ``e``:
+    fractional errors; ``expected``: each star's median fractional error; ``scatter``: its
+    robust scatter about the ensemble without itself; ``w``: the weights of the last pass (from
+    the scatter before it); ``wx``, ``ww``, ``s_wx``, ``s_w``: weighted fluxes and weights per
+    point and their sums per frame; ``loo``: the ensemble without each star.
+    """
+
+    ci: NDArray
+    x_all: NDArray
+    x: NDArray
+    e: NDArray
+    expected: NDArray
+    scatter: NDArray
+    w: NDArray
+    wx: NDArray
+    ww: NDArray
+    s_wx: NDArray
+    s_w: NDArray
+    loo: NDArray
+
+
+def _fit_ensemble(
+    ci: NDArray, flux: NDArray, err: NDArray, off: NDArray, *, noise_floor: float
+) -> _EnsembleFit:
+    """Weight the comparison stars at rows ``ci``: from the expected noise, then three times from
+    the measured scatter about the ensemble without each star."""
+    cf, ce = np.where(off[ci], np.nan, flux[ci]), err[ci]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # frames without a good point
+        norm = _common_scale(cf)
+        x_all = cf / norm[:, None]
+        e = ce / cf  # fractional error
+        expected = np.nanmedian(e, axis=1)
+        # a single wild point (a failed centroid, a cosmic ray in a blend: 20% of the flux
+        # on a simulated night) stays out of the transparency: with a weight of 1/10 it
+        # moved a frame's transparency by 9%
+        x = np.where(_wild_points(x_all, expected, noise_floor), np.nan, x_all)
+        # first pass: weights from the expected noise; then from the measured scatter
+        scatter = expected.copy()
+        for _ in range(3):
+            w = 1.0 / scatter**2
+            wx = np.where(np.isfinite(x), w[:, None] * x, 0.0)
+            ww = np.where(np.isfinite(x), w[:, None], 0.0)
+            s_wx, s_w = wx.sum(axis=0), ww.sum(axis=0)
+            loo = (s_wx[None, :] - wx) / (s_w[None, :] - ww)  # ensemble without the star
+            resid = x / loo
+            resid = resid / np.nanmedian(resid, axis=1, keepdims=True)
+            scatter = np.maximum(robust_std(resid, axis=1), 1e-6)
+    return _EnsembleFit(ci, x_all, x, e, expected, scatter, w, wx, ww, s_wx, s_w, loo)
+
+
+def _worst_comparison(
+    fit: _EnsembleFit,
+    ratio: NDArray,
+    *,
+    reject_ratio: float,
+    clip: float,
+    min_outliers: int,
+    outlier_fraction: float,
+    min_comparison: int,
+) -> int | None:
+    """Position of the comparison star to drop next (the worst offender: its signal pollutes
+    the others' residuals), or None when none is bad or dropping one leaves too few."""
+    scatter, expected, x_all = fit.scatter, fit.expected, fit.x_all
+    typical = np.nanmedian(ratio)
+    spread = max(float(robust_std(ratio)), 0.05 * typical)
+    bad = (ratio > reject_ratio) & (ratio > typical + clip * spread) | ~np.isfinite(ratio)
+    # against the ensemble's median, which one eclipsing star does not move (it prints on
+    # the weighted mean, hence on every other star's leave-one-out residuals)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN frames
+        to_median = x_all / np.nanmedian(x_all, axis=0)
+        to_median /= np.nanmedian(to_median, axis=1, keepdims=True)
+        far = np.abs(to_median - 1.0) > 5.0 * np.fmax(scatter, expected)[:, None]
+    n_off, n_points = far.sum(axis=1), np.isfinite(to_median).sum(axis=1)
+    eclipsing = (n_off >= min_outliers) & (n_off > outlier_fraction * n_points)
+    bad |= eclipsing
+    if not bad.any() or fit.ci.size - bad.sum() < min_comparison:
+        return None
+    # drop the worst offender first (its signal pollutes the others' residuals)
+    score = np.where(np.isfinite(ratio), ratio, np.inf) + np.where(eclipsing, 1e6 * n_off, 0)
+    return int(np.nanargmax(np.where(bad, score, -np.inf)))
+
+
+def _ensemble_relative_fluxes(
+    fit: _EnsembleFit, flux: NDArray, err: NDArray
+) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+    """Every source's flux relative to the ensemble (each comparison star's relative to the
+    ensemble without itself), normalised to its median, with errors; and the transparency."""
+    ci, x, e, w, ww, s_wx, s_w, loo = (
+        fit.ci,
+        fit.x,
+        fit.e,
+        fit.w,
+        fit.ww,
+        fit.s_wx,
+        fit.s_w,
+        fit.loo,
+    )
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # frames without any comparison point
         transparency = s_wx / s_w
@@ -663,20 +754,7 @@ def ensemble_photometry(
         med = np.nanmedian(rel, axis=1, keepdims=True)
         rel = rel / med
         rel_err = np.abs(rel) * np.sqrt(rel_frac_err2)
-    weights = w / w.sum()
-    return EnsembleResult(
-        rel_flux=rel,
-        rel_flux_err=rel_err,
-        transparency=transparency,
-        transparency_err=transparency_err,
-        comparison_ids=comp.astype(np.int64),
-        weights=weights,
-        scatter=scatter,
-        rejected_ids=np.asarray(rejected, dtype=np.int64),
-        n_iterations=n_iter,
-        note=note,
-        criteria=criteria,
-    )
+    return rel, rel_err, transparency, transparency_err
 
 
 def _wild_points(x: NDArray, expected: NDArray, noise_floor: float) -> NDArray[np.bool_]:
@@ -1152,22 +1230,9 @@ def fit_star_flat(
         raise ValueError(f"order must be 0 or more (or None: chosen by the data), not {order!r}")
     if max_order < 0:
         raise ValueError(f"max_order must be 0 or more, not {max_order!r}")
-    flux = ds["flux"].to_numpy().astype(float)
-    err = ds["flux_err"].to_numpy().astype(float)
-    x = ds["x"].to_numpy().astype(float)
-    y = ds["y"].to_numpy().astype(float)
-    flags = ds["flags"].to_numpy()
-    good = _usable(ds) & np.isfinite(x) & np.isfinite(y)
-    good &= (flags & int(BAD_FOR_FLUX | LightCurveFlag.NEAR_MOVER)) == 0
-    with np.errstate(all="ignore"):
-        good &= flux / err >= min_snr
-    keep_star = np.ones(flux.shape[0], bool)
-    if "is_artefact" in ds:
-        keep_star &= ~ds["is_artefact"].to_numpy().astype(bool)
-    if exclude_ids is not None:
-        keep_star &= ~np.isin(ds["source_id"].to_numpy(), np.asarray(exclude_ids, np.int64))
-    good &= keep_star[:, None]
-    good &= (good.sum(axis=1) >= min_points)[:, None]
+    flux, err, x, y, good = _star_flat_points(
+        ds, exclude_ids=exclude_ids, min_snr=min_snr, min_points=min_points
+    )
     empty = StarFlat(
         order=0,
         exponents=(),
@@ -1186,14 +1251,7 @@ def fit_star_flat(
     px, py = x[si, fi], y[si, fi]
     mag = -2.5 * np.log10(flux[si, fi])
     sig = np.hypot(2.5 / np.log(10) * err[si, fi] / flux[si, fi], noise_floor)
-    # how far the field moved on the detector, per star
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mx = np.nanmedian(np.where(good, x, np.nan), axis=1)
-        my = np.nanmedian(np.where(good, y, np.nan), axis=1)
-    dist = np.hypot(px - mx[si], py - my[si])
-    per_star = pd.Series(dist).groupby(si).quantile(0.9)
-    shift = float(np.median(per_star.to_numpy()))
+    shift = _field_shift(good, x, y, si, px, py)
     box = (float(px.min()), float(px.max()), float(py.min()), float(py.max()))
     half = (max((box[1] - box[0]) / 2, 1.0), max((box[3] - box[2]) / 2, 1.0))
     centre = (float(np.median(px)), float(np.median(py)))
@@ -1208,80 +1266,25 @@ def fit_star_flat(
     u = (px - centre[0]) / half[0]
     v = (py - centre[1]) / half[1]
     top = max_order if order is None else order
-    exps_all = _poly_exponents(top)
-    cols = np.zeros((u.size, len(exps_all)))
-    for t, (i, j) in enumerate(exps_all):
-        cols[:, t] = u**i * v**j
-    # terms the star and frame offsets absorb (a gradient under a pure translation)
-    w0 = 1.0 / sig
-    free = np.ones(len(exps_all), bool)
-    for t in range(len(exps_all)):
-        c = cols[:, t]
-        _, resid = _two_way_fit(si, fi, w0, c, np.zeros((c.size, 0)))
-        spread = np.average((c - np.average(c, weights=w0**2)) ** 2, weights=w0**2)
-        free[t] = np.average(resid**2, weights=w0**2) > 1e-3 * spread
-    use = np.ones(si.size, bool)
-    n_dropped_stars = 0
-
-    def fit(sel: NDArray[np.bool_], n_terms: int) -> tuple[NDArray, NDArray]:
-        # the points' own star/frame numbering, so that dropped stars leave no empty column
-        s_idx = np.unique(si[sel], return_inverse=True)[1]
-        f_idx = np.unique(fi[sel], return_inverse=True)[1]
-        t_sel = free.copy()
-        t_sel[n_terms:] = False
-        coef = np.zeros(len(exps_all))
-        c, r = _two_way_fit(s_idx, f_idx, w0[sel], mag[sel], cols[sel][:, t_sel])
-        coef[t_sel] = c
-        return coef, r
-
-    n_top = len(exps_all)
-    for _ in range(max_iter):
-        _, r = fit(use, n_top)
-        z = r / sig[use]
-        scale = max(float(robust_std(z)), 1e-6)
-        bad_point = np.zeros(si.size, bool)
-        bad_point[np.flatnonzero(use)[np.abs(z) > clip * scale]] = True
-        star_scatter = pd.Series(z).groupby(si[use]).agg(lambda a: float(robust_std(a)))
-        typical = float(np.median(star_scatter.to_numpy()))
-        bad_star = star_scatter.index[star_scatter.to_numpy() > star_clip * typical].to_numpy()
-        new = use & ~bad_point & ~np.isin(si, bad_star)
-        counts = np.bincount(si[new], minlength=flux.shape[0])
-        new &= counts[si] >= min_points
-        if np.array_equal(new, use):
-            break
-        n_dropped_stars += int(np.unique(si[use & ~new & np.isin(si, bad_star)]).size)
-        use = new
+    design = _star_flat_design(si, fi, mag, sig, u, v, top)
+    use, n_dropped_stars = _clip_star_flat(
+        design,
+        n_sources=flux.shape[0],
+        min_points=min_points,
+        clip=clip,
+        star_clip=star_clip,
+        max_iter=max_iter,
+    )
     n = int(use.sum())
-    orders = [top] if order is not None else list(range(0, top + 1))
-    bic: dict[int, float] = {}
-    fits: dict[int, tuple[NDArray, NDArray]] = {}
-    for o in orders:
-        n_terms = len(_poly_exponents(o))
-        coef, r = fit(use, n_terms)
-        chi2 = float(np.sum((r / sig[use]) ** 2))
-        k = np.unique(si[use]).size + np.unique(fi[use]).size + int(free[:n_terms].sum())
-        bic[o] = n * np.log(chi2 / n) + k * np.log(n)
-        fits[o] = (coef, r)
-    chosen = order if order is not None else min(bic, key=bic.get)
-    coef, r_after = fits[chosen] if chosen in fits else fit(use, len(_poly_exponents(chosen)))
-    _, r_before = fits[0] if 0 in fits else fit(use, 0)
+    chosen, bic, coef, r_after, r_before = _star_flat_order(design, use, order=order, top=top)
     s_use = si[use]
-    # the bright stars (median error below 1%), where the flat shows above the noise
-    star_err = pd.Series(sig[use]).groupby(s_use).median()
-    bright = star_err.index[star_err.to_numpy() < 0.01].to_numpy()
-    judged = np.isin(s_use, bright) if bright.size >= 5 else np.ones(n, bool)
-    rms_before = float(
-        np.median(pd.Series(r_before[judged] ** 2).groupby(s_use[judged]).mean() ** 0.5)
-    )
-    rms_after = float(
-        np.median(pd.Series(r_after[judged] ** 2).groupby(s_use[judged]).mean() ** 0.5)
-    )
+    rms_before, rms_after = _bright_star_rms(sig[use], s_use, r_before, r_after)
     n_terms = len(_poly_exponents(chosen))
-    exps = exps_all[:n_terms]
+    exps = design.exponents[:n_terms]
     coef = coef[:n_terms]
-    p = cols[use][:, :n_terms] @ coef if n_terms else np.zeros(n)
+    p = design.cols[use][:, :n_terms] @ coef if n_terms else np.zeros(n)
     thr = 10.0 ** (-0.4 * p)
-    usable = chosen > 0 and bool(free[:n_terms].any())
+    usable = chosen > 0 and bool(design.free[:n_terms].any())
     reason = "" if usable else "the data prefer no correction (degree 0 has the smallest BIC)"
     return StarFlat(
         order=int(chosen),
@@ -1303,3 +1306,168 @@ def fit_star_flat(
         throughput_range=(float(thr.min()), float(thr.max())),
         criterion=bic if order is None else {},
     )
+
+
+def _star_flat_points(
+    ds: xr.Dataset, *, exclude_ids: ArrayLike | None, min_snr: float, min_points: int
+) -> tuple[NDArray, NDArray, NDArray, NDArray, NDArray[np.bool_]]:
+    """``flux``, ``flux_err``, ``x``, ``y`` (source x frame) and the points the star flat may
+    use: usable, unflagged, at ``min_snr`` or more, of stars kept with ``min_points`` or more."""
+    flux = ds["flux"].to_numpy().astype(float)
+    err = ds["flux_err"].to_numpy().astype(float)
+    x = ds["x"].to_numpy().astype(float)
+    y = ds["y"].to_numpy().astype(float)
+    flags = ds["flags"].to_numpy()
+    good = _usable(ds) & np.isfinite(x) & np.isfinite(y)
+    good &= (flags & int(BAD_FOR_FLUX | LightCurveFlag.NEAR_MOVER)) == 0
+    with np.errstate(all="ignore"):
+        good &= flux / err >= min_snr
+    keep_star = np.ones(flux.shape[0], bool)
+    if "is_artefact" in ds:
+        keep_star &= ~ds["is_artefact"].to_numpy().astype(bool)
+    if exclude_ids is not None:
+        keep_star &= ~np.isin(ds["source_id"].to_numpy(), np.asarray(exclude_ids, np.int64))
+    good &= keep_star[:, None]
+    good &= (good.sum(axis=1) >= min_points)[:, None]
+    return flux, err, x, y, good
+
+
+def _field_shift(
+    good: NDArray[np.bool_], x: NDArray, y: NDArray, si: NDArray, px: NDArray, py: NDArray
+) -> float:
+    """How far the field moved on the detector: the median over the stars of the 90th
+    percentile of a star's distance from its median position."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mx = np.nanmedian(np.where(good, x, np.nan), axis=1)
+        my = np.nanmedian(np.where(good, y, np.nan), axis=1)
+    dist = np.hypot(px - mx[si], py - my[si])
+    per_star = pd.Series(dist).groupby(si).quantile(0.9)
+    return float(np.median(per_star.to_numpy()))
+
+
+@dataclass(frozen=True)
+class _StarFlatDesign:
+    """The star flat's least-squares problem: each point's star and frame (``si``, ``fi``),
+    magnitude, error ``sig`` and weight ``w0``; the polynomial terms' columns and exponents
+    (degree ``top``); which terms the star and frame offsets do not absorb (``free``)."""
+
+    si: NDArray
+    fi: NDArray
+    mag: NDArray
+    sig: NDArray
+    w0: NDArray
+    cols: NDArray
+    exponents: tuple[tuple[int, int], ...]
+    free: NDArray[np.bool_]
+
+    def fit(self, sel: NDArray[np.bool_], n_terms: int) -> tuple[NDArray, NDArray]:
+        """Coefficients of all terms (0 for the first ``n_terms`` not free and the rest) and the
+        residuals of the points ``sel``."""
+        si, fi = self.si, self.fi
+        # the points' own star/frame numbering, so that dropped stars leave no empty column
+        s_idx = np.unique(si[sel], return_inverse=True)[1]
+        f_idx = np.unique(fi[sel], return_inverse=True)[1]
+        t_sel = self.free.copy()
+        t_sel[n_terms:] = False
+        coef = np.zeros(len(self.exponents))
+        c, r = _two_way_fit(s_idx, f_idx, self.w0[sel], self.mag[sel], self.cols[sel][:, t_sel])
+        coef[t_sel] = c
+        return coef, r
+
+
+def _star_flat_design(
+    si: NDArray, fi: NDArray, mag: NDArray, sig: NDArray, u: NDArray, v: NDArray, top: int
+) -> _StarFlatDesign:
+    """The polynomial's columns up to degree ``top`` at the scaled positions ``u``, ``v``, and
+    the terms the star and frame offsets absorb (a gradient under a pure translation)."""
+    exps_all = _poly_exponents(top)
+    cols = np.zeros((u.size, len(exps_all)))
+    for t, (i, j) in enumerate(exps_all):
+        cols[:, t] = u**i * v**j
+    # terms the star and frame offsets absorb (a gradient under a pure translation)
+    w0 = 1.0 / sig
+    free = np.ones(len(exps_all), bool)
+    for t in range(len(exps_all)):
+        c = cols[:, t]
+        _, resid = _two_way_fit(si, fi, w0, c, np.zeros((c.size, 0)))
+        spread = np.average((c - np.average(c, weights=w0**2)) ** 2, weights=w0**2)
+        free[t] = np.average(resid**2, weights=w0**2) > 1e-3 * spread
+    return _StarFlatDesign(si, fi, mag, sig, w0, cols, exps_all, free)
+
+
+def _clip_star_flat(
+    design: _StarFlatDesign,
+    *,
+    n_sources: int,
+    min_points: int,
+    clip: float,
+    star_clip: float,
+    max_iter: int,
+) -> tuple[NDArray[np.bool_], int]:
+    """The points kept after clipping outlying points and scattered stars (with all the terms)
+    until nothing changes, and the number of stars dropped for their scatter."""
+    si, sig = design.si, design.sig
+    use = np.ones(si.size, bool)
+    n_dropped_stars = 0
+    n_top = len(design.exponents)
+    for _ in range(max_iter):
+        _, r = design.fit(use, n_top)
+        z = r / sig[use]
+        scale = max(float(robust_std(z)), 1e-6)
+        bad_point = np.zeros(si.size, bool)
+        bad_point[np.flatnonzero(use)[np.abs(z) > clip * scale]] = True
+        star_scatter = pd.Series(z).groupby(si[use]).agg(lambda a: float(robust_std(a)))
+        typical = float(np.median(star_scatter.to_numpy()))
+        bad_star = star_scatter.index[star_scatter.to_numpy() > star_clip * typical].to_numpy()
+        new = use & ~bad_point & ~np.isin(si, bad_star)
+        counts = np.bincount(si[new], minlength=n_sources)
+        new &= counts[si] >= min_points
+        if np.array_equal(new, use):
+            break
+        n_dropped_stars += int(np.unique(si[use & ~new & np.isin(si, bad_star)]).size)
+        use = new
+    return use, n_dropped_stars
+
+
+def _star_flat_order(
+    design: _StarFlatDesign, use: NDArray[np.bool_], *, order: int | None, top: int
+) -> tuple[int, dict[int, float], NDArray, NDArray, NDArray]:
+    """The degree (``order``, or the one of 0..``top`` with the smallest BIC), the BIC of each
+    degree tried, the chosen fit's coefficients and residuals, and degree 0's residuals."""
+    si, fi, sig, free = design.si, design.fi, design.sig, design.free
+    fit = design.fit
+    n = int(use.sum())
+    orders = [top] if order is not None else list(range(0, top + 1))
+    bic: dict[int, float] = {}
+    fits: dict[int, tuple[NDArray, NDArray]] = {}
+    for o in orders:
+        n_terms = len(_poly_exponents(o))
+        coef, r = fit(use, n_terms)
+        chi2 = float(np.sum((r / sig[use]) ** 2))
+        k = np.unique(si[use]).size + np.unique(fi[use]).size + int(free[:n_terms].sum())
+        bic[o] = n * np.log(chi2 / n) + k * np.log(n)
+        fits[o] = (coef, r)
+    chosen = order if order is not None else min(bic, key=bic.get)
+    coef, r_after = fits[chosen] if chosen in fits else fit(use, len(_poly_exponents(chosen)))
+    _, r_before = fits[0] if 0 in fits else fit(use, 0)
+    return chosen, bic, coef, r_after, r_before
+
+
+def _bright_star_rms(
+    sig_use: NDArray, s_use: NDArray, r_before: NDArray, r_after: NDArray
+) -> tuple[float, float]:
+    """Median over the bright stars (median error below 1%, where the flat shows above the
+    noise; all stars when fewer than 5) of each star's RMS residual before and after."""
+    n = s_use.size
+    # the bright stars (median error below 1%), where the flat shows above the noise
+    star_err = pd.Series(sig_use).groupby(s_use).median()
+    bright = star_err.index[star_err.to_numpy() < 0.01].to_numpy()
+    judged = np.isin(s_use, bright) if bright.size >= 5 else np.ones(n, bool)
+    rms_before = float(
+        np.median(pd.Series(r_before[judged] ** 2).groupby(s_use[judged]).mean() ** 0.5)
+    )
+    rms_after = float(
+        np.median(pd.Series(r_after[judged] ** 2).groupby(s_use[judged]).mean() ** 0.5)
+    )
+    return rms_before, rms_after

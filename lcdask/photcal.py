@@ -553,23 +553,9 @@ def fit_zero_point(
     c = None if color is None else np.asarray(color, dtype=float)
     if c is not None and c.shape != m.shape:
         raise ValueError(f"color must have the shape of inst_mag {m.shape}, got {c.shape}")
-
-    cand = np.isfinite(m) & np.isfinite(m_err) & np.isfinite(y) & np.isfinite(y_err)
-    # the faint-end cut on the measured error is loose here and tightened on the error at the
-    # model's predicted flux below: a cut on the measured one keeps upward fluctuations only
-    cand &= (m_err >= 0) & (y_err >= 0) & (m_err <= 2.0 * max_mag_err) & (y_err <= max_mag_err)
-    if c is not None:
-        cand &= np.isfinite(c)
-    if cat_mag_range is not None:
-        lo, hi = cat_mag_range
-        cand &= (y >= lo) & (y <= hi)
-    if good is not None:
-        good_arr = np.asarray(good, dtype=bool)
-        if good_arr.shape != m.shape:
-            raise ValueError(
-                f"good must have the shape of inst_mag {m.shape}, got {good_arr.shape}"
-            )
-        cand &= good_arr
+    cand = _zero_point_candidates(
+        m, m_err, y, y_err, c, max_mag_err=max_mag_err, cat_mag_range=cat_mag_range, good=good
+    )
 
     columns = [np.ones(n)]
     if fit_slope:
@@ -587,32 +573,129 @@ def fit_zero_point(
             f"finite values, errors <= max_mag_err={max_mag_err}, within cat_mag_range="
             f"{cat_mag_range}; check the catalog match radius, the WCS and the catalog depth"
         )
+    model = _ZeroPointModel(
+        m=m,
+        m_err=m_err,
+        y=y,
+        y_err=y_err,
+        design=design,
+        target=target,
+        cand=cand,
+        fit_slope=fit_slope,
+        systematic_err=systematic_err,
+        max_mag_err=max_mag_err,
+    )
+    inl = _ransac_start(
+        model,
+        need,
+        residual_threshold=residual_threshold,
+        slope_range=slope_range,
+        max_trials=max_trials,
+        random_state=random_state,
+    )
+    beta, cov, inl, sig = _reselect_inliers(
+        model, inl, need, residual_threshold=residual_threshold, max_iter=max_iter
+    )
+    n_used = int(inl.sum())
+    if beta is None or cov is None or n_used < need:
+        raise PhotometricCalibrationError(
+            f"only {n_used} of {n_cand} usable stars agree on one zero point (need {need}); "
+            "the catalog may not match the frame's band or WCS"
+        )
+    beta, cov, chi2 = _weighted_fit(design[inl], target[inl], sig[inl])
+    return _zero_point_result(model, beta, cov, chi2, inl, sig, fit_color=c is not None)
 
-    def sigma_of(beta: NDArray[np.float64] | None) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+
+def _zero_point_candidates(
+    m: NDArray[np.float64],
+    m_err: NDArray[np.float64],
+    y: NDArray[np.float64],
+    y_err: NDArray[np.float64],
+    c: NDArray[np.float64] | None,
+    *,
+    max_mag_err: float,
+    cat_mag_range: tuple[float, float] | None,
+    good: ArrayLike | None,
+) -> NDArray[np.bool_]:
+    """The candidate stars of `fit_zero_point` (its step 1, with a loose faint-end cut)."""
+    cand = np.isfinite(m) & np.isfinite(m_err) & np.isfinite(y) & np.isfinite(y_err)
+    # the faint-end cut on the measured error is loose here and tightened on the error at the
+    # model's predicted flux below: a cut on the measured one keeps upward fluctuations only
+    cand &= (m_err >= 0) & (y_err >= 0) & (m_err <= 2.0 * max_mag_err) & (y_err <= max_mag_err)
+    if c is not None:
+        cand &= np.isfinite(c)
+    if cat_mag_range is not None:
+        lo, hi = cat_mag_range
+        cand &= (y >= lo) & (y <= hi)
+    if good is not None:
+        good_arr = np.asarray(good, dtype=bool)
+        if good_arr.shape != m.shape:
+            raise ValueError(
+                f"good must have the shape of inst_mag {m.shape}, got {good_arr.shape}"
+            )
+        cand &= good_arr
+    return cand
+
+
+@dataclass(frozen=True)
+class _ZeroPointModel:
+    """The zero-point fit's problem: the stars' magnitudes and errors, the design matrix and
+    target (``cat_mag``, less ``inst_mag`` when the slope is fixed), and the candidates."""
+
+    m: NDArray[np.float64]
+    m_err: NDArray[np.float64]
+    y: NDArray[np.float64]
+    y_err: NDArray[np.float64]
+    design: NDArray[np.float64]
+    target: NDArray[np.float64]
+    cand: NDArray[np.bool_]
+    fit_slope: bool
+    systematic_err: float
+    max_mag_err: float
+
+    def sigma_of(
+        self, beta: NDArray[np.float64] | None
+    ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+        """Each star's combined sigma under the parameters ``beta`` (None: none yet), and the
+        candidates whose instrumental error there is at most ``max_mag_err``."""
+        m, m_err, y, y_err, fit_slope = self.m, self.m_err, self.y, self.y_err, self.fit_slope
         # instrumental errors scaled to the flux the model predicts from the catalog magnitude
         # (sky-limited: error in flux units constant), so that neither the weights nor the cut
         # favour stars whose measured flux fluctuated up (Eddington / Malmquist bias)
         slope = float(beta[1]) if (beta is not None and fit_slope) else 1.0
         err = m_err
         if beta is not None:
-            m_pred = (y - (design @ beta - (slope * m if fit_slope else 0.0))) / slope
+            m_pred = (y - (self.design @ beta - (slope * m if fit_slope else 0.0))) / slope
             with np.errstate(invalid="ignore", over="ignore"):
                 ratio = np.clip(10.0 ** (-0.4 * (m - m_pred)), 0.5, 2.0)
             err = np.where(np.isfinite(ratio), m_err * ratio, m_err)
-        sigma = np.sqrt(y_err**2 + (slope * err) ** 2 + systematic_err**2)
-        return sigma, cand & (err <= max_mag_err)
+        sigma = np.sqrt(y_err**2 + (slope * err) ** 2 + self.systematic_err**2)
+        return sigma, self.cand & (err <= self.max_mag_err)
 
-    idx = np.flatnonzero(cand & (m_err <= max_mag_err))
+
+def _ransac_start(
+    model: _ZeroPointModel,
+    need: int,
+    *,
+    residual_threshold: float,
+    slope_range: tuple[float, float],
+    max_trials: int,
+    random_state: int | None,
+) -> NDArray[np.bool_]:
+    """RANSAC's inliers on the equations divided by sigma (all candidates when it finds no
+    consensus), from the candidates within ``max_mag_err`` when there are ``need`` of them."""
+    cand, design, target = model.cand, model.design, model.target
+    idx = np.flatnonzero(cand & (model.m_err <= model.max_mag_err))
     if idx.size < need:
         idx = np.flatnonzero(cand)
-    sig, _ = sigma_of(None)
+    sig, _ = model.sigma_of(None)
     xs = design[idx] / sig[idx, None]
     ys = target[idx] / sig[idx]
     found = _ransac_inliers(
         xs,
         ys,
         residual_threshold=residual_threshold,
-        slope_index=1 if fit_slope else None,
+        slope_index=1 if model.fit_slope else None,
         slope_range=slope_range,
         max_trials=max_trials,
         random_state=random_state,
@@ -621,31 +704,56 @@ def fit_zero_point(
         # RANSAC found no consensus (e.g. every random model invalid); start from all candidates
         inl = cand.copy()
     else:
-        inl = np.zeros(n, dtype=bool)
+        inl = np.zeros(model.m.size, dtype=bool)
         inl[idx[found]] = True
+    return inl
 
+
+def _reselect_inliers(
+    model: _ZeroPointModel,
+    inl: NDArray[np.bool_],
+    need: int,
+    *,
+    residual_threshold: float,
+    max_iter: int,
+) -> tuple[
+    NDArray[np.float64] | None, NDArray[np.float64] | None, NDArray[np.bool_], NDArray[np.float64]
+]:
+    """The weighted fit on the inliers, repeated with the inliers re-selected from all
+    candidates until they no longer change: the last parameters and covariance (None if no
+    fit was made), the inliers and the sigmas under the last parameters."""
+    design, target = model.design, model.target
     beta = cov = None
-    chi2 = 0.0
-    usable = cand
+    sig = None
     for _ in range(max_iter):
         if inl.sum() < need:
             break
-        sig, _ = sigma_of(beta)
-        beta, cov, chi2 = _weighted_fit(design[inl], target[inl], sig[inl])
-        sig, usable = sigma_of(beta)
+        sig, _ = model.sigma_of(beta)
+        beta, cov, _chi2 = _weighted_fit(design[inl], target[inl], sig[inl])
+        sig, usable = model.sigma_of(beta)
         resid = (target - design @ beta) / sig
         new = usable & (np.abs(resid) < residual_threshold)
         if np.array_equal(new, inl):
             break
         inl = new
+    return beta, cov, inl, sig
+
+
+def _zero_point_result(
+    model: _ZeroPointModel,
+    beta: NDArray[np.float64],
+    cov: NDArray[np.float64],
+    chi2: float,
+    inl: NDArray[np.bool_],
+    sig: NDArray[np.float64],
+    *,
+    fit_color: bool,
+) -> ZeroPointFit:
+    """The `ZeroPointFit` of the final weighted fit (covariance scaled by the reduced chi-square
+    when above 1)."""
+    design, target, m, fit_slope = model.design, model.target, model.m, model.fit_slope
     n_used = int(inl.sum())
-    if beta is None or cov is None or n_used < need:
-        raise PhotometricCalibrationError(
-            f"only {n_used} of {n_cand} usable stars agree on one zero point (need {need}); "
-            "the catalog may not match the frame's band or WCS"
-        )
-    beta, cov, chi2 = _weighted_fit(design[inl], target[inl], sig[inl])
-    dof = n_used - n_par
+    dof = n_used - design.shape[1]
     chi2_red = chi2 / dof if dof > 0 else float("nan")
     if dof > 0 and chi2_red > 1.0:
         cov = cov * chi2_red
@@ -659,7 +767,7 @@ def fit_zero_point(
         slope, slope_err = float(beta[k]), float(err[k])
         k += 1
     color_term, color_term_err = 0.0, 0.0
-    if c is not None:
+    if fit_color:
         color_term, color_term_err = float(beta[k]), float(err[k])
     return ZeroPointFit(
         zero_point=zero_point,
@@ -670,13 +778,13 @@ def fit_zero_point(
         color_term_err=color_term_err,
         covariance=cov,
         n_used=n_used,
-        n_matched=n,
+        n_matched=m.size,
         inliers=inl,
         rms=float(np.sqrt(np.mean(resid_mag**2))),
         chi2_reduced=float(chi2_red),
         pivot_inst_mag=float(np.sum(w * m[inl]) / np.sum(w)),
         fit_slope=fit_slope,
-        fit_color=c is not None,
+        fit_color=fit_color,
     )
 
 

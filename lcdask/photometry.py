@@ -461,8 +461,6 @@ def photometer_frame(
     ValueError
         For a non-2-D image, arrays of another shape, or bad apertures or FWHM.
     """
-    import sep
-
     data = _native(image)
     if data.ndim != 2:
         raise ValueError(f"photometer_frame needs a 2-D image, got shape {data.shape}")
@@ -486,18 +484,7 @@ def photometer_frame(
         "aperture_correction": dict.fromkeys(names, 1.0),
         "psf_scale": float("nan"),
     }
-    bad = ~np.isfinite(data)
-    if mask is not None:
-        bad |= mask.astype(bool)
-    clean = np.where(bad, data.dtype.type(0), data) if bad.any() else data
-    if rms is None:
-        from astropy.stats import mad_std
-
-        rms_map: np.ndarray | float = float(mad_std(clean[~bad]))
-    else:
-        rms_map = np.ascontiguousarray(rms, dtype=np.float32) if np.ndim(rms) else float(rms)
-        if np.ndim(rms_map) and np.shape(rms_map) != data.shape:
-            raise ValueError(f"photometer_frame: rms shape {np.shape(rms)} differs")
+    bad, clean, rms_map = _usable_pixels(data, mask, rms)
     if x is None or y is None:
         x, y = detect_sources(clean, rms_map, fwhm_px, mask=bad, threshold_sigma=threshold_sigma)
     x = np.atleast_1d(np.asarray(x, dtype=np.float64))
@@ -505,92 +492,72 @@ def photometer_frame(
     info["n_sources"] = int(x.size)
     if x.size == 0:
         return empty_photometry(apertures), info
-    ny, nx = data.shape
 
     # local sky
     sky, sky_std, n_sky = annulus_sky(data, x, y, r_in, r_out, mask=bad)
     sky = np.nan_to_num(sky)
     sky_err = np.where(n_sky > 0, sky_std / np.sqrt(np.maximum(n_sky, 1)), np.nan)
 
-    # aperture sums (exact overlap), CCD-equation errors
-    var_map = np.ascontiguousarray(rms_map**2) if np.ndim(rms_map) else float(rms_map) ** 2
-    sep_mask = bad if bad.any() else None
-    table: dict[str, np.ndarray] = {"x": x, "y": y}
-    fluxes = np.empty((radii.size, x.size))
-    errors = np.empty_like(fluxes)
-    for k, r in enumerate(radii):
-        s, _, _ = sep.sum_circle(clean, x, y, r, mask=sep_mask, subpix=0)
-        area = np.pi * r * r
-        if np.ndim(var_map):
-            vsum, _, _ = sep.sum_circle(var_map, x, y, r, subpix=0)
-        else:
-            vsum = var_map * area
-        f = s - area * sky
-        var = vsum + np.clip(f, 0.0, None) / gain + area**2 * np.nan_to_num(sky_err) ** 2
-        fluxes[k] = f
-        errors[k] = np.sqrt(var)
+    fluxes, errors = _aperture_fluxes(
+        clean, x, y, radii, sky=sky, sky_err=sky_err, rms_map=rms_map, bad=bad, gain=gain
+    )
 
     # flags
-    flags = np.zeros(x.size, dtype=np.int32)
-    r_big = radii.max()
-    edge = (x - r_big < -0.5) | (x + r_big > nx - 0.5) | (y - r_big < -0.5) | (y + r_big > ny - 0.5)
-    flags[edge] |= PhotFlag.EDGE
     fwhm_ap = [r for r, (_, u) in zip(radii, apertures, strict=True) if u == "fwhm"]
     r_flag = max(fwhm_ap) if fwhm_ap else 2.0 * fwhm_px
-    if bad.any():
-        nb, _, _ = sep.sum_circle(bad.astype(np.float32), x, y, r_flag, subpix=1)
-        flags[nb > 0] |= PhotFlag.MASKED
-    if cosmic_mask is not None and cosmic_mask.any():
-        nc, _, _ = sep.sum_circle(cosmic_mask.astype(np.float32), x, y, r_flag, subpix=1)
-        flags[nc > 0] |= PhotFlag.COSMIC
-    if repaired_mask is not None and repaired_mask.any():
-        r_rep = flux_fwhm * fwhm_px
-        nr, _, _ = sep.sum_circle(repaired_mask.astype(np.float32), x, y, r_rep, subpix=1)
-        flags[nr > 0] |= PhotFlag.MASKED
-    if saturation is not None:
-        level = data if background is None else data + background
-        peak = _max_within(level, x, y, max(fwhm_px, 1.0))
-        flags[peak >= saturation] |= PhotFlag.SATURATED
+    flags = _pixel_flags(
+        data,
+        x,
+        y,
+        r_edge=radii.max(),
+        r_flag=r_flag,
+        bad=bad,
+        cosmic_mask=cosmic_mask,
+        repaired_mask=repaired_mask,
+        background=background,
+        saturation=saturation,
+        fwhm_px=fwhm_px,
+        flux_fwhm=flux_fwhm,
+    )
     k_flux = int(np.argmin(np.abs(radii - flux_fwhm * fwhm_px)))
     if x.size > 1:
-        tree = cKDTree(np.column_stack([x, y]))
-        pairs = tree.query_pairs(blend_fwhm * fwhm_px, output_type="ndarray")
-        if len(pairs):
-            flags[np.unique(pairs.ravel())] |= PhotFlag.BLENDED
-        lit = _neighbour_light(
+        _flag_crowding(
+            flags,
             x,
             y,
-            np.nanmax(fluxes, axis=0),
+            fluxes,
             errors[k_flux],
-            fwhm_px=fwhm_px,
             r_aperture=float(radii[k_flux]),
+            fwhm_px=fwhm_px,
+            blend_fwhm=blend_fwhm,
             annulus=(r_in, r_out),
-            sky_std=float(np.nanmedian(sky_std)) if np.isfinite(sky_std).any() else np.nan,
-            beta=wing_beta,
+            sky_std=sky_std,
+            wing_beta=wing_beta,
         )
-        flags[lit] |= PhotFlag.BLENDED
 
     # PSF fluxes
     flux_psf = np.full(x.size, np.nan)
     flux_psf_err = np.full(x.size, np.nan)
     if psf is not None:
-        from lcdask.psf import forced_psf_photometry
-
-        model = psf.scaled_to(fwhm_px) if scale_psf else psf
-        fit_mask = bad
-        if saturation is not None:
-            level = data if background is None else data + background
-            fit_mask = bad | (level >= saturation)
-        if refine_psf_scale:
-            model = _refine(
-                clean, x, y, fluxes, errors, radii, flags, model, rms_map, fwhm_px, fit_mask
-            )
-        info["psf_scale"] = float(model.scale)
-        res = forced_psf_photometry(
-            clean, x, y, model, rms=rms_map, gain=gain, mask=fit_mask, sky=sky
+        flux_psf, flux_psf_err, info["psf_scale"] = _psf_fluxes(
+            clean,
+            data,
+            x,
+            y,
+            psf.scaled_to(fwhm_px) if scale_psf else psf,
+            fluxes=fluxes,
+            errors=errors,
+            radii=radii,
+            flags=flags,
+            bad=bad,
+            background=background,
+            saturation=saturation,
+            refine_psf_scale=refine_psf_scale,
+            rms_map=rms_map,
+            fwhm_px=fwhm_px,
+            gain=gain,
+            sky=sky,
         )
-        flux_psf = res["flux"].to_numpy()
-        flux_psf_err = res["flux_err"].to_numpy()
     flags[~np.isfinite(flux_psf)] |= PhotFlag.PSF_FAILED
 
     # aperture corrections to total flux
@@ -608,7 +575,208 @@ def photometer_frame(
             fluxes[k_flux], errors[k_flux], fluxes[k_wide], errors[k_wide], flags
         )
         flags[extended] |= PhotFlag.BLENDED
-    for k, name in enumerate(names):
+    out = _photometry_table(
+        apertures,
+        x,
+        y,
+        fluxes,
+        errors,
+        flux_psf=flux_psf,
+        flux_psf_err=flux_psf_err,
+        sky=sky,
+        sky_err=sky_err,
+        flags=flags,
+        background=background,
+        shape=data.shape,
+    )
+    return out, info
+
+
+def _usable_pixels(
+    data: np.ndarray, mask: np.ndarray | None, rms: np.ndarray | float | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | float]:
+    """The bad pixels (not finite or masked), the image with them set to 0, and the RMS (a map,
+    a value, or the MAD standard deviation of the good pixels when ``rms`` is None)."""
+    bad = ~np.isfinite(data)
+    if mask is not None:
+        bad |= mask.astype(bool)
+    clean = np.where(bad, data.dtype.type(0), data) if bad.any() else data
+    if rms is None:
+        from astropy.stats import mad_std
+
+        rms_map: np.ndarray | float = float(mad_std(clean[~bad]))
+    else:
+        rms_map = np.ascontiguousarray(rms, dtype=np.float32) if np.ndim(rms) else float(rms)
+        if np.ndim(rms_map) and np.shape(rms_map) != data.shape:
+            raise ValueError(f"photometer_frame: rms shape {np.shape(rms)} differs")
+    return bad, clean, rms_map
+
+
+def _aperture_fluxes(
+    clean: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    radii: np.ndarray,
+    *,
+    sky: np.ndarray,
+    sky_err: np.ndarray,
+    rms_map: np.ndarray | float,
+    bad: np.ndarray,
+    gain: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sky-subtracted aperture sums (exact overlap) and their CCD-equation errors, one row per
+    radius."""
+    import sep
+
+    var_map = np.ascontiguousarray(rms_map**2) if np.ndim(rms_map) else float(rms_map) ** 2
+    sep_mask = bad if bad.any() else None
+    fluxes = np.empty((radii.size, x.size))
+    errors = np.empty_like(fluxes)
+    for k, r in enumerate(radii):
+        s, _, _ = sep.sum_circle(clean, x, y, r, mask=sep_mask, subpix=0)
+        area = np.pi * r * r
+        if np.ndim(var_map):
+            vsum, _, _ = sep.sum_circle(var_map, x, y, r, subpix=0)
+        else:
+            vsum = var_map * area
+        f = s - area * sky
+        var = vsum + np.clip(f, 0.0, None) / gain + area**2 * np.nan_to_num(sky_err) ** 2
+        fluxes[k] = f
+        errors[k] = np.sqrt(var)
+    return fluxes, errors
+
+
+def _pixel_flags(
+    data: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    r_edge: float,
+    r_flag: float,
+    bad: np.ndarray,
+    cosmic_mask: np.ndarray | None,
+    repaired_mask: np.ndarray | None,
+    background: np.ndarray | None,
+    saturation: float | None,
+    fwhm_px: float,
+    flux_fwhm: float,
+) -> np.ndarray:
+    """EDGE, MASKED, COSMIC and SATURATED: what the pixels around each star say about it."""
+    import sep
+
+    ny, nx = data.shape
+    flags = np.zeros(x.size, dtype=np.int32)
+    edge = (x - r_edge < -0.5) | (x + r_edge > nx - 0.5)
+    edge |= (y - r_edge < -0.5) | (y + r_edge > ny - 0.5)
+    flags[edge] |= PhotFlag.EDGE
+    if bad.any():
+        nb, _, _ = sep.sum_circle(bad.astype(np.float32), x, y, r_flag, subpix=1)
+        flags[nb > 0] |= PhotFlag.MASKED
+    if cosmic_mask is not None and cosmic_mask.any():
+        nc, _, _ = sep.sum_circle(cosmic_mask.astype(np.float32), x, y, r_flag, subpix=1)
+        flags[nc > 0] |= PhotFlag.COSMIC
+    if repaired_mask is not None and repaired_mask.any():
+        r_rep = flux_fwhm * fwhm_px
+        nr, _, _ = sep.sum_circle(repaired_mask.astype(np.float32), x, y, r_rep, subpix=1)
+        flags[nr > 0] |= PhotFlag.MASKED
+    if saturation is not None:
+        level = data if background is None else data + background
+        peak = _max_within(level, x, y, max(fwhm_px, 1.0))
+        flags[peak >= saturation] |= PhotFlag.SATURATED
+    return flags
+
+
+def _flag_crowding(
+    flags: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    fluxes: np.ndarray,
+    flux_err: np.ndarray,
+    *,
+    r_aperture: float,
+    fwhm_px: float,
+    blend_fwhm: float,
+    annulus: tuple[float, float],
+    sky_std: np.ndarray,
+    wing_beta: float,
+) -> None:
+    """Set BLENDED in ``flags`` (in place) for a neighbour within ``blend_fwhm`` FWHM and for the
+    wings of brighter stars in the flux aperture of radius ``r_aperture`` (error ``flux_err``)."""
+    tree = cKDTree(np.column_stack([x, y]))
+    pairs = tree.query_pairs(blend_fwhm * fwhm_px, output_type="ndarray")
+    if len(pairs):
+        flags[np.unique(pairs.ravel())] |= PhotFlag.BLENDED
+    lit = _neighbour_light(
+        x,
+        y,
+        np.nanmax(fluxes, axis=0),
+        flux_err,
+        fwhm_px=fwhm_px,
+        r_aperture=r_aperture,
+        annulus=annulus,
+        sky_std=float(np.nanmedian(sky_std)) if np.isfinite(sky_std).any() else np.nan,
+        beta=wing_beta,
+    )
+    flags[lit] |= PhotFlag.BLENDED
+
+
+def _psf_fluxes(
+    clean: np.ndarray,
+    data: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    model: Any,
+    *,
+    fluxes: np.ndarray,
+    errors: np.ndarray,
+    radii: np.ndarray,
+    flags: np.ndarray,
+    bad: np.ndarray,
+    background: np.ndarray | None,
+    saturation: float | None,
+    refine_psf_scale: bool,
+    rms_map: np.ndarray | float,
+    fwhm_px: float,
+    gain: float,
+    sky: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Forced PSF fluxes, their errors and the PSF scale used (saturated pixels left out of the
+    fit; the scale refined on bright isolated stars with ``refine_psf_scale``)."""
+    from lcdask.psf import forced_psf_photometry
+
+    fit_mask = bad
+    if saturation is not None:
+        level = data if background is None else data + background
+        fit_mask = bad | (level >= saturation)
+    if refine_psf_scale:
+        model = _refine(
+            clean, x, y, fluxes, errors, radii, flags, model, rms_map, fwhm_px, fit_mask
+        )
+    psf_scale = float(model.scale)
+    res = forced_psf_photometry(clean, x, y, model, rms=rms_map, gain=gain, mask=fit_mask, sky=sky)
+    return res["flux"].to_numpy(), res["flux_err"].to_numpy(), psf_scale
+
+
+def _photometry_table(
+    apertures: Sequence[tuple[float, str]],
+    x: np.ndarray,
+    y: np.ndarray,
+    fluxes: np.ndarray,
+    errors: np.ndarray,
+    *,
+    flux_psf: np.ndarray,
+    flux_psf_err: np.ndarray,
+    sky: np.ndarray,
+    sky_err: np.ndarray,
+    flags: np.ndarray,
+    background: np.ndarray | None,
+    shape: tuple[int, int],
+) -> pd.DataFrame:
+    """The `photometry_schema(apertures)` table (``sky`` with the subtracted background added)."""
+    ny, nx = shape
+    table: dict[str, np.ndarray] = {"x": x, "y": y}
+    for k in range(len(fluxes)):
+        name = f"flux_ap{k + 1}"
         table[name] = fluxes[k]
         table[f"{name}_err"] = errors[k]
     table["flux_psf"] = flux_psf
@@ -624,8 +792,7 @@ def photometer_frame(
     table["sky_err"] = sky_err
     table["flags"] = flags
     schema = photometry_schema(apertures)
-    out = pd.DataFrame({k: np.asarray(table[k], dtype=t) for k, t in schema.items()}, copy=False)
-    return out, info
+    return pd.DataFrame({k: np.asarray(table[k], dtype=t) for k, t in schema.items()}, copy=False)
 
 
 def _refine(

@@ -29,6 +29,7 @@ Pixel positions are 0-based: the centre of ``image[y, x]`` is ``(x, y)``.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -597,6 +598,223 @@ def _variance_at(rms: float | np.ndarray | None, data: np.ndarray, mask: np.ndar
     return lambda yy, xx: rms[yy, xx].astype(np.float64) ** 2
 
 
+@dataclass
+class _FitStamps:
+    """The stars' square stamps (N, S) and circular fit regions for `forced_psf_photometry`.
+
+    The model of all stars is needed only on the stamps' pixels: it is kept on that set
+    (``pixels``, sorted flat indices; ``compact`` and ``at_sq`` index it from the stamps' inside
+    pixels and from the whole stamps) rather than on the whole frame.
+    """
+
+    xs: np.ndarray
+    ys: np.ndarray
+    inside: np.ndarray
+    in_fit: np.ndarray
+    p_sq: np.ndarray
+    p_fit: np.ndarray
+    d_fit: np.ndarray
+    v_fit: np.ndarray
+    pixels: np.ndarray
+    compact: np.ndarray
+    at_sq: np.ndarray
+
+    def on_stamps(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in ``pixels`` of flat indices, and which of them are stamp pixels."""
+        at = np.minimum(np.searchsorted(self.pixels, flat), self.pixels.size - 1)
+        return at, self.pixels[at] == flat
+
+
+def _fit_stamps(
+    data: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    psf: PSFModel,
+    *,
+    r_fit: float,
+    h: int,
+    mask: np.ndarray | None,
+    sky_star: np.ndarray,
+    var_at: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> _FitStamps:
+    """The stamps of half-size ``h``, the fit regions of radius ``r_fit`` (without bad pixels),
+    the PSF and the data less each star's sky on them, and the sky variance."""
+    nx = data.shape[1]
+    xs, ys, inside = _stamps(data.shape, x, y, h)
+    p_sq = np.where(inside, psf.evaluate(xs - x[:, None], ys - y[:, None]), 0.0)
+    in_fit = inside & ((xs - x[:, None]) ** 2 + (ys - y[:, None]) ** 2 <= r_fit**2)
+    bad = ~np.isfinite(data[ys, xs])
+    in_fit &= ~(bad | mask[ys, xs] if mask is not None else bad)
+    p_fit = np.where(in_fit, p_sq, 0.0)
+    d_fit = np.where(in_fit, data[ys, xs].astype(np.float64), 0.0) - sky_star[:, None]
+    v_fit = var_at(ys, xs)
+    pixels, compact = np.unique((ys * nx + xs)[inside], return_inverse=True)
+    at_sq = np.zeros(inside.shape, np.int64)
+    at_sq[inside] = compact
+    return _FitStamps(xs, ys, inside, in_fit, p_sq, p_fit, d_fit, v_fit, pixels, compact, at_sq)
+
+
+def _blend_groups(
+    data: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    psf: PSFModel,
+    stamps: _FitStamps,
+    labels: np.ndarray,
+    sizes: np.ndarray,
+    sky_star: np.ndarray,
+) -> list[tuple[np.ndarray, ...]]:
+    """The blends, group by group (ascending label): ``(members, py, px, at, design, rhs0)`` on
+    the union of the members' fit regions (``at``: those pixels in ``stamps.pixels``; ``design``:
+    every member's PSF there, from one evaluation; ``rhs0``: the data less the mean sky)."""
+    nx = data.shape[1]
+    groups, offsets = [], []
+    in_group = np.flatnonzero(sizes[labels] > 1)
+    by_group = in_group[np.argsort(labels[in_group], kind="stable")]
+    for members in np.split(by_group, np.cumsum(sizes[sizes > 1])[:-1]) if in_group.size else []:
+        uniq = np.unique((stamps.ys[members] * nx + stamps.xs[members])[stamps.in_fit[members]])
+        py, px = np.divmod(uniq, nx)
+        offsets.append((px[:, None] - x[members], py[:, None] - y[members]))
+        groups.append((members, py, px, stamps.on_stamps(uniq)[0]))
+    if groups:  # every member's PSF on its group's pixels, in one evaluation
+        values = psf.evaluate(
+            np.concatenate([dx.ravel() for dx, _ in offsets]),
+            np.concatenate([dy.ravel() for _, dy in offsets]),
+        )
+        ends = np.cumsum([dx.size for dx, _ in offsets])[:-1]
+        groups = [
+            (
+                members,
+                py,
+                px,
+                at,
+                design.reshape(dx.shape),
+                data[py, px].astype(np.float64) - sky_star[members].mean(),
+            )
+            for (members, py, px, at), design, (dx, _) in zip(
+                groups, np.split(values, ends), offsets, strict=True
+            )
+        ]
+    return groups
+
+
+def _solve_isolated(
+    flux: np.ndarray,
+    err: np.ndarray,
+    single: np.ndarray,
+    w: np.ndarray,
+    p_fit: np.ndarray,
+    resid: np.ndarray,
+) -> None:
+    """Isolated stars: one weighted ratio each, added to ``flux`` (``err`` set), in place."""
+    a = (w[single] * p_fit[single] ** 2).sum(axis=1)
+    b = (w[single] * p_fit[single] * resid[single]).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        flux[single] += np.where(a > 0, b / a, np.nan)
+        err[single] = np.where(a > 0, 1.0 / np.sqrt(a), np.nan)
+
+
+def _solve_blends(
+    flux: np.ndarray,
+    err: np.ndarray,
+    groups: list[tuple[np.ndarray, ...]],
+    model: np.ndarray,
+    *,
+    it: int,
+    var_at: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    gain: float | None,
+) -> None:
+    """Blends: one small dense solve per group, added to ``flux`` (``err`` set), in place."""
+    for members, py, px, at, design, rhs0 in groups:
+        m_here = model[at] if it > 0 else 0.0
+        var_g = var_at(py, px)
+        if it > 0 and gain:
+            var_g = var_g + np.clip(m_here, 0, None) / gain
+        wr = 1.0 / var_g
+        ata = design.T @ (design * wr[:, None])
+        atb = design.T @ (wr * (rhs0 - m_here))
+        try:
+            cov = np.linalg.inv(ata)
+        except np.linalg.LinAlgError:
+            cov = np.linalg.pinv(ata)
+        flux[members] += cov @ atb
+        err[members] = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+
+
+def _wing_stamps(
+    shape: tuple[int, int],
+    x: np.ndarray,
+    y: np.ndarray,
+    f_ok: np.ndarray,
+    psf: PSFModel,
+    stamps: _FitStamps,
+    *,
+    h: int,
+    big: int,
+    wing_r: np.ndarray,
+    wing_frac: np.ndarray,
+    sigma_med: float,
+) -> list[tuple[np.ndarray, ...]]:
+    """Stars whose light beyond their fit stamp matters (above 0.05 sigma of a pixel) get their
+    wings on a stamp of the radius they need, in two tiers: ``(sel, at, row_b, p_wing)`` each."""
+    nx = shape[1]
+    wings = []
+    need = np.abs(f_ok)[:, None] * wing_frac[None, :] > 0.05 * sigma_med  # (N, radii)
+    r_need = _needed_radius(need, wing_r)
+    mid = min(2 * h + 1, big)
+    for r_lo, r_hi in ((h, mid), (mid, big)):
+        sel = np.flatnonzero((r_need > r_lo) & ((r_need <= r_hi) | (r_hi == big)))
+        if sel.size == 0 or r_hi <= r_lo:
+            continue
+        xb, yb, inside_b = _stamps(shape, x[sel], y[sel], r_hi)
+        outer = np.maximum(
+            np.abs(xb - np.rint(x[sel])[:, None]), np.abs(yb - np.rint(y[sel])[:, None])
+        )
+        keep = inside_b & (outer > h)
+        at, hit = stamps.on_stamps((yb * nx + xb)[keep])  # wings matter on stamps only
+        p_wing = psf.evaluate(xb - x[sel][:, None], yb - y[sel][:, None])[keep][hit]
+        row_b = np.broadcast_to(np.arange(sel.size)[:, None], keep.shape)[keep][hit]
+        wings.append((sel, at[hit], row_b, p_wing))
+    return wings
+
+
+def _forced_table(
+    x: np.ndarray,
+    y: np.ndarray,
+    flux: np.ndarray,
+    err: np.ndarray,
+    stamps: _FitStamps,
+    model_at_fit: np.ndarray,
+    *,
+    gain: float | None,
+    labels: np.ndarray,
+    sizes: np.ndarray,
+    chi2_errors: bool,
+) -> pd.DataFrame:
+    """The `FORCED_PSF_SCHEMA` table: the fit's chi2 per star, errors scaled by it with
+    ``chi2_errors``, NaN flux and error where a star has no valid pixel."""
+    var = stamps.v_fit + (np.clip(model_at_fit, 0, None) / gain if gain else 0.0)
+    r2 = np.where(stamps.in_fit, (stamps.d_fit - model_at_fit) ** 2 / var, 0.0)
+    n_pix = stamps.in_fit.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi2 = r2.sum(axis=1) / np.maximum(n_pix - 1, 1)
+    if chi2_errors:
+        err = err * np.sqrt(np.maximum(chi2, 1.0))
+    flux[n_pix == 0] = np.nan
+    err[n_pix == 0] = np.nan
+    return pd.DataFrame(
+        {
+            "x": x,
+            "y": y,
+            "flux": flux,
+            "flux_err": err,
+            "chi2": chi2.astype(np.float32),
+            "group_id": labels,
+            "group_size": sizes[labels].astype(np.int32),
+        }
+    )
+
+
 def forced_psf_photometry(
     image: np.ndarray,
     x: np.ndarray,
@@ -656,15 +874,7 @@ def forced_psf_photometry(
     n = x.size
     if n == 0:
         return pd.DataFrame({k: pd.Series(dtype=v) for k, v in FORCED_PSF_SCHEMA.items()})
-    nx = data.shape[1]
     mask = None if mask is None else np.asarray(mask, dtype=bool)
-
-    def pix(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-        return data[yy, xx].astype(np.float64)
-
-    def bad_at(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-        bad = ~np.isfinite(data[yy, xx])
-        return bad | mask[yy, xx] if mask is not None else bad
 
     fwhm = psf.effective_fwhm_px
     r_fit = max(1.5 * fwhm, 2.5) if fit_radius is None else float(fit_radius)
@@ -672,128 +882,64 @@ def forced_psf_photometry(
     sky_star = np.zeros(n) if sky is None else np.nan_to_num(np.asarray(sky, dtype=np.float64))
 
     # fit regions: (N, S) square stamps, circular fit masks
-    xs, ys, inside = _stamps(data.shape, x, y, h)
-    p_sq = np.where(inside, psf.evaluate(xs - x[:, None], ys - y[:, None]), 0.0)
-    in_fit = inside & ((xs - x[:, None]) ** 2 + (ys - y[:, None]) ** 2 <= r_fit**2)
-    in_fit &= ~bad_at(ys, xs)
-    p_fit = np.where(in_fit, p_sq, 0.0)
-    d_fit = np.where(in_fit, pix(ys, xs), 0.0) - sky_star[:, None]
     var_at = _variance_at(rms, data, mask)
-    v_fit = var_at(ys, xs)
-    # The model of all stars is needed only on the stamps' pixels: it is kept on that set
-    # (``pixels``, sorted flat indices) rather than on the whole frame.
-    pixels, compact = np.unique((ys * nx + xs)[inside], return_inverse=True)
-    at_sq = np.zeros(inside.shape, np.int64)
-    at_sq[inside] = compact
-
-    def on_stamps(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions in ``pixels`` of flat indices, and which of them are stamp pixels."""
-        at = np.minimum(np.searchsorted(pixels, flat), pixels.size - 1)
-        return at, pixels[at] == flat
-
+    st = _fit_stamps(data, x, y, psf, r_fit=r_fit, h=h, mask=mask, sky_star=sky_star, var_at=var_at)
     labels = _groups(x, y, 2.0 * r_fit)
     sizes = np.bincount(labels)
     single = np.flatnonzero(sizes[labels] == 1)
-    groups, offsets = [], []
-    in_group = np.flatnonzero(sizes[labels] > 1)  # blends, group by group (ascending label)
-    by_group = in_group[np.argsort(labels[in_group], kind="stable")]
-    for members in np.split(by_group, np.cumsum(sizes[sizes > 1])[:-1]) if in_group.size else []:
-        uniq = np.unique((ys[members] * nx + xs[members])[in_fit[members]])
-        py, px = np.divmod(uniq, nx)
-        offsets.append((px[:, None] - x[members], py[:, None] - y[members]))
-        groups.append((members, py, px, on_stamps(uniq)[0]))
-    if groups:  # every member's PSF on its group's pixels, in one evaluation
-        values = psf.evaluate(
-            np.concatenate([dx.ravel() for dx, _ in offsets]),
-            np.concatenate([dy.ravel() for _, dy in offsets]),
-        )
-        ends = np.cumsum([dx.size for dx, _ in offsets])[:-1]
-        groups = [
-            (members, py, px, at, design.reshape(dx.shape), pix(py, px) - sky_star[members].mean())
-            for (members, py, px, at), design, (dx, _) in zip(
-                groups, np.split(values, ends), offsets, strict=True
-            )
-        ]
+    groups = _blend_groups(data, x, y, psf, st, labels, sizes, sky_star)
 
     big = int(np.ceil(min(psf.radius_px, 6.0 * fwhm)))
     wings: list = []
     wing_r = np.arange(h + 1, max(big, h + 1) + 1)
     wing_frac = psf.evaluate(wing_r - 0.5, np.zeros(wing_r.size))  # profile just inside r
-    sigma_med = float(np.sqrt(np.median(v_fit)))
+    sigma_med = float(np.sqrt(np.median(st.v_fit)))
     flux = np.zeros(n)
     err = np.full(n, np.nan)
-    model_at_fit = np.zeros_like(d_fit)
-    model = np.zeros(pixels.size)
+    model_at_fit = np.zeros_like(st.d_fit)
+    model = np.zeros(st.pixels.size)
     for it in range(max(1, n_iter)):
-        resid = d_fit - model_at_fit
-        var = v_fit if (it == 0 or not gain) else v_fit + np.clip(model_at_fit, 0, None) / gain
-        w = np.where(in_fit, 1.0 / var, 0.0)
-        # isolated stars: one weighted ratio each
-        a = (w[single] * p_fit[single] ** 2).sum(axis=1)
-        b = (w[single] * p_fit[single] * resid[single]).sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            flux[single] += np.where(a > 0, b / a, np.nan)
-            err[single] = np.where(a > 0, 1.0 / np.sqrt(a), np.nan)
-        # blends: one small dense solve per group on the union of the members' fit regions
-        for members, py, px, at, design, rhs0 in groups:
-            m_here = model[at] if it > 0 else 0.0
-            var_g = var_at(py, px)
-            if it > 0 and gain:
-                var_g = var_g + np.clip(m_here, 0, None) / gain
-            wr = 1.0 / var_g
-            ata = design.T @ (design * wr[:, None])
-            atb = design.T @ (wr * (rhs0 - m_here))
-            try:
-                cov = np.linalg.inv(ata)
-            except np.linalg.LinAlgError:
-                cov = np.linalg.pinv(ata)
-            flux[members] += cov @ atb
-            err[members] = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        resid = st.d_fit - model_at_fit
+        var = (
+            st.v_fit if (it == 0 or not gain) else st.v_fit + np.clip(model_at_fit, 0, None) / gain
+        )
+        w = np.where(st.in_fit, 1.0 / var, 0.0)
+        _solve_isolated(flux, err, single, w, st.p_fit, resid)
+        _solve_blends(flux, err, groups, model, it=it, var_at=var_at, gain=gain)
         # the model of every star: fit stamps for faint stars, the full extent for bright ones
         f_ok = np.where(np.isfinite(flux), flux, 0.0)
-        model = np.bincount(compact, weights=(f_ok[:, None] * p_sq)[inside], minlength=pixels.size)
+        model = np.bincount(
+            st.compact, weights=(f_ok[:, None] * st.p_sq)[st.inside], minlength=st.pixels.size
+        )
         if it == 0 and big > h:
-            # stars whose light beyond their fit stamp matters (above 0.05 sigma of a pixel)
-            # get their wings on a stamp of the radius they need, in two tiers
-            need = np.abs(f_ok)[:, None] * wing_frac[None, :] > 0.05 * sigma_med  # (N, radii)
-            r_need = _needed_radius(need, wing_r)
-            mid = min(2 * h + 1, big)
-            for r_lo, r_hi in ((h, mid), (mid, big)):
-                sel = np.flatnonzero((r_need > r_lo) & ((r_need <= r_hi) | (r_hi == big)))
-                if sel.size == 0 or r_hi <= r_lo:
-                    continue
-                xb, yb, inside_b = _stamps(data.shape, x[sel], y[sel], r_hi)
-                outer = np.maximum(
-                    np.abs(xb - np.rint(x[sel])[:, None]), np.abs(yb - np.rint(y[sel])[:, None])
-                )
-                keep = inside_b & (outer > h)
-                at, hit = on_stamps((yb * nx + xb)[keep])  # wings matter on stamps only
-                p_wing = psf.evaluate(xb - x[sel][:, None], yb - y[sel][:, None])[keep][hit]
-                row_b = np.broadcast_to(np.arange(sel.size)[:, None], keep.shape)[keep][hit]
-                wings.append((sel, at[hit], row_b, p_wing))
+            wings = _wing_stamps(
+                data.shape,
+                x,
+                y,
+                f_ok,
+                psf,
+                st,
+                h=h,
+                big=big,
+                wing_r=wing_r,
+                wing_frac=wing_frac,
+                sigma_med=sigma_med,
+            )
         for sel, at, row_b, p_wing in wings:
-            model += np.bincount(at, weights=f_ok[sel][row_b] * p_wing, minlength=pixels.size)
-        model_at_fit = np.where(in_fit, model[at_sq], 0.0)
+            model += np.bincount(at, weights=f_ok[sel][row_b] * p_wing, minlength=st.pixels.size)
+        model_at_fit = np.where(st.in_fit, model[st.at_sq], 0.0)
 
-    var = v_fit + (np.clip(model_at_fit, 0, None) / gain if gain else 0.0)
-    r2 = np.where(in_fit, (d_fit - model_at_fit) ** 2 / var, 0.0)
-    n_pix = in_fit.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        chi2 = r2.sum(axis=1) / np.maximum(n_pix - 1, 1)
-    if chi2_errors:
-        err = err * np.sqrt(np.maximum(chi2, 1.0))
-    flux[n_pix == 0] = np.nan
-    err[n_pix == 0] = np.nan
-    return pd.DataFrame(
-        {
-            "x": x,
-            "y": y,
-            "flux": flux,
-            "flux_err": err,
-            "chi2": chi2.astype(np.float32),
-            "group_id": labels,
-            "group_size": sizes[labels].astype(np.int32),
-        }
+    return _forced_table(
+        x,
+        y,
+        flux,
+        err,
+        st,
+        model_at_fit,
+        gain=gain,
+        labels=labels,
+        sizes=sizes,
+        chi2_errors=chi2_errors,
     )
 
 

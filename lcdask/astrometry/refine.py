@@ -222,19 +222,77 @@ def refine_wcs(
         return failed_solution(name, f"only {len(x)} usable detections")
     if image_shape is None:
         image_shape = (int(np.ceil(y.max())) + 1, int(np.ceil(x.max())) + 1)
-    ny, nx = image_shape
     cat_ra, cat_dec, _ = catalog_arrays(catalog, mag_column)
     if sip_degree is None and wcs_guess.sip is not None:
         sip_degree = int(wcs_guess.sip.a_order)
+    drift = _DriftSearch(
+        name=name,
+        x=x,
+        y=y,
+        weight=weight,
+        cat_ra=cat_ra,
+        cat_dec=cat_dec,
+        image_shape=image_shape,
+        max_shift_px=max_shift_px,
+        match_radius_px=match_radius_px,
+        nb=min(n_bright, len(x)),
+        sip_degree=sip_degree,
+        min_matches=min_matches,
+        min_matches_sip=min_matches_sip,
+        fitter=fitter,
+        mag_column=mag_column,
+        max_fit_stars=max_fit_stars,
+        wide_search=wide_search,
+    )
+    solution = drift.search(wcs_guess)
+    if not rotation_search or drift.convincing(solution):
+        return solution
+    return _search_turned(drift, solution, detections, wcs_guess, catalog)
 
-    def shifted_fit(guess0, ra, dec, cx, cy, dx, dy, radii_px):
+
+@dataclasses.dataclass(frozen=True)
+class _DriftSearch:
+    """The drift searches of `refine_wcs` on one frame: its detections (``x``, ``y``,
+    ``weight``), the catalog (``cat_ra``, ``cat_dec``) and the options (``nb``: the brightest
+    detections that vote on the drift)."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    weight: np.ndarray
+    cat_ra: np.ndarray
+    cat_dec: np.ndarray
+    image_shape: tuple[int, int]
+    max_shift_px: float
+    match_radius_px: float
+    nb: int
+    sip_degree: int | None
+    min_matches: int
+    min_matches_sip: int
+    fitter: str
+    mag_column: str
+    max_fit_stars: int
+    wide_search: bool
+
+    def shifted_fit(
+        self,
+        guess0: WCS,
+        ra: np.ndarray,
+        dec: np.ndarray,
+        cx: np.ndarray,
+        cy: np.ndarray,
+        dx: float,
+        dy: float,
+        radii_px: tuple[float, ...],
+    ) -> AstrometrySolution:
         """The fit from the guess shifted by (dx, dy), kept as a pure shift when that is better.
 
         The catalog through the shifted guess is its projection ``(cx, cy)`` moved by the shift.
         """
+        x, y, weight, image_shape = self.x, self.y, self.weight, self.image_shape
         guess, guess_xy = _shifted(guess0, dx, dy), (cx + dx, cy + dy)
         solution = iterate_fit(
-            name,
+            self.name,
             x,
             y,
             weight,
@@ -243,26 +301,37 @@ def refine_wcs(
             guess,
             image_shape,
             radii_px=radii_px,
-            sip_degree=sip_degree,
-            min_matches_sip=min_matches_sip,
-            min_matches=min_matches,
-            fitter=fitter,
-            final_fitter=fitter,
-            max_fit_stars=max_fit_stars,
+            sip_degree=self.sip_degree,
+            min_matches_sip=self.min_matches_sip,
+            min_matches=self.min_matches,
+            fitter=self.fitter,
+            final_fitter=self.fitter,
+            max_fit_stars=self.max_fit_stars,
             start_xy=guess_xy,
         )
         if not solution.ok:
             return solution
         return _shift_if_better(
-            solution, guess, x, y, weight, ra, dec, image_shape, match_radius_px, guess_xy=guess_xy
+            solution,
+            guess,
+            x,
+            y,
+            weight,
+            ra,
+            dec,
+            image_shape,
+            self.match_radius_px,
+            guess_xy=guess_xy,
         )
 
-    nb = min(n_bright, len(x))
-
-    def search(guess0: WCS) -> AstrometrySolution:
+    def search(self, guess0: WCS) -> AstrometrySolution:
         """The fast drift vote from ``guess0``, then (``wide_search``) the whole field."""
+        name, nb, min_matches = self.name, self.nb, self.min_matches
+        max_shift_px, match_radius_px = self.max_shift_px, self.match_radius_px
         try:
-            ra, dec, cx, cy = _project_catalog(guess0, cat_ra, cat_dec, image_shape, max_shift_px)
+            ra, dec, cx, cy = _project_catalog(
+                guess0, self.cat_ra, self.cat_dec, self.image_shape, max_shift_px
+            )
         except Exception as exc:  # a broken guess is a failed frame, not a crash
             return failed_solution(name, f"cannot project the catalog through the guess WCS: {exc}")
         failure = failed_solution(
@@ -271,24 +340,34 @@ def refine_wcs(
         if len(ra) >= min_matches:
             # Drift: vote on the offsets between the brightest detections and the brightest stars.
             ib = slice(0, 2 * nb)
-            dx, dy, n_vote = _offset_vote(cx[ib], cy[ib], x[:nb], y[:nb], max_shift_px, 2.0)
+            dx, dy, n_vote = _offset_vote(
+                cx[ib], cy[ib], self.x[:nb], self.y[:nb], max_shift_px, 2.0
+            )
             if n_vote >= min(min_matches, 3):
                 radii = (max(3.0, 1.5 * match_radius_px), match_radius_px)
-                failure = shifted_fit(guess0, ra, dec, cx, cy, dx, dy, radii)
+                failure = self.shifted_fit(guess0, ra, dec, cx, cy, dx, dy, radii)
                 if failure.ok:
                     return failure
-                if not wide_search:
+                if not self.wide_search:
                     return failure
             else:
                 failure = failed_solution(
                     name, f"no common drift found within {max_shift_px:.0f} px"
                 )
-        if not wide_search:
+        if not self.wide_search:
             return failure
+        return self.whole_field(guess0, failure)
 
+    def whole_field(self, guess0: WCS, failure: AstrometrySolution) -> AstrometrySolution:
+        """The drift over the whole field (`pixel_offset`) from ``guess0``, after the fast
+        search's ``failure``."""
+        name, nb, min_matches = self.name, self.nb, self.min_matches
+        ny, nx = self.image_shape
         # The whole field: catalog stars up to a field width off, at the detections' density.
         try:
-            ra, dec, cx, cy = _project_catalog(guess0, cat_ra, cat_dec, image_shape, max(nx, ny))
+            ra, dec, cx, cy = _project_catalog(
+                guess0, self.cat_ra, self.cat_dec, self.image_shape, max(nx, ny)
+            )
         except Exception as exc:
             return failed_solution(name, f"cannot project the catalog through the guess WCS: {exc}")
         if len(ra) < min_matches:
@@ -298,7 +377,9 @@ def refine_wcs(
         area_ratio = max(n_cells * cell * cell / (nx * ny), 1.0)
         n_q = max(round(2 * nb * area_ratio), 2 * nb)
         bin_px = 4.0
-        dx, dy, n_vote, n_chance = pixel_offset(cx[:n_q], cy[:n_q], x[:nb], y[:nb], bin_px=bin_px)
+        dx, dy, n_vote, n_chance = pixel_offset(
+            cx[:n_q], cy[:n_q], self.x[:nb], self.y[:nb], bin_px=bin_px
+        )
         if not significant(n_vote, n_chance, min_matches):
             return failed_solution(
                 name,
@@ -306,51 +387,61 @@ def refine_wcs(
                 f"stars in common, {n_chance:.1f} by chance)",
                 failure.n_matches,
             )
-        radii = (2 * bin_px, max(3.0, 1.5 * match_radius_px), match_radius_px)
-        solution = shifted_fit(guess0, ra, dec, cx, cy, dx, dy, radii)
+        radii = (2 * bin_px, max(3.0, 1.5 * self.match_radius_px), self.match_radius_px)
+        solution = self.shifted_fit(guess0, ra, dec, cx, cy, dx, dy, radii)
         found = (
             f"drift ({dx:.0f}, {dy:.0f}) px found over the whole field ({n_vote} stars in common)"
         )
         return dataclasses.replace(solution, message=f"{found}: {solution.message}")
 
-    solution = search(wcs_guess)
-
-    def convincing(found: AstrometrySolution) -> bool:
+    def convincing(self, found: AstrometrySolution) -> bool:
+        """A solution not to second-guess by turning the frame."""
         # Chance matches (uniform within the last radius) have an rms of 0.7 radius; a frame
         # turned away from the guess can give a few of them a significant-looking fit.
         return found.ok and (
-            found.n_matches >= 3 * min_matches and found.rms_px <= 0.5 * match_radius_px
+            found.n_matches >= 3 * self.min_matches and found.rms_px <= 0.5 * self.match_radius_px
         )
 
-    if not rotation_search or convincing(solution):
-        return solution
+
+def _search_turned(
+    drift: _DriftSearch,
+    solution: AstrometrySolution,
+    detections: pd.DataFrame,
+    wcs_guess: WCS,
+    catalog: pd.DataFrame,
+) -> AstrometrySolution:
+    """The frame turned against the guess: the searches from the guess turned by 180 deg, then
+    (``wide_search``) triangle asterisms at any angle; the solution with the most matched stars
+    among these and the plain search's ``solution``."""
+    name, image_shape, wide_search = drift.name, drift.image_shape, drift.wide_search
+    ny, nx = image_shape
     # A meridian flip: the camera turned 180 deg with the tube, often with a shift.
     candidates = [solution]
     turned = _turned_180(wcs_guess, image_shape)
-    flipped = search(turned)
+    flipped = drift.search(turned)
     if flipped.ok:
         _, dx, dy = _turn_and_drift(flipped.wcs, wcs_guess, image_shape)
         found = "turned 180 deg (meridian flip?) and "
         if not flipped.message.startswith("drift ("):
             found += f"drift ({dx:.0f}, {dy:.0f}) px: "
         candidates.append(dataclasses.replace(flipped, message=found + flipped.message))
-    if wide_search and not convincing(flipped):
+    if wide_search and not drift.convincing(flipped):
         # Any angle: triangle asterisms (rotation-invariant) at the guess's scale, within a
         # field width of its pointing; the match is then refined as any frame's.
         asterism = AsterismSolver(
-            n_detections=max(nb, 4),
+            n_detections=max(drift.nb, 4),
             max_pointing_error_arcmin=max(nx, ny) * pixel_scale_deg(wcs_guess) * 60,
             scale_tolerance=0.03,
-            min_matches=min_matches,
-            sip_degree=sip_degree,
-            min_matches_sip=min_matches_sip,
+            min_matches=drift.min_matches,
+            sip_degree=drift.sip_degree,
+            min_matches_sip=drift.min_matches_sip,
             fitter="linear",
-            mag_column=mag_column,
-            max_fit_stars=max_fit_stars,
+            mag_column=drift.mag_column,
+            max_fit_stars=drift.max_fit_stars,
             name=name,
         ).solve(detections, image_shape, wcs_guess=wcs_guess, catalog=catalog)
         if asterism.ok:
-            refined = search(asterism.wcs)
+            refined = drift.search(asterism.wcs)
             found = refined if refined.ok else asterism
             angle, dx, dy = _turn_and_drift(found.wcs, wcs_guess, image_shape)
             message = (

@@ -23,6 +23,9 @@ that WCS: the truth tables carry only RA/Dec.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+
 import numpy as np
 import pandas as pd
 
@@ -128,6 +131,349 @@ def _track_clearance(
     return best
 
 
+@dataclass
+class _FieldLayout:
+    """The state `make_stars` carries between its steps, in the pixel frame of the true WCS.
+
+    ``rows`` collects the stars drawn so far (in drawing order), ``special_xy`` the places of the
+    variables, which the other stars and the movers' tracks keep clear of.
+    """
+
+    cfg: SimConfig
+    rng: np.random.Generator
+    nominal_fwhm: float
+    extent: float
+    t_start: float
+    t_mid: float
+    span: float
+    rows: list[dict[str, object]] = dataclass_field(default_factory=list)
+    special_xy: list[tuple[float, float]] = dataclass_field(default_factory=list)
+
+    @classmethod
+    def start(cls, cfg: SimConfig, time_mjd: np.ndarray, rng: np.random.Generator) -> _FieldLayout:
+        """An empty layout timed on the light frames' mid-exposure times ``time_mjd``."""
+        nominal_fwhm = cfg.seeing_fwhm_arcsec / cfg.pixel_scale_arcsec
+        t = np.asarray(time_mjd, dtype=float)
+        half_exp = 0.5 * cfg.exptime_s / 86400.0
+        t_start, t_end = t[0] - half_exp, t[-1] + half_exp
+        extent = drift_extent_px(cfg)
+        span = t_end - t_start
+        t_mid = 0.5 * (t_start + t_end)
+        return cls(cfg, rng, nominal_fwhm, extent, t_start, t_mid, span)
+
+    def add(
+        self,
+        x: float,
+        y: float,
+        mag: float,
+        colour: float,
+        role: str,
+        var: dict[str, object] | None = None,
+        pair_id: int = -1,
+        kind: str = "stable",
+        target: bool = False,
+    ) -> None:
+        """Append one star (``var``: its variability columns, none by default)."""
+        self.rows.append(
+            {
+                "x": float(x),
+                "y": float(y),
+                "mag": float(mag),
+                "g_mag": float(mag + colour),
+                "kind": kind,
+                "is_target": target,
+                "role": role,
+                "pair_id": pair_id,
+                **(var or _empty_var()),
+            }
+        )
+
+    def bounds(self, lo: float, hi: float) -> tuple[float, float]:
+        """Pixel range for fractions ``lo``-``hi`` of the side, inside the frame over the drift."""
+        size, extent = self.cfg.size, self.extent
+        lo_px, hi_px = lo * size, hi * size
+        if extent > 0:  # inside the frame over the whole drift
+            lo_px = max(lo_px, extent + 0.05 * size)
+            hi_px = min(hi_px, size - 1.0 - extent - 0.05 * size)
+            if hi_px <= lo_px:
+                lo_px = hi_px = (size - 1) / 2.0
+        return lo_px, hi_px
+
+    def place(self, lo: float, hi: float) -> tuple[float, float]:
+        """Draw an isolated place for a variable (12 FWHM from the others) and record it."""
+        for _ in range(1000):
+            x, y = self.rng.uniform(*self.bounds(lo, hi), 2)
+            if all(np.hypot(x - a, y - b) > 12 * self.nominal_fwhm for a, b in self.special_xy):
+                break
+        self.special_xy.append((float(x), float(y)))
+        return float(x), float(y)
+
+
+def _project_catalog(
+    catalog: pd.DataFrame | None, geom: NightGeometry
+) -> tuple[pd.DataFrame | None, np.ndarray | None, np.ndarray | None]:
+    """The real stars numbered from 0 and their pixels in the true WCS (None if no catalog)."""
+    if catalog is None:
+        return None, None, None
+    catalog = catalog.reset_index(drop=True)
+    cat_x, cat_y = world_to_pixel(
+        catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float), *geom.reference_wcs()
+    )
+    return catalog, cat_x, cat_y
+
+
+def _add_target(
+    layout: _FieldLayout,
+    geom: NightGeometry,
+    catalog: pd.DataFrame | None,
+    cat_x: np.ndarray | None,
+    cat_y: np.ndarray | None,
+) -> tuple[pd.DataFrame | None, np.ndarray | None, np.ndarray | None]:
+    """Add the transiting target; return the catalog without the star the target replaces."""
+    cfg, rng = layout.cfg, layout.rng
+    duration = min(cfg.transit_duration_h / 24.0, 0.5 * layout.span)
+    target_mag = cfg.target_mag
+    if cfg.target_ra_deg is not None and cfg.target_dec_deg is not None:
+        tx, ty = world_to_pixel(
+            np.array([cfg.target_ra_deg]), np.array([cfg.target_dec_deg]), *geom.reference_wcs()
+        )
+        x, y = float(tx[0]), float(ty[0])
+        layout.special_xy.append((x, y))
+        if catalog is not None and len(catalog):
+            sep = angular_separation_arcsec(
+                catalog["ra"], catalog["dec"], cfg.target_ra_deg, cfg.target_dec_deg
+            )
+            nearest = int(np.argmin(sep))
+            if sep[nearest] < TARGET_MATCH_ARCSEC:  # the target is this catalog star
+                target_mag = float(catalog["mag"].iloc[nearest])
+                keep = np.arange(len(catalog)) != nearest
+                catalog, cat_x, cat_y = catalog[keep], cat_x[keep], cat_y[keep]
+    else:
+        x, y = layout.place(0.4, 0.6)
+    layout.add(
+        x,
+        y,
+        target_mag,
+        float(draw_colours(rng, 1)[0]),
+        "target",
+        {
+            "var_type": "transit",
+            "period_d": float(rng.uniform(2.0, 5.0)),
+            "t0_mjd": layout.t_mid,
+            "depth": cfg.transit_depth,
+            "depth2": 0.0,
+            "duration_d": duration,
+            "ingress_d": 0.12 * duration,
+            "amplitude": 0.0,
+        },
+        kind="variable",
+        target=True,
+    )
+    return catalog, cat_x, cat_y
+
+
+def _add_eclipsing_binary(layout: _FieldLayout) -> None:
+    """Add the isolated eclipsing binary (r 14-15.5 plus ``variable_mag_shift``)."""
+    cfg, rng, span = layout.cfg, layout.rng, layout.span
+    eb_duration = min(3.0 / 24.0, 0.4 * span)
+    x, y = layout.place(0.2, 0.8)
+    layout.add(
+        x,
+        y,
+        rng.uniform(14.0, 15.5) + cfg.variable_mag_shift,
+        float(draw_colours(rng, 1)[0]),
+        "eclipsing",
+        {
+            "var_type": "eclipsing",
+            "period_d": float(rng.uniform(0.6, 1.5)),
+            "t0_mjd": layout.t_start + 0.3 * span,
+            "depth": cfg.eclipse_depth,
+            "depth2": 0.3 * cfg.eclipse_depth,
+            "duration_d": eb_duration,
+            "ingress_d": 0.5 * eb_duration,
+            "amplitude": 0.0,
+        },
+        kind="variable",
+    )
+
+
+def _add_pulsator(layout: _FieldLayout) -> None:
+    """Add the isolated pulsator (r 13.5-15.5 plus ``variable_mag_shift``)."""
+    cfg, rng = layout.cfg, layout.rng
+    period = float(np.clip(layout.span / 1.5, 0.03, 0.2))
+    x, y = layout.place(0.2, 0.8)
+    layout.add(
+        x,
+        y,
+        rng.uniform(13.5, 15.5) + cfg.variable_mag_shift,
+        float(draw_colours(rng, 1)[0]),
+        "pulsator",
+        {
+            "var_type": "pulsator",
+            "period_d": period,
+            "t0_mjd": layout.t_start + float(rng.uniform(0.0, period)),
+            "depth": 0.0,
+            "depth2": 0.0,
+            "duration_d": 0.0,
+            "ingress_d": 0.0,
+            "amplitude": cfg.pulsator_amplitude,
+        },
+        kind="variable",
+    )
+
+
+def _add_bright_stars_and_pairs(layout: _FieldLayout) -> None:
+    """Add the bright (saturated) stars and the close pairs, inside the frame."""
+    cfg, rng, size = layout.cfg, layout.rng, layout.cfg.size
+    for _ in range(cfg.n_saturated_stars):
+        xy = rng.uniform(0.05 * size, 0.95 * size, 2)
+        layout.add(xy[0], xy[1], rng.uniform(9.0, 11.5), float(draw_colours(rng, 1)[0]), "bright")
+    for pair in range(cfg.n_close_pairs):
+        xy = rng.uniform(0.1 * size, 0.9 * size, 2)
+        m1 = rng.uniform(14.0, 17.0)
+        sep = rng.uniform(1.0, 3.0) * layout.nominal_fwhm
+        ang = rng.uniform(0.0, 2.0 * np.pi)
+        layout.add(xy[0], xy[1], m1, float(draw_colours(rng, 1)[0]), "close_pair", pair_id=pair)
+        layout.add(
+            xy[0] + sep * np.cos(ang),
+            xy[1] + sep * np.sin(ang),
+            m1 + rng.uniform(0.0, 2.0),
+            float(draw_colours(rng, 1)[0]),
+            "close_pair",
+            pair_id=pair,
+        )
+
+
+def _add_field_stars(
+    layout: _FieldLayout,
+    catalog: pd.DataFrame | None,
+    cat_x: np.ndarray | None,
+    cat_y: np.ndarray | None,
+) -> None:
+    """Add the synthetic field stars and the real catalog stars over the detector plus margin."""
+    cfg, rng, size = layout.cfg, layout.rng, layout.cfg.size
+    margin = field_margin_px(cfg)
+    side_deg = (size + 2 * margin) * cfg.pixel_scale_arcsec / 3600.0
+    n_field = int(rng.poisson(expected_star_count(cfg, side_deg**2)))
+    fx = rng.uniform(-margin, size - 1 + margin, n_field)
+    fy = rng.uniform(-margin, size - 1 + margin, n_field)
+    fmag = luminosity_function_sample(rng, n_field, cfg.mag_bright, cfg.mag_faint)
+    fcol = draw_colours(rng, n_field)
+    for x, y, m, c in zip(fx, fy, fmag, fcol, strict=True):
+        layout.add(x, y, m, c, "field")
+    if catalog is not None:
+        inside = (
+            (cat_x >= -margin)
+            & (cat_x <= size - 1 + margin)
+            & (cat_y >= -margin)
+            & (cat_y <= size - 1 + margin)
+            & np.isfinite(catalog["mag"].to_numpy(float))
+        )
+        ccol = draw_colours(rng, int(inside.sum()))
+        for x, y, m, c in zip(
+            cat_x[inside], cat_y[inside], catalog["mag"].to_numpy(float)[inside], ccol, strict=True
+        ):
+            layout.add(x, y, m, c, "tycho2")
+
+
+def _draw_movers(
+    layout: _FieldLayout, geom: NightGeometry, iso_radius: float
+) -> list[dict[str, object]]:
+    """Draw the slow then the fast movers, each whole track inside the frame and clear of the
+    variables; one ``movers.parquet`` row (without ``star_id``) per mover."""
+    cfg, rng, size, extent = layout.cfg, layout.rng, layout.cfg.size, layout.extent
+    span_h = max(layout.span * 24.0, 1.0 / 6.0)
+    mover_rows = []
+    for speed, count in (("slow", cfg.n_slow_movers), ("fast", cfg.n_fast_movers)):
+        for _ in range(count):
+            if speed == "slow":
+                dist = rng.uniform(1.0, 3.0) * layout.nominal_fwhm
+            else:
+                longest = min(300.0, 0.5 * size)
+                if extent > 0:
+                    longest = min(longest, 0.6 * (0.8 * size - 2.0 * extent))
+                dist = rng.uniform(30.0, max(30.0, longest))
+            ang = rng.uniform(0.0, 2.0 * np.pi)
+            # the whole track (over max(sequence, 10 min)) stays inside the frame
+            lo = 0.1 * size + 0.5 * dist + extent
+            hi = max(lo + 1.0, size - 1 - 0.1 * size - 0.5 * dist - extent)
+            dx, dy = 0.5 * dist * np.cos(ang), 0.5 * dist * np.sin(ang)
+            for _ in range(200):  # keep the track clear of the (isolated) variables
+                xm, ym = rng.uniform(lo, hi, 2)
+                if _track_clearance(xm, ym, dx, dy, layout.special_xy) > iso_radius:
+                    break
+            mag = rng.uniform(cfg.mover_mag_bright, cfg.mover_mag_faint)
+            colour = rng.uniform(0.4, 0.8)
+            ra, dec = pixel_to_world(
+                np.array([xm, xm - dx, xm + dx]),
+                np.array([ym, ym - dy, ym + dy]),
+                *geom.reference_wcs(),
+            )
+            dra = (np.mod(ra[2] - ra[1] + 180.0, 360.0) - 180.0) * np.cos(np.deg2rad(dec[0]))
+            ddec = dec[2] - dec[1]
+            track_h = span_h
+            mover_rows.append(
+                {
+                    "ra0": float(ra[0]),
+                    "dec0": float(dec[0]),
+                    "t0_mjd": layout.t_mid,
+                    "rate_ra_arcsec_h": float(dra * 3600.0 / track_h),
+                    "rate_dec_arcsec_h": float(ddec * 3600.0 / track_h),
+                    "mag": float(mag),
+                    "g_mag": float(mag + colour),
+                    "speed": speed,
+                }
+            )
+    return mover_rows
+
+
+def _isolate_variables(
+    stars: pd.DataFrame, special_xy: list[tuple[float, float]], iso_radius: float
+) -> pd.DataFrame:
+    """Drop every other star (both members of a close pair) within ``iso_radius`` of a variable."""
+    near = np.zeros(len(stars), dtype=bool)
+    for a, b in special_xy:
+        near |= np.hypot(stars["x"] - a, stars["y"] - b).to_numpy() <= iso_radius
+    near &= ~stars["role"].isin(["target", "eclipsing", "pulsator"]).to_numpy()
+    bad_pairs = set(stars.loc[near & (stars["pair_id"] >= 0).to_numpy(), "pair_id"])
+    near |= stars["pair_id"].isin(bad_pairs).to_numpy() & (stars["pair_id"] >= 0).to_numpy()
+    return stars[~near].reset_index(drop=True)
+
+
+def _star_and_mover_tables(
+    stars: pd.DataFrame, mover_rows: list[dict[str, object]], geom: NightGeometry
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``stars.parquet`` (pixel places turned into RA/Dec, movers appended) and ``movers.parquet``,
+    numbered from 1: the stars first, then the movers."""
+    ra, dec = pixel_to_world(stars["x"].to_numpy(), stars["y"].to_numpy(), *geom.reference_wcs())
+    stars = stars.drop(columns=["x", "y"])
+    stars.insert(0, "dec", dec)
+    stars.insert(0, "ra", ra)
+    movers = pd.DataFrame(mover_rows, columns=[c for c in MOVER_COLUMNS if c != "star_id"])
+    first_mover = len(stars) + 1
+    stars.insert(0, "star_id", np.arange(1, len(stars) + 1, dtype=np.int64))
+    movers.insert(0, "star_id", np.arange(first_mover, first_mover + len(movers), dtype=np.int64))
+    mover_stars = pd.DataFrame(
+        {
+            "star_id": movers["star_id"],
+            "ra": movers["ra0"],
+            "dec": movers["dec0"],
+            "mag": movers["mag"],
+            "g_mag": movers["g_mag"],
+            "kind": "moving",
+            "is_target": False,
+            "role": "mover",
+            "pair_id": -1,
+            **_empty_var(),
+        }
+    )
+    stars = pd.concat([stars, mover_stars], ignore_index=True) if len(movers) else stars
+    stars = stars[list(STAR_COLUMNS)].astype(
+        {"star_id": np.int64, "pair_id": np.int64, "is_target": bool, "kind": str, "role": str}
+    )
+    return stars.reset_index(drop=True), movers[list(MOVER_COLUMNS)].reset_index(drop=True)
+
+
 def make_stars(
     cfg: SimConfig,
     geom: NightGeometry,
@@ -158,256 +504,15 @@ def make_stars(
         ``stars.parquet`` (movers included with kind ``moving`` at their t0 position) and
         ``movers.parquet``.
     """
-    size = cfg.size
-    nominal_fwhm = cfg.seeing_fwhm_arcsec / cfg.pixel_scale_arcsec
-    t = np.asarray(time_mjd, dtype=float)
-    half_exp = 0.5 * cfg.exptime_s / 86400.0
-    t_start, t_end = t[0] - half_exp, t[-1] + half_exp
-    extent = drift_extent_px(cfg)
-    span = t_end - t_start
-    t_mid = 0.5 * (t_start + t_end)
-    rows: list[dict[str, object]] = []
-
-    def add(x, y, mag, colour, role, var=None, pair_id=-1, kind="stable", target=False):
-        rows.append(
-            {
-                "x": float(x),
-                "y": float(y),
-                "mag": float(mag),
-                "g_mag": float(mag + colour),
-                "kind": kind,
-                "is_target": target,
-                "role": role,
-                "pair_id": pair_id,
-                **(var or _empty_var()),
-            }
-        )
-
-    # --- variables: target with transit, eclipsing binary, pulsator (isolated)
-    special_xy: list[tuple[float, float]] = []
-
-    def bounds(lo: float, hi: float) -> tuple[float, float]:
-        lo_px, hi_px = lo * size, hi * size
-        if extent > 0:  # inside the frame over the whole drift
-            lo_px = max(lo_px, extent + 0.05 * size)
-            hi_px = min(hi_px, size - 1.0 - extent - 0.05 * size)
-            if hi_px <= lo_px:
-                lo_px = hi_px = (size - 1) / 2.0
-        return lo_px, hi_px
-
-    def place(lo: float, hi: float) -> tuple[float, float]:
-        for _ in range(1000):
-            x, y = rng.uniform(*bounds(lo, hi), 2)
-            if all(np.hypot(x - a, y - b) > 12 * nominal_fwhm for a, b in special_xy):
-                break
-        special_xy.append((float(x), float(y)))
-        return float(x), float(y)
-
-    duration = min(cfg.transit_duration_h / 24.0, 0.5 * span)
-    target_mag = cfg.target_mag
-    if catalog is not None:
-        catalog = catalog.reset_index(drop=True)
-        cat_x, cat_y = world_to_pixel(
-            catalog["ra"].to_numpy(float), catalog["dec"].to_numpy(float), *geom.reference_wcs()
-        )
-    if cfg.target_ra_deg is not None and cfg.target_dec_deg is not None:
-        tx, ty = world_to_pixel(
-            np.array([cfg.target_ra_deg]), np.array([cfg.target_dec_deg]), *geom.reference_wcs()
-        )
-        x, y = float(tx[0]), float(ty[0])
-        special_xy.append((x, y))
-        if catalog is not None and len(catalog):
-            sep = angular_separation_arcsec(
-                catalog["ra"], catalog["dec"], cfg.target_ra_deg, cfg.target_dec_deg
-            )
-            nearest = int(np.argmin(sep))
-            if sep[nearest] < TARGET_MATCH_ARCSEC:  # the target is this catalog star
-                target_mag = float(catalog["mag"].iloc[nearest])
-                keep = np.arange(len(catalog)) != nearest
-                catalog, cat_x, cat_y = catalog[keep], cat_x[keep], cat_y[keep]
-    else:
-        x, y = place(0.4, 0.6)
-    add(
-        x,
-        y,
-        target_mag,
-        float(draw_colours(rng, 1)[0]),
-        "target",
-        {
-            "var_type": "transit",
-            "period_d": float(rng.uniform(2.0, 5.0)),
-            "t0_mjd": t_mid,
-            "depth": cfg.transit_depth,
-            "depth2": 0.0,
-            "duration_d": duration,
-            "ingress_d": 0.12 * duration,
-            "amplitude": 0.0,
-        },
-        kind="variable",
-        target=True,
-    )
-    eb_duration = min(3.0 / 24.0, 0.4 * span)
-    x, y = place(0.2, 0.8)
-    add(
-        x,
-        y,
-        rng.uniform(14.0, 15.5) + cfg.variable_mag_shift,
-        float(draw_colours(rng, 1)[0]),
-        "eclipsing",
-        {
-            "var_type": "eclipsing",
-            "period_d": float(rng.uniform(0.6, 1.5)),
-            "t0_mjd": t_start + 0.3 * span,
-            "depth": cfg.eclipse_depth,
-            "depth2": 0.3 * cfg.eclipse_depth,
-            "duration_d": eb_duration,
-            "ingress_d": 0.5 * eb_duration,
-            "amplitude": 0.0,
-        },
-        kind="variable",
-    )
-    period = float(np.clip(span / 1.5, 0.03, 0.2))
-    x, y = place(0.2, 0.8)
-    add(
-        x,
-        y,
-        rng.uniform(13.5, 15.5) + cfg.variable_mag_shift,
-        float(draw_colours(rng, 1)[0]),
-        "pulsator",
-        {
-            "var_type": "pulsator",
-            "period_d": period,
-            "t0_mjd": t_start + float(rng.uniform(0.0, period)),
-            "depth": 0.0,
-            "depth2": 0.0,
-            "duration_d": 0.0,
-            "ingress_d": 0.0,
-            "amplitude": cfg.pulsator_amplitude,
-        },
-        kind="variable",
-    )
-    iso_radius = max(8.0 * nominal_fwhm, 20.0)
-
-    # --- bright (saturated) stars and close pairs, inside the frame
-    for _ in range(cfg.n_saturated_stars):
-        xy = rng.uniform(0.05 * size, 0.95 * size, 2)
-        add(xy[0], xy[1], rng.uniform(9.0, 11.5), float(draw_colours(rng, 1)[0]), "bright")
-    for pair in range(cfg.n_close_pairs):
-        xy = rng.uniform(0.1 * size, 0.9 * size, 2)
-        m1 = rng.uniform(14.0, 17.0)
-        sep = rng.uniform(1.0, 3.0) * nominal_fwhm
-        ang = rng.uniform(0.0, 2.0 * np.pi)
-        add(xy[0], xy[1], m1, float(draw_colours(rng, 1)[0]), "close_pair", pair_id=pair)
-        add(
-            xy[0] + sep * np.cos(ang),
-            xy[1] + sep * np.sin(ang),
-            m1 + rng.uniform(0.0, 2.0),
-            float(draw_colours(rng, 1)[0]),
-            "close_pair",
-            pair_id=pair,
-        )
-
-    # --- field stars over the detector plus margin
-    margin = field_margin_px(cfg)
-    side_deg = (size + 2 * margin) * cfg.pixel_scale_arcsec / 3600.0
-    n_field = int(rng.poisson(expected_star_count(cfg, side_deg**2)))
-    fx = rng.uniform(-margin, size - 1 + margin, n_field)
-    fy = rng.uniform(-margin, size - 1 + margin, n_field)
-    fmag = luminosity_function_sample(rng, n_field, cfg.mag_bright, cfg.mag_faint)
-    fcol = draw_colours(rng, n_field)
-    for x, y, m, c in zip(fx, fy, fmag, fcol, strict=True):
-        add(x, y, m, c, "field")
-    if catalog is not None:
-        inside = (
-            (cat_x >= -margin)
-            & (cat_x <= size - 1 + margin)
-            & (cat_y >= -margin)
-            & (cat_y <= size - 1 + margin)
-            & np.isfinite(catalog["mag"].to_numpy(float))
-        )
-        ccol = draw_colours(rng, int(inside.sum()))
-        for x, y, m, c in zip(
-            cat_x[inside], cat_y[inside], catalog["mag"].to_numpy(float)[inside], ccol, strict=True
-        ):
-            add(x, y, m, c, "tycho2")
-
-    # --- movers, whole track inside the frame
-    span_h = max(span * 24.0, 1.0 / 6.0)
-    mover_rows = []
-    for speed, count in (("slow", cfg.n_slow_movers), ("fast", cfg.n_fast_movers)):
-        for _ in range(count):
-            if speed == "slow":
-                dist = rng.uniform(1.0, 3.0) * nominal_fwhm
-            else:
-                longest = min(300.0, 0.5 * size)
-                if extent > 0:
-                    longest = min(longest, 0.6 * (0.8 * size - 2.0 * extent))
-                dist = rng.uniform(30.0, max(30.0, longest))
-            ang = rng.uniform(0.0, 2.0 * np.pi)
-            # the whole track (over max(sequence, 10 min)) stays inside the frame
-            lo = 0.1 * size + 0.5 * dist + extent
-            hi = max(lo + 1.0, size - 1 - 0.1 * size - 0.5 * dist - extent)
-            dx, dy = 0.5 * dist * np.cos(ang), 0.5 * dist * np.sin(ang)
-            for _ in range(200):  # keep the track clear of the (isolated) variables
-                xm, ym = rng.uniform(lo, hi, 2)
-                if _track_clearance(xm, ym, dx, dy, special_xy) > iso_radius:
-                    break
-            mag = rng.uniform(cfg.mover_mag_bright, cfg.mover_mag_faint)
-            colour = rng.uniform(0.4, 0.8)
-            ra, dec = pixel_to_world(
-                np.array([xm, xm - dx, xm + dx]),
-                np.array([ym, ym - dy, ym + dy]),
-                *geom.reference_wcs(),
-            )
-            dra = (np.mod(ra[2] - ra[1] + 180.0, 360.0) - 180.0) * np.cos(np.deg2rad(dec[0]))
-            ddec = dec[2] - dec[1]
-            track_h = span_h
-            mover_rows.append(
-                {
-                    "ra0": float(ra[0]),
-                    "dec0": float(dec[0]),
-                    "t0_mjd": t_mid,
-                    "rate_ra_arcsec_h": float(dra * 3600.0 / track_h),
-                    "rate_dec_arcsec_h": float(ddec * 3600.0 / track_h),
-                    "mag": float(mag),
-                    "g_mag": float(mag + colour),
-                    "speed": speed,
-                }
-            )
-
-    stars = pd.DataFrame(rows)
-    # isolate the variables: drop every other star (both members of a close pair) near them
-    near = np.zeros(len(stars), dtype=bool)
-    for a, b in special_xy:
-        near |= np.hypot(stars["x"] - a, stars["y"] - b).to_numpy() <= iso_radius
-    near &= ~stars["role"].isin(["target", "eclipsing", "pulsator"]).to_numpy()
-    bad_pairs = set(stars.loc[near & (stars["pair_id"] >= 0).to_numpy(), "pair_id"])
-    near |= stars["pair_id"].isin(bad_pairs).to_numpy() & (stars["pair_id"] >= 0).to_numpy()
-    stars = stars[~near].reset_index(drop=True)
-    ra, dec = pixel_to_world(stars["x"].to_numpy(), stars["y"].to_numpy(), *geom.reference_wcs())
-    stars = stars.drop(columns=["x", "y"])
-    stars.insert(0, "dec", dec)
-    stars.insert(0, "ra", ra)
-    movers = pd.DataFrame(mover_rows, columns=[c for c in MOVER_COLUMNS if c != "star_id"])
-    first_mover = len(stars) + 1
-    stars.insert(0, "star_id", np.arange(1, len(stars) + 1, dtype=np.int64))
-    movers.insert(0, "star_id", np.arange(first_mover, first_mover + len(movers), dtype=np.int64))
-    mover_stars = pd.DataFrame(
-        {
-            "star_id": movers["star_id"],
-            "ra": movers["ra0"],
-            "dec": movers["dec0"],
-            "mag": movers["mag"],
-            "g_mag": movers["g_mag"],
-            "kind": "moving",
-            "is_target": False,
-            "role": "mover",
-            "pair_id": -1,
-            **_empty_var(),
-        }
-    )
-    stars = pd.concat([stars, mover_stars], ignore_index=True) if len(movers) else stars
-    stars = stars[list(STAR_COLUMNS)].astype(
-        {"star_id": np.int64, "pair_id": np.int64, "is_target": bool, "kind": str, "role": str}
-    )
-    return stars.reset_index(drop=True), movers[list(MOVER_COLUMNS)].reset_index(drop=True)
+    # the steps draw from ``rng`` in this order; reordering them changes every simulated night
+    layout = _FieldLayout.start(cfg, time_mjd, rng)
+    catalog, cat_x, cat_y = _project_catalog(catalog, geom)
+    catalog, cat_x, cat_y = _add_target(layout, geom, catalog, cat_x, cat_y)
+    _add_eclipsing_binary(layout)
+    _add_pulsator(layout)
+    iso_radius = max(8.0 * layout.nominal_fwhm, 20.0)
+    _add_bright_stars_and_pairs(layout)
+    _add_field_stars(layout, catalog, cat_x, cat_y)
+    mover_rows = _draw_movers(layout, geom, iso_radius)
+    stars = _isolate_variables(pd.DataFrame(layout.rows), layout.special_xy, iso_radius)
+    return _star_and_mover_tables(stars, mover_rows, geom)
