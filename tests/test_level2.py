@@ -9,7 +9,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from scipy import ndimage
 
-from lcdask import level2
+from lcdask.stages import level2
 from lcdask.astrometry import wcs_grid_error_px
 from lcdask.catalogs import load_catalog
 from lcdask.io.cube import open_cube
