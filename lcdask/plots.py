@@ -230,7 +230,7 @@ def with_frame_coords(frames: pd.DataFrame | None, ds: xr.Dataset) -> pd.DataFra
         ``frames`` with the missing columns added (matched on ``frame``), or the Dataset's frame
         coordinates alone when ``frames`` is None.
     """
-    from lcdask.export import frames_table
+    from lcdask.io.products import frames_table
 
     coords = frames_table(ds)
     if frames is None:
@@ -343,7 +343,7 @@ def warm_up() -> None:
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    import lcdask.export  # noqa: F401  (read_run, in write_run_plot)
+    import lcdask.io.products  # noqa: F401  (read_run, in write_run_plot)
 
     fig = _new_figure(2.0, 2.0)
     ax = fig.add_gridspec(1, 1).subplots()
@@ -1122,7 +1122,7 @@ def write_run_plot(run_dir: str | Path, name: str, *, out_dir: str | Path | None
     ValueError
         For an unknown name, or ``movers_coadd`` in a run without a co-add.
     """
-    from lcdask.export import read_run
+    from lcdask.io.products import read_run
 
     run = read_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run.run_dir / "plots"
@@ -1159,14 +1159,15 @@ def submit_run_plots(run_dir: str | Path, client, *, out_dir: str | Path | None 
         One per plot, in the order of `run_plot_names`; each gives the `~pathlib.Path` written
         (`lcdask.stages._parallel.gather_results`).
     """
-    run = Path(run_dir)
-    sources = pd.read_parquet(run / "sources.parquet")
-    names = run_plot_names(sources, coadd=(run / "coadd.fits").exists())
+    from lcdask.io.products import RunProducts
+
+    run = RunProducts(Path(run_dir))
+    names = run_plot_names(run.sources, coadd=run.coadd_path is not None)
     futures = {
         name: submit_task(
             client,
             write_run_plot,
-            str(run),
+            str(run.path),
             name,
             out_dir=None if out_dir is None else str(out_dir),
             name=f"plot-{name}",
@@ -1199,7 +1200,7 @@ def write_run_plots(
     """
     if client is not None:
         return gather_results(client, submit_run_plots(run_dir, client, out_dir=out_dir), "plots")
-    from lcdask.export import read_run
+    from lcdask.io.products import read_run
 
     run = read_run(run_dir)
     return write_plots(

@@ -2,7 +2,7 @@
 
 `write_report` reads a run directory and writes a standalone page with bokeh's JavaScript inline
 (`bokeh.resources.INLINE`), so that it opens without a network. `build_report` returns the
-bokeh layout for notebooks (``bokeh.io.show(build_report(read_run(RUN)))``).
+bokeh layout for notebooks (``bokeh.io.show(build_report(lcdask.open_run(RUN)))``).
 
 Every plot and data source carries a stable ``name`` (`REPORT_NAMES`), so that scripts and tests
 find them with ``doc.select_one({"name": ...})`` or, in the page,
@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from lcdask.export import RunProducts, read_run
 from lcdask.io.atomic import atomic_path
+from lcdask.io.products import RunProducts, read_run
 from lcdask.plots import (
     FRAME_PANELS,
     KIND_COLOURS,
@@ -635,7 +635,7 @@ def build_report(
     Parameters
     ----------
     run
-        From `lcdask.export.read_run`.
+        From `lcdask.io.products.read_run` (or `lcdask.open_run`).
     max_variables
         At most this many variables' light curves, the most significant first.
     n_comparison
