@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 from test_report import write_simulated_run
 
-from lcdask.io.products import frames_table, read_run
+import lcdask
+from lcdask.api import Run
+from lcdask.io.products import RunProducts, frames_table, read_run
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,10 @@ def test_frames_come_from_the_light_curves_without_frames_parquet(run, tmp_path)
     pd.testing.assert_frame_equal(products.frames, frames_table(ds), check_like=True)
     np.testing.assert_array_equal(products.frames["time_mjd"], truth.frames["time_mjd"])
     assert products.record == {"target": {"ra": 1.5}}
+    # the notebook API's Run is the same reader, with its queries added
+    opened = lcdask.open_run(other)
+    assert isinstance(opened, Run) and isinstance(opened, RunProducts)
+    pd.testing.assert_frame_equal(opened.frames, products.frames, check_like=True)
 
 
 def test_read_run_names_what_is_missing(tmp_path):
