@@ -4,8 +4,11 @@ Each plot has a function that builds a matplotlib `~matplotlib.figure.Figure` fr
 (``*_figure``: for notebooks and tests) and one that writes it as a PNG (``plot_*``: returns the
 path). `write_plots` writes them all from a light-curve Dataset and a sources table;
 `write_run_plots` reads a run directory first (with a ``client``, one task per figure on the
-cluster: `write_run_plot`, `submit_run_plots`). matplotlib is imported inside the functions,
-with the non-interactive Agg canvas, so importing this module costs nothing and needs no display.
+cluster: `write_run_plot`, `submit_run_plots`). What they draw is prepared in
+`lcdask.products.views` (shared with the HTML report; its helpers ``bin_lightcurve``,
+``select_lightcurves``, ``mover_tracks``... are importable from here too). matplotlib is imported
+inside the functions, with the non-interactive Agg canvas, so importing this module costs nothing
+and needs no display.
 
 ===========================  ================================================================
 file                         content
@@ -26,8 +29,6 @@ file                         content
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,19 @@ import pandas as pd
 import xarray as xr
 
 from lcdask.io.atomic import atomic_path
-from lcdask.lightcurves import LightCurveFlag
+from lcdask.products.views import (
+    FRAME_PANELS,
+    KIND_COLOURS,
+    bin_lightcurve,
+    mover_tracks,
+    ranked_variables,
+    read_coadd,
+    scatter_curve,
+    select_lightcurves,
+    target_row,
+    time_offset,
+    with_frame_coords,
+)
 from lcdask.stages._parallel import gather_results, submit_task
 
 if TYPE_CHECKING:
@@ -75,25 +88,6 @@ __all__ = [
     "write_run_plots",
 ]
 
-KIND_COLOURS = {
-    "stable": "#7f7f7f",
-    "variable": "#d62728",
-    "moving": "#1f77b4",
-    "artefact": "#bcbd22",
-}
-"""Colour of each source class, shared by the PNG plots and the HTML report."""
-
-FRAME_PANELS = (
-    ("zero_point", "zero point (mag)"),
-    ("fwhm_px", "FWHM (px)"),
-    ("sky", "sky (ADU/px)"),
-    ("airmass", "airmass"),
-    ("transparency", "transparency"),
-    ("n_sources", "sources"),
-    ("astrometry_rms_arcsec", "astrometric rms (arcsec)"),
-)
-"""Per-frame quantities plotted against time (those present), with their axis labels."""
-
 RUN_PLOTS = ("target", "variables", "movers", "movers_coadd", "scatter_magnitude", "frames")
 """The run's plots (``RUN/plots/<name>.png``), in the order they are written."""
 
@@ -101,183 +95,7 @@ RUN_PLOTS = ("target", "variables", "movers", "movers_coadd", "scatter_magnitude
 # when they are spread over a cluster.
 _PLOT_COST = {"variables": 5, "frames": 4, "movers_coadd": 3, "target": 3, "movers": 2}
 
-_MISSING = int(LightCurveFlag.MISSING)
-_FORCED = int(LightCurveFlag.FORCED)
 _DPI = 100
-
-
-# --------------------------------------------------------------------------------------------
-# helpers shared with the report
-
-
-def time_offset(time_mjd: np.ndarray) -> float:
-    """The whole MJD before the first time: plots show ``time_mjd - offset`` in days."""
-    t = np.asarray(time_mjd, dtype=float)
-    t = t[np.isfinite(t)]
-    return float(np.floor(t.min())) if t.size else 0.0
-
-
-def bin_lightcurve(
-    time: np.ndarray,
-    value: np.ndarray,
-    error: np.ndarray | None = None,
-    *,
-    bin_width: float | None = None,
-    n_bins: int = 25,
-) -> pd.DataFrame:
-    """Bin a light curve in time: weighted means of the points in each bin.
-
-    Parameters
-    ----------
-    time, value
-        The light curve (non-finite points are ignored).
-    error
-        1-sigma errors (weights ``1 / error**2``); without them all points weigh the same and
-        the error of a bin is its standard deviation over ``sqrt(n)``.
-    bin_width
-        Width of the bins in the unit of ``time``; default the span over ``n_bins``.
-    n_bins
-        Number of bins over the span when ``bin_width`` is not given.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``time`` (mean time of the points), ``value``, ``error``, ``n`` for each non-empty bin.
-    """
-    t = np.asarray(time, dtype=float)
-    y = np.asarray(value, dtype=float)
-    e = np.ones_like(y) if error is None else np.asarray(error, dtype=float)
-    ok = np.isfinite(t) & np.isfinite(y) & np.isfinite(e) & (e > 0)
-    t, y, e = t[ok], y[ok], e[ok]
-    if t.size == 0:
-        return pd.DataFrame({"time": [], "value": [], "error": [], "n": []})
-    span = float(t.max() - t.min())
-    width = bin_width if bin_width is not None else (span / max(n_bins, 1) or 1.0)
-    idx = np.floor((t - t.min()) / width).astype(np.int64)
-    w = 1.0 / e**2
-    df = pd.DataFrame({"b": idx, "t": t, "y": y, "w": w, "wy": w * y, "y2": y * y})
-    g = df.groupby("b")
-    n = g.size()
-    wsum = g["w"].sum()
-    mean = g["wy"].sum() / wsum
-    if error is None:
-        var = (g["y2"].mean() - g["y"].mean() ** 2).clip(lower=0.0) * n / (n - 1).clip(lower=1)
-        err = np.sqrt(var / n)
-    else:
-        err = 1.0 / np.sqrt(wsum)
-    return pd.DataFrame(
-        {
-            "time": g["t"].mean().to_numpy(),
-            "value": mean.to_numpy(),
-            "error": err.to_numpy(),
-            "n": n.to_numpy(),
-        }
-    )
-
-
-def select_lightcurves(
-    ds: xr.Dataset, ids: Sequence[int] | np.ndarray, *, variables: Sequence[str] | None = None
-) -> xr.Dataset:
-    """The light curves of some sources, loaded, in the order of ``ids``.
-
-    Parameters
-    ----------
-    ds
-        The light-curve Dataset (lazy or loaded).
-    ids
-        ``source_id`` values.
-    variables
-        The data variables to read (those of ``ds`` that exist; its coordinates always come
-        along); default all. A plot that needs two of the 14 variables of a lazy Dataset reads
-        them in a fifth of the time.
-
-    Returns
-    -------
-    xarray.Dataset
-        The selection, in memory.
-
-    Raises
-    ------
-    ValueError
-        When an id is not in the light curves.
-    """
-    ids = np.asarray(ids, dtype=np.int64)
-    sid = ds["source_id"].to_numpy()
-    order = np.argsort(sid, kind="stable")
-    pos = np.searchsorted(sid[order], ids)
-    pos = np.minimum(pos, max(sid.size - 1, 0))
-    ok = sid[order][pos] == ids if sid.size else np.zeros(ids.size, bool)
-    if not ok.all():
-        raise ValueError(f"source ids {ids[~ok][:10].tolist()} are not in the light curves")
-    if variables is not None:
-        ds = ds[[v for v in variables if v in ds.data_vars]]
-    return ds.isel(source=order[pos]).load()
-
-
-def with_frame_coords(frames: pd.DataFrame | None, ds: xr.Dataset) -> pd.DataFrame:
-    """The per-frame table completed with the light curves' frame coordinates it lacks.
-
-    Parameters
-    ----------
-    frames
-        ``frames.parquet`` (or None).
-    ds
-        The light-curve Dataset (``transparency`` and the other coordinates on ``frame``).
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``frames`` with the missing columns added (matched on ``frame``), or the Dataset's frame
-        coordinates alone when ``frames`` is None.
-    """
-    from lcdask.io.products import frames_table
-
-    coords = frames_table(ds)
-    if frames is None:
-        return coords
-    extra = [c for c in coords.columns if c not in frames.columns]
-    if not extra or "frame" not in frames.columns:
-        return frames
-    return frames.merge(coords[["frame", *extra]], on="frame", how="left")
-
-
-def _measured(flags: np.ndarray) -> np.ndarray:
-    """Entries that hold a measurement (detected or forced)."""
-    return ((flags & _MISSING) == 0) | ((flags & _FORCED) != 0)
-
-
-def _target_row(sources: pd.DataFrame) -> pd.Series:
-    target = sources[sources["is_target"].to_numpy(bool)]
-    if target.empty:
-        raise ValueError(
-            "the sources table has no target (is_target); give one with `lcdask run --target`"
-        )
-    return target.iloc[0]
-
-
-def ranked_variables(sources: pd.DataFrame, *, include_target: bool = False) -> pd.DataFrame:
-    """The variable sources, the most significant first (larger of the scatter ratios).
-
-    Parameters
-    ----------
-    sources
-        The sources table.
-    include_target
-        Keep the target when it is variable.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The rows of the variables, ranked.
-    """
-    var = sources[sources["kind"] == "variable"]
-    if not include_target:
-        var = var[~var["is_target"].to_numpy(bool)]
-    score = np.fmax(
-        var.get("scatter_ratio", pd.Series(np.nan, index=var.index)).to_numpy(float),
-        var.get("binned_ratio", pd.Series(np.nan, index=var.index)).to_numpy(float),
-    )
-    return var.iloc[np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")]
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -395,7 +213,7 @@ def target_figure(
     ValueError
         When no source is the target.
     """
-    target = _target_row(sources)
+    target = target_row(sources)
     comp = sources[sources["is_comparison"].to_numpy(bool)]
     if "comparison_weight" in ds and len(comp):
         weight = ds["comparison_weight"].to_series()
@@ -558,54 +376,6 @@ def plot_variables(ds: xr.Dataset, sources: pd.DataFrame, path: str | Path, **kw
 # movers
 
 
-def mover_tracks(ds: xr.Dataset, sources: pd.DataFrame) -> pd.DataFrame:
-    """The measured positions of the moving sources and their fitted motion.
-
-    Parameters
-    ----------
-    ds
-        The light-curve Dataset; only the movers are read.
-    sources
-        The sources table (``kind``, ``ra``, ``dec``, ``epoch_mjd``, ``rate_ra_arcsec_h``,
-        ``rate_dec_arcsec_h``).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per measured (mover, frame): ``source_id``, ``frame``, ``time_mjd``, ``ra``,
-        ``dec``, and ``ra_fit``, ``dec_fit`` (the fitted linear motion at that time; NaN when
-        the sources table has no fit).
-    """
-    movers = sources[sources["kind"] == "moving"]
-    cols = ["source_id", "frame", "time_mjd", "ra", "dec", "ra_fit", "dec_fit"]
-    if movers.empty:
-        return pd.DataFrame({c: [] for c in cols})
-    sub = select_lightcurves(
-        ds, movers["source_id"].to_numpy(np.int64), variables=("flags", "ra", "dec")
-    )
-    t = sub["time_mjd"].to_numpy().astype(float)
-    ok = _measured(sub["flags"].to_numpy()) & np.isfinite(sub["ra"].to_numpy())
-    si, fi = np.nonzero(ok)
-    table = pd.DataFrame(
-        {
-            "source_id": sub["source_id"].to_numpy()[si].astype(np.int64),
-            "frame": sub["frame"].to_numpy()[fi].astype(np.int64),
-            "time_mjd": t[fi],
-            "ra": sub["ra"].to_numpy()[si, fi],
-            "dec": sub["dec"].to_numpy()[si, fi],
-        }
-    )
-    fit = movers.set_index("source_id").loc[table["source_id"]]
-    epoch = fit.get("epoch_mjd", pd.Series(np.nan, index=fit.index)).to_numpy(float)
-    dt_h = (table["time_mjd"].to_numpy() - epoch) * 24.0
-    dec0 = fit["dec"].to_numpy(float)
-    rate_ra = fit.get("rate_ra_arcsec_h", pd.Series(np.nan, index=fit.index)).to_numpy(float)
-    rate_dec = fit.get("rate_dec_arcsec_h", pd.Series(np.nan, index=fit.index)).to_numpy(float)
-    table["dec_fit"] = dec0 + rate_dec * dt_h / 3600.0
-    table["ra_fit"] = fit["ra"].to_numpy(float) + rate_ra * dt_h / 3600.0 / np.cos(np.deg2rad(dec0))
-    return table
-
-
 def movers_figure(ds: xr.Dataset, sources: pd.DataFrame, *, max_movers: int = 20) -> Figure:
     """RA/Dec tracks of the moving sources and their offsets from the fitted motion.
 
@@ -702,35 +472,6 @@ def plot_movers(ds: xr.Dataset, sources: pd.DataFrame, path: str | Path, **kwarg
     return _save(movers_figure(ds, sources, **kwargs), path)
 
 
-def read_coadd(coadd: str | Path | tuple[np.ndarray, object]) -> tuple[np.ndarray, object]:
-    """The co-added image (float32) and its astropy WCS.
-
-    Parameters
-    ----------
-    coadd
-        ``coadd.fits`` (its first 2-d image) or ``(image, wcs)``.
-
-    Returns
-    -------
-    tuple
-        ``(image, wcs)``.
-    """
-    from astropy.io import fits
-    from astropy.wcs import WCS
-
-    if isinstance(coadd, str | Path):
-        with fits.open(coadd, memmap=True) as hdul:
-            hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2), None)
-            if hdu is None:
-                raise ValueError(f"{coadd} holds no 2-d image")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                wcs = WCS(hdu.header)
-            return np.asarray(hdu.data, dtype=np.float32), wcs
-    image, wcs = coadd
-    return np.asarray(image, dtype=np.float32), wcs
-
-
 def movers_coadd_figure(
     coadd: str | Path | tuple[np.ndarray, object],
     ds: xr.Dataset,
@@ -824,38 +565,6 @@ def plot_movers_coadd(
 
 # --------------------------------------------------------------------------------------------
 # scatter against magnitude
-
-
-def scatter_curve(mag: np.ndarray, value: np.ndarray, *, n_bins: int = 20) -> pd.DataFrame:
-    """A smooth curve through per-source values against magnitude: medians in magnitude bins.
-
-    Parameters
-    ----------
-    mag, value
-        Per-source magnitude and value (``expected_scatter``, ``noise_model``); non-finite
-        pairs are ignored.
-    n_bins
-        Bins of equal counts (fewer when there are fewer than 5 sources per bin).
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``mag`` (median magnitude of the bin) and ``value`` (median value), by magnitude.
-    """
-    m = np.asarray(mag, dtype=float)
-    v = np.asarray(value, dtype=float)
-    ok = np.isfinite(m) & np.isfinite(v)
-    m, v = m[ok], v[ok]
-    if m.size == 0:
-        return pd.DataFrame({"mag": [], "value": []})
-    order = np.argsort(m, kind="stable")
-    parts = np.array_split(order, max(1, min(n_bins, m.size // 5)))
-    return pd.DataFrame(
-        {
-            "mag": [float(np.median(m[p])) for p in parts],
-            "value": [float(np.median(v[p])) for p in parts],
-        }
-    )
 
 
 def scatter_magnitude_figure(sources: pd.DataFrame) -> Figure:

@@ -41,7 +41,8 @@ import xarray as xr
 
 from lcdask.io.atomic import atomic_path
 from lcdask.io.products import RunProducts, read_run
-from lcdask.plots import (
+from lcdask.plots import submit_run_plots, warm_up, write_run_plots
+from lcdask.products.views import (
     FRAME_PANELS,
     KIND_COLOURS,
     bin_lightcurve,
@@ -50,10 +51,7 @@ from lcdask.plots import (
     read_coadd,
     scatter_curve,
     select_lightcurves,
-    submit_run_plots,
-    warm_up,
     with_frame_coords,
-    write_run_plots,
 )
 from lcdask.stages._parallel import gather_results, on_each_worker, submit_task
 
