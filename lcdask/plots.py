@@ -47,7 +47,7 @@ from lcdask.products.views import (
     read_coadd,
     scatter_curve,
     select_lightcurves,
-    target_row,
+    target_view,
     time_offset,
     with_frame_coords,
 )
@@ -213,23 +213,14 @@ def target_figure(
     ValueError
         When no source is the target.
     """
-    target = target_row(sources)
-    comp = sources[sources["is_comparison"].to_numpy(bool)]
-    if "comparison_weight" in ds and len(comp):
-        weight = ds["comparison_weight"].to_series()
-        weight.index = ds["source_id"].to_numpy()
-        comp = comp.assign(_w=comp["source_id"].map(weight).to_numpy())
-        comp = comp.sort_values("_w", ascending=False)
-    else:
-        comp = comp.sort_values("mag")
-    comp_ids = comp["source_id"].to_numpy(np.int64)[:n_comparison]
-    sub = select_lightcurves(
-        ds, [int(target["source_id"]), *comp_ids], variables=("rel_flux", "rel_flux_err")
-    )
-    t = sub["time_mjd"].to_numpy().astype(float)
-    t0 = time_offset(t)
-    tt = t - t0
-    has_transparency = "transparency" in sub.coords
+    view = target_view(ds, sources, n_comparison=n_comparison, n_bins=n_bins)
+    if view is None:
+        raise ValueError(
+            "the sources table has no target (is_target); give one with `lcdask run --target`"
+        )
+    target = view.row
+    tt = view.time
+    has_transparency = view.transparency is not None
     n_rows = 2 + int(has_transparency)
     fig = _new_figure(9, 3.2 * n_rows)
     grid = _grid(
@@ -237,10 +228,17 @@ def target_figure(
     )
     axes = grid.subplots(sharex=True)
     ax = axes[0]
-    rel = sub["rel_flux"].to_numpy()[0]
-    err = sub["rel_flux_err"].to_numpy()[0]
-    ax.errorbar(tt, rel, yerr=err, fmt=".", ms=3, color="0.55", elinewidth=0.6, label="frames")
-    binned = bin_lightcurve(tt, rel, err, n_bins=n_bins)
+    ax.errorbar(
+        tt,
+        view.rel_flux,
+        yerr=view.rel_flux_err,
+        fmt=".",
+        ms=3,
+        color="0.55",
+        elinewidth=0.6,
+        label="frames",
+    )
+    binned = view.binned
     ax.errorbar(
         binned["time"],
         binned["value"],
@@ -248,33 +246,29 @@ def target_figure(
         fmt="o",
         ms=5,
         color="#d62728",
-        label=f"binned ({n_bins} bins)",
+        label=f"binned ({view.n_bins} bins)",
     )
     ax.set_ylabel("relative flux")
     ax.set_title(
-        f"target: source {int(target['source_id'])}, RA {target['ra']:.5f} Dec "
+        f"target: source {view.source_id}, RA {target['ra']:.5f} Dec "
         f"{target['dec']:+.5f}, mag {target['mag']:.2f} ({target['kind']})"
     )
     ax.legend(loc="best", fontsize="small")
     ax = axes[1]
-    if comp_ids.size:
-        crel = sub["rel_flux"].to_numpy()[1:]
-        spread = (
-            np.nanmax(np.abs(np.nanpercentile(crel, [2, 98], axis=1) - 1.0)) if crel.size else 0
-        )
-        step = max(4.0 * float(spread), 0.01)
-        for k, sid in enumerate(comp_ids):
-            ax.plot(tt, crel[k] - k * step, ".", ms=2)
-            ax.text(tt[-1], 1.0 - k * step, f" {sid}", fontsize="x-small", va="center")
-        ax.set_ylabel(f"comparison rel. flux (offsets of {step:.3g})")
-        ax.set_title(f"{comp_ids.size} of {len(comp)} comparison stars")
+    if view.comparison_ids.size:
+        crel, offset = view.comparison_rel_flux, view.comparison_offset
+        for k, sid in enumerate(view.comparison_ids):
+            ax.plot(tt, crel[k] - offset[k], ".", ms=2)
+            ax.text(tt[-1], 1.0 - offset[k], f" {sid}", fontsize="x-small", va="center")
+        ax.set_ylabel(f"comparison rel. flux (offsets of {view.comparison_step:.3g})")
+        ax.set_title(f"{view.comparison_ids.size} of {view.n_comparison_stars} comparison stars")
     else:
         ax.text(0.5, 0.5, "no comparison stars", transform=ax.transAxes, ha="center")
     if has_transparency:
         ax = axes[2]
-        ax.plot(tt, sub["transparency"].to_numpy(), "-", color="k", lw=1)
+        ax.plot(tt, view.transparency, "-", color="k", lw=1)
         ax.set_ylabel("transparency")
-    axes[-1].set_xlabel(f"MJD - {t0:.0f} (d)")
+    axes[-1].set_xlabel(f"MJD - {view.t0:.0f} (d)")
     return fig
 
 

@@ -30,7 +30,6 @@ name                        content
 from __future__ import annotations
 
 import html
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ from lcdask.products.views import (
     read_coadd,
     scatter_curve,
     select_lightcurves,
+    target_view,
     with_frame_coords,
 )
 from lcdask.stages._parallel import gather_results, on_each_worker, submit_task
@@ -192,33 +192,35 @@ def _target_section(
     from bokeh.layouts import column
     from bokeh.models import ColumnDataSource, Whisker
 
-    target = sources[sources["is_target"].to_numpy(bool)]
-    if target.empty:
-        return _note(_target_absent(record), "target_none")
-    row = target.iloc[0]
-    sid = int(row["source_id"])
-    comp = sources[sources["is_comparison"].to_numpy(bool)].sort_values("mag")
-    comp_ids = comp["source_id"].to_numpy(np.int64)[:n_comparison]
-    sub = select_lightcurves(
-        ds, [sid, *comp_ids], variables=("rel_flux", "rel_flux_err", "mag", "flags")
+    view = target_view(
+        ds,
+        sources,
+        n_comparison=n_comparison,
+        n_bins=n_bins,
+        comparison_order="mag",
+        offset_time=False,
     )
-    t = np.asarray(sub["time_mjd"].to_numpy(), dtype=float)
-    rel = _finite(sub["rel_flux"].to_numpy()[0])
-    err = _finite(sub["rel_flux_err"].to_numpy()[0])
+    if view is None:
+        return _note(_target_absent(record), "target_none")
+    row = view.row
+    sid = view.source_id
+    t = view.time_mjd
+    rel = _finite(view.rel_flux)
+    err = _finite(view.rel_flux_err)
     source = ColumnDataSource(
         {
             "time_mjd": t,
-            "frame": sub["frame"].to_numpy().astype(np.int64),
+            "frame": view.frame,
             "rel_flux": rel,
             "rel_flux_err": err,
             "lower": rel - err,
             "upper": rel + err,
-            "mag": _finite(sub["mag"].to_numpy()[0]),
-            "flags": sub["flags"].to_numpy()[0].astype(np.int64),
+            "mag": _finite(view.mag),
+            "flags": view.flags,
         },
         name="target_source",
     )
-    binned = bin_lightcurve(t, rel, err, n_bins=n_bins)
+    binned = view.binned
     bsource = ColumnDataSource(
         {
             "time_mjd": binned["time"].to_numpy(),
@@ -282,15 +284,14 @@ def _target_section(
     fig.legend.location = "bottom_left"
     fig.legend.click_policy = "hide"
     children = [fig]
+    comp_ids = view.comparison_ids
     if comp_ids.size:
-        crel = sub["rel_flux"].to_numpy()[1:]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            spread = np.nanmax(np.abs(np.nanpercentile(crel, [2, 98], axis=1) - 1.0))
-        step = max(4.0 * float(np.nan_to_num(spread)), 0.01)
+        crel = view.comparison_rel_flux
+        step = view.comparison_step
         cfig = _figure(
             "target_comparison",
-            f"{comp_ids.size} of {len(comp)} comparison stars (offsets of {step:.3g})",
+            f"{comp_ids.size} of {view.n_comparison_stars} comparison stars "
+            f"(offsets of {step:.3g})",
             height=320,
             x_range=fig.x_range,
             y_axis_label="relative flux - offset",
@@ -298,7 +299,7 @@ def _target_section(
         _mjd_axis(cfig)
         # one source and one glyph for all the stars (a renderer per star made the page slow)
         n_comp = comp_ids.size
-        offset = np.repeat(np.arange(n_comp) * step, t.size)
+        offset = np.repeat(view.comparison_offset, t.size)
         colours = [_PALETTE[k % len(_PALETTE)] for k in range(n_comp)]
         csrc = ColumnDataSource(
             {

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -19,13 +21,14 @@ from lcdask.lightcurves import LightCurveFlag
 __all__ = [
     "FRAME_PANELS",
     "KIND_COLOURS",
+    "TargetView",
     "bin_lightcurve",
     "mover_tracks",
     "ranked_variables",
     "read_coadd",
     "scatter_curve",
     "select_lightcurves",
-    "target_row",
+    "target_view",
     "time_offset",
     "with_frame_coords",
 ]
@@ -189,16 +192,6 @@ def _measured(flags: np.ndarray) -> np.ndarray:
     return ((flags & _MISSING) == 0) | ((flags & _FORCED) != 0)
 
 
-def target_row(sources: pd.DataFrame) -> pd.Series:
-    """The target's row of the sources table (the first with ``is_target``); ValueError if none."""
-    target = sources[sources["is_target"].to_numpy(bool)]
-    if target.empty:
-        raise ValueError(
-            "the sources table has no target (is_target); give one with `lcdask run --target`"
-        )
-    return target.iloc[0]
-
-
 def ranked_variables(sources: pd.DataFrame, *, include_target: bool = False) -> pd.DataFrame:
     """The variable sources, the most significant first (larger of the scatter ratios).
 
@@ -330,4 +323,157 @@ def scatter_curve(mag: np.ndarray, value: np.ndarray, *, n_bins: int = 20) -> pd
             "mag": [float(np.median(m[p])) for p in parts],
             "value": [float(np.median(v[p])) for p in parts],
         }
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the views: one per figure of the plots and the report
+
+
+@dataclass(frozen=True, eq=False)
+class TargetView:
+    """The target's light curve with its comparison stars (`target_view`).
+
+    Attributes
+    ----------
+    row : pandas.Series
+        The target's row of the sources table (``source_id``, ``ra``, ``dec``, ``mag``,
+        ``kind``...).
+    t0 : float
+        Subtracted from the times in `time` (0 when they are the MJD itself).
+    time_mjd, time : numpy.ndarray
+        Mid-exposure times (MJD) of the frames, and ``time_mjd - t0``.
+    frame : numpy.ndarray
+        The frame indices (int64).
+    rel_flux, rel_flux_err : numpy.ndarray
+        The target's light curve.
+    mag, flags : numpy.ndarray or None
+        Its magnitudes and flags (int64); None when the light curves lack them.
+    binned : pandas.DataFrame
+        `bin_lightcurve` of ``rel_flux`` against `time` in ``n_bins`` bins.
+    n_bins : int
+        The bins asked for.
+    comparison_ids : numpy.ndarray
+        The comparison stars shown (int64), in their order.
+    n_comparison_stars : int
+        All the comparison stars of the run.
+    comparison_rel_flux : numpy.ndarray
+        Their ``rel_flux`` (star, frame).
+    comparison_step : float
+        The offset between two stars' curves: 4 times the largest deviation of a star's 2nd or
+        98th percentile from 1, at least 0.01 (NaN without comparison stars).
+    comparison_offset : numpy.ndarray
+        ``k * comparison_step`` for the k-th star: the curves are drawn at ``rel_flux - offset``.
+    transparency : numpy.ndarray or None
+        The ensemble transparency per frame, when the light curves have it.
+    """
+
+    row: pd.Series
+    t0: float
+    time_mjd: np.ndarray
+    time: np.ndarray
+    frame: np.ndarray
+    rel_flux: np.ndarray
+    rel_flux_err: np.ndarray
+    mag: np.ndarray | None
+    flags: np.ndarray | None
+    binned: pd.DataFrame
+    n_bins: int
+    comparison_ids: np.ndarray
+    n_comparison_stars: int
+    comparison_rel_flux: np.ndarray
+    comparison_step: float
+    comparison_offset: np.ndarray
+    transparency: np.ndarray | None
+
+    @property
+    def source_id(self) -> int:
+        """The target's ``source_id``."""
+        return int(self.row["source_id"])
+
+
+def target_view(
+    ds: xr.Dataset,
+    sources: pd.DataFrame,
+    *,
+    n_comparison: int = 8,
+    n_bins: int = 25,
+    comparison_order: Literal["weight", "mag"] = "weight",
+    offset_time: bool = True,
+) -> TargetView | None:
+    """The data of the target's figure: its light curve, binned, and its comparison stars.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset (after the ensemble photometry); only the target and the shown
+        comparison stars are read.
+    sources
+        The sources table (``is_target``, ``is_comparison``, ``mag``).
+    n_comparison
+        At most this many comparison stars.
+    n_bins
+        Bins of the binned light curve (`bin_lightcurve`).
+    comparison_order
+        ``"weight"``: the heaviest weights first when the Dataset has ``comparison_weight``,
+        else the brightest (the PNG); ``"mag"``: the brightest first (the report).
+    offset_time
+        Times relative to the whole MJD before the first frame (`time_offset`), as the PNGs
+        show them; else the MJD itself (the report). The bins are made on these times.
+
+    Returns
+    -------
+    TargetView or None
+        None when no source is the target.
+    """
+    target = sources[sources["is_target"].to_numpy(bool)]
+    if target.empty:
+        return None
+    row = target.iloc[0]
+    comp = sources[sources["is_comparison"].to_numpy(bool)]
+    if comparison_order == "weight" and "comparison_weight" in ds and len(comp):
+        weight = ds["comparison_weight"].to_series()
+        weight.index = ds["source_id"].to_numpy()
+        comp = comp.assign(_w=comp["source_id"].map(weight).to_numpy())
+        comp = comp.sort_values("_w", ascending=False)
+    else:
+        comp = comp.sort_values("mag")
+    comp_ids = comp["source_id"].to_numpy(np.int64)[:n_comparison]
+    sub = select_lightcurves(
+        ds,
+        [int(row["source_id"]), *comp_ids],
+        variables=("rel_flux", "rel_flux_err", "mag", "flags"),
+    )
+    t = np.asarray(sub["time_mjd"].to_numpy(), dtype=float)
+    t0 = time_offset(t) if offset_time else 0.0
+    time = t - t0
+    rel = sub["rel_flux"].to_numpy()[0]
+    err = sub["rel_flux_err"].to_numpy()[0]
+    crel = sub["rel_flux"].to_numpy()[1:]
+    step = np.nan
+    if comp_ids.size:
+        spread = 0.0
+        if crel.size:
+            with warnings.catch_warnings():  # a star without a measurement: All-NaN slice
+                warnings.simplefilter("ignore", RuntimeWarning)
+                spread = np.nanmax(np.abs(np.nanpercentile(crel, [2, 98], axis=1) - 1.0))
+        step = max(4.0 * float(np.nan_to_num(spread)), 0.01)
+    return TargetView(
+        row=row,
+        t0=t0,
+        time_mjd=t,
+        time=time,
+        frame=sub["frame"].to_numpy().astype(np.int64),
+        rel_flux=rel,
+        rel_flux_err=err,
+        mag=sub["mag"].to_numpy()[0] if "mag" in sub else None,
+        flags=sub["flags"].to_numpy()[0].astype(np.int64) if "flags" in sub else None,
+        binned=bin_lightcurve(time, rel, err, n_bins=n_bins),
+        n_bins=n_bins,
+        comparison_ids=comp_ids,
+        n_comparison_stars=len(comp),
+        comparison_rel_flux=crel,
+        comparison_step=step,
+        comparison_offset=np.arange(comp_ids.size) * step,
+        transparency=sub["transparency"].to_numpy() if "transparency" in sub.coords else None,
     )

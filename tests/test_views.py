@@ -1,0 +1,70 @@
+"""The data of the figures (`lcdask.products.views`) against the simulated night's truth."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from test_report import transit_depth, write_simulated_run
+
+from lcdask.products import views
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    truth, ds, sources = write_simulated_run(run_dir)
+    return run_dir, truth, ds, sources
+
+
+def test_views_import_no_plotting_library():
+    # plain data: neither matplotlib nor bokeh is needed to prepare a figure
+    import subprocess
+
+    code = (
+        "import sys, lcdask.products.views; "
+        "print('matplotlib' in sys.modules, 'bokeh' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_target_view_for_the_pngs_and_the_report(run):
+    _, truth, ds, sources = run
+    png = views.target_view(ds, sources)
+    page = views.target_view(ds, sources, comparison_order="mag", offset_time=False)
+    t = ds["time_mjd"].to_numpy()
+    assert png.source_id == int(sources.loc[sources["is_target"], "source_id"].iloc[0])
+    # the PNG's times are days after the whole MJD before the night; the report's the MJD
+    assert png.t0 == np.floor(t.min()) and page.t0 == 0.0
+    np.testing.assert_array_equal(png.time + png.t0, t)  # t - floor(t) is exact
+    np.testing.assert_array_equal(page.time, t)
+    depth = transit_depth(truth, png.time_mjd, png.rel_flux)
+    assert depth == pytest.approx(truth.config.transit_depth, rel=0.2)  # S/N ~250 per frame
+    # the same bins on either time axis (the bin edges do not depend on the origin)
+    measured = np.isfinite(png.rel_flux) & np.isfinite(png.rel_flux_err)
+    assert len(png.binned) == len(page.binned) and png.binned["n"].sum() == measured.sum()
+    np.testing.assert_allclose(png.binned["time"] + png.t0, page.binned["time"], atol=1e-9)
+    np.testing.assert_array_equal(png.binned["value"], page.binned["value"])
+    # comparison stars: the report's are the brightest, the PNG's the heaviest weights first
+    comp = sources[sources["is_comparison"]]
+    assert page.n_comparison_stars == png.n_comparison_stars == len(comp)
+    assert page.comparison_ids.tolist() == comp.sort_values("mag")["source_id"].tolist()[:8]
+    weight = ds["comparison_weight"].to_series().set_axis(ds["source_id"].to_numpy())
+    assert np.all(np.diff(weight.loc[png.comparison_ids].to_numpy()) <= 0)
+    # the offset keeps the stars' curves apart: each 2-98% range above the next one's
+    shown = png.comparison_rel_flux - png.comparison_offset[:, None]
+    low, high = np.nanpercentile(shown, [2, 98], axis=1)
+    assert np.all(low[:-1] > high[1:])
+    assert png.transparency is not None and png.transparency.shape == t.shape
+
+
+def test_target_view_without_target_or_comparison_measurements(run):
+    _, _, ds, sources = run
+    assert views.target_view(ds, sources.assign(is_target=False)) is None
+    # comparison stars without a measurement: the offsets fall back to their least, 0.01
+    blank = ds.assign(rel_flux=ds["rel_flux"].where(~ds["is_comparison"]))
+    view = views.target_view(blank, sources)
+    assert view.comparison_step == 0.01
+    np.testing.assert_array_equal(view.comparison_offset, 0.01 * np.arange(8))
