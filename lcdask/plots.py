@@ -49,6 +49,7 @@ from lcdask.products.views import (
     select_lightcurves,
     target_view,
     time_offset,
+    variables_view,
     with_frame_coords,
 )
 from lcdask.stages._parallel import gather_results, submit_task
@@ -309,8 +310,8 @@ def variables_figure(
     matplotlib.figure.Figure
         ``rel_flux`` against time with errors and binned points; a note when there are none.
     """
-    var = ranked_variables(sources, include_target=include_target)
-    shown = var.iloc[:max_panels]
+    view = variables_view(ds, sources, max_shown=max_panels, include_target=include_target)
+    shown = view.shown
     n = len(shown)
     if n == 0:
         fig = _new_figure(6, 2)
@@ -321,7 +322,7 @@ def variables_figure(
     cols = min(n_columns, n)
     rows = int(np.ceil(n / cols))
     fig = _new_figure(4.2 * cols, 2.8 * rows + 0.6)
-    more = len(var) > n  # a suptitle says how many are shown
+    more = len(view.ranked) > n  # a suptitle says how many are shown
     grid = _grid(
         fig,
         rows,
@@ -334,17 +335,18 @@ def variables_figure(
         w_gap=0.5,
     )
     axes = grid.subplots(squeeze=False).ravel()
-    sub = select_lightcurves(
-        ds, shown["source_id"].to_numpy(np.int64), variables=("rel_flux", "rel_flux_err")
-    )
-    t = sub["time_mjd"].to_numpy().astype(float)
-    t0 = time_offset(t)
     for k, (_, row) in enumerate(shown.iterrows()):
         ax = axes[k]
-        rel = sub["rel_flux"].to_numpy()[k]
-        err = sub["rel_flux_err"].to_numpy()[k]
-        ax.errorbar(t - t0, rel, yerr=err, fmt=".", ms=2, color="0.5", elinewidth=0.5)
-        b = bin_lightcurve(t - t0, rel, err)
+        ax.errorbar(
+            view.time,
+            view.rel_flux[k],
+            yerr=view.rel_flux_err[k],
+            fmt=".",
+            ms=2,
+            color="0.5",
+            elinewidth=0.5,
+        )
+        b = view.binned[k]
         ax.plot(b["time"], b["value"], "o-", ms=3, lw=1, color=KIND_COLOURS["variable"])
         ratio = row.get("scatter_ratio", np.nan)
         ax.set_title(
@@ -354,10 +356,10 @@ def variables_figure(
         ax.tick_params(labelsize="x-small")
     for ax in axes[n:]:
         ax.set_axis_off()
-    fig.supxlabel(f"MJD - {t0:.0f} (d)")
+    fig.supxlabel(f"MJD - {view.t0:.0f} (d)")
     fig.supylabel("relative flux")
     if more:
-        fig.suptitle(f"{n} of {len(var)} variable sources (most significant first)")
+        fig.suptitle(f"{n} of {len(view.ranked)} variable sources (most significant first)")
     return fig
 
 

@@ -44,13 +44,11 @@ from lcdask.plots import submit_run_plots, warm_up, write_run_plots
 from lcdask.products.views import (
     FRAME_PANELS,
     KIND_COLOURS,
-    bin_lightcurve,
     mover_tracks,
-    ranked_variables,
     read_coadd,
     scatter_curve,
-    select_lightcurves,
     target_view,
+    variables_view,
     with_frame_coords,
 )
 from lcdask.stages._parallel import gather_results, on_each_worker, submit_task
@@ -325,19 +323,16 @@ def _variables_section(ds: xr.Dataset, sources: pd.DataFrame, *, max_variables: 
     from bokeh.layouts import gridplot
     from bokeh.models import ColumnDataSource
 
-    var = ranked_variables(sources)
+    view = variables_view(ds, sources, max_shown=max_variables, offset_time=False)
+    var, shown = view.ranked, view.shown
     if var.empty:
         return _note("No variable sources (besides the target).", "variables_none")
-    shown = var.iloc[:max_variables]
-    sub = select_lightcurves(
-        ds, shown["source_id"].to_numpy(np.int64), variables=("rel_flux", "rel_flux_err")
-    )
-    t = np.asarray(sub["time_mjd"].to_numpy(), dtype=float)
+    t = view.time_mjd
     figs = []
     for k, (_, row) in enumerate(shown.iterrows()):
         sid = int(row["source_id"])
-        rel = _finite(sub["rel_flux"].to_numpy()[k])
-        err = _finite(sub["rel_flux_err"].to_numpy()[k])
+        rel = _finite(view.rel_flux[k])
+        err = _finite(view.rel_flux_err[k])
         src = ColumnDataSource(
             {"time_mjd": t, "rel_flux": rel, "rel_flux_err": err}, name=f"variable_source_{sid}"
         )
@@ -350,7 +345,7 @@ def _variables_section(ds: xr.Dataset, sources: pd.DataFrame, *, max_variables: 
         _mjd_axis(fig)
         fig.xaxis.ticker.desired_num_ticks = 3
         pts = fig.scatter("time_mjd", "rel_flux", source=src, size=3, color="gray")
-        b = bin_lightcurve(t, rel, err)
+        b = view.binned[k]
         fig.line(b["time"].to_numpy(), b["value"].to_numpy(), color=KIND_COLOURS["variable"])
         _hover(fig, [pts], [("MJD", "@time_mjd{0.00000}"), ("rel. flux", "@rel_flux{0.0000}")])
         figs.append(fig)

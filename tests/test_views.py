@@ -68,3 +68,33 @@ def test_target_view_without_target_or_comparison_measurements(run):
     view = views.target_view(blank, sources)
     assert view.comparison_step == 0.01
     np.testing.assert_array_equal(view.comparison_offset, 0.01 * np.arange(8))
+
+
+def test_variables_view_ranks_and_bins_the_variables(run):
+    _, truth, ds, sources = run
+    view = views.variables_view(ds, sources, max_shown=2)
+    var = sources[(sources["kind"] == "variable") & ~sources["is_target"]]
+    assert len(view.ranked) == len(var) and len(view.shown) == min(2, len(var))
+    score = np.fmax(view.ranked["scatter_ratio"], view.ranked["binned_ratio"]).to_numpy()
+    assert np.all(np.diff(score) <= 0)  # the most significant first
+    # the most significant are simulated variables (the nearest truth star within 2")
+    stars = truth.stars
+    for _, row in view.shown.iterrows():
+        cosd = np.cos(np.deg2rad(row["dec"]))
+        sep = np.hypot((stars["ra"] - row["ra"]) * cosd, stars["dec"] - row["dec"]) * 3600
+        assert sep.min() < 2.0 and stars["kind"].iloc[int(np.argmin(sep))] == "variable"
+    # the shown light curves are those of the Dataset, in the order of `shown`
+    ids = ds["source_id"].to_numpy()
+    for k, sid in enumerate(view.shown["source_id"]):
+        row = int(np.flatnonzero(ids == sid)[0])
+        np.testing.assert_array_equal(view.rel_flux[k], ds["rel_flux"].to_numpy()[row])
+        # 25 bins over the night; each bin's time inside the night
+        b = view.binned[k]
+        assert 20 <= len(b) <= 26 and b["n"].sum() == np.isfinite(view.rel_flux[k]).sum()
+        assert view.time.min() <= b["time"].min() and b["time"].max() <= view.time.max()
+    np.testing.assert_array_equal(view.time + view.t0, ds["time_mjd"].to_numpy())
+    page = views.variables_view(ds, sources, max_shown=2, offset_time=False)
+    assert page.t0 == 0.0
+    np.testing.assert_array_equal(page.time, ds["time_mjd"].to_numpy())
+    none = views.variables_view(ds, sources.assign(kind="stable"))
+    assert none.ranked.empty and none.rel_flux.shape == (0, 0) and none.binned == []

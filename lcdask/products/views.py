@@ -22,6 +22,7 @@ __all__ = [
     "FRAME_PANELS",
     "KIND_COLOURS",
     "TargetView",
+    "VariablesView",
     "bin_lightcurve",
     "mover_tracks",
     "ranked_variables",
@@ -30,6 +31,7 @@ __all__ = [
     "select_lightcurves",
     "target_view",
     "time_offset",
+    "variables_view",
     "with_frame_coords",
 ]
 
@@ -476,4 +478,87 @@ def target_view(
         comparison_step=step,
         comparison_offset=np.arange(comp_ids.size) * step,
         transparency=sub["transparency"].to_numpy() if "transparency" in sub.coords else None,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class VariablesView:
+    """The variable sources' light curves (`variables_view`).
+
+    Attributes
+    ----------
+    ranked : pandas.DataFrame
+        The rows of every variable source, the most significant first (`ranked_variables`).
+    shown : pandas.DataFrame
+        The first of them, those shown.
+    t0 : float
+        Subtracted from the times in `time` (0 when they are the MJD itself).
+    time_mjd, time : numpy.ndarray
+        The frames' times (MJD), and ``time_mjd - t0`` (empty when none is shown).
+    rel_flux, rel_flux_err : numpy.ndarray
+        The shown sources' light curves (source, frame), in the order of `shown`.
+    binned : list of pandas.DataFrame
+        `bin_lightcurve` of each shown source against `time` (25 bins).
+    """
+
+    ranked: pd.DataFrame
+    shown: pd.DataFrame
+    t0: float
+    time_mjd: np.ndarray
+    time: np.ndarray
+    rel_flux: np.ndarray
+    rel_flux_err: np.ndarray
+    binned: list[pd.DataFrame]
+
+
+def variables_view(
+    ds: xr.Dataset,
+    sources: pd.DataFrame,
+    *,
+    max_shown: int = 12,
+    include_target: bool = False,
+    offset_time: bool = True,
+) -> VariablesView:
+    """The data of the variables' figure: the most significant variables' light curves.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset; only the shown sources are read.
+    sources
+        The sources table (``kind``; ``scatter_ratio`` and ``binned_ratio`` rank them).
+    max_shown
+        At most this many sources, the most significant first.
+    include_target
+        Keep the target when it is variable (it has its own figure).
+    offset_time
+        Times relative to the whole MJD before the first frame (`time_offset`), as the PNGs
+        show them; else the MJD itself (the report).
+
+    Returns
+    -------
+    VariablesView
+    """
+    ranked = ranked_variables(sources, include_target=include_target)
+    shown = ranked.iloc[:max_shown]
+    if shown.empty:
+        none, curves = np.empty(0), np.empty((0, 0))
+        return VariablesView(ranked, shown, 0.0, none, none, curves, curves, [])
+    sub = select_lightcurves(
+        ds, shown["source_id"].to_numpy(np.int64), variables=("rel_flux", "rel_flux_err")
+    )
+    t = np.asarray(sub["time_mjd"].to_numpy(), dtype=float)
+    t0 = time_offset(t) if offset_time else 0.0
+    time = t - t0
+    rel = sub["rel_flux"].to_numpy()
+    err = sub["rel_flux_err"].to_numpy()
+    return VariablesView(
+        ranked=ranked,
+        shown=shown,
+        t0=t0,
+        time_mjd=t,
+        time=time,
+        rel_flux=rel,
+        rel_flux_err=err,
+        binned=[bin_lightcurve(time, rel[k], err[k]) for k in range(len(shown))],
     )
