@@ -42,7 +42,9 @@ from lcdask.products.views import (
     FRAME_PANELS,
     KIND_COLOURS,
     bin_lightcurve,
+    coadd_view,
     mover_tracks,
+    movers_view,
     ranked_variables,
     read_coadd,
     scatter_curve,
@@ -394,26 +396,21 @@ def movers_figure(ds: xr.Dataset, sources: pd.DataFrame, *, max_movers: int = 20
     """
     from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-    movers = sources[sources["kind"] == "moving"]
+    view = movers_view(ds, sources, max_movers=max_movers)
     fig = _new_figure(15, 5.2)
-    if movers.empty:
+    if view.movers.empty:
         ax = fig.subplots()
         ax.text(0.5, 0.5, "no moving sources", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    speed = np.hypot(movers["rate_ra_arcsec_h"], movers["rate_dec_arcsec_h"]).to_numpy(float)
-    movers = movers.iloc[np.argsort(-np.nan_to_num(speed, nan=-1.0), kind="stable")[:max_movers]]
-    tracks = mover_tracks(ds, movers)
+    movers, t0 = view.movers, view.t0
     # the gap after the middle panel holds its colour bar
     grid = _grid(fig, 1, 5, left=0.85, right=0.15, width_ratios=[1, 0.25, 1, 0.6, 1])
     ax_sky, ax_rel, ax_res = (fig.add_subplot(grid[k]) for k in (0, 2, 4))
-    t0 = time_offset(tracks["time_mjd"].to_numpy())
-    by_id = movers.set_index("source_id")
     sc = None
-    for k, (sid, g) in enumerate(tracks.groupby("source_id", sort=False)):
+    for k, (sid, g) in enumerate(view.tracks.groupby("source_id", sort=False)):
         colour = f"C{k % 10}"
-        row = by_id.loc[sid]
-        rate = float(np.hypot(row["rate_ra_arcsec_h"], row["rate_dec_arcsec_h"]))
+        rate = float(g["rate_arcsec_h"].iloc[0])
         ax_sky.plot(g["ra"], g["dec"], ".", ms=2, color=colour)
         ax_sky.plot(g["ra_fit"], g["dec_fit"], "-", color=colour, lw=1.5)
         last = g.iloc[-1]
@@ -425,20 +422,20 @@ def movers_figure(ds: xr.Dataset, sources: pd.DataFrame, *, max_movers: int = 20
             xytext=(3, 3),
             textcoords="offset points",
         )
-        dec0 = float(row["dec"])
-        cosd = np.cos(np.deg2rad(dec0))
-        e_ra = (g["ra"].to_numpy() - float(row["ra"])) * cosd * 3600.0
-        e_dec = (g["dec"].to_numpy() - dec0) * 3600.0
-        gt = g["time_mjd"].to_numpy() - t0
-        sc = ax_rel.scatter(e_ra, e_dec, c=gt, s=5, cmap="viridis")
-        f_ra = (g["ra_fit"].to_numpy() - float(row["ra"])) * cosd * 3600.0
-        f_dec = (g["dec_fit"].to_numpy() - dec0) * 3600.0
-        ax_rel.plot(f_ra, f_dec, "-", color=colour, lw=1, label=f'{sid}: {rate:.1f}"/h')
-        cos_fit = np.cos(np.deg2rad(g["dec_fit"].to_numpy()))
-        d_ra = (g["ra"] - g["ra_fit"]).to_numpy() * cos_fit * 3600.0
-        d_dec = (g["dec"] - g["dec_fit"]).to_numpy() * 3600.0
-        ax_res.plot(gt, d_ra, ".", ms=3, color=colour, label=f"{sid} RA cos Dec")
-        ax_res.plot(gt, d_dec, "x", ms=3, color=colour, label=f"{sid} Dec")
+        gt = g["time"].to_numpy()
+        sc = ax_rel.scatter(g["east"].to_numpy(), g["north"].to_numpy(), c=gt, s=5, cmap="viridis")
+        ax_rel.plot(
+            g["east_fit"].to_numpy(),
+            g["north_fit"].to_numpy(),
+            "-",
+            color=colour,
+            lw=1,
+            label=f'{sid}: {rate:.1f}"/h',
+        )
+        ax_res.plot(
+            gt, g["ra_residual"].to_numpy(), ".", ms=3, color=colour, label=f"{sid} RA cos Dec"
+        )
+        ax_res.plot(gt, g["dec_residual"].to_numpy(), "x", ms=3, color=colour, label=f"{sid} Dec")
     if sc is not None:
         cax = ax_rel.inset_axes((1.04, 0.0, 0.04, 1.0))
         fig.colorbar(sc, cax=cax, label=f"MJD - {t0:.0f} (d)")
@@ -496,55 +493,53 @@ def movers_coadd_figure(
         The co-add (z-scale stretch) in pixel coordinates, each mover's measured positions and
         fitted motion, labelled with its id; the target circled.
     """
-    from astropy.visualization import ZScaleInterval
-
-    image, wcs = read_coadd(coadd)
-    step = max(1, int(np.ceil(max(image.shape) / max_pixels)))
-    shown = image[::step, ::step]
-    finite = shown[np.isfinite(shown)]
-    vmin, vmax = ZScaleInterval().get_limits(finite) if finite.size else (0.0, 1.0)
-    fig = _new_figure(8, 8 * image.shape[0] / max(image.shape[1], 1) + 0.6)
+    movers = movers_view(ds, sources, max_movers=max_movers)
+    view = coadd_view(coadd, movers, sources, max_pixels=max_pixels)
+    ny, nx = view.shape
+    fig = _new_figure(8, 8 * ny / max(nx, 1) + 0.6)
     ax = fig.add_subplot(_grid(fig, left=0.75, right=0.15)[0])
     ax.imshow(
-        shown,
+        view.image,
         origin="lower",
         cmap="gray",
-        vmin=vmin,
-        vmax=vmax,
-        extent=(-0.5, image.shape[1] - 0.5, -0.5, image.shape[0] - 0.5),
+        vmin=view.vmin,
+        vmax=view.vmax,
+        extent=(-0.5, nx - 0.5, -0.5, ny - 0.5),
         interpolation="nearest",
     )
-    movers = sources[sources["kind"] == "moving"]
-    speed = np.hypot(movers["rate_ra_arcsec_h"], movers["rate_dec_arcsec_h"]).to_numpy(float)
-    movers = movers.iloc[np.argsort(-np.nan_to_num(speed, nan=-1.0), kind="stable")[:max_movers]]
-    tracks = mover_tracks(ds, movers)
     bright = ("#00e5ff", "#ffd400", "#ff4df0", "#7dff3a", "#ff8c1a", "#4d9dff")
-    for k, (sid, g) in enumerate(tracks.groupby("source_id", sort=False)):
+    groups = view.tracks.groupby("source_id", sort=False)
+    for k, ((sid, g), label) in enumerate(zip(groups, view.labels.itertuples(), strict=True)):
         colour = bright[k % len(bright)]
-        x, y = wcs.world_to_pixel_values(g["ra"].to_numpy(), g["dec"].to_numpy())
-        ax.plot(x, y, ".", ms=2, color=colour)
-        fx, fy = wcs.world_to_pixel_values(g["ra_fit"].to_numpy(), g["dec_fit"].to_numpy())
-        ax.plot(fx, fy, "-", lw=1.5, color=colour)
-        ax.plot(np.median(x), np.median(y), "s", ms=16, mfc="none", mec=colour, mew=1.2)
+        ax.plot(g["x"].to_numpy(), g["y"].to_numpy(), ".", ms=2, color=colour)
+        ax.plot(g["x_fit"].to_numpy(), g["y_fit"].to_numpy(), "-", lw=1.5, color=colour)
+        ax.plot(label.x_median, label.y_median, "s", ms=16, mfc="none", mec=colour, mew=1.2)
         ax.annotate(
             str(sid),
-            (x[-1], y[-1]),
+            (label.x_last, label.y_last),
             color=colour,
             fontsize="medium",
             xytext=(10, 10),
             textcoords="offset points",
             bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0, "pad": 1},
         )
-    target = sources[sources["is_target"].to_numpy(bool)]
-    if len(target):
-        tx, ty = wcs.world_to_pixel_values(target["ra"].to_numpy(), target["dec"].to_numpy())
-        ax.plot(tx, ty, "o", ms=14, mfc="none", mec="#d62728", mew=1.5, label="target")
+    if view.target_x.size:
+        ax.plot(
+            view.target_x,
+            view.target_y,
+            "o",
+            ms=14,
+            mfc="none",
+            mec="#d62728",
+            mew=1.5,
+            label="target",
+        )
         ax.legend(loc="upper right", fontsize="small")
-    ax.set_xlim(-0.5, image.shape[1] - 0.5)
-    ax.set_ylim(-0.5, image.shape[0] - 0.5)
+    ax.set_xlim(-0.5, nx - 0.5)
+    ax.set_ylim(-0.5, ny - 0.5)
     ax.set_xlabel("x (px)")
     ax.set_ylabel("y (px)")
-    ax.set_title(f"{len(movers)} moving sources over the co-add")
+    ax.set_title(f"{len(movers.movers)} moving sources over the co-add")
     return fig
 
 

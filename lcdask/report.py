@@ -30,6 +30,7 @@ name                        content
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,9 @@ from lcdask.plots import submit_run_plots, warm_up, write_run_plots
 from lcdask.products.views import (
     FRAME_PANELS,
     KIND_COLOURS,
-    mover_tracks,
-    read_coadd,
+    MoversView,
+    coadd_view,
+    movers_view,
     scatter_curve,
     target_view,
     variables_view,
@@ -360,28 +362,22 @@ def _variables_section(ds: xr.Dataset, sources: pd.DataFrame, *, max_variables: 
     return grid
 
 
-def _mover_table(ds: xr.Dataset, sources: pd.DataFrame) -> pd.DataFrame:
-    movers = sources[sources["kind"] == "moving"]
-    tracks = mover_tracks(ds, movers)
-    if tracks.empty:
-        return tracks.assign(colour=[], rate_arcsec_h=[])
-    ids = movers["source_id"].to_numpy(np.int64)
+def _with_colours(view: MoversView) -> MoversView:
+    """The movers' tracks with a ``colour`` column: the palette in the order of the movers."""
+    ids = view.movers["source_id"].to_numpy(np.int64)
     colour = {int(s): _PALETTE[k % len(_PALETTE)] for k, s in enumerate(ids)}
-    rate = np.hypot(movers["rate_ra_arcsec_h"], movers["rate_dec_arcsec_h"])
-    rate.index = ids
-    return tracks.assign(
-        colour=tracks["source_id"].map(colour),
-        rate_arcsec_h=tracks["source_id"].map(rate).to_numpy(float),
-    )
+    return replace(view, tracks=view.tracks.assign(colour=view.tracks["source_id"].map(colour)))
 
 
 def _movers_section(ds: xr.Dataset, sources: pd.DataFrame, coadd_path, *, coadd_pixels: int):
     from bokeh.layouts import column
     from bokeh.models import ColumnDataSource
 
-    tracks = _mover_table(ds, sources)
-    if tracks.empty:
+    view = movers_view(ds, sources)
+    if view.tracks.empty:
         return _note("No moving sources.", "movers_none")
+    view = _with_colours(view)
+    tracks = view.tracks
     src = ColumnDataSource(
         {
             "source_id": tracks["source_id"].to_numpy(np.int64),
@@ -426,24 +422,18 @@ def _movers_section(ds: xr.Dataset, sources: pd.DataFrame, coadd_path, *, coadd_
     children = [fig]
     if coadd_path is not None:
         try:
-            children.append(_coadd_figure(coadd_path, tracks, sources, coadd_pixels=coadd_pixels))
+            children.append(_coadd_figure(coadd_path, view, sources, coadd_pixels=coadd_pixels))
         except (OSError, ValueError) as exc:
             children.append(_note(f"The co-add could not be shown: {exc}", "movers_coadd_error"))
     return column(children, name="movers_section")
 
 
-def _coadd_figure(coadd_path: Path, tracks: pd.DataFrame, sources: pd.DataFrame, *, coadd_pixels):
-    from astropy.visualization import ZScaleInterval
+def _coadd_figure(coadd_path: Path, movers: MoversView, sources: pd.DataFrame, *, coadd_pixels):
     from bokeh.models import ColumnDataSource
 
-    image, wcs = read_coadd(coadd_path)
-    ny, nx = image.shape
-    step = max(1, int(np.ceil(max(ny, nx) / coadd_pixels)))
-    shown = image[::step, ::step]
-    finite = shown[np.isfinite(shown)]
-    vmin, vmax = ZScaleInterval().get_limits(finite) if finite.size else (0.0, 1.0)
-    scaled = np.clip((np.nan_to_num(shown, nan=vmin) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
-    grey = (scaled * 255).astype(np.uint8)
+    view = coadd_view(coadd_path, movers, sources, max_pixels=coadd_pixels)
+    ny, nx = view.shape
+    grey = view.grey()
     height = int(min(700, 700 * ny / max(nx, 1)))
     fig = _figure(
         "movers_coadd",
@@ -467,11 +457,11 @@ def _coadd_figure(coadd_path: Path, tracks: pd.DataFrame, sources: pd.DataFrame,
         palette=Greys256,
         name="coadd_image",
     )
-    x, y = wcs.world_to_pixel_values(tracks["ra"].to_numpy(), tracks["dec"].to_numpy())
+    tracks = view.tracks
     src = ColumnDataSource(
         {
-            "x": _finite(x),
-            "y": _finite(y),
+            "x": _finite(tracks["x"].to_numpy()),
+            "y": _finite(tracks["y"].to_numpy()),
             "source_id": tracks["source_id"].to_numpy(np.int64),
             "time_mjd": tracks["time_mjd"].to_numpy(float),
             "colour": tracks["colour"].to_numpy(str),
@@ -480,12 +470,10 @@ def _coadd_figure(coadd_path: Path, tracks: pd.DataFrame, sources: pd.DataFrame,
     )
     pts = fig.scatter("x", "y", source=src, color="colour", size=3)
     _hover(fig, [pts], [("source", "@source_id"), ("MJD", "@time_mjd{0.00000}")])
-    target = sources[sources["is_target"].to_numpy(bool)]
-    if len(target):
-        tx, ty = wcs.world_to_pixel_values(target["ra"].to_numpy(), target["dec"].to_numpy())
+    if view.target_x.size:
         fig.scatter(
-            _finite(tx),
-            _finite(ty),
+            _finite(view.target_x),
+            _finite(view.target_y),
             marker="circle",
             size=24,
             fill_alpha=0,

@@ -98,3 +98,56 @@ def test_variables_view_ranks_and_bins_the_variables(run):
     np.testing.assert_array_equal(page.time, ds["time_mjd"].to_numpy())
     none = views.variables_view(ds, sources.assign(kind="stable"))
     assert none.ranked.empty and none.rel_flux.shape == (0, 0) and none.binned == []
+
+
+def test_movers_view_tracks_against_the_simulated_motion(run):
+    _, truth, ds, sources = run
+    view = views.movers_view(ds, sources, max_movers=2)
+    every = views.movers_view(ds, sources)
+    moving = sources[sources["kind"] == "moving"]
+    assert every.movers["source_id"].tolist() == moving["source_id"].tolist()  # table order
+    assert len(view.movers) == min(2, len(moving))
+    assert np.all(
+        np.diff(view.tracks.groupby("source_id", sort=False)["rate_arcsec_h"].first()) <= 0
+    )
+    assert view.tracks["source_id"].unique().tolist() == view.movers["source_id"].tolist()
+    truth_rate = np.hypot(truth.movers["rate_ra_arcsec_h"], truth.movers["rate_dec_arcsec_h"])
+    for sid, g in every.tracks.groupby("source_id", sort=False):
+        # each mover's rate is a simulated mover's (matched by rate: 3 movers of distinct rates)
+        rate = g["rate_arcsec_h"].iloc[0]
+        assert np.min(np.abs(truth_rate - rate) / truth_rate) < 0.05, (sid, rate)
+        # the measured positions follow the fitted motion to within the astrometric noise
+        assert np.median(np.hypot(g["ra_residual"], g["dec_residual"])) < 0.5  # arcsec
+        # the offsets from the epoch position grow with the rate over the track
+        span_h = (g["time_mjd"].max() - g["time_mjd"].min()) * 24.0
+        travel = np.hypot(np.ptp(g["east_fit"]), np.ptp(g["north_fit"]))
+        assert travel == pytest.approx(rate * span_h, rel=1e-6)
+    np.testing.assert_array_equal(every.tracks["time"] + every.t0, every.tracks["time_mjd"])
+
+
+def test_coadd_view_puts_the_tracks_on_their_pixels(run):
+    from test_report import coadd_wcs
+
+    _, truth, ds, sources = run
+    size = truth.config.size
+    image = np.arange(size * size, dtype=np.float32).reshape(size, size)
+    movers = views.movers_view(ds, sources)
+    view = views.coadd_view((image, coadd_wcs(truth)), movers, sources, max_pixels=300)
+    assert view.step == int(np.ceil(size / 300)) and view.shape == (size, size)
+    np.testing.assert_array_equal(view.image, image[:: view.step, :: view.step])
+    # the detections' pixel positions in the first frame's WCS: within the frame, and on the
+    # light curves' own x, y (frame 0 has that WCS; later frames drift by a few pixels)
+    tracks = view.tracks
+    assert tracks["x"].between(-0.5, size).all() and tracks["y"].between(-0.5, size).all()
+    first = tracks[tracks["frame"] == 0]
+    assert len(first) == len(movers.movers)
+    ids = ds["source_id"].to_numpy()
+    for _, row in first.iterrows():
+        k = int(np.flatnonzero(ids == row["source_id"])[0])
+        # the simulated detections' position noise: ~0.03 px on these bright movers
+        dx, dy = row["x"] - float(ds["x"][k, 0]), row["y"] - float(ds["y"][k, 0])
+        assert abs(dx) < 0.1 and abs(dy) < 0.1
+    assert view.labels["source_id"].tolist() == movers.movers["source_id"].tolist()
+    grey = view.grey()
+    assert grey.dtype == np.uint8 and grey.min() == 0 and grey.max() == 255
+    assert view.target_x.shape == (1,) and 0 <= view.target_x[0] < size

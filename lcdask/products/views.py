@@ -21,10 +21,14 @@ from lcdask.lightcurves import LightCurveFlag
 __all__ = [
     "FRAME_PANELS",
     "KIND_COLOURS",
+    "CoaddView",
+    "MoversView",
     "TargetView",
     "VariablesView",
     "bin_lightcurve",
+    "coadd_view",
     "mover_tracks",
+    "movers_view",
     "ranked_variables",
     "read_coadd",
     "scatter_curve",
@@ -561,4 +565,178 @@ def variables_view(
         rel_flux=rel,
         rel_flux_err=err,
         binned=[bin_lightcurve(time, rel[k], err[k]) for k in range(len(shown))],
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class MoversView:
+    """The moving sources' tracks (`movers_view`).
+
+    Attributes
+    ----------
+    movers : pandas.DataFrame
+        The rows of the moving sources shown.
+    tracks : pandas.DataFrame
+        One row per measured (mover, frame), movers in the order of `movers`: the columns of
+        `mover_tracks` (``source_id``, ``frame``, ``time_mjd``, ``ra``, ``dec``, ``ra_fit``,
+        ``dec_fit``), and ``time`` (``time_mjd - t0``), ``rate_arcsec_h`` (the mover's rate),
+        ``east``, ``north`` (arcsec from the mover's position at its epoch, east along
+        RA cos Dec), ``east_fit``, ``north_fit`` (the same of the fitted motion), ``ra_residual``
+        (RA cos Dec), ``dec_residual`` (arcsec from the fitted motion).
+    t0 : float
+        The whole MJD before the first measurement (`time_offset`).
+    """
+
+    movers: pd.DataFrame
+    tracks: pd.DataFrame
+    t0: float
+
+
+def movers_view(
+    ds: xr.Dataset, sources: pd.DataFrame, *, max_movers: int | None = None
+) -> MoversView:
+    """The data of the movers' figures: their measured positions, fitted motion and offsets.
+
+    Parameters
+    ----------
+    ds
+        The light-curve Dataset; only the movers are read.
+    sources
+        The sources table (``kind``, ``ra``, ``dec``, ``epoch_mjd``, ``rate_ra_arcsec_h``,
+        ``rate_dec_arcsec_h``).
+    max_movers
+        At most this many movers, the fastest first (the PNGs); None: all of them, in the order
+        of the sources table (the report).
+
+    Returns
+    -------
+    MoversView
+    """
+    movers = sources[sources["kind"] == "moving"]
+    if max_movers is not None:
+        speed = np.hypot(movers["rate_ra_arcsec_h"], movers["rate_dec_arcsec_h"]).to_numpy(float)
+        order = np.argsort(-np.nan_to_num(speed, nan=-1.0), kind="stable")[:max_movers]
+        movers = movers.iloc[order]
+    tracks = mover_tracks(ds, movers)
+    t0 = time_offset(tracks["time_mjd"].to_numpy())
+    rate = np.hypot(movers["rate_ra_arcsec_h"], movers["rate_dec_arcsec_h"])
+    rate.index = movers["source_id"].to_numpy(np.int64)
+    at = movers.set_index("source_id").loc[tracks["source_id"]]
+    ra0, dec0 = at["ra"].to_numpy(float), at["dec"].to_numpy(float)
+    cosd = np.cos(np.deg2rad(dec0))
+    cos_fit = np.cos(np.deg2rad(tracks["dec_fit"].to_numpy()))
+    tracks = tracks.assign(
+        time=tracks["time_mjd"].to_numpy() - t0,
+        rate_arcsec_h=tracks["source_id"].map(rate).to_numpy(float),
+        east=(tracks["ra"].to_numpy() - ra0) * cosd * 3600.0,
+        north=(tracks["dec"].to_numpy() - dec0) * 3600.0,
+        east_fit=(tracks["ra_fit"].to_numpy() - ra0) * cosd * 3600.0,
+        north_fit=(tracks["dec_fit"].to_numpy() - dec0) * 3600.0,
+        ra_residual=(tracks["ra"] - tracks["ra_fit"]).to_numpy() * cos_fit * 3600.0,
+        dec_residual=(tracks["dec"] - tracks["dec_fit"]).to_numpy() * 3600.0,
+    )
+    return MoversView(movers=movers, tracks=tracks, t0=t0)
+
+
+@dataclass(frozen=True, eq=False)
+class CoaddView:
+    """The co-add with the movers' tracks in its pixels (`coadd_view`).
+
+    Attributes
+    ----------
+    shape : tuple of int
+        The co-add's ``(ny, nx)``.
+    step : int
+        The decimation: `image` is every ``step``-th pixel of the co-add on each axis.
+    image : numpy.ndarray
+        The decimated co-add (float32).
+    vmin, vmax : float
+        Its z-scale display limits.
+    tracks : pandas.DataFrame
+        The movers' tracks (`MoversView.tracks`) with their pixel positions in the co-add:
+        ``x``, ``y`` (measured) and ``x_fit``, ``y_fit`` (fitted motion).
+    labels : pandas.DataFrame
+        One row per mover: ``source_id``, ``x_median``, ``y_median`` (the middle of its track)
+        and ``x_last``, ``y_last`` (its last measured position).
+    target_x, target_y : numpy.ndarray
+        The target's pixel position (empty without a target).
+    """
+
+    shape: tuple[int, int]
+    step: int
+    image: np.ndarray
+    vmin: float
+    vmax: float
+    tracks: pd.DataFrame
+    labels: pd.DataFrame
+    target_x: np.ndarray
+    target_y: np.ndarray
+
+    def grey(self) -> np.ndarray:
+        """`image` scaled to 8 bits between `vmin` and `vmax` (NaN as `vmin`)."""
+        scaled = (np.nan_to_num(self.image, nan=self.vmin) - self.vmin) / max(
+            self.vmax - self.vmin, 1e-12
+        )
+        return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+
+
+def coadd_view(
+    coadd: str | Path | tuple[np.ndarray, object],
+    movers: MoversView,
+    sources: pd.DataFrame,
+    *,
+    max_pixels: int,
+) -> CoaddView:
+    """The data of the movers-over-the-co-add figure.
+
+    Parameters
+    ----------
+    coadd
+        ``coadd.fits`` or ``(image, wcs)`` (`read_coadd`).
+    movers
+        The movers' tracks (`movers_view`).
+    sources
+        The sources table (``is_target``, ``ra``, ``dec``).
+    max_pixels
+        The co-add is decimated to about this many pixels on a side.
+
+    Returns
+    -------
+    CoaddView
+    """
+    from astropy.visualization import ZScaleInterval
+
+    image, wcs = read_coadd(coadd)
+    step = max(1, int(np.ceil(max(image.shape) / max_pixels)))
+    shown = image[::step, ::step]
+    finite = shown[np.isfinite(shown)]
+    vmin, vmax = ZScaleInterval().get_limits(finite) if finite.size else (0.0, 1.0)
+    tracks = movers.tracks
+    x, y = wcs.world_to_pixel_values(tracks["ra"].to_numpy(), tracks["dec"].to_numpy())
+    fx, fy = wcs.world_to_pixel_values(tracks["ra_fit"].to_numpy(), tracks["dec_fit"].to_numpy())
+    tracks = tracks.assign(x=x, y=y, x_fit=fx, y_fit=fy)
+    labels = [
+        (
+            sid,
+            np.median(g["x"].to_numpy()),
+            np.median(g["y"].to_numpy()),
+            g["x"].iloc[-1],
+            g["y"].iloc[-1],
+        )
+        for sid, g in tracks.groupby("source_id", sort=False)
+    ]
+    target = sources[sources["is_target"].to_numpy(bool)]
+    tx, ty = wcs.world_to_pixel_values(target["ra"].to_numpy(), target["dec"].to_numpy())
+    return CoaddView(
+        shape=image.shape,
+        step=step,
+        image=shown,
+        vmin=vmin,
+        vmax=vmax,
+        tracks=tracks,
+        labels=pd.DataFrame(
+            labels, columns=["source_id", "x_median", "y_median", "x_last", "y_last"]
+        ),
+        target_x=np.asarray(tx, dtype=float),
+        target_y=np.asarray(ty, dtype=float),
     )
