@@ -43,11 +43,13 @@ from lcdask.products.views import (
     KIND_COLOURS,
     bin_lightcurve,
     coadd_view,
+    frames_view,
     mover_tracks,
     movers_view,
     ranked_variables,
     read_coadd,
     scatter_curve,
+    scatter_view,
     select_lightcurves,
     target_view,
     time_offset,
@@ -575,12 +577,13 @@ def scatter_magnitude_figure(sources: pd.DataFrame) -> Figure:
         expected scatter (line) and the noise model (dashed) of the non-moving sources, as
         medians in magnitude bins (`scatter_curve`).
     """
+    view = scatter_view(sources)
     fig = _new_figure(8, 5.5)
     ax = fig.add_subplot(_grid(fig, left=0.85)[0])
-    mag = sources["mag"].to_numpy(float)
-    scatter = sources["mad_scatter"].to_numpy(float)
+    mag = view.mag
+    scatter = view.mad_scatter
     for kind, colour in KIND_COLOURS.items():
-        sel = (sources["kind"] == kind).to_numpy()
+        sel = view.kind == kind
         ax.scatter(
             mag[sel],
             scatter[sel],
@@ -590,7 +593,7 @@ def scatter_magnitude_figure(sources: pd.DataFrame) -> Figure:
             alpha=0.7 if kind == "stable" else 0.9,
             gid=f"scatter_{kind}",
         )
-    comp = sources["is_comparison"].to_numpy(bool)
+    comp = view.is_comparison
     if comp.any():
         ax.scatter(
             mag[comp],
@@ -602,7 +605,7 @@ def scatter_magnitude_figure(sources: pd.DataFrame) -> Figure:
             label=f"comparison ({int(comp.sum())})",
             gid="scatter_comparison",
         )
-    target = sources["is_target"].to_numpy(bool)
+    target = view.is_target
     if target.any():
         ax.scatter(
             mag[target],
@@ -615,9 +618,8 @@ def scatter_magnitude_figure(sources: pd.DataFrame) -> Figure:
             gid="scatter_target",
             zorder=5,
         )
-    fixed = (sources["kind"] != "moving").to_numpy()
-    if "expected_scatter" in sources:
-        curve = scatter_curve(mag[fixed], sources["expected_scatter"].to_numpy(float)[fixed])
+    if "expected_scatter" in view.curves:
+        curve = view.curves["expected_scatter"]
         ax.plot(
             curve["mag"],
             curve["value"],
@@ -627,8 +629,8 @@ def scatter_magnitude_figure(sources: pd.DataFrame) -> Figure:
             label="expected scatter",
             gid="expected_scatter",
         )
-    if "noise_model" in sources:
-        curve = scatter_curve(mag[fixed], sources["noise_model"].to_numpy(float)[fixed])
+    if "noise_model" in view.curves:
+        curve = view.curves["noise_model"]
         ax.plot(
             curve["mag"],
             curve["value"],
@@ -673,20 +675,19 @@ def frames_figure(frames: pd.DataFrame) -> Figure:
     ValueError
         When the table has no ``time_mjd`` or none of the quantities.
     """
-    if "time_mjd" not in frames:
+    view = frames_view(frames)
+    if view.time_mjd is None:
         raise ValueError("the per-frame table needs a 'time_mjd' column")
-    panels = [(c, label) for c, label in FRAME_PANELS if c in frames and frames[c].notna().any()]
-    if not panels:
+    if not view.panels:
         raise ValueError("the per-frame table has none of " + ", ".join(c for c, _ in FRAME_PANELS))
-    t = frames["time_mjd"].to_numpy(float)
-    t0 = time_offset(t)
+    panels, t0 = view.panels, view.t0
     fig = _new_figure(9, 1.7 * len(panels) + 0.8)
     grid = _grid(fig, len(panels), 1, top=0.35, h_gap=0.2)
     axes = np.atleast_1d(grid.subplots(sharex=True))
     for ax, (col, label) in zip(axes, panels, strict=True):
-        ax.plot(t - t0, frames[col].to_numpy(float), ".-", ms=3, lw=0.6)
+        ax.plot(view.time, view.table[col].to_numpy(float), ".-", ms=3, lw=0.6)
         ax.set_ylabel(label, fontsize="small")
-    if "zero_point" in frames:
+    if "zero_point" in view.table:
         axes[0].set_title("per-frame conditions")
     axes[-1].set_xlabel(f"MJD - {t0:.0f} (d)")
     return fig

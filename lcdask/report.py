@@ -43,15 +43,14 @@ from lcdask.io.atomic import atomic_path
 from lcdask.io.products import RunProducts, read_run
 from lcdask.plots import submit_run_plots, warm_up, write_run_plots
 from lcdask.products.views import (
-    FRAME_PANELS,
     KIND_COLOURS,
     MoversView,
     coadd_view,
+    frames_view,
     movers_view,
-    scatter_curve,
+    scatter_view,
     target_view,
     variables_view,
-    with_frame_coords,
 )
 from lcdask.stages._parallel import gather_results, on_each_worker, submit_task
 
@@ -487,10 +486,10 @@ def _coadd_figure(coadd_path: Path, movers: MoversView, sources: pd.DataFrame, *
 def _scatter_section(sources: pd.DataFrame):
     from bokeh.models import ColumnDataSource
 
-    mag = sources["mag"].to_numpy(float)
-    scatter = sources["mad_scatter"].to_numpy(float)
-    scatter = np.where(scatter > 0, scatter, np.nan)
-    kind = sources["kind"].astype(str).to_numpy()
+    view = scatter_view(sources)
+    mag = view.mag
+    scatter = view.positive_scatter
+    kind = view.kind
     src = ColumnDataSource(
         {
             "source_id": sources["source_id"].to_numpy(np.int64),
@@ -500,8 +499,8 @@ def _scatter_section(sources: pd.DataFrame):
             "scatter_ratio": _finite(sources["scatter_ratio"].to_numpy(float)),
             "kind": kind,
             "colour": np.array([KIND_COLOURS.get(k, "black") for k in kind]),
-            "is_comparison": sources["is_comparison"].to_numpy(bool),
-            "is_target": sources["is_target"].to_numpy(bool),
+            "is_comparison": view.is_comparison,
+            "is_target": view.is_target,
             "n_frames": sources["n_frames"].to_numpy(np.int64),
         },
         name="scatter_source",
@@ -517,13 +516,12 @@ def _scatter_section(sources: pd.DataFrame):
     pts = fig.scatter(
         "mag", "mad_scatter", source=src, color="colour", legend_field="kind", size=5, alpha=0.8
     )
-    fixed = kind != "moving"
     for col, dash, label in (
         ("expected_scatter", "solid", "expected scatter"),
         ("noise_model", "dashed", "noise model"),
     ):
-        if col in sources:
-            curve = scatter_curve(mag[fixed], sources[col].to_numpy(float)[fixed])
+        if col in view.curves:
+            curve = view.curves[col]
             fig.line(
                 curve["mag"].to_numpy(),
                 curve["value"].to_numpy(),
@@ -532,7 +530,7 @@ def _scatter_section(sources: pd.DataFrame):
                 legend_label=label,
                 name=f"curve_{col}",
             )
-    comp = sources["is_comparison"].to_numpy(bool)
+    comp = view.is_comparison
     if comp.any():
         fig.scatter(
             mag[comp],
@@ -542,7 +540,7 @@ def _scatter_section(sources: pd.DataFrame):
             line_color="black",
             legend_label="comparison",
         )
-    target = sources["is_target"].to_numpy(bool)
+    target = view.is_target
     if target.any():
         fig.scatter(
             mag[target],
@@ -575,13 +573,13 @@ def _frames_section(frames: pd.DataFrame, ds: xr.Dataset):
     from bokeh.layouts import column
     from bokeh.models import ColumnDataSource
 
-    table = with_frame_coords(frames, ds)
-    if "time_mjd" not in table:
+    view = frames_view(frames, ds)
+    table, panels = view.table, view.panels
+    if view.time_mjd is None:
         return _note("The per-frame table has no time_mjd.", "frames_none")
-    panels = [(c, lab) for c, lab in FRAME_PANELS if c in table and table[c].notna().any()]
     if not panels:
         return _note("No per-frame quantities to show.", "frames_none")
-    data = {"time_mjd": table["time_mjd"].to_numpy(float)}
+    data = {"time_mjd": view.time_mjd}
     if "frame" in table:
         data["frame"] = table["frame"].to_numpy(np.int64)
     for col, _ in panels:

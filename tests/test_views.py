@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_report import transit_depth, write_simulated_run
 
@@ -151,3 +152,46 @@ def test_coadd_view_puts_the_tracks_on_their_pixels(run):
     grey = view.grey()
     assert grey.dtype == np.uint8 and grey.min() == 0 and grey.max() == 255
     assert view.target_x.shape == (1,) and 0 <= view.target_x[0] < size
+
+
+def test_scatter_view_curves_follow_the_non_moving_sources(run):
+    _, _, _, sources = run
+    view = views.scatter_view(sources)
+    np.testing.assert_array_equal(view.mag, sources["mag"])
+    assert set(view.curves) == {"expected_scatter", "noise_model"}
+    fixed = sources[sources["kind"] != "moving"]
+    for col, curve in view.curves.items():
+        assert np.all(np.diff(curve["mag"]) >= 0) and len(curve) == 20
+        at = np.interp(fixed["mag"], curve["mag"], curve["value"])
+        # a median curve through the values: within 10% of them in the median
+        assert np.nanmedian(np.abs(np.log(fixed[col] / at))) < 0.1, col
+    # the movers do not bend the curves
+    wild = sources.assign(
+        expected_scatter=sources["expected_scatter"].where(sources["kind"] != "moving", 100.0)
+    )
+    curve = views.scatter_view(wild).curves["expected_scatter"]
+    pd.testing.assert_frame_equal(curve, view.curves["expected_scatter"])
+    zero = views.scatter_view(sources.assign(mad_scatter=0.0))
+    assert np.isnan(zero.positive_scatter).all() and (zero.mad_scatter == 0).all()
+
+
+def test_frames_view_completes_the_table_from_the_light_curves(run):
+    run_dir, truth, ds, _ = run
+    frames = pd.read_parquet(run_dir / "frames.parquet")
+    view = views.frames_view(frames, ds)
+    assert "transparency" not in frames and "transparency" in view.table
+    assert [c for c, _ in view.panels] == [
+        "zero_point",
+        "fwhm_px",
+        "sky",
+        "airmass",
+        "transparency",
+        "n_sources",
+        "astrometry_rms_arcsec",
+    ]
+    np.testing.assert_array_equal(view.time_mjd, truth.frames["time_mjd"])
+    assert view.t0 == np.floor(truth.frames["time_mjd"].min())
+    np.testing.assert_array_equal(view.time + view.t0, view.time_mjd)
+    alone = views.frames_view(frames)  # the table as given
+    assert "transparency" not in alone.table and len(alone.panels) == 6
+    assert views.frames_view(frames.drop(columns="time_mjd")).time_mjd is None

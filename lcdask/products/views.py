@@ -22,16 +22,20 @@ __all__ = [
     "FRAME_PANELS",
     "KIND_COLOURS",
     "CoaddView",
+    "FramesView",
     "MoversView",
+    "ScatterView",
     "TargetView",
     "VariablesView",
     "bin_lightcurve",
     "coadd_view",
+    "frames_view",
     "mover_tracks",
     "movers_view",
     "ranked_variables",
     "read_coadd",
     "scatter_curve",
+    "scatter_view",
     "select_lightcurves",
     "target_view",
     "time_offset",
@@ -740,3 +744,118 @@ def coadd_view(
         target_x=np.asarray(tx, dtype=float),
         target_y=np.asarray(ty, dtype=float),
     )
+
+
+@dataclass(frozen=True, eq=False)
+class ScatterView:
+    """The sources' robust scatter against magnitude (`scatter_view`).
+
+    Attributes
+    ----------
+    sources : pandas.DataFrame
+        The sources table (its other columns for hover texts: ``expected_scatter``,
+        ``scatter_ratio``, ``n_frames``...).
+    mag, mad_scatter : numpy.ndarray
+        Each source's magnitude and robust scatter (1.4826 MAD of the relative flux).
+    kind : numpy.ndarray
+        Each source's class, as text.
+    is_comparison, is_target : numpy.ndarray
+        Boolean masks.
+    curves : dict of str to pandas.DataFrame
+        ``expected_scatter`` and ``noise_model`` (those in the table) of the non-moving
+        sources, as `scatter_curve` tables (``mag``, ``value``).
+    """
+
+    sources: pd.DataFrame
+    mag: np.ndarray
+    mad_scatter: np.ndarray
+    kind: np.ndarray
+    is_comparison: np.ndarray
+    is_target: np.ndarray
+    curves: dict[str, pd.DataFrame]
+
+    @property
+    def positive_scatter(self) -> np.ndarray:
+        """`mad_scatter` with NaN where it is not positive (what a log axis can show)."""
+        return np.where(self.mad_scatter > 0, self.mad_scatter, np.nan)
+
+
+def scatter_view(sources: pd.DataFrame) -> ScatterView:
+    """The data of the scatter-against-magnitude figure.
+
+    Parameters
+    ----------
+    sources
+        The sources table (``mag``, ``mad_scatter``, ``kind``, ``is_comparison``,
+        ``is_target``; ``expected_scatter`` and ``noise_model`` when present).
+
+    Returns
+    -------
+    ScatterView
+    """
+    mag = sources["mag"].to_numpy(float)
+    kind = sources["kind"].astype(str).to_numpy()
+    fixed = kind != "moving"
+    curves = {
+        col: scatter_curve(mag[fixed], sources[col].to_numpy(float)[fixed])
+        for col in ("expected_scatter", "noise_model")
+        if col in sources
+    }
+    return ScatterView(
+        sources=sources,
+        mag=mag,
+        mad_scatter=sources["mad_scatter"].to_numpy(float),
+        kind=kind,
+        is_comparison=sources["is_comparison"].to_numpy(bool),
+        is_target=sources["is_target"].to_numpy(bool),
+        curves=curves,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class FramesView:
+    """Per-frame conditions against time (`frames_view`).
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        The per-frame table.
+    panels : list of tuple
+        ``(column, label)`` of `FRAME_PANELS` that the table has with a value.
+    time_mjd : numpy.ndarray or None
+        The frames' times (MJD); None when the table has no ``time_mjd``.
+    t0 : float
+        The whole MJD before the first frame (`time_offset`).
+    time : numpy.ndarray or None
+        ``time_mjd - t0``.
+    """
+
+    table: pd.DataFrame
+    panels: list[tuple[str, str]]
+    time_mjd: np.ndarray | None
+    t0: float
+    time: np.ndarray | None
+
+
+def frames_view(frames: pd.DataFrame | None, ds: xr.Dataset | None = None) -> FramesView:
+    """The data of the per-frame conditions' figure.
+
+    Parameters
+    ----------
+    frames
+        The per-frame table (``frames.parquet``), or None.
+    ds
+        The light-curve Dataset: its frame coordinates complete the table
+        (`with_frame_coords`); the table is taken as it is when None.
+
+    Returns
+    -------
+    FramesView
+    """
+    table = with_frame_coords(frames, ds) if ds is not None else frames
+    panels = [(c, lab) for c, lab in FRAME_PANELS if c in table and table[c].notna().any()]
+    if "time_mjd" not in table:
+        return FramesView(table, panels, None, 0.0, None)
+    t = table["time_mjd"].to_numpy(float)
+    t0 = time_offset(t)
+    return FramesView(table, panels, t, t0, t - t0)
