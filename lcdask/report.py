@@ -2,7 +2,8 @@
 
 `write_report` reads a run directory and writes a standalone page with bokeh's JavaScript inline
 (`bokeh.resources.INLINE`), so that it opens without a network. `build_report` returns the
-bokeh layout for notebooks (``bokeh.io.show(build_report(lcdask.open_run(RUN)))``).
+bokeh layout for notebooks (``bokeh.io.show(build_report(lcdask.open_run(RUN)))``). Each section
+draws the data of its view from `lcdask.products.views`, as the PNG plots (`lcdask.plots`) do.
 
 Every plot and data source carries a stable ``name`` (`REPORT_NAMES`), so that scripts and tests
 find them with ``doc.select_one({"name": ...})`` or, in the page,

@@ -2,6 +2,21 @@
 
 `lcdask.plots` (matplotlib) and `lcdask.report` (bokeh) draw the same views of a run; what they
 draw is made here: plain arrays, tables and small dataclasses, with no plotting library imported.
+
+======================  ==========================================================================
+view                    data
+======================  ==========================================================================
+`target_view`           the target's light curve, binned, and its comparison stars, offset
+`variables_view`        the most significant variables' light curves, binned
+`movers_view`           the movers' measured positions, fitted motion, offsets and residuals
+`coadd_view`            the co-add (decimated, z-scaled) and the movers' tracks in its pixels
+`scatter_view`          robust scatter against magnitude, with the expected-scatter curves
+`frames_view`           per-frame conditions against time
+======================  ==========================================================================
+
+Where the PNGs and the report differ, a keyword says how (``offset_time``: days after the whole
+MJD, or the MJD; ``comparison_order``; ``max_movers``); the helpers (`bin_lightcurve`,
+`select_lightcurves`, `mover_tracks`, `scatter_curve`...) are public for notebooks.
 """
 
 from __future__ import annotations
