@@ -60,3 +60,22 @@ def test_read_run_names_what_is_missing(tmp_path):
     (tmp_path / "sources.parquet").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match=r"has no lightcurves\.zarr; run `lcdask run"):
         read_run(tmp_path)
+
+
+def test_products_can_be_given_in_place_of_the_directorys(run):
+    # dataclasses.replace keeps working as with the eager reader (test_target_location uses it)
+    import dataclasses
+
+    run_dir, _, ds, sources = run
+    products = read_run(run_dir)
+    fewer = dataclasses.replace(
+        products, sources=sources.iloc[:3], record={"target": {"message": "given"}}
+    )
+    assert fewer.path == run_dir and len(fewer.sources) == 3
+    assert fewer.record == {"target": {"message": "given"}}
+    assert len(products.sources) == len(sources) and products.record == {}  # unchanged
+    # the products not given are the directory's
+    np.testing.assert_array_equal(fewer.lightcurves["rel_flux"], ds["rel_flux"])
+    assert fewer.coadd_path is None
+    assert repr(fewer) == f"RunProducts(path={run_dir!r})"  # no product read to show it
+    assert fewer == products and hash(fewer) == hash(products)  # the same directory
