@@ -2,60 +2,32 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 
 from lcdask._utils.skygeom import separation_arcsec
 from lcdask.classify import parse_target
 from lcdask.export import lightcurve_table
-from lcdask.io.cube import open_cube
+from lcdask.io.products import RunProducts
 
 __all__ = ["Run", "open_run"]
 
 
-@dataclass(frozen=True)
-class Run:
-    """A run directory's products, opened lazily as they are asked for.
+class Run(RunProducts):
+    """A run directory's products, opened lazily as they are asked for, with queries for notebooks.
+
+    The products (``record``, ``cube``, ``lightcurves``, ``sources``, ``frames``,
+    ``detections``, ``coadd_path``, ``psf_path``) are those of `lcdask.io.products.RunProducts`,
+    the one reader of a run; `find`, `lightcurve` and `plot_lightcurve` are added here.
 
     Attributes
     ----------
     path : Path
         The run directory.
     """
-
-    path: Path
-
-    @cached_property
-    def cube(self) -> xr.Dataset:
-        """The frame cube (lazy): raw and calibrated frames, masters, per-frame metadata."""
-        return open_cube(self.path)
-
-    @cached_property
-    def sources(self) -> pd.DataFrame:
-        """One row per source: position, class, motion, scatter, target flag."""
-        return pd.read_parquet(self.path / "sources.parquet")
-
-    @cached_property
-    def lightcurves(self) -> xr.Dataset:
-        """The (source, frame) light-curve cube (lazy)."""
-        return xr.open_zarr(self.path / "lightcurves.zarr", consolidated=None)
-
-    @cached_property
-    def frames(self) -> pd.DataFrame:
-        """One row per light frame: time, FWHM, sky, zero point, astrometry."""
-        return pd.read_parquet(self.path / "frames.parquet")
-
-    @cached_property
-    def record(self) -> dict[str, Any]:
-        """``run.json``: configuration, versions, stages, skipped and flagged frames."""
-        return json.loads((self.path / "run.json").read_text())
 
     def find(self, ra: float | str, dec: float | None = None, *, radius_arcsec: float = 3.0) -> int:
         """The id of the source nearest a position.

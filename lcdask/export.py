@@ -1,8 +1,8 @@
-"""Read a run's products back, and export light curves as CSV, ECSV or FITS tables.
+"""Export light curves as CSV, ECSV or FITS tables.
 
-`read_run` opens what a run directory holds for the outputs (light curves lazily, the sources
-and per-frame tables, the co-add's path). `export_lightcurves` writes long-format tables, one row
-per (source, frame) measurement::
+A run is read through `lcdask.io.products` (the one reader of a run; `read_run`, `RunProducts`
+and `frames_table` are still importable from here). `export_lightcurves` writes long-format
+tables, one row per (source, frame) measurement::
 
     source_id, frame, time_mjd[, bjd_tdb], flux, flux_err, mag, mag_err, flux_jy,
     rel_flux, rel_flux_err, flags, ra, dec, x, y
@@ -18,10 +18,7 @@ of sources; ECSV and FITS tables are built whole in memory (select sources for l
 
 from __future__ import annotations
 
-import json
-import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +27,7 @@ import pandas as pd
 import xarray as xr
 
 from lcdask.io.atomic import atomic_path
+from lcdask.io.products import RunProducts, frames_table, read_run
 from lcdask.lightcurves import LightCurveFlag
 
 __all__ = [
@@ -107,102 +105,6 @@ _FORCED = int(LightCurveFlag.FORCED)
 _KINDS = ("stable", "variable", "moving")
 _CSV_BLOCK = 2_000_000
 Selection = str | int | Iterable[int] | None
-
-
-@dataclass(frozen=True)
-class RunProducts:
-    """What a run directory holds for the outputs (see `read_run`).
-
-    Attributes
-    ----------
-    run_dir
-        The run directory.
-    lightcurves
-        ``lightcurves.zarr`` opened lazily (dims ``source``, ``frame``).
-    sources
-        ``sources.parquet``.
-    frames
-        The per-frame table: ``frames.parquet`` when the run has one, else built from the light
-        curves' frame coordinates (`frames_table`).
-    coadd_path
-        ``coadd.fits`` when it exists, else None.
-    record
-        ``run.json`` (empty when the run has none): configuration, stages, notes, and the
-        target as given and where it was found (``record["target"]``).
-    """
-
-    run_dir: Path
-    lightcurves: xr.Dataset
-    sources: pd.DataFrame
-    frames: pd.DataFrame
-    coadd_path: Path | None
-    record: dict = field(default_factory=dict)
-
-
-def read_run(run_dir: str | Path) -> RunProducts:
-    """Open a run directory's light curves, sources, per-frame table and co-add.
-
-    Parameters
-    ----------
-    run_dir
-        The run directory (``lcdask run --out RUN``).
-
-    Returns
-    -------
-    RunProducts
-        The light curves are opened lazily: nothing is read until a selection is loaded.
-
-    Raises
-    ------
-    FileNotFoundError
-        When ``sources.parquet`` or ``lightcurves.zarr`` is missing.
-    """
-    run = Path(run_dir)
-    missing = [n for n in ("sources.parquet", "lightcurves.zarr") if not (run / n).exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"{run} has no {' and no '.join(missing)}; run `lcdask run FRAMES --out {run}` first"
-        )
-    with warnings.catch_warnings():  # a store without consolidated metadata opens all the same
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ds = xr.open_zarr(run / "lightcurves.zarr", consolidated=None)
-    sources = pd.read_parquet(run / "sources.parquet")
-    frames_path = run / "frames.parquet"
-    frames = pd.read_parquet(frames_path) if frames_path.exists() else frames_table(ds)
-    coadd = run / "coadd.fits"
-    try:
-        record = json.loads((run / "run.json").read_text())
-    except (OSError, ValueError):
-        record = {}
-    return RunProducts(
-        run_dir=run,
-        lightcurves=ds,
-        sources=sources,
-        frames=frames,
-        coadd_path=coadd if coadd.exists() else None,
-        record=record,
-    )
-
-
-def frames_table(ds: xr.Dataset) -> pd.DataFrame:
-    """The per-frame table from a light-curve Dataset's frame coordinates.
-
-    Parameters
-    ----------
-    ds
-        The light-curve Dataset.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``frame`` and every 1-d coordinate on ``frame`` (``time_mjd``, ``zero_point``,
-        ``fwhm_px``, ``sky``, ``airmass``...).
-    """
-    cols = {"frame": ds["frame"].to_numpy()}
-    for name, coord in ds.coords.items():
-        if coord.dims == ("frame",) and name != "frame":
-            cols[str(name)] = coord.to_numpy()
-    return pd.DataFrame(cols)
 
 
 def select_sources(sources: pd.DataFrame, which: Selection = "all") -> np.ndarray:

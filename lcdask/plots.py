@@ -4,8 +4,11 @@ Each plot has a function that builds a matplotlib `~matplotlib.figure.Figure` fr
 (``*_figure``: for notebooks and tests) and one that writes it as a PNG (``plot_*``: returns the
 path). `write_plots` writes them all from a light-curve Dataset and a sources table;
 `write_run_plots` reads a run directory first (with a ``client``, one task per figure on the
-cluster: `write_run_plot`, `submit_run_plots`). matplotlib is imported inside the functions,
-with the non-interactive Agg canvas, so importing this module costs nothing and needs no display.
+cluster: `write_run_plot`, `submit_run_plots`). What they draw is prepared in
+`lcdask.products.views` (shared with the HTML report; its helpers ``bin_lightcurve``,
+``select_lightcurves``, ``mover_tracks``... are importable from here too). matplotlib is imported
+inside the functions, with the non-interactive Agg canvas, so importing this module costs nothing
+and needs no display.
 
 ===========================  ================================================================
 file                         content
@@ -26,8 +29,6 @@ file                         content
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,24 @@ import pandas as pd
 import xarray as xr
 
 from lcdask.io.atomic import atomic_path
-from lcdask.lightcurves import LightCurveFlag
+from lcdask.products.views import (
+    FRAME_PANELS,
+    KIND_COLOURS,
+    bin_lightcurve,
+    coadd_view,
+    frames_view,
+    mover_tracks,
+    movers_view,
+    ranked_variables,
+    read_coadd,
+    scatter_curve,
+    scatter_view,
+    select_lightcurves,
+    target_view,
+    time_offset,
+    variables_view,
+    with_frame_coords,
+)
 from lcdask.stages._parallel import gather_results, submit_task
 
 if TYPE_CHECKING:
@@ -75,25 +93,6 @@ __all__ = [
     "write_run_plots",
 ]
 
-KIND_COLOURS = {
-    "stable": "#7f7f7f",
-    "variable": "#d62728",
-    "moving": "#1f77b4",
-    "artefact": "#bcbd22",
-}
-"""Colour of each source class, shared by the PNG plots and the HTML report."""
-
-FRAME_PANELS = (
-    ("zero_point", "zero point (mag)"),
-    ("fwhm_px", "FWHM (px)"),
-    ("sky", "sky (ADU/px)"),
-    ("airmass", "airmass"),
-    ("transparency", "transparency"),
-    ("n_sources", "sources"),
-    ("astrometry_rms_arcsec", "astrometric rms (arcsec)"),
-)
-"""Per-frame quantities plotted against time (those present), with their axis labels."""
-
 RUN_PLOTS = ("target", "variables", "movers", "movers_coadd", "scatter_magnitude", "frames")
 """The run's plots (``RUN/plots/<name>.png``), in the order they are written."""
 
@@ -101,183 +100,7 @@ RUN_PLOTS = ("target", "variables", "movers", "movers_coadd", "scatter_magnitude
 # when they are spread over a cluster.
 _PLOT_COST = {"variables": 5, "frames": 4, "movers_coadd": 3, "target": 3, "movers": 2}
 
-_MISSING = int(LightCurveFlag.MISSING)
-_FORCED = int(LightCurveFlag.FORCED)
 _DPI = 100
-
-
-# --------------------------------------------------------------------------------------------
-# helpers shared with the report
-
-
-def time_offset(time_mjd: np.ndarray) -> float:
-    """The whole MJD before the first time: plots show ``time_mjd - offset`` in days."""
-    t = np.asarray(time_mjd, dtype=float)
-    t = t[np.isfinite(t)]
-    return float(np.floor(t.min())) if t.size else 0.0
-
-
-def bin_lightcurve(
-    time: np.ndarray,
-    value: np.ndarray,
-    error: np.ndarray | None = None,
-    *,
-    bin_width: float | None = None,
-    n_bins: int = 25,
-) -> pd.DataFrame:
-    """Bin a light curve in time: weighted means of the points in each bin.
-
-    Parameters
-    ----------
-    time, value
-        The light curve (non-finite points are ignored).
-    error
-        1-sigma errors (weights ``1 / error**2``); without them all points weigh the same and
-        the error of a bin is its standard deviation over ``sqrt(n)``.
-    bin_width
-        Width of the bins in the unit of ``time``; default the span over ``n_bins``.
-    n_bins
-        Number of bins over the span when ``bin_width`` is not given.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``time`` (mean time of the points), ``value``, ``error``, ``n`` for each non-empty bin.
-    """
-    t = np.asarray(time, dtype=float)
-    y = np.asarray(value, dtype=float)
-    e = np.ones_like(y) if error is None else np.asarray(error, dtype=float)
-    ok = np.isfinite(t) & np.isfinite(y) & np.isfinite(e) & (e > 0)
-    t, y, e = t[ok], y[ok], e[ok]
-    if t.size == 0:
-        return pd.DataFrame({"time": [], "value": [], "error": [], "n": []})
-    span = float(t.max() - t.min())
-    width = bin_width if bin_width is not None else (span / max(n_bins, 1) or 1.0)
-    idx = np.floor((t - t.min()) / width).astype(np.int64)
-    w = 1.0 / e**2
-    df = pd.DataFrame({"b": idx, "t": t, "y": y, "w": w, "wy": w * y, "y2": y * y})
-    g = df.groupby("b")
-    n = g.size()
-    wsum = g["w"].sum()
-    mean = g["wy"].sum() / wsum
-    if error is None:
-        var = (g["y2"].mean() - g["y"].mean() ** 2).clip(lower=0.0) * n / (n - 1).clip(lower=1)
-        err = np.sqrt(var / n)
-    else:
-        err = 1.0 / np.sqrt(wsum)
-    return pd.DataFrame(
-        {
-            "time": g["t"].mean().to_numpy(),
-            "value": mean.to_numpy(),
-            "error": err.to_numpy(),
-            "n": n.to_numpy(),
-        }
-    )
-
-
-def select_lightcurves(
-    ds: xr.Dataset, ids: Sequence[int] | np.ndarray, *, variables: Sequence[str] | None = None
-) -> xr.Dataset:
-    """The light curves of some sources, loaded, in the order of ``ids``.
-
-    Parameters
-    ----------
-    ds
-        The light-curve Dataset (lazy or loaded).
-    ids
-        ``source_id`` values.
-    variables
-        The data variables to read (those of ``ds`` that exist; its coordinates always come
-        along); default all. A plot that needs two of the 14 variables of a lazy Dataset reads
-        them in a fifth of the time.
-
-    Returns
-    -------
-    xarray.Dataset
-        The selection, in memory.
-
-    Raises
-    ------
-    ValueError
-        When an id is not in the light curves.
-    """
-    ids = np.asarray(ids, dtype=np.int64)
-    sid = ds["source_id"].to_numpy()
-    order = np.argsort(sid, kind="stable")
-    pos = np.searchsorted(sid[order], ids)
-    pos = np.minimum(pos, max(sid.size - 1, 0))
-    ok = sid[order][pos] == ids if sid.size else np.zeros(ids.size, bool)
-    if not ok.all():
-        raise ValueError(f"source ids {ids[~ok][:10].tolist()} are not in the light curves")
-    if variables is not None:
-        ds = ds[[v for v in variables if v in ds.data_vars]]
-    return ds.isel(source=order[pos]).load()
-
-
-def with_frame_coords(frames: pd.DataFrame | None, ds: xr.Dataset) -> pd.DataFrame:
-    """The per-frame table completed with the light curves' frame coordinates it lacks.
-
-    Parameters
-    ----------
-    frames
-        ``frames.parquet`` (or None).
-    ds
-        The light-curve Dataset (``transparency`` and the other coordinates on ``frame``).
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``frames`` with the missing columns added (matched on ``frame``), or the Dataset's frame
-        coordinates alone when ``frames`` is None.
-    """
-    from lcdask.export import frames_table
-
-    coords = frames_table(ds)
-    if frames is None:
-        return coords
-    extra = [c for c in coords.columns if c not in frames.columns]
-    if not extra or "frame" not in frames.columns:
-        return frames
-    return frames.merge(coords[["frame", *extra]], on="frame", how="left")
-
-
-def _measured(flags: np.ndarray) -> np.ndarray:
-    """Entries that hold a measurement (detected or forced)."""
-    return ((flags & _MISSING) == 0) | ((flags & _FORCED) != 0)
-
-
-def _target_row(sources: pd.DataFrame) -> pd.Series:
-    target = sources[sources["is_target"].to_numpy(bool)]
-    if target.empty:
-        raise ValueError(
-            "the sources table has no target (is_target); give one with `lcdask run --target`"
-        )
-    return target.iloc[0]
-
-
-def ranked_variables(sources: pd.DataFrame, *, include_target: bool = False) -> pd.DataFrame:
-    """The variable sources, the most significant first (larger of the scatter ratios).
-
-    Parameters
-    ----------
-    sources
-        The sources table.
-    include_target
-        Keep the target when it is variable.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The rows of the variables, ranked.
-    """
-    var = sources[sources["kind"] == "variable"]
-    if not include_target:
-        var = var[~var["is_target"].to_numpy(bool)]
-    score = np.fmax(
-        var.get("scatter_ratio", pd.Series(np.nan, index=var.index)).to_numpy(float),
-        var.get("binned_ratio", pd.Series(np.nan, index=var.index)).to_numpy(float),
-    )
-    return var.iloc[np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")]
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -343,7 +166,7 @@ def warm_up() -> None:
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    import lcdask.export  # noqa: F401  (read_run, in write_run_plot)
+    import lcdask.io.products  # noqa: F401  (read_run, in write_run_plot)
 
     fig = _new_figure(2.0, 2.0)
     ax = fig.add_gridspec(1, 1).subplots()
@@ -395,23 +218,14 @@ def target_figure(
     ValueError
         When no source is the target.
     """
-    target = _target_row(sources)
-    comp = sources[sources["is_comparison"].to_numpy(bool)]
-    if "comparison_weight" in ds and len(comp):
-        weight = ds["comparison_weight"].to_series()
-        weight.index = ds["source_id"].to_numpy()
-        comp = comp.assign(_w=comp["source_id"].map(weight).to_numpy())
-        comp = comp.sort_values("_w", ascending=False)
-    else:
-        comp = comp.sort_values("mag")
-    comp_ids = comp["source_id"].to_numpy(np.int64)[:n_comparison]
-    sub = select_lightcurves(
-        ds, [int(target["source_id"]), *comp_ids], variables=("rel_flux", "rel_flux_err")
-    )
-    t = sub["time_mjd"].to_numpy().astype(float)
-    t0 = time_offset(t)
-    tt = t - t0
-    has_transparency = "transparency" in sub.coords
+    view = target_view(ds, sources, n_comparison=n_comparison, n_bins=n_bins)
+    if view is None:
+        raise ValueError(
+            "the sources table has no target (is_target); give one with `lcdask run --target`"
+        )
+    target = view.row
+    tt = view.time
+    has_transparency = view.transparency is not None
     n_rows = 2 + int(has_transparency)
     fig = _new_figure(9, 3.2 * n_rows)
     grid = _grid(
@@ -419,10 +233,17 @@ def target_figure(
     )
     axes = grid.subplots(sharex=True)
     ax = axes[0]
-    rel = sub["rel_flux"].to_numpy()[0]
-    err = sub["rel_flux_err"].to_numpy()[0]
-    ax.errorbar(tt, rel, yerr=err, fmt=".", ms=3, color="0.55", elinewidth=0.6, label="frames")
-    binned = bin_lightcurve(tt, rel, err, n_bins=n_bins)
+    ax.errorbar(
+        tt,
+        view.rel_flux,
+        yerr=view.rel_flux_err,
+        fmt=".",
+        ms=3,
+        color="0.55",
+        elinewidth=0.6,
+        label="frames",
+    )
+    binned = view.binned
     ax.errorbar(
         binned["time"],
         binned["value"],
@@ -430,33 +251,29 @@ def target_figure(
         fmt="o",
         ms=5,
         color="#d62728",
-        label=f"binned ({n_bins} bins)",
+        label=f"binned ({view.n_bins} bins)",
     )
     ax.set_ylabel("relative flux")
     ax.set_title(
-        f"target: source {int(target['source_id'])}, RA {target['ra']:.5f} Dec "
+        f"target: source {view.source_id}, RA {target['ra']:.5f} Dec "
         f"{target['dec']:+.5f}, mag {target['mag']:.2f} ({target['kind']})"
     )
     ax.legend(loc="best", fontsize="small")
     ax = axes[1]
-    if comp_ids.size:
-        crel = sub["rel_flux"].to_numpy()[1:]
-        spread = (
-            np.nanmax(np.abs(np.nanpercentile(crel, [2, 98], axis=1) - 1.0)) if crel.size else 0
-        )
-        step = max(4.0 * float(spread), 0.01)
-        for k, sid in enumerate(comp_ids):
-            ax.plot(tt, crel[k] - k * step, ".", ms=2)
-            ax.text(tt[-1], 1.0 - k * step, f" {sid}", fontsize="x-small", va="center")
-        ax.set_ylabel(f"comparison rel. flux (offsets of {step:.3g})")
-        ax.set_title(f"{comp_ids.size} of {len(comp)} comparison stars")
+    if view.comparison_ids.size:
+        crel, offset = view.comparison_rel_flux, view.comparison_offset
+        for k, sid in enumerate(view.comparison_ids):
+            ax.plot(tt, crel[k] - offset[k], ".", ms=2)
+            ax.text(tt[-1], 1.0 - offset[k], f" {sid}", fontsize="x-small", va="center")
+        ax.set_ylabel(f"comparison rel. flux (offsets of {view.comparison_step:.3g})")
+        ax.set_title(f"{view.comparison_ids.size} of {view.n_comparison_stars} comparison stars")
     else:
         ax.text(0.5, 0.5, "no comparison stars", transform=ax.transAxes, ha="center")
     if has_transparency:
         ax = axes[2]
-        ax.plot(tt, sub["transparency"].to_numpy(), "-", color="k", lw=1)
+        ax.plot(tt, view.transparency, "-", color="k", lw=1)
         ax.set_ylabel("transparency")
-    axes[-1].set_xlabel(f"MJD - {t0:.0f} (d)")
+    axes[-1].set_xlabel(f"MJD - {view.t0:.0f} (d)")
     return fig
 
 
@@ -497,8 +314,8 @@ def variables_figure(
     matplotlib.figure.Figure
         ``rel_flux`` against time with errors and binned points; a note when there are none.
     """
-    var = ranked_variables(sources, include_target=include_target)
-    shown = var.iloc[:max_panels]
+    view = variables_view(ds, sources, max_shown=max_panels, include_target=include_target)
+    shown = view.shown
     n = len(shown)
     if n == 0:
         fig = _new_figure(6, 2)
@@ -509,7 +326,7 @@ def variables_figure(
     cols = min(n_columns, n)
     rows = int(np.ceil(n / cols))
     fig = _new_figure(4.2 * cols, 2.8 * rows + 0.6)
-    more = len(var) > n  # a suptitle says how many are shown
+    more = len(view.ranked) > n  # a suptitle says how many are shown
     grid = _grid(
         fig,
         rows,
@@ -522,17 +339,18 @@ def variables_figure(
         w_gap=0.5,
     )
     axes = grid.subplots(squeeze=False).ravel()
-    sub = select_lightcurves(
-        ds, shown["source_id"].to_numpy(np.int64), variables=("rel_flux", "rel_flux_err")
-    )
-    t = sub["time_mjd"].to_numpy().astype(float)
-    t0 = time_offset(t)
     for k, (_, row) in enumerate(shown.iterrows()):
         ax = axes[k]
-        rel = sub["rel_flux"].to_numpy()[k]
-        err = sub["rel_flux_err"].to_numpy()[k]
-        ax.errorbar(t - t0, rel, yerr=err, fmt=".", ms=2, color="0.5", elinewidth=0.5)
-        b = bin_lightcurve(t - t0, rel, err)
+        ax.errorbar(
+            view.time,
+            view.rel_flux[k],
+            yerr=view.rel_flux_err[k],
+            fmt=".",
+            ms=2,
+            color="0.5",
+            elinewidth=0.5,
+        )
+        b = view.binned[k]
         ax.plot(b["time"], b["value"], "o-", ms=3, lw=1, color=KIND_COLOURS["variable"])
         ratio = row.get("scatter_ratio", np.nan)
         ax.set_title(
@@ -542,10 +360,10 @@ def variables_figure(
         ax.tick_params(labelsize="x-small")
     for ax in axes[n:]:
         ax.set_axis_off()
-    fig.supxlabel(f"MJD - {t0:.0f} (d)")
+    fig.supxlabel(f"MJD - {view.t0:.0f} (d)")
     fig.supylabel("relative flux")
     if more:
-        fig.suptitle(f"{n} of {len(var)} variable sources (most significant first)")
+        fig.suptitle(f"{n} of {len(view.ranked)} variable sources (most significant first)")
     return fig
 
 
@@ -556,54 +374,6 @@ def plot_variables(ds: xr.Dataset, sources: pd.DataFrame, path: str | Path, **kw
 
 # --------------------------------------------------------------------------------------------
 # movers
-
-
-def mover_tracks(ds: xr.Dataset, sources: pd.DataFrame) -> pd.DataFrame:
-    """The measured positions of the moving sources and their fitted motion.
-
-    Parameters
-    ----------
-    ds
-        The light-curve Dataset; only the movers are read.
-    sources
-        The sources table (``kind``, ``ra``, ``dec``, ``epoch_mjd``, ``rate_ra_arcsec_h``,
-        ``rate_dec_arcsec_h``).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per measured (mover, frame): ``source_id``, ``frame``, ``time_mjd``, ``ra``,
-        ``dec``, and ``ra_fit``, ``dec_fit`` (the fitted linear motion at that time; NaN when
-        the sources table has no fit).
-    """
-    movers = sources[sources["kind"] == "moving"]
-    cols = ["source_id", "frame", "time_mjd", "ra", "dec", "ra_fit", "dec_fit"]
-    if movers.empty:
-        return pd.DataFrame({c: [] for c in cols})
-    sub = select_lightcurves(
-        ds, movers["source_id"].to_numpy(np.int64), variables=("flags", "ra", "dec")
-    )
-    t = sub["time_mjd"].to_numpy().astype(float)
-    ok = _measured(sub["flags"].to_numpy()) & np.isfinite(sub["ra"].to_numpy())
-    si, fi = np.nonzero(ok)
-    table = pd.DataFrame(
-        {
-            "source_id": sub["source_id"].to_numpy()[si].astype(np.int64),
-            "frame": sub["frame"].to_numpy()[fi].astype(np.int64),
-            "time_mjd": t[fi],
-            "ra": sub["ra"].to_numpy()[si, fi],
-            "dec": sub["dec"].to_numpy()[si, fi],
-        }
-    )
-    fit = movers.set_index("source_id").loc[table["source_id"]]
-    epoch = fit.get("epoch_mjd", pd.Series(np.nan, index=fit.index)).to_numpy(float)
-    dt_h = (table["time_mjd"].to_numpy() - epoch) * 24.0
-    dec0 = fit["dec"].to_numpy(float)
-    rate_ra = fit.get("rate_ra_arcsec_h", pd.Series(np.nan, index=fit.index)).to_numpy(float)
-    rate_dec = fit.get("rate_dec_arcsec_h", pd.Series(np.nan, index=fit.index)).to_numpy(float)
-    table["dec_fit"] = dec0 + rate_dec * dt_h / 3600.0
-    table["ra_fit"] = fit["ra"].to_numpy(float) + rate_ra * dt_h / 3600.0 / np.cos(np.deg2rad(dec0))
-    return table
 
 
 def movers_figure(ds: xr.Dataset, sources: pd.DataFrame, *, max_movers: int = 20) -> Figure:
@@ -628,26 +398,21 @@ def movers_figure(ds: xr.Dataset, sources: pd.DataFrame, *, max_movers: int = 20
     """
     from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-    movers = sources[sources["kind"] == "moving"]
+    view = movers_view(ds, sources, max_movers=max_movers)
     fig = _new_figure(15, 5.2)
-    if movers.empty:
+    if view.movers.empty:
         ax = fig.subplots()
         ax.text(0.5, 0.5, "no moving sources", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    speed = np.hypot(movers["rate_ra_arcsec_h"], movers["rate_dec_arcsec_h"]).to_numpy(float)
-    movers = movers.iloc[np.argsort(-np.nan_to_num(speed, nan=-1.0), kind="stable")[:max_movers]]
-    tracks = mover_tracks(ds, movers)
+    movers, t0 = view.movers, view.t0
     # the gap after the middle panel holds its colour bar
     grid = _grid(fig, 1, 5, left=0.85, right=0.15, width_ratios=[1, 0.25, 1, 0.6, 1])
     ax_sky, ax_rel, ax_res = (fig.add_subplot(grid[k]) for k in (0, 2, 4))
-    t0 = time_offset(tracks["time_mjd"].to_numpy())
-    by_id = movers.set_index("source_id")
     sc = None
-    for k, (sid, g) in enumerate(tracks.groupby("source_id", sort=False)):
+    for k, (sid, g) in enumerate(view.tracks.groupby("source_id", sort=False)):
         colour = f"C{k % 10}"
-        row = by_id.loc[sid]
-        rate = float(np.hypot(row["rate_ra_arcsec_h"], row["rate_dec_arcsec_h"]))
+        rate = float(g["rate_arcsec_h"].iloc[0])
         ax_sky.plot(g["ra"], g["dec"], ".", ms=2, color=colour)
         ax_sky.plot(g["ra_fit"], g["dec_fit"], "-", color=colour, lw=1.5)
         last = g.iloc[-1]
@@ -659,20 +424,20 @@ def movers_figure(ds: xr.Dataset, sources: pd.DataFrame, *, max_movers: int = 20
             xytext=(3, 3),
             textcoords="offset points",
         )
-        dec0 = float(row["dec"])
-        cosd = np.cos(np.deg2rad(dec0))
-        e_ra = (g["ra"].to_numpy() - float(row["ra"])) * cosd * 3600.0
-        e_dec = (g["dec"].to_numpy() - dec0) * 3600.0
-        gt = g["time_mjd"].to_numpy() - t0
-        sc = ax_rel.scatter(e_ra, e_dec, c=gt, s=5, cmap="viridis")
-        f_ra = (g["ra_fit"].to_numpy() - float(row["ra"])) * cosd * 3600.0
-        f_dec = (g["dec_fit"].to_numpy() - dec0) * 3600.0
-        ax_rel.plot(f_ra, f_dec, "-", color=colour, lw=1, label=f'{sid}: {rate:.1f}"/h')
-        cos_fit = np.cos(np.deg2rad(g["dec_fit"].to_numpy()))
-        d_ra = (g["ra"] - g["ra_fit"]).to_numpy() * cos_fit * 3600.0
-        d_dec = (g["dec"] - g["dec_fit"]).to_numpy() * 3600.0
-        ax_res.plot(gt, d_ra, ".", ms=3, color=colour, label=f"{sid} RA cos Dec")
-        ax_res.plot(gt, d_dec, "x", ms=3, color=colour, label=f"{sid} Dec")
+        gt = g["time"].to_numpy()
+        sc = ax_rel.scatter(g["east"].to_numpy(), g["north"].to_numpy(), c=gt, s=5, cmap="viridis")
+        ax_rel.plot(
+            g["east_fit"].to_numpy(),
+            g["north_fit"].to_numpy(),
+            "-",
+            color=colour,
+            lw=1,
+            label=f'{sid}: {rate:.1f}"/h',
+        )
+        ax_res.plot(
+            gt, g["ra_residual"].to_numpy(), ".", ms=3, color=colour, label=f"{sid} RA cos Dec"
+        )
+        ax_res.plot(gt, g["dec_residual"].to_numpy(), "x", ms=3, color=colour, label=f"{sid} Dec")
     if sc is not None:
         cax = ax_rel.inset_axes((1.04, 0.0, 0.04, 1.0))
         fig.colorbar(sc, cax=cax, label=f"MJD - {t0:.0f} (d)")
@@ -700,35 +465,6 @@ def movers_figure(ds: xr.Dataset, sources: pd.DataFrame, *, max_movers: int = 20
 def plot_movers(ds: xr.Dataset, sources: pd.DataFrame, path: str | Path, **kwargs: Any) -> Path:
     """Write `movers_figure` as a PNG at ``path`` and return the path."""
     return _save(movers_figure(ds, sources, **kwargs), path)
-
-
-def read_coadd(coadd: str | Path | tuple[np.ndarray, object]) -> tuple[np.ndarray, object]:
-    """The co-added image (float32) and its astropy WCS.
-
-    Parameters
-    ----------
-    coadd
-        ``coadd.fits`` (its first 2-d image) or ``(image, wcs)``.
-
-    Returns
-    -------
-    tuple
-        ``(image, wcs)``.
-    """
-    from astropy.io import fits
-    from astropy.wcs import WCS
-
-    if isinstance(coadd, str | Path):
-        with fits.open(coadd, memmap=True) as hdul:
-            hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2), None)
-            if hdu is None:
-                raise ValueError(f"{coadd} holds no 2-d image")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                wcs = WCS(hdu.header)
-            return np.asarray(hdu.data, dtype=np.float32), wcs
-    image, wcs = coadd
-    return np.asarray(image, dtype=np.float32), wcs
 
 
 def movers_coadd_figure(
@@ -759,55 +495,53 @@ def movers_coadd_figure(
         The co-add (z-scale stretch) in pixel coordinates, each mover's measured positions and
         fitted motion, labelled with its id; the target circled.
     """
-    from astropy.visualization import ZScaleInterval
-
-    image, wcs = read_coadd(coadd)
-    step = max(1, int(np.ceil(max(image.shape) / max_pixels)))
-    shown = image[::step, ::step]
-    finite = shown[np.isfinite(shown)]
-    vmin, vmax = ZScaleInterval().get_limits(finite) if finite.size else (0.0, 1.0)
-    fig = _new_figure(8, 8 * image.shape[0] / max(image.shape[1], 1) + 0.6)
+    movers = movers_view(ds, sources, max_movers=max_movers)
+    view = coadd_view(coadd, movers, sources, max_pixels=max_pixels)
+    ny, nx = view.shape
+    fig = _new_figure(8, 8 * ny / max(nx, 1) + 0.6)
     ax = fig.add_subplot(_grid(fig, left=0.75, right=0.15)[0])
     ax.imshow(
-        shown,
+        view.image,
         origin="lower",
         cmap="gray",
-        vmin=vmin,
-        vmax=vmax,
-        extent=(-0.5, image.shape[1] - 0.5, -0.5, image.shape[0] - 0.5),
+        vmin=view.vmin,
+        vmax=view.vmax,
+        extent=(-0.5, nx - 0.5, -0.5, ny - 0.5),
         interpolation="nearest",
     )
-    movers = sources[sources["kind"] == "moving"]
-    speed = np.hypot(movers["rate_ra_arcsec_h"], movers["rate_dec_arcsec_h"]).to_numpy(float)
-    movers = movers.iloc[np.argsort(-np.nan_to_num(speed, nan=-1.0), kind="stable")[:max_movers]]
-    tracks = mover_tracks(ds, movers)
     bright = ("#00e5ff", "#ffd400", "#ff4df0", "#7dff3a", "#ff8c1a", "#4d9dff")
-    for k, (sid, g) in enumerate(tracks.groupby("source_id", sort=False)):
+    groups = view.tracks.groupby("source_id", sort=False)
+    for k, ((sid, g), label) in enumerate(zip(groups, view.labels.itertuples(), strict=True)):
         colour = bright[k % len(bright)]
-        x, y = wcs.world_to_pixel_values(g["ra"].to_numpy(), g["dec"].to_numpy())
-        ax.plot(x, y, ".", ms=2, color=colour)
-        fx, fy = wcs.world_to_pixel_values(g["ra_fit"].to_numpy(), g["dec_fit"].to_numpy())
-        ax.plot(fx, fy, "-", lw=1.5, color=colour)
-        ax.plot(np.median(x), np.median(y), "s", ms=16, mfc="none", mec=colour, mew=1.2)
+        ax.plot(g["x"].to_numpy(), g["y"].to_numpy(), ".", ms=2, color=colour)
+        ax.plot(g["x_fit"].to_numpy(), g["y_fit"].to_numpy(), "-", lw=1.5, color=colour)
+        ax.plot(label.x_median, label.y_median, "s", ms=16, mfc="none", mec=colour, mew=1.2)
         ax.annotate(
             str(sid),
-            (x[-1], y[-1]),
+            (label.x_last, label.y_last),
             color=colour,
             fontsize="medium",
             xytext=(10, 10),
             textcoords="offset points",
             bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0, "pad": 1},
         )
-    target = sources[sources["is_target"].to_numpy(bool)]
-    if len(target):
-        tx, ty = wcs.world_to_pixel_values(target["ra"].to_numpy(), target["dec"].to_numpy())
-        ax.plot(tx, ty, "o", ms=14, mfc="none", mec="#d62728", mew=1.5, label="target")
+    if view.target_x.size:
+        ax.plot(
+            view.target_x,
+            view.target_y,
+            "o",
+            ms=14,
+            mfc="none",
+            mec="#d62728",
+            mew=1.5,
+            label="target",
+        )
         ax.legend(loc="upper right", fontsize="small")
-    ax.set_xlim(-0.5, image.shape[1] - 0.5)
-    ax.set_ylim(-0.5, image.shape[0] - 0.5)
+    ax.set_xlim(-0.5, nx - 0.5)
+    ax.set_ylim(-0.5, ny - 0.5)
     ax.set_xlabel("x (px)")
     ax.set_ylabel("y (px)")
-    ax.set_title(f"{len(movers)} moving sources over the co-add")
+    ax.set_title(f"{len(movers.movers)} moving sources over the co-add")
     return fig
 
 
@@ -824,38 +558,6 @@ def plot_movers_coadd(
 
 # --------------------------------------------------------------------------------------------
 # scatter against magnitude
-
-
-def scatter_curve(mag: np.ndarray, value: np.ndarray, *, n_bins: int = 20) -> pd.DataFrame:
-    """A smooth curve through per-source values against magnitude: medians in magnitude bins.
-
-    Parameters
-    ----------
-    mag, value
-        Per-source magnitude and value (``expected_scatter``, ``noise_model``); non-finite
-        pairs are ignored.
-    n_bins
-        Bins of equal counts (fewer when there are fewer than 5 sources per bin).
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``mag`` (median magnitude of the bin) and ``value`` (median value), by magnitude.
-    """
-    m = np.asarray(mag, dtype=float)
-    v = np.asarray(value, dtype=float)
-    ok = np.isfinite(m) & np.isfinite(v)
-    m, v = m[ok], v[ok]
-    if m.size == 0:
-        return pd.DataFrame({"mag": [], "value": []})
-    order = np.argsort(m, kind="stable")
-    parts = np.array_split(order, max(1, min(n_bins, m.size // 5)))
-    return pd.DataFrame(
-        {
-            "mag": [float(np.median(m[p])) for p in parts],
-            "value": [float(np.median(v[p])) for p in parts],
-        }
-    )
 
 
 def scatter_magnitude_figure(sources: pd.DataFrame) -> Figure:
@@ -875,12 +577,13 @@ def scatter_magnitude_figure(sources: pd.DataFrame) -> Figure:
         expected scatter (line) and the noise model (dashed) of the non-moving sources, as
         medians in magnitude bins (`scatter_curve`).
     """
+    view = scatter_view(sources)
     fig = _new_figure(8, 5.5)
     ax = fig.add_subplot(_grid(fig, left=0.85)[0])
-    mag = sources["mag"].to_numpy(float)
-    scatter = sources["mad_scatter"].to_numpy(float)
+    mag = view.mag
+    scatter = view.mad_scatter
     for kind, colour in KIND_COLOURS.items():
-        sel = (sources["kind"] == kind).to_numpy()
+        sel = view.kind == kind
         ax.scatter(
             mag[sel],
             scatter[sel],
@@ -890,7 +593,7 @@ def scatter_magnitude_figure(sources: pd.DataFrame) -> Figure:
             alpha=0.7 if kind == "stable" else 0.9,
             gid=f"scatter_{kind}",
         )
-    comp = sources["is_comparison"].to_numpy(bool)
+    comp = view.is_comparison
     if comp.any():
         ax.scatter(
             mag[comp],
@@ -902,7 +605,7 @@ def scatter_magnitude_figure(sources: pd.DataFrame) -> Figure:
             label=f"comparison ({int(comp.sum())})",
             gid="scatter_comparison",
         )
-    target = sources["is_target"].to_numpy(bool)
+    target = view.is_target
     if target.any():
         ax.scatter(
             mag[target],
@@ -915,9 +618,8 @@ def scatter_magnitude_figure(sources: pd.DataFrame) -> Figure:
             gid="scatter_target",
             zorder=5,
         )
-    fixed = (sources["kind"] != "moving").to_numpy()
-    if "expected_scatter" in sources:
-        curve = scatter_curve(mag[fixed], sources["expected_scatter"].to_numpy(float)[fixed])
+    if "expected_scatter" in view.curves:
+        curve = view.curves["expected_scatter"]
         ax.plot(
             curve["mag"],
             curve["value"],
@@ -927,8 +629,8 @@ def scatter_magnitude_figure(sources: pd.DataFrame) -> Figure:
             label="expected scatter",
             gid="expected_scatter",
         )
-    if "noise_model" in sources:
-        curve = scatter_curve(mag[fixed], sources["noise_model"].to_numpy(float)[fixed])
+    if "noise_model" in view.curves:
+        curve = view.curves["noise_model"]
         ax.plot(
             curve["mag"],
             curve["value"],
@@ -973,20 +675,19 @@ def frames_figure(frames: pd.DataFrame) -> Figure:
     ValueError
         When the table has no ``time_mjd`` or none of the quantities.
     """
-    if "time_mjd" not in frames:
+    view = frames_view(frames)
+    if view.time_mjd is None:
         raise ValueError("the per-frame table needs a 'time_mjd' column")
-    panels = [(c, label) for c, label in FRAME_PANELS if c in frames and frames[c].notna().any()]
-    if not panels:
+    if not view.panels:
         raise ValueError("the per-frame table has none of " + ", ".join(c for c, _ in FRAME_PANELS))
-    t = frames["time_mjd"].to_numpy(float)
-    t0 = time_offset(t)
+    panels, t0 = view.panels, view.t0
     fig = _new_figure(9, 1.7 * len(panels) + 0.8)
     grid = _grid(fig, len(panels), 1, top=0.35, h_gap=0.2)
     axes = np.atleast_1d(grid.subplots(sharex=True))
     for ax, (col, label) in zip(axes, panels, strict=True):
-        ax.plot(t - t0, frames[col].to_numpy(float), ".-", ms=3, lw=0.6)
+        ax.plot(view.time, view.table[col].to_numpy(float), ".-", ms=3, lw=0.6)
         ax.set_ylabel(label, fontsize="small")
-    if "zero_point" in frames:
+    if "zero_point" in view.table:
         axes[0].set_title("per-frame conditions")
     axes[-1].set_xlabel(f"MJD - {t0:.0f} (d)")
     return fig
@@ -1122,7 +823,7 @@ def write_run_plot(run_dir: str | Path, name: str, *, out_dir: str | Path | None
     ValueError
         For an unknown name, or ``movers_coadd`` in a run without a co-add.
     """
-    from lcdask.export import read_run
+    from lcdask.io.products import read_run
 
     run = read_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run.run_dir / "plots"
@@ -1159,14 +860,15 @@ def submit_run_plots(run_dir: str | Path, client, *, out_dir: str | Path | None 
         One per plot, in the order of `run_plot_names`; each gives the `~pathlib.Path` written
         (`lcdask.stages._parallel.gather_results`).
     """
-    run = Path(run_dir)
-    sources = pd.read_parquet(run / "sources.parquet")
-    names = run_plot_names(sources, coadd=(run / "coadd.fits").exists())
+    from lcdask.io.products import RunProducts
+
+    run = RunProducts(Path(run_dir))
+    names = run_plot_names(run.sources, coadd=run.coadd_path is not None)
     futures = {
         name: submit_task(
             client,
             write_run_plot,
-            str(run),
+            str(run.path),
             name,
             out_dir=None if out_dir is None else str(out_dir),
             name=f"plot-{name}",
@@ -1199,7 +901,7 @@ def write_run_plots(
     """
     if client is not None:
         return gather_results(client, submit_run_plots(run_dir, client, out_dir=out_dir), "plots")
-    from lcdask.export import read_run
+    from lcdask.io.products import read_run
 
     run = read_run(run_dir)
     return write_plots(

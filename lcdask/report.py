@@ -2,7 +2,8 @@
 
 `write_report` reads a run directory and writes a standalone page with bokeh's JavaScript inline
 (`bokeh.resources.INLINE`), so that it opens without a network. `build_report` returns the
-bokeh layout for notebooks (``bokeh.io.show(build_report(read_run(RUN)))``).
+bokeh layout for notebooks (``bokeh.io.show(build_report(lcdask.open_run(RUN)))``). Each section
+draws the data of its view from `lcdask.products.views`, as the PNG plots (`lcdask.plots`) do.
 
 Every plot and data source carries a stable ``name`` (`REPORT_NAMES`), so that scripts and tests
 find them with ``doc.select_one({"name": ...})`` or, in the page,
@@ -30,7 +31,7 @@ name                        content
 from __future__ import annotations
 
 import html
-import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +40,18 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from lcdask.export import RunProducts, read_run
 from lcdask.io.atomic import atomic_path
-from lcdask.plots import (
-    FRAME_PANELS,
+from lcdask.io.products import RunProducts, read_run
+from lcdask.plots import submit_run_plots, warm_up, write_run_plots
+from lcdask.products.views import (
     KIND_COLOURS,
-    bin_lightcurve,
-    mover_tracks,
-    ranked_variables,
-    read_coadd,
-    scatter_curve,
-    select_lightcurves,
-    submit_run_plots,
-    warm_up,
-    with_frame_coords,
-    write_run_plots,
+    MoversView,
+    coadd_view,
+    frames_view,
+    movers_view,
+    scatter_view,
+    target_view,
+    variables_view,
 )
 from lcdask.stages._parallel import gather_results, on_each_worker, submit_task
 
@@ -194,33 +192,35 @@ def _target_section(
     from bokeh.layouts import column
     from bokeh.models import ColumnDataSource, Whisker
 
-    target = sources[sources["is_target"].to_numpy(bool)]
-    if target.empty:
-        return _note(_target_absent(record), "target_none")
-    row = target.iloc[0]
-    sid = int(row["source_id"])
-    comp = sources[sources["is_comparison"].to_numpy(bool)].sort_values("mag")
-    comp_ids = comp["source_id"].to_numpy(np.int64)[:n_comparison]
-    sub = select_lightcurves(
-        ds, [sid, *comp_ids], variables=("rel_flux", "rel_flux_err", "mag", "flags")
+    view = target_view(
+        ds,
+        sources,
+        n_comparison=n_comparison,
+        n_bins=n_bins,
+        comparison_order="mag",
+        offset_time=False,
     )
-    t = np.asarray(sub["time_mjd"].to_numpy(), dtype=float)
-    rel = _finite(sub["rel_flux"].to_numpy()[0])
-    err = _finite(sub["rel_flux_err"].to_numpy()[0])
+    if view is None:
+        return _note(_target_absent(record), "target_none")
+    row = view.row
+    sid = view.source_id
+    t = view.time_mjd
+    rel = _finite(view.rel_flux)
+    err = _finite(view.rel_flux_err)
     source = ColumnDataSource(
         {
             "time_mjd": t,
-            "frame": sub["frame"].to_numpy().astype(np.int64),
+            "frame": view.frame,
             "rel_flux": rel,
             "rel_flux_err": err,
             "lower": rel - err,
             "upper": rel + err,
-            "mag": _finite(sub["mag"].to_numpy()[0]),
-            "flags": sub["flags"].to_numpy()[0].astype(np.int64),
+            "mag": _finite(view.mag),
+            "flags": view.flags,
         },
         name="target_source",
     )
-    binned = bin_lightcurve(t, rel, err, n_bins=n_bins)
+    binned = view.binned
     bsource = ColumnDataSource(
         {
             "time_mjd": binned["time"].to_numpy(),
@@ -284,15 +284,14 @@ def _target_section(
     fig.legend.location = "bottom_left"
     fig.legend.click_policy = "hide"
     children = [fig]
+    comp_ids = view.comparison_ids
     if comp_ids.size:
-        crel = sub["rel_flux"].to_numpy()[1:]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            spread = np.nanmax(np.abs(np.nanpercentile(crel, [2, 98], axis=1) - 1.0))
-        step = max(4.0 * float(np.nan_to_num(spread)), 0.01)
+        crel = view.comparison_rel_flux
+        step = view.comparison_step
         cfig = _figure(
             "target_comparison",
-            f"{comp_ids.size} of {len(comp)} comparison stars (offsets of {step:.3g})",
+            f"{comp_ids.size} of {view.n_comparison_stars} comparison stars "
+            f"(offsets of {step:.3g})",
             height=320,
             x_range=fig.x_range,
             y_axis_label="relative flux - offset",
@@ -300,7 +299,7 @@ def _target_section(
         _mjd_axis(cfig)
         # one source and one glyph for all the stars (a renderer per star made the page slow)
         n_comp = comp_ids.size
-        offset = np.repeat(np.arange(n_comp) * step, t.size)
+        offset = np.repeat(view.comparison_offset, t.size)
         colours = [_PALETTE[k % len(_PALETTE)] for k in range(n_comp)]
         csrc = ColumnDataSource(
             {
@@ -326,19 +325,16 @@ def _variables_section(ds: xr.Dataset, sources: pd.DataFrame, *, max_variables: 
     from bokeh.layouts import gridplot
     from bokeh.models import ColumnDataSource
 
-    var = ranked_variables(sources)
+    view = variables_view(ds, sources, max_shown=max_variables, offset_time=False)
+    var, shown = view.ranked, view.shown
     if var.empty:
         return _note("No variable sources (besides the target).", "variables_none")
-    shown = var.iloc[:max_variables]
-    sub = select_lightcurves(
-        ds, shown["source_id"].to_numpy(np.int64), variables=("rel_flux", "rel_flux_err")
-    )
-    t = np.asarray(sub["time_mjd"].to_numpy(), dtype=float)
+    t = view.time_mjd
     figs = []
     for k, (_, row) in enumerate(shown.iterrows()):
         sid = int(row["source_id"])
-        rel = _finite(sub["rel_flux"].to_numpy()[k])
-        err = _finite(sub["rel_flux_err"].to_numpy()[k])
+        rel = _finite(view.rel_flux[k])
+        err = _finite(view.rel_flux_err[k])
         src = ColumnDataSource(
             {"time_mjd": t, "rel_flux": rel, "rel_flux_err": err}, name=f"variable_source_{sid}"
         )
@@ -351,7 +347,7 @@ def _variables_section(ds: xr.Dataset, sources: pd.DataFrame, *, max_variables: 
         _mjd_axis(fig)
         fig.xaxis.ticker.desired_num_ticks = 3
         pts = fig.scatter("time_mjd", "rel_flux", source=src, size=3, color="gray")
-        b = bin_lightcurve(t, rel, err)
+        b = view.binned[k]
         fig.line(b["time"].to_numpy(), b["value"].to_numpy(), color=KIND_COLOURS["variable"])
         _hover(fig, [pts], [("MJD", "@time_mjd{0.00000}"), ("rel. flux", "@rel_flux{0.0000}")])
         figs.append(fig)
@@ -366,28 +362,22 @@ def _variables_section(ds: xr.Dataset, sources: pd.DataFrame, *, max_variables: 
     return grid
 
 
-def _mover_table(ds: xr.Dataset, sources: pd.DataFrame) -> pd.DataFrame:
-    movers = sources[sources["kind"] == "moving"]
-    tracks = mover_tracks(ds, movers)
-    if tracks.empty:
-        return tracks.assign(colour=[], rate_arcsec_h=[])
-    ids = movers["source_id"].to_numpy(np.int64)
+def _with_colours(view: MoversView) -> MoversView:
+    """The movers' tracks with a ``colour`` column: the palette in the order of the movers."""
+    ids = view.movers["source_id"].to_numpy(np.int64)
     colour = {int(s): _PALETTE[k % len(_PALETTE)] for k, s in enumerate(ids)}
-    rate = np.hypot(movers["rate_ra_arcsec_h"], movers["rate_dec_arcsec_h"])
-    rate.index = ids
-    return tracks.assign(
-        colour=tracks["source_id"].map(colour),
-        rate_arcsec_h=tracks["source_id"].map(rate).to_numpy(float),
-    )
+    return replace(view, tracks=view.tracks.assign(colour=view.tracks["source_id"].map(colour)))
 
 
 def _movers_section(ds: xr.Dataset, sources: pd.DataFrame, coadd_path, *, coadd_pixels: int):
     from bokeh.layouts import column
     from bokeh.models import ColumnDataSource
 
-    tracks = _mover_table(ds, sources)
-    if tracks.empty:
+    view = movers_view(ds, sources)
+    if view.tracks.empty:
         return _note("No moving sources.", "movers_none")
+    view = _with_colours(view)
+    tracks = view.tracks
     src = ColumnDataSource(
         {
             "source_id": tracks["source_id"].to_numpy(np.int64),
@@ -432,24 +422,18 @@ def _movers_section(ds: xr.Dataset, sources: pd.DataFrame, coadd_path, *, coadd_
     children = [fig]
     if coadd_path is not None:
         try:
-            children.append(_coadd_figure(coadd_path, tracks, sources, coadd_pixels=coadd_pixels))
+            children.append(_coadd_figure(coadd_path, view, sources, coadd_pixels=coadd_pixels))
         except (OSError, ValueError) as exc:
             children.append(_note(f"The co-add could not be shown: {exc}", "movers_coadd_error"))
     return column(children, name="movers_section")
 
 
-def _coadd_figure(coadd_path: Path, tracks: pd.DataFrame, sources: pd.DataFrame, *, coadd_pixels):
-    from astropy.visualization import ZScaleInterval
+def _coadd_figure(coadd_path: Path, movers: MoversView, sources: pd.DataFrame, *, coadd_pixels):
     from bokeh.models import ColumnDataSource
 
-    image, wcs = read_coadd(coadd_path)
-    ny, nx = image.shape
-    step = max(1, int(np.ceil(max(ny, nx) / coadd_pixels)))
-    shown = image[::step, ::step]
-    finite = shown[np.isfinite(shown)]
-    vmin, vmax = ZScaleInterval().get_limits(finite) if finite.size else (0.0, 1.0)
-    scaled = np.clip((np.nan_to_num(shown, nan=vmin) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
-    grey = (scaled * 255).astype(np.uint8)
+    view = coadd_view(coadd_path, movers, sources, max_pixels=coadd_pixels)
+    ny, nx = view.shape
+    grey = view.grey()
     height = int(min(700, 700 * ny / max(nx, 1)))
     fig = _figure(
         "movers_coadd",
@@ -473,11 +457,11 @@ def _coadd_figure(coadd_path: Path, tracks: pd.DataFrame, sources: pd.DataFrame,
         palette=Greys256,
         name="coadd_image",
     )
-    x, y = wcs.world_to_pixel_values(tracks["ra"].to_numpy(), tracks["dec"].to_numpy())
+    tracks = view.tracks
     src = ColumnDataSource(
         {
-            "x": _finite(x),
-            "y": _finite(y),
+            "x": _finite(tracks["x"].to_numpy()),
+            "y": _finite(tracks["y"].to_numpy()),
             "source_id": tracks["source_id"].to_numpy(np.int64),
             "time_mjd": tracks["time_mjd"].to_numpy(float),
             "colour": tracks["colour"].to_numpy(str),
@@ -486,12 +470,10 @@ def _coadd_figure(coadd_path: Path, tracks: pd.DataFrame, sources: pd.DataFrame,
     )
     pts = fig.scatter("x", "y", source=src, color="colour", size=3)
     _hover(fig, [pts], [("source", "@source_id"), ("MJD", "@time_mjd{0.00000}")])
-    target = sources[sources["is_target"].to_numpy(bool)]
-    if len(target):
-        tx, ty = wcs.world_to_pixel_values(target["ra"].to_numpy(), target["dec"].to_numpy())
+    if view.target_x.size:
         fig.scatter(
-            _finite(tx),
-            _finite(ty),
+            _finite(view.target_x),
+            _finite(view.target_y),
             marker="circle",
             size=24,
             fill_alpha=0,
@@ -505,10 +487,10 @@ def _coadd_figure(coadd_path: Path, tracks: pd.DataFrame, sources: pd.DataFrame,
 def _scatter_section(sources: pd.DataFrame):
     from bokeh.models import ColumnDataSource
 
-    mag = sources["mag"].to_numpy(float)
-    scatter = sources["mad_scatter"].to_numpy(float)
-    scatter = np.where(scatter > 0, scatter, np.nan)
-    kind = sources["kind"].astype(str).to_numpy()
+    view = scatter_view(sources)
+    mag = view.mag
+    scatter = view.positive_scatter
+    kind = view.kind
     src = ColumnDataSource(
         {
             "source_id": sources["source_id"].to_numpy(np.int64),
@@ -518,8 +500,8 @@ def _scatter_section(sources: pd.DataFrame):
             "scatter_ratio": _finite(sources["scatter_ratio"].to_numpy(float)),
             "kind": kind,
             "colour": np.array([KIND_COLOURS.get(k, "black") for k in kind]),
-            "is_comparison": sources["is_comparison"].to_numpy(bool),
-            "is_target": sources["is_target"].to_numpy(bool),
+            "is_comparison": view.is_comparison,
+            "is_target": view.is_target,
             "n_frames": sources["n_frames"].to_numpy(np.int64),
         },
         name="scatter_source",
@@ -535,13 +517,12 @@ def _scatter_section(sources: pd.DataFrame):
     pts = fig.scatter(
         "mag", "mad_scatter", source=src, color="colour", legend_field="kind", size=5, alpha=0.8
     )
-    fixed = kind != "moving"
     for col, dash, label in (
         ("expected_scatter", "solid", "expected scatter"),
         ("noise_model", "dashed", "noise model"),
     ):
-        if col in sources:
-            curve = scatter_curve(mag[fixed], sources[col].to_numpy(float)[fixed])
+        if col in view.curves:
+            curve = view.curves[col]
             fig.line(
                 curve["mag"].to_numpy(),
                 curve["value"].to_numpy(),
@@ -550,7 +531,7 @@ def _scatter_section(sources: pd.DataFrame):
                 legend_label=label,
                 name=f"curve_{col}",
             )
-    comp = sources["is_comparison"].to_numpy(bool)
+    comp = view.is_comparison
     if comp.any():
         fig.scatter(
             mag[comp],
@@ -560,7 +541,7 @@ def _scatter_section(sources: pd.DataFrame):
             line_color="black",
             legend_label="comparison",
         )
-    target = sources["is_target"].to_numpy(bool)
+    target = view.is_target
     if target.any():
         fig.scatter(
             mag[target],
@@ -593,13 +574,13 @@ def _frames_section(frames: pd.DataFrame, ds: xr.Dataset):
     from bokeh.layouts import column
     from bokeh.models import ColumnDataSource
 
-    table = with_frame_coords(frames, ds)
-    if "time_mjd" not in table:
+    view = frames_view(frames, ds)
+    table, panels = view.table, view.panels
+    if view.time_mjd is None:
         return _note("The per-frame table has no time_mjd.", "frames_none")
-    panels = [(c, lab) for c, lab in FRAME_PANELS if c in table and table[c].notna().any()]
     if not panels:
         return _note("No per-frame quantities to show.", "frames_none")
-    data = {"time_mjd": table["time_mjd"].to_numpy(float)}
+    data = {"time_mjd": view.time_mjd}
     if "frame" in table:
         data["frame"] = table["frame"].to_numpy(np.int64)
     for col, _ in panels:
@@ -635,7 +616,7 @@ def build_report(
     Parameters
     ----------
     run
-        From `lcdask.export.read_run`.
+        From `lcdask.io.products.read_run` (or `lcdask.open_run`).
     max_variables
         At most this many variables' light curves, the most significant first.
     n_comparison

@@ -1,0 +1,1 @@
+"""What is made from a run's products: `views` (the data of the figures)."""
