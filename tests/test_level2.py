@@ -9,11 +9,11 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from scipy import ndimage
 
-from lcdask.stages import level2
 from lcdask.astrometry import wcs_grid_error_px
 from lcdask.catalogs import load_catalog
 from lcdask.io.cube import open_cube
 from lcdask.simulate import SimConfig, load_truth, simulate_night
+from lcdask.stages import level2
 from lcdask.stages.calibrate import calibrate_cube
 from lcdask.stages.ingest import ingest
 from lcdask.stages.level2 import Level2Config, _near_flagged, frame_photcal, run_level2
