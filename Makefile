@@ -21,6 +21,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	-scripts/install-system-deps.sh  # astrometry.net and its Tycho-2 index files: blind-solving tests
 	-scripts/install-browser.sh  # Debian chromium for the report test in a real browser
+	-scripts/slurm-up.sh  # a one-node Slurm (slurm-wlm, munge) for the --cluster slurm test
 	$(BIN)/ruff check lcdask tests benchmarks
 	$(BIN)/ruff format --check lcdask tests benchmarks
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadgroup

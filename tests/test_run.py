@@ -436,6 +436,68 @@ def test_distributed_scheduler_and_workers_equal_local(local_run, night, tmp_pat
             process.wait(timeout=30)
 
 
+@pytest.fixture(scope="module")
+def slurm() -> str:
+    """A one-node Slurm on this machine (`scripts/slurm-up.sh`: munge, slurmctld, slurmd)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "slurm-up.sh"
+    started = subprocess.run([str(script)], capture_output=True, text=True, timeout=600)
+    if started.returncode != 0:
+        pytest.skip(f"no Slurm here: {(started.stderr or started.stdout).strip()[-300:]}")
+    return started.stdout.strip()
+
+
+def test_slurm_cluster_run_equals_local(slurm, local_run, night, tmp_path):
+    """``lcdask run --cluster slurm``: dask-jobqueue submits the workers as Slurm jobs (two
+    jobs of one worker each) on a real slurmctld/slurmd; the products equal a local run's."""
+    out = tmp_path / "slurm"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    config = tmp_path / "slurm.toml"  # jobs small enough for any test machine's one node
+    config.write_text('[cluster]\nkind = "slurm"\njob_memory = "1GB"\nwalltime = "00:30:00"\n')
+    job_log = Path("/tmp/lcdask-slurm/log/jobs.txt")
+    n_before = len(job_log.read_text().splitlines()) if job_log.exists() else 0
+    result = subprocess.run(
+        [
+            *LCDASK,
+            "run",
+            str(night / "raw"),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--cluster",
+            "slurm",
+            "--workers",
+            "2",
+            "--catalog",
+            str(night / "refcat.parquet"),
+            "--target",
+            _target(night),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "slurm cluster" in result.stderr  # the run said where it ran
+    # the jobs Slurm ran (its job completion log, scripts/slurm-up.sh): this run's workers
+    deadline, workers = time.monotonic() + 60, []
+    while len(workers) < 2 and time.monotonic() < deadline:  # written as the jobs end
+        jobs = job_log.read_text().splitlines() if job_log.exists() else []
+        workers = [j for j in jobs[n_before:] if "Name=dask-worker" in j]
+        time.sleep(0.5)
+    assert len(workers) >= 2, workers
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "sources.parquet"),
+        pd.read_parquet(local_run / "sources.parquet"),
+    )
+    a, b = open_cube(out), open_cube(local_run)
+    np.testing.assert_array_equal(a["calibrated"].values, b["calibrated"].values)
+    la, lb = xr.open_zarr(out / "lightcurves.zarr"), xr.open_zarr(local_run / "lightcurves.zarr")
+    np.testing.assert_array_equal(la["flux"].values, lb["flux"].values)
+    np.testing.assert_array_equal(la["rel_flux"].values, lb["rel_flux"].values)
+
+
 def test_frames_added_later_are_appended_alone(night, local_run, tmp_path, session_client):
     """The night goes on: a rerun with new lights in the folder processes them alone."""
     import shutil
