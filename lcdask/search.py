@@ -561,7 +561,8 @@ def _grid_for(t, min_duration_h, max_duration_frac, duration_step, oversample) -
 # --------------------------------------------------------------------------------------------
 # the threshold
 
-_EULER_LN = (-np.log(-np.log(0.25)), -np.log(-np.log(0.5)), -np.log(-np.log(0.75)))
+# the reduced Gumbel variate -ln(-ln p) at p = 0.25, 0.5, 0.75
+_GUMBEL_QUARTILES = (-np.log(-np.log(0.25)), -np.log(-np.log(0.5)), -np.log(-np.log(0.75)))
 
 
 def gumbel_quantile(values: ArrayLike, q: float) -> tuple[float, float, float]:
@@ -584,8 +585,8 @@ def gumbel_quantile(values: ArrayLike, q: float) -> tuple[float, float, float]:
     if v.size < 4:
         return np.nan, np.nan, np.nan
     q25, q50, q75 = np.percentile(v, [25, 50, 75])
-    scale = (q75 - q25) / (_EULER_LN[2] - _EULER_LN[0])
-    loc = q50 - scale * _EULER_LN[1]
+    scale = (q75 - q25) / (_GUMBEL_QUARTILES[2] - _GUMBEL_QUARTILES[0])
+    loc = q50 - scale * _GUMBEL_QUARTILES[1]
     return float(loc - scale * np.log(-np.log(q))), float(loc), float(scale)
 
 
@@ -651,6 +652,8 @@ class DipThreshold:
     stable_fraction_above
         The fraction of the stable stars at or above the threshold (those the search makes
         variable).
+    gumbel_loc, gumbel_scale
+        The Gumbel law fitted to the stable stars' ``dip_snr`` (NaN when too few).
     """
 
     threshold: float
