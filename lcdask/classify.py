@@ -98,6 +98,7 @@ from lcdask.astrometry import sharper_than_stars
 from lcdask.flags import ARTEFACT
 from lcdask.lightcurves import BAD_FOR_FLUX, BAD_FOR_POSITION, LightCurveFlag, robust_std
 from lcdask.match import dbscan_grid, field_centre, resolve_duplicates, tangent_plane
+from lcdask.search import dip_search, dip_threshold, guess_var_type, noise_snr, shape_statistics
 
 __all__ = [
     "SOURCE_COLUMNS",
@@ -140,6 +141,14 @@ SOURCE_COLUMNS = (
     "is_target",
     "is_comparison",
     "is_artefact",
+    "var_type",
+    "dip_snr",
+    "dip_depth",
+    "dip_depth_err",
+    "dip_time_mjd",
+    "dip_duration_h",
+    "dip_n_in",
+    "dip_partial",
 )
 """Columns of ``sources.parquet``, in order."""
 
@@ -1279,6 +1288,7 @@ def classify_sources(
     min_coverage: float = 0.5,
     sure_rate_snr: float = 30.0,
     mover_radius_fwhm: float = 3.0,
+    dip_false_alarm: float = 1e-3,
 ) -> pd.DataFrame:
     """The sources table (``sources.parquet``): positions, motion, scatter and class.
 
@@ -1311,13 +1321,20 @@ def classify_sources(
     mover_radius_fwhm
         Points of a fixed source with a moving source within this many FWHM (`near_movers`)
         are left out of its variability statistics.
+    dip_false_alarm
+        The transit and eclipse search (`lcdask.search`): the designed fraction of noise-only
+        light curves whose most significant dip passes the threshold set on the stable stars.
 
     Returns
     -------
     pandas.DataFrame
         `SOURCE_COLUMNS`: one row per source; ``kind`` in {stable, variable, moving,
         artefact} (``is_artefact`` from the Dataset: never moving nor variable); for movers
-        ``ra``/``dec`` are the fitted position at ``epoch_mjd``.
+        ``ra``/``dec`` are the fitted position at ``epoch_mjd``. ``var_type`` guesses the
+        kind of each variable (`lcdask.search.VAR_TYPES`), the ``dip_*`` columns are the most
+        significant dip of each fixed source (`lcdask.search.dip_search`). ``attrs["dip_search"]``
+        holds the search's threshold (`lcdask.search.DipThreshold.as_record`) and how many
+        stable sources it made variable.
     """
     mot = motion_statistics(ds)
     var = variability_statistics(ds, n_bins=n_bins)
@@ -1340,9 +1357,11 @@ def classify_sources(
     fixed = ~moving & ~artefact
     movers = table[moving].assign(ra=table["ra_fit"], dec=table["dec_fit"])  # at epoch_mjd
     near = _near_fixed(ds, movers, mover_radius_fwhm)
+    measured = ds  # the light curves the variability is measured on
     if near.any():  # the variability without the points a mover passes by
         blended = np.where(near, int(LightCurveFlag.BLENDED), 0).astype(ds["flags"].dtype)
-        var = variability_statistics(ds.assign(flags=ds["flags"] | blended), n_bins=n_bins)
+        measured = ds.assign(flags=ds["flags"] | blended)
+        var = variability_statistics(measured, n_bins=n_bins)
         var = var.set_index("source_id").loc[table["source_id"].to_numpy()]
         for column in var.columns.drop("mag"):
             table[column] = var[column].to_numpy()
@@ -1372,6 +1391,7 @@ def classify_sources(
     table["expected_scatter"] = expected
     table["scatter_ratio"] = scatter_ratio
     table["binned_ratio"] = binned_ratio
+    variable, search = _search_dips(table, measured, fixed, variable, dip_false_alarm)
     kind = np.where(moving, "moving", np.where(variable, "variable", "stable"))
     table["kind"] = np.where(artefact, "artefact", kind)
     table["is_artefact"] = artefact
@@ -1388,4 +1408,32 @@ def classify_sources(
         sid = match_target(table, target, radius_arcsec=target_radius_arcsec)
         if sid is not None:
             table.loc[table["source_id"] == sid, "is_target"] = True
-    return table[list(SOURCE_COLUMNS)].reset_index(drop=True)
+    table = table[list(SOURCE_COLUMNS)].reset_index(drop=True)
+    table.attrs["dip_search"] = search
+    return table
+
+
+def _search_dips(
+    table: pd.DataFrame,
+    ds: xr.Dataset,
+    fixed: NDArray[np.bool_],
+    variable: NDArray[np.bool_],
+    false_alarm: float,
+) -> tuple[NDArray[np.bool_], dict]:
+    """The transit and eclipse search on the fixed sources; ``var_type`` of every variable.
+
+    Adds the ``dip_*`` columns and ``var_type`` to ``table``; returns the variables (the stable
+    sources with a significant dip added) and the search's record.
+    """
+    stable = fixed & ~variable
+    dips = dip_search(ds, skip=~fixed)
+    snr = dips["dip_snr"].to_numpy(float)
+    cut = dip_threshold(snr[stable], noise_snr(ds), false_alarm=false_alarm)
+    dipped = stable & (snr >= cut.threshold)
+    variable = variable | dipped
+    for column in ("dip_snr", "dip_depth", "dip_depth_err", "dip_time_mjd", "dip_duration_h",
+                   "dip_n_in", "dip_partial"):  # fmt: skip
+        table[column] = dips[column].to_numpy()
+    shapes = shape_statistics(ds, rows=variable & fixed)
+    table["var_type"] = guess_var_type(dips, shapes, variable & fixed)
+    return variable, {**cut.as_record(), "n_variable": int(dipped.sum())}

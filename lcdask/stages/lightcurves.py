@@ -127,6 +127,7 @@ def run_lightcurves(ctx: RunContext) -> dict:
         "comparison_criteria": ensemble.criteria,
         "ensemble_note": ensemble.note,
         "star_flat": star_flat,
+        "dip_search": sources.attrs.get("dip_search", {}),
         **forced,
     }
 
