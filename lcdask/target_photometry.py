@@ -45,8 +45,8 @@ Method (`choose_target_photometry`)
    `lcdask.lightcurves.BAD_FOR_FLUX`, hence out of the transit fit).
 
 Measured (`tests/test_target_photometry.py`): on simulated nights with a better aperture than
-the run's the chosen curve's out-of-transit scatter is 0.23-0.28% against 0.35-0.43% for the
-run-wide one (noise model 0.24%); on the small-telescope preset's 90-frame night 0.449% against
+the run's the chosen curve's out-of-transit scatter is 0.24-0.26% against 0.36-0.42% for the
+run-wide one (true noise 0.23%); on the small-telescope preset's 90-frame night 0.449% against
 0.480%; on its 30-frame night no choice beat the run-wide curve on the frames it was not chosen
 on, and that curve was kept.
 
@@ -91,6 +91,8 @@ star's points on an undersampled night, and leaving them out made the transparen
 stars dropped in and out: 0.45% out of transit instead of 0.40% on the simulated small-telescope
 night); a star BLENDED in more than ``max_blended`` of the frames is not a candidate."""
 
+RUN_WIDE = "the run-wide comparison stars and weights"
+BY_NOISE = "the candidates in order of their noise, weighted by inverse variance"
 _TARGET_BAD = LightCurveFlag.MISSING
 """The target's points that are not scored (its other flagged points are, robustly)."""
 
@@ -471,6 +473,7 @@ class _Choice:
     rel_flux_err: NDArray
     score: float
     noise: NDArray = field(default_factory=lambda: np.zeros(0))
+    label: str = ""
 
 
 def _star_noise(stars: _Stars, k: int, frames: NDArray[np.bool_]) -> NDArray:
@@ -581,10 +584,10 @@ def _select(
         noise = _star_noise(stars, int(k), frames)
         order = 1 + np.argsort(noise[1 : 1 + stars.n_candidates], kind="stable")
         sets = [(order[:n], 1.0 / noise[order[:n]] ** 2) for n in range(1, order.size + 1)]
-        sets = sets[:max_comparisons]
+        configs += _score_configs(stars, int(k), sets[:max_comparisons], noise, frames, dip)
         if stars.run_rows.size:  # the run-wide comparison stars and weights, at this aperture
-            sets.append((stars.run_rows, stars.run_weights))
-        configs += _score_configs(stars, int(k), sets, noise, frames, dip)
+            run_wide = [(stars.run_rows, stars.run_weights)]
+            configs += _score_configs(stars, int(k), run_wide, noise, frames, dip, RUN_WIDE)
     if not configs:
         raise ValueError("no configuration could be scored: too few frames or comparison stars")
     best = min(configs, key=lambda c: c.score)
@@ -602,7 +605,7 @@ def _select(
             (np.delete(chosen.rows, i), np.delete(chosen.weights, i))
             for i in range(chosen.rows.size)
         ]
-        trials = _score_configs(stars, chosen.k, sets, chosen.noise, frames, dip)
+        trials = _score_configs(stars, chosen.k, sets, chosen.noise, frames, dip, chosen.label)
         better = []
         for trial in trials:
             excess, error = _paired_excess(trial.resid, chosen.resid)
@@ -619,6 +622,7 @@ def _select(
         chosen.rel_flux_err,
         chosen.score,
         chosen.noise,
+        chosen.label,
     )
 
 
@@ -635,6 +639,7 @@ class _Config:
     rel_flux_err: NDArray
     resid: NDArray
     score: float
+    label: str
 
 
 def _score_configs(
@@ -644,6 +649,7 @@ def _score_configs(
     noise: NDArray,
     frames: NDArray[np.bool_],
     dip: tuple[float, float] | None,
+    label: str = BY_NOISE,
 ) -> list[_Config]:
     """The target's curve at aperture ``k`` with each (rows, weights) of ``sets``, and its
     detrended scatter on ``frames`` (configurations with too few points left out)."""
@@ -665,7 +671,7 @@ def _score_configs(
     for i, (rows, w) in enumerate(sets):
         if n_kept[i] >= n_params + 3:
             score = float(np.sqrt(np.nansum(resid[i] ** 2) / (n_kept[i] - n_params)))
-            out.append(_Config(k, rows, w, noise, *curves[i], resid[i], score))
+            out.append(_Config(k, rows, w, noise, *curves[i], resid[i], score, label))
     return out
 
 
@@ -703,6 +709,9 @@ class TargetPhotometry:
         The candidate table (`comparison_candidates`).
     why
         Why the choice was not adopted (empty when it was).
+    comparison_set
+        Where the comparison stars come from: the run-wide ensemble's (with its weights, less
+        any dropped), or the candidates in order of their noise.
     """
 
     source_id: int
@@ -721,6 +730,7 @@ class TargetPhotometry:
     cv: dict[str, Any]
     candidates: pd.DataFrame
     why: str = ""
+    comparison_set: str = ""
 
     def as_record(self) -> dict[str, Any]:
         """A JSON-ready summary for run.json."""
@@ -737,6 +747,7 @@ class TargetPhotometry:
             if np.isfinite(self.aperture_radius)
             else None,
             "aperture_unit": self.aperture_unit,
+            "comparison_set": self.comparison_set,
             "n_comparison": int(self.comparison_ids.size),
             "comparison_ids": [int(v) for v in self.comparison_ids],
             "weights": [round(float(v), 4) for v in self.weights],
@@ -1013,6 +1024,7 @@ def _result(
         cv=cv,
         candidates=candidates,
         why=why,
+        comparison_set=choice.label,
     )
 
 
