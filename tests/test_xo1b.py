@@ -142,8 +142,9 @@ def test_the_target_photometry_chosen_on_the_night(xo1_run):
         f"{(before.t0 - PREDICTED) * 1440:+.1f} +- {before.t0_err * 1440:.1f} min -> "
         f"{(after.t0 - PREDICTED) * 1440:+.1f} +- {after.t0_err * 1440:.1f} min"
     )
-    # measured: the 5 px aperture (the run's: 1.5 FWHM, 4.6 px) with the run-wide comparison
-    # stars 2, 1, 4, 7, 9; judged on the frames not chosen on 0.616% against 0.658%
+    # measured: the 5 px aperture (the run's: 1.5 FWHM, about 4.6 px) with the five candidates
+    # 2, 1, 4, 7, 9 (the run-wide ensemble's stars) weighted by their own noise; judged on the
+    # frames not chosen on 0.616% against 0.658% (the halves chose 1.5 and 2 FWHM)
     assert chosen["aperture"] == 5 and chosen["aperture_unit"] == "px"
     assert chosen["cv"]["judged_chosen_pct"] < chosen["cv"]["judged_default_pct"]
     # the weighted residual scatter about the literature's transit: 0.626% -> 0.591% (the
