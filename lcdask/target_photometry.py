@@ -444,9 +444,11 @@ def _paired_excess(resid: NDArray, reference: NDArray) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class _Stars:
-    """The target (row 0) and the candidates at every aperture: ``flux`` (aperture, star,
-    frame), fractional errors ``frac_err``, good points ``good`` (star, frame), the target's
-    scored frames ``target_ok``, ids, the apertures' numbers and the frames' times and blocks."""
+    """The target (row 0), the candidates (rows 1 .. ``n_candidates``) and the run-wide
+    comparison stars not among them, at every aperture: ``flux`` (aperture, star, frame),
+    fractional errors ``frac_err``, good points ``good`` (star, frame), the target's scored
+    frames ``target_ok``, ids, the apertures' numbers, the frames' times and score weights, and
+    the run-wide comparison stars' rows and weights."""
 
     flux: NDArray
     frac_err: NDArray
@@ -703,8 +705,11 @@ class TargetPhotometry:
         Detrended scatter (`detrended_scatter`) on all the frames of the run-wide relative flux
         and of the chosen one (the latter chosen on these points: see ``cv``).
     cv
-        The cross-validation: block size, each half's choice and both curves' scatter judged
-        on the other half.
+        The cross-validation: ``folds``, each half's choice (aperture, comparison ids, its
+        scatter on that half) and both curves' scatter judged on the other half;
+        ``judged_chosen_pct`` and ``judged_default_pct`` over both halves; ``gain_sigma``, the
+        judged gain (the run-wide curve's squared residuals less the choices', paired) in
+        standard errors; ``dip``, the transit's start and end found in the run-wide curve.
     candidates
         The candidate table (`comparison_candidates`).
     why
