@@ -176,12 +176,18 @@ class LightCurvesConfig:
         "on": also after a flat field (what a flat leaves, e.g. scattered light), still only
         when the field moved; "off": never. Without it, on a night without flats, stars
         drifting across 13% of vignetting are classed variable.
+    target_photometry : bool
+        Choose the target's aperture and comparison stars on the data
+        (`lcdask.target_photometry`): its ``rel_flux`` becomes the chosen one when a
+        cross-validation says it is less scattered than the run-wide ensemble's (run.json's
+        ``target_photometry`` says what was chosen and why). False: the run-wide ``rel_flux``.
     """
 
     forced: bool = True
     forced_min_detections: int = 3
     max_rate_arcsec_h: float = 600.0
     star_flat: str = "auto"
+    target_photometry: bool = True
 
     def __post_init__(self) -> None:
         if self.star_flat not in STAR_FLAT_MODES:

@@ -46,4 +46,5 @@ ARTEFACT = 2048
 """Detection (and light-curve) bit: a detector artefact - a hot pixel, a warm column or another
 source that stands still on the detector while the field moves (`lcdask.classify.find_artefacts`).
 Set by the light-curve stage on the detections it groups into artefact sources; above the
-detection bits (0-7) and the light-curve bits (256-1024) of `lcdask.lightcurves.LightCurveFlag`."""
+detection bits (0-7) and the light-curve bits (256-1024) of `lcdask.lightcurves.LightCurveFlag`
+(whose OUTLIER, 4096, comes after it)."""

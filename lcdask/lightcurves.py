@@ -57,8 +57,10 @@ from numpy.typing import ArrayLike, NDArray
 
 from lcdask.config import STAR_FLAT_MODES, LightCurvesConfig
 from lcdask.flags import ARTEFACT as ARTEFACT_BIT
+from lcdask.photometry import DEFAULT_APERTURES, aperture_radii
 
 __all__ = [
+    "APERTURE_VARIABLES",
     "BAD_FOR_COMPARISON",
     "BAD_FOR_FLUX",
     "BAD_FOR_POSITION",
@@ -69,8 +71,10 @@ __all__ = [
     "LightCurveFlag",
     "LightCurvesConfig",
     "StarFlat",
+    "aperture_columns",
     "apply_ensemble",
     "build_lightcurves",
+    "common_scale",
     "detrend",
     "ensemble_photometry",
     "fit_star_flat",
@@ -95,6 +99,11 @@ LIGHTCURVE_VARIABLES = (
     "flags",
 )
 """Data variables of the light-curve Dataset (all on dims ``(source, frame)``)."""
+
+APERTURE_VARIABLES = ("flux_ap", "flux_ap_err")
+"""Data variables on dims ``(source, frame, aperture)``: the flux (aperture-corrected to the
+total flux, in ADU, float32) at every aperture the Level 3 photometry measured, and its error;
+``flux_ap.sel(aperture=2)`` is the run's ``flux`` with ``[level2] flux = "aperture"``."""
 
 _DETECTION_VALUES = ("flux", "flux_err", "mag", "mag_err", "flux_jy", "ra", "dec", "x", "y")
 _FRAME_COORDS = ("bjd_tdb", "zero_point", "airmass", "fwhm_px", "sky", "rms_arcsec")
@@ -131,6 +140,10 @@ class LightCurveFlag(IntFlag):
     ARTEFACT = ARTEFACT_BIT
     """(Detection bit, `lcdask.flags.ARTEFACT`) a detector artefact: a hot pixel, a warm column or
     another source fixed on the detector (`lcdask.classify.find_artefacts`)."""
+    OUTLIER = 4096
+    """The target's point is off its light curve's local trend by more than the robust clip of
+    `lcdask.target_photometry` (a cloud, a satellite, a failed measurement): kept, and out of a
+    transit fit."""
 
 
 BAD_FOR_COMPARISON = (
@@ -150,10 +163,12 @@ BAD_FOR_FLUX = (
     | LightCurveFlag.MASKED
     | LightCurveFlag.COSMIC
     | LightCurveFlag.ARTEFACT
+    | LightCurveFlag.OUTLIER
 )
-"""Points whose flux is not trusted by the variability statistics (`lcdask.classify`): a
-neighbour's light, a truncated aperture, a saturated or non-linear peak, bad or repaired pixels, a
-cosmic-ray residual. Their values stay in the light curve."""
+"""Points whose flux is not trusted by the variability statistics (`lcdask.classify`) and the
+transit fit (`lcdask.transit.TRANSIT_BAD`): a neighbour's light, a truncated aperture, a saturated
+or non-linear peak, bad or repaired pixels, a cosmic-ray residual, an outlier of the target's
+curve. Their values stay in the light curve."""
 
 BAD_FOR_POSITION = (
     LightCurveFlag.BLENDED | LightCurveFlag.EDGE | LightCurveFlag.COSMIC | LightCurveFlag.ARTEFACT
@@ -179,6 +194,8 @@ def build_lightcurves(
     detections: pd.DataFrame,
     source_id: ArrayLike,
     frames: pd.DataFrame,
+    *,
+    apertures: Sequence[tuple[float, str]] = DEFAULT_APERTURES,
 ) -> xr.Dataset:
     """The (source, frame) light-curve Dataset from matched detections.
 
@@ -195,13 +212,21 @@ def build_lightcurves(
         barycentric Julian date, TDB), ``zero_point``, ``airmass``, ``fwhm_px``, ``sky`` and
         ``rms_arcsec`` become frame coordinates when present. Frames without any detection
         still get a column.
+    apertures
+        The apertures of the detections' ``flux_ap<k>`` columns (`lcdask.photometry`), ``k``
+        from 1: the Level 3 photometry's `lcdask.photometry.DEFAULT_APERTURES`.
 
     Returns
     -------
     xarray.Dataset
         Dims ``source`` (sorted ``source_id``) and ``frame`` (the frames' order); variables
         `LIGHTCURVE_VARIABLES` (float64, ``flags`` int32); ``rel_flux`` and ``rel_flux_err`` are
-        NaN until `apply_ensemble`.
+        NaN until `apply_ensemble`. When the detections have ``flux_ap<k>`` columns, also
+        `APERTURE_VARIABLES` on dims ``(source, frame, aperture)`` (float32, ADU, each
+        aperture-corrected to the total flux; NaN where not measured) with the coordinates
+        ``aperture`` (``k``, as in ``flux_ap<k>``), ``aperture_radius`` and ``aperture_unit``
+        (the radius as given: in FWHM for ``"fwhm"``, in pixels for ``"px"``) and
+        ``aperture_radius_px`` (frame, aperture): the radius in pixels on each frame.
     """
     sid = np.asarray(source_id, dtype=np.int64)
     if sid.shape != (len(detections),):
@@ -254,6 +279,7 @@ def build_lightcurves(
         if name in frames.columns:
             coords[name] = ("frame", frames[name].to_numpy(float))
     ds = xr.Dataset({k: data[k] for k in LIGHTCURVE_VARIABLES}, coords=coords)
+    ds = _with_apertures(ds, detections, keep, si, fi, frames, apertures)
     ds["flux"].attrs["units"] = "adu"
     ds["flux_jy"].attrs["units"] = "Jy"
     ds["ra"].attrs["units"] = "deg"
@@ -262,6 +288,59 @@ def build_lightcurves(
     ds["flags"].attrs["flag_masks"] = [int(f) for f in LightCurveFlag if f]
     ds["flags"].attrs["flag_meanings"] = " ".join(f.name for f in LightCurveFlag if f)
     return ds
+
+
+def aperture_columns(n_apertures: int) -> list[str]:
+    """The detection (and forced) table's columns of ``n_apertures`` apertures, in order:
+    ``flux_ap1``, ``flux_ap1_err``, ``flux_ap2``, ... (`lcdask.photometry.photometry_schema`)."""
+    return [f"flux_ap{k}{e}" for k in range(1, n_apertures + 1) for e in ("", "_err")]
+
+
+def _with_apertures(
+    ds: xr.Dataset,
+    detections: pd.DataFrame,
+    keep: NDArray[np.bool_],
+    si: NDArray,
+    fi: NDArray,
+    frames: pd.DataFrame,
+    apertures: Sequence[tuple[float, str]],
+) -> xr.Dataset:
+    """`APERTURE_VARIABLES` from the detections' ``flux_ap<k>`` columns (none: ``ds`` as is)."""
+    n_ap = len(apertures)
+    if not any(f"flux_ap{k}" in detections.columns for k in range(1, n_ap + 1)):
+        return ds
+    shape = (ds.sizes["source"], ds.sizes["frame"], n_ap)
+    flux = np.full(shape, np.nan, np.float32)
+    err = np.full(shape, np.nan, np.float32)
+    for k in range(n_ap):
+        name = f"flux_ap{k + 1}"
+        if name in detections.columns:
+            flux[si, fi, k] = detections[name].to_numpy(float)[keep]
+        if f"{name}_err" in detections.columns:
+            err[si, fi, k] = detections[f"{name}_err"].to_numpy(float)[keep]
+    fwhm = (
+        frames["fwhm_px"].to_numpy(float)
+        if "fwhm_px" in frames.columns
+        else np.full(len(frames), np.nan)
+    )
+    radius_px = np.array([aperture_radii(apertures, f) for f in fwhm]).reshape(-1, n_ap)
+    out = ds.assign(
+        flux_ap=(("source", "frame", "aperture"), flux),
+        flux_ap_err=(("source", "frame", "aperture"), err),
+    )
+    out = out.assign_coords(
+        aperture=("aperture", np.arange(1, n_ap + 1)),
+        aperture_radius=("aperture", np.array([float(r) for r, _ in apertures])),
+        aperture_unit=("aperture", np.array([str(u) for _, u in apertures], dtype=object)),
+        aperture_radius_px=(("frame", "aperture"), radius_px.astype(np.float32)),
+    )
+    out["flux_ap"].attrs.update(
+        units="adu",
+        long_name="flux in each aperture, aperture-corrected to the total flux",
+    )
+    out["aperture_radius"].attrs["long_name"] = "radius, in the unit of aperture_unit"
+    out["aperture_radius_px"].attrs["long_name"] = "radius on the frame (pixels)"
+    return out
 
 
 def missing_entries(ds: xr.Dataset, sources: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -324,7 +403,8 @@ def insert_forced(ds: xr.Dataset, forced: pd.DataFrame) -> xr.Dataset:
     forced
         ``source_id``, ``frame`` and any of ``flux``, ``flux_err``, ``mag``, ``mag_err``,
         ``flux_jy``, ``ra``, ``dec``, ``x``, ``y`` (e.g. `missing_entries` plus the measured
-        columns), and optionally ``flags`` (the measurement's photometry bits, e.g. BLENDED).
+        columns), ``flux_ap<k>`` and ``flux_ap<k>_err`` (into ``flux_ap``, ``flux_ap_err``),
+        and optionally ``flags`` (the measurement's photometry bits, e.g. BLENDED).
 
     Returns
     -------
@@ -346,6 +426,14 @@ def insert_forced(ds: xr.Dataset, forced: pd.DataFrame) -> xr.Dataset:
     for name in _DETECTION_VALUES:
         if name in forced.columns:
             out[name].values[si, fi] = forced[name].to_numpy(dtype=float)[ok]
+    if "flux_ap" in out:
+        for k in range(out.sizes["aperture"]):
+            for var, col in (
+                ("flux_ap", f"flux_ap{k + 1}"),
+                ("flux_ap_err", f"flux_ap{k + 1}_err"),
+            ):
+                if col in forced.columns:
+                    out[var].values[si, fi, k] = forced[col].to_numpy(dtype=float)[ok]
     flags[si, fi] = (flags[si, fi] & ~int(LightCurveFlag.MISSING)) | int(LightCurveFlag.FORCED)
     if "flags" in forced.columns:
         flags[si, fi] |= forced["flags"].to_numpy(np.int32)[ok]
@@ -663,7 +751,7 @@ def _fit_ensemble(
     cf, ce = np.where(off[ci], np.nan, flux[ci]), err[ci]
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # frames without a good point
-        norm = _common_scale(cf)
+        norm = common_scale(cf)
         x_all = cf / norm[:, None]
         e = ce / cf  # fractional error
         expected = np.nanmedian(e, axis=1)
@@ -775,8 +863,10 @@ def _wild_points(x: NDArray, expected: NDArray, noise_floor: float) -> NDArray[n
     return wild & (wild.sum(axis=1) <= 2)[:, None]
 
 
-def _common_scale(cf: NDArray) -> NDArray:
+def common_scale(cf: NDArray) -> NDArray:
     """Each comparison star's flux scale, on one footing when their good frames differ.
+
+    ``cf`` is (star, frame) flux, NaN where a point is not used; returns one scale per star.
 
     A star's median over its own good points is biased when those points are not a fair
     sample of the night (on the real XO-1 night a star's repaired-pixel points were its clear
@@ -1069,7 +1159,8 @@ class StarFlat:
         Returns
         -------
         xarray.Dataset
-            A copy with ``flux``, ``flux_err`` and ``flux_jy`` divided by the throughput and
+            A copy with ``flux``, ``flux_err``, ``flux_jy`` (and ``flux_ap``,
+            ``flux_ap_err``) divided by the throughput and
             ``P`` subtracted from ``mag`` (``mag_err`` unchanged: the relative error is); the
             variable ``star_flat`` (source, frame) holds the throughput applied (1 where a
             point has no position).
@@ -1088,6 +1179,10 @@ class StarFlat:
         for name in ("flux", "flux_err", "flux_jy"):
             if name in out:
                 out[name] = out[name].copy(data=out[name].to_numpy() / factor)
+        for name in APERTURE_VARIABLES:  # the throughput is the same in every aperture
+            if name in out:
+                scaled = out[name].to_numpy() / factor[:, :, None]
+                out[name] = out[name].copy(data=scaled.astype(out[name].dtype))
         if "mag" in out:
             out["mag"] = out["mag"].copy(data=out["mag"].to_numpy() - p)
         out["star_flat"] = (("source", "frame"), factor)

@@ -22,6 +22,7 @@ _SHARED_GROUPS = {
     "test_real_runs.py": "lowell_run",
     "test_small_telescope.py": "smalltel_run",
     "test_star_flat.py": "smalltel_run",
+    "test_target_photometry.py": "smalltel_run",
 }
 
 

@@ -329,3 +329,61 @@ def test_bright_comparison_stars_with_a_systematic_floor_are_kept(night):
     # six would be dropped as too noisy; with 0.5% added in quadrature the ratio is ~0.8
     assert set(chosen) <= set(result.comparison_ids)
     assert not np.isin(result.rejected_ids, chosen).any()
+
+
+def test_every_aperture_kept_forced_and_flattened(night):
+    """``flux_ap`` (source, frame, aperture): from the detections' ``flux_ap<k>`` columns,
+    filled by forced photometry, divided by a star flat's throughput like ``flux``."""
+    from lcdask.lightcurves import APERTURE_VARIABLES, StarFlat, aperture_columns
+
+    _, det, frames, match, _, _ = night
+    scale = np.array([0.8, 1.0, 1.1])  # three apertures' fluxes, a known multiple of ``flux``
+    columns = {}
+    for k, name in enumerate(aperture_columns(3)):
+        base = det["flux_err"] if name.endswith("_err") else det["flux"]
+        columns[name] = base.to_numpy() * scale[k // 2]
+    det3 = det.assign(**columns)
+    apertures = ((1.0, "fwhm"), (1.5, "fwhm"), (6.0, "px"))
+    ds = build_lightcurves(det3, match.source_id, frames.assign(fwhm_px=2.5), apertures=apertures)
+    assert set(APERTURE_VARIABLES) <= set(ds.data_vars)
+    assert ds["flux_ap"].dims == ("source", "frame", "aperture")
+    assert ds["flux_ap"].dtype == np.float32
+    assert ds["aperture"].to_numpy().tolist() == [1, 2, 3]
+    assert ds["aperture_unit"].to_numpy().tolist() == ["fwhm", "fwhm", "px"]
+    np.testing.assert_allclose(ds["aperture_radius_px"].to_numpy()[0], [2.5, 3.75, 6.0])
+    flux = ds["flux"].to_numpy()
+    for k in range(3):  # to float32's precision
+        np.testing.assert_allclose(
+            ds["flux_ap"].to_numpy()[:, :, k], scale[k] * flux, rtol=1e-6, equal_nan=True
+        )
+    # a float32 cube: half the bytes of float64 (6 apertures x 2 variables x 4 bytes a point)
+    assert ds["flux_ap"].nbytes == ds["flux"].nbytes * 3 // 2
+    # forced points get every aperture; a detection without one stays NaN there
+    miss = missing_entries(ds).iloc[:5]
+    forced = miss.assign(flux=2.0, flux_err=0.2, flux_ap1=1.6, flux_ap1_err=0.16, flux_ap2=2.0)
+    out = insert_forced(ds, forced)
+    sid, fid = out["source_id"].to_numpy(), out["frame"].to_numpy()
+    for row in forced.itertuples():
+        s = int(np.flatnonzero(sid == row.source_id)[0])
+        f = int(np.flatnonzero(fid == row.frame)[0])
+        np.testing.assert_allclose(out["flux_ap"].to_numpy()[s, f, :2], [1.6, 2.0])
+        assert np.isnan(out["flux_ap"].to_numpy()[s, f, 2])
+        assert out["flux_ap_err"].to_numpy()[s, f, 0] == pytest.approx(0.16)
+    # a star flat divides every aperture by the same throughput
+    flat = StarFlat(
+        order=1,
+        exponents=((1, 0),),
+        coefficients=np.array([0.1]),
+        centre=(500.0, 500.0),
+        half_size=(500.0, 500.0),
+        box=(0.0, 1000.0, 0.0, 1000.0),
+        shift_px=50.0,
+        usable=True,
+    )
+    flat_ds = flat.apply(ds)
+    ratio = flat_ds["flux_ap"].to_numpy() / ds["flux_ap"].to_numpy()
+    expected = np.broadcast_to(1 / flat_ds["star_flat"].to_numpy()[:, :, None], ratio.shape)
+    finite = np.isfinite(ratio)
+    assert finite.sum() > 10_000
+    np.testing.assert_allclose(ratio[finite], expected[finite], rtol=1e-6)  # float32
+    assert flat_ds["flux_ap"].dtype == np.float32

@@ -12,6 +12,8 @@ exactly the photometry of the detections:
   PSF flux) with the frame's own aperture correction and PSF scale from the frames table, at
   the forced positions and the detections together (the
   detections' fluxes measured again are compared with the stored ones: ``max_pull_redone``);
+  every other aperture's flux too (``flux_ap<k>``, as the detections have them), each with the
+  frame's correction of that aperture (the detections' stored flux over the one measured again);
 * the fluxes are calibrated with the frame's zero point and slope (`frame_calibration`), with the
   calibration error the detections carry, so ``mag``, ``mag_err`` and ``flux_jy`` are on the same
   scale as the detections' (instrumental magnitudes + 25 when the run has no reference catalog).
@@ -38,9 +40,9 @@ import xarray as xr
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from lcdask.lightcurves import LightCurveFlag, missing_entries
+from lcdask.lightcurves import LightCurveFlag, aperture_columns, missing_entries
 from lcdask.photcal import ZeroPointFit, calibrate_fluxes, instrumental_mag, instrumental_mag_err
-from lcdask.photometry import PhotFlag, flux_method, photometer_frame
+from lcdask.photometry import DEFAULT_APERTURES, PhotFlag, flux_method, photometer_frame
 from lcdask.psf import PSFModel
 from lcdask.stages._parallel import gather_results, share, submit_task
 from lcdask.stages.level2 import (
@@ -77,9 +79,13 @@ FORCED_COLUMNS = {
     "mag_err": "float64",
     "flux_jy": "float64",
     "flux_jy_err": "float64",
+    **dict.fromkeys(aperture_columns(len(DEFAULT_APERTURES)), "float64"),
     "flags": "int32",
 }
-"""Columns of the forced measurements (`lcdask.lightcurves.insert_forced` takes them)."""
+"""Columns of the forced measurements (`lcdask.lightcurves.insert_forced` takes them): the flux
+Level 2 keeps (``flux``) and, as for the detections, every aperture's (``flux_ap<k>``)."""
+
+_APERTURE_FLUXES = [c for c in aperture_columns(len(DEFAULT_APERTURES)) if not c.endswith("_err")]
 
 
 def _empty() -> pd.DataFrame:
@@ -156,7 +162,8 @@ def frame_forced_photometry(
     x, y : numpy.ndarray
         Forced positions (0-based pixels).
     detections : pandas.DataFrame
-        The frame's detections: ``x``, ``y``, ``flux``.
+        The frame's detections: ``x``, ``y``, ``flux``, and ``flux_ap<k>`` when they have them
+        (each aperture's correction is their stored flux over the one measured again).
     frame : dict
         The frame's ``fwhm_px``, ``aperture_correction``, ``psf_scale`` and ``cosmic_pixels``
         (frames table; cosmic rays are detected again when the last is None).
@@ -168,7 +175,9 @@ def frame_forced_photometry(
     Returns
     -------
     table : pandas.DataFrame
-        ``x``, ``y``, ``flux``, ``flux_err``, ``flags`` (photometry bits) per forced position.
+        ``x``, ``y``, ``flux``, ``flux_err``, ``flux_ap<k>``, ``flux_ap<k>_err``, ``flags``
+        (photometry bits) per forced position; an aperture's fluxes are NaN when the detections
+        do not give its correction.
     max_pull_redone : float
         Largest ``|flux - stored flux| / flux_err`` of the detections measured again (about 0
         when this repeats Level 2's photometry; the PSF read back from ``psf.fits`` is float32).
@@ -218,15 +227,24 @@ def frame_forced_photometry(
     with np.errstate(invalid="ignore", divide="ignore"):
         pull = np.abs(flux[:n] - detections["flux"].to_numpy(float)) / flux_err[:n]
     max_pull = float(np.nanmax(pull)) if np.isfinite(pull).any() else 0.0
-    return pd.DataFrame(
-        {
-            "x": x,
-            "y": y,
-            "flux": flux[n:],
-            "flux_err": flux_err[n:],
-            "flags": flags[n:],
-        }
-    ), max_pull
+    out = {"x": x, "y": y, "flux": flux[n:], "flux_err": flux_err[n:]}
+    for name in _APERTURE_FLUXES:
+        ap_factor = _stored_over_measured(detections, table, name)
+        out[name] = table[name].to_numpy()[n:] * ap_factor
+        out[f"{name}_err"] = table[f"{name}_err"].to_numpy()[n:] * ap_factor
+    return pd.DataFrame({**out, "flags": flags[n:]}), max_pull
+
+
+def _stored_over_measured(detections: pd.DataFrame, table: pd.DataFrame, name: str) -> float:
+    """An aperture's correction on the frame: the median over the detections of their stored
+    (corrected) flux over the same flux measured again without correction (the first rows of
+    ``table``); NaN when the detections lack the column (a run of an earlier version)."""
+    if name not in detections.columns or not len(detections):
+        return np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = detections[name].to_numpy(float) / table[name].to_numpy(float)[: len(detections)]
+    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+    return float(np.median(ratio)) if ratio.size else np.nan
 
 
 def frame_calibration(
@@ -321,6 +339,12 @@ def _cosmic_pixels(row: pd.Series) -> np.ndarray | None:
     return np.asarray(pixels, np.int64)
 
 
+def _measured_columns(detections: pd.DataFrame) -> pd.DataFrame:
+    """The detections' columns a forced-photometry task needs: position and fluxes."""
+    wanted = ["x", "y", "flux", *_APERTURE_FLUXES]
+    return detections[[c for c in wanted if c in detections.columns]]
+
+
 def forced_photometry(
     ds: xr.Dataset,
     detections: pd.DataFrame,
@@ -408,7 +432,7 @@ def forced_photometry(
             int(frame),
             rows["x"].to_numpy(),
             rows["y"].to_numpy(),
-            det_of.get(frame, empty_det)[["x", "y", "flux"]],
+            _measured_columns(det_of.get(frame, empty_det)),
             {k: float(by_frame.loc[frame].get(k, np.nan)) for k in _CORRECTIONS}
             | {"cosmic_pixels": _cosmic_pixels(by_frame.loc[frame])},
             shared_psf,
@@ -421,9 +445,8 @@ def forced_photometry(
         groups.items(), gather_results(client, futures, "lightcurves: forced"), strict=True
     ):
         max_pull = max(max_pull, pull)
-        measured = rows.reset_index(drop=True).assign(
-            flux=table["flux"].to_numpy(), flux_err=table["flux_err"].to_numpy()
-        )
+        values = table.drop(columns=["x", "y", "flags"]).reset_index(drop=True)
+        measured = pd.concat([rows.reset_index(drop=True), values], axis=1)
         measured["flags"] = table["flags"].to_numpy()
         row = by_frame.loc[frame]
         parts.append(

@@ -31,6 +31,11 @@ from lcdask.psf import PSFModel
 from lcdask.report import warm_workers
 from lcdask.stages.context import RunContext
 from lcdask.stages.forced import forced_photometry
+from lcdask.target_photometry import (
+    apply_target_photometry,
+    choose_target_photometry,
+    comparison_candidates,
+)
 from lcdask.targets import (
     TargetLocation,
     add_target_source,
@@ -101,6 +106,11 @@ def run_lightcurves(ctx: RunContext) -> dict:
     if ensemble.note:
         ctx.note(f"ensemble: {ensemble.note}")
     ds = apply_ensemble(ds, ensemble)
+    target_photometry = None
+    if target_id is not None:
+        ds, target_photometry = _target_photometry(
+            ctx, ds, target_id, np.concatenate([not_comparison, ensemble.rejected_ids])
+        )
     sources = classify_sources(ds)
     if target_id is not None:
         sources = _mark_target(sources, target_id, target_radec)
@@ -129,7 +139,47 @@ def run_lightcurves(ctx: RunContext) -> dict:
         "star_flat": star_flat,
         "dip_search": sources.attrs.get("dip_search", {}),
         **forced,
+        **({} if target_photometry is None else {"target_photometry": target_photometry}),
     }
+
+
+def _target_photometry(
+    ctx: RunContext, ds: xr.Dataset, target_id: int, exclude: np.ndarray
+) -> tuple[xr.Dataset, dict]:
+    """[lightcurves] target_photometry: the target's aperture and comparison stars chosen on the
+    data (`lcdask.target_photometry`), written into ``ds``; the record for run.json."""
+    if not ctx.config.lightcurves.target_photometry:
+        return ds, {"adopted": False, "why": "off ([lightcurves] target_photometry = false)"}
+    candidates = comparison_candidates(ds, target_id, exclude_ids=exclude)
+    try:
+        result = choose_target_photometry(ds, target_id, candidates=candidates)
+    except ValueError as exc:  # nothing could be scored: the run-wide relative flux stays
+        log.info("target photometry: the run-wide relative flux kept (%s)", exc)
+        return ds, {"adopted": False, "why": str(exc)}
+    record = result.as_record()
+    if result.adopted:
+        log.info(
+            "target photometry: aperture %d (%g %s), %d comparison stars %s; scatter %.3f%% "
+            "(the run-wide %.3f%%), judged on the frames not chosen on %.3f%% (%.3f%%)",
+            result.aperture,
+            result.aperture_radius,
+            result.aperture_unit,
+            result.comparison_ids.size,
+            result.comparison_ids.tolist(),
+            100 * result.scatter_chosen,
+            100 * result.scatter_default,
+            record["cv"]["judged_chosen_pct"],
+            record["cv"]["judged_default_pct"],
+        )
+    else:
+        log.info("target photometry: %s", result.why)
+    if result.outlier.any():
+        log.info(
+            "target photometry: %d outliers flagged OUTLIER (frames %s)",
+            int(result.outlier.sum()),
+            ds["frame"].to_numpy()[result.outlier].tolist(),
+        )
+    return apply_target_photometry(ds, result), record
 
 
 def _star_flat(ctx: RunContext, ds: xr.Dataset, exclude) -> tuple[xr.Dataset, dict]:
