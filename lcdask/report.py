@@ -133,6 +133,7 @@ def _summary(run: RunProducts, ds: xr.Dataset) -> Any:
                 f"mag {r['mag']:.3f}, {r['kind']}, {int(r['n_frames'])} frames",
             )
         )
+        rows.append(("target photometry", _target_photometry_line(run.record)))
     else:
         rows.append(("target", _target_absent(run.record)))
     if run.coadd_path is not None:
@@ -171,6 +172,31 @@ def _mjd_axis(fig) -> None:
 
     fig.xaxis.formatter = BasicTickFormatter(use_scientific=False)
     fig.xaxis.axis_label = "MJD"
+
+
+def _target_photometry_line(record: dict) -> str:
+    """What the light-curve stage chose for the target (`lcdask.target_photometry`), and why."""
+    chosen = record.get("stages", {}).get("lightcurves", {}).get("target_photometry")
+    if not chosen:
+        return "the run-wide relative flux (no choice recorded)"
+    cv = chosen.get("cv") or {}
+    judged = (
+        f"; on the frames not chosen on {cv['judged_chosen_pct']:.3f}% against "
+        f"{cv['judged_default_pct']:.3f}%"
+        if cv.get("judged_chosen_pct") is not None and cv.get("judged_default_pct") is not None
+        else ""
+    )
+    if not chosen.get("adopted"):
+        return f"the run-wide relative flux kept: {chosen.get('why', '')}{judged}"
+    radius, unit = chosen.get("aperture_radius"), chosen.get("aperture_unit", "")
+    ids = ", ".join(str(i) for i in chosen.get("comparison_ids", []))
+    return (
+        f"aperture {chosen.get('aperture')} ({radius:g} {unit}), "
+        f"{chosen.get('n_comparison', 0)} comparison stars ({ids}); scatter "
+        f"{chosen.get('scatter_chosen_pct', float('nan')):.3f}% against the run-wide "
+        f"{chosen.get('scatter_default_pct', float('nan')):.3f}%{judged}; "
+        f"{chosen.get('n_outliers', 0)} outliers flagged"
+    )
 
 
 def _target_absent(record: dict) -> str:

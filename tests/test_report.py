@@ -444,3 +444,28 @@ def test_chromium_screenshot_is_not_blank(browsed):
     assert image.shape[1] == 1200 and image.shape[0] >= 500  # the window, less its chrome
     assert (image < 200).mean() > 0.02  # text, axes and points on a white page
     assert image.std() > 10
+
+
+def test_report_says_what_the_target_photometry_chose():
+    """The summary's "target photometry" row: the aperture, the comparison stars and the
+    scatter with the cross-validated numbers, or why the run-wide curve was kept."""
+    from lcdask.report import _target_photometry_line
+
+    chosen = {
+        "adopted": True,
+        "aperture": 3,
+        "aperture_radius": 2.0,
+        "aperture_unit": "fwhm",
+        "n_comparison": 2,
+        "comparison_ids": [4, 9],
+        "scatter_chosen_pct": 0.449,
+        "scatter_default_pct": 0.48,
+        "cv": {"judged_chosen_pct": 0.5, "judged_default_pct": 0.61},
+        "n_outliers": 1,
+    }
+    line = _target_photometry_line({"stages": {"lightcurves": {"target_photometry": chosen}}})
+    assert line.startswith("aperture 3 (2 fwhm), 2 comparison stars (4, 9); scatter 0.449%")
+    assert "run-wide 0.480%" in line and "0.500% against 0.610%" in line
+    kept = {"adopted": False, "why": "no choice beat the run-wide curve", "cv": {}}
+    line = _target_photometry_line({"stages": {"lightcurves": {"target_photometry": kept}}})
+    assert line == "the run-wide relative flux kept: no choice beat the run-wide curve"
