@@ -15,6 +15,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from lcdask.classify import classify_sources, find_artefacts, flag_near_movers, link_tracks
+from lcdask.gain import noise_model_check
 from lcdask.io import cube as cube_io
 from lcdask.io.atomic import atomic_path
 from lcdask.lightcurves import (
@@ -127,6 +128,7 @@ def run_lightcurves(ctx: RunContext) -> dict:
         "comparison_criteria": ensemble.criteria,
         "ensemble_note": ensemble.note,
         "star_flat": star_flat,
+        "noise_model": noise_model_check(ds, sources),
         **forced,
     }
 
