@@ -995,8 +995,10 @@ def _gain_and_read_noise(
         t0 = time.perf_counter()
         estimate = _measure_noise(run, masters, used, need_gain=need_gain)
         run.timings["gain"] = time.perf_counter() - t0
-    record["estimate"] = estimate
     est_gain = _nan(estimate.get("gain_e_adu"))
+    if estimate and "rdnoise_e" not in estimate:  # with the estimated gain
+        estimate["rdnoise_e"] = _round(_nan(estimate.get("read_noise_adu")) * est_gain, 3)
+    record["estimate"] = estimate
     how = "flats" if "flats" in str(estimate.get("gain_from", "")) else "lights"
     gain, g_src, g_replaced = _choose(gain_h[todo], est_gain, how, factor=_GAIN_FACTOR)
     if config.gain_e_adu is not None:

@@ -1,0 +1,207 @@
+"""Gain and read noise from the frames (`lcdask.gain`), against truth: synthetic exposures of known
+gain, the simulator's nights (flats and bias; lights only), and the real nights' headers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from lcdask import gain
+
+# --- synthetic exposures: Poisson electrons, read noise, a bias with structure, a flat pattern ---
+
+
+def _detector(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """A flat response (vignetting, 2% pixel-to-pixel) and a bias (level, column pattern)."""
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
+    flat = (1.0 - 0.6 * (xx**2 + yy**2)) * (1.0 + 0.02 * rng.standard_normal((size, size)))
+    bias = 500.0 + rng.normal(0.0, 3.0, size)[None, :] + np.zeros((size, size))
+    return flat, bias
+
+
+def _expose(rng, mean_e, *, gain_e_adu, read_noise_e, bias) -> np.ndarray:
+    electrons = rng.poisson(np.broadcast_to(mean_e, bias.shape)).astype(float)
+    electrons += read_noise_e * rng.standard_normal(electrons.shape)
+    return np.rint(electrons / gain_e_adu + bias)
+
+
+def _stars(rng, size: int, n: int, shift: tuple[float, float]) -> np.ndarray:
+    """Gaussian stars (FWHM 3.5 px, 2e3-2e5 e-), moved by ``shift`` px (drift between frames)."""
+    x0, y0 = rng.uniform(5, size - 5, n), rng.uniform(5, size - 5, n)
+    flux = np.exp(rng.uniform(np.log(2e3), np.log(2e5), n))
+    yy, xx = np.mgrid[0:size, 0:size]
+    image = np.zeros((size, size))
+    sigma = 3.5 / 2.3548
+    for x, y, f in zip(x0 + shift[0], y0 + shift[1], flux, strict=True):
+        r2 = (xx - x) ** 2 + (yy - y) ** 2
+        image += f * np.exp(-0.5 * r2 / sigma**2) / (2 * np.pi * sigma**2)
+    return image
+
+
+def test_photon_transfer_of_flats_and_biases_gives_the_true_gain_and_read_noise():
+    rng = np.random.default_rng(1)
+    g, rn = 2.3, 7.0
+    flat, bias = _detector(rng)
+    biases = [_expose(rng, 0.0, gain_e_adu=g, read_noise_e=rn, bias=bias) for _ in range(8)]
+    # twilight flats: each pair at its own level, the second of a pair 6% fainter
+    flats = []
+    for level_adu in (18000.0, 22000.0, 26000.0, 30000.0):
+        for scale in (1.0, 0.94):
+            flats.append(
+                _expose(rng, level_adu * scale * g * flat, gain_e_adu=g, read_noise_e=rn, bias=bias)
+            )
+    reads = gain.PairStatistics.concatenate(
+        [gain.pair_statistics(biases[i], biases[i + 1], scale=False) for i in range(0, 8, 2)]
+    )
+    sigma_adu, sigma_err = gain.read_noise_adu(reads)
+    # 4 pairs x 64 boxes of 1024 px: the variance to ~0.3%, sigma to ~0.15%
+    assert sigma_adu * g == pytest.approx(rn, rel=0.01)
+    assert 0 < sigma_err < 0.01 * sigma_adu
+    master_bias = np.median(biases, axis=0)
+    stats = gain.PairStatistics.concatenate(
+        [
+            gain.pair_statistics(flats[i], flats[i + 1], reference=master_bias)
+            for i in range(0, 8, 2)
+        ]
+    )
+    fit = gain.fit_gain(stats, read_variance_adu2=sigma_adu**2)
+    assert fit.ok and fit.method == "ratio" and fit.n_pairs == 4
+    # 256 boxes, each 4.4% (1024 px): the median to ~0.35%; the 2% pixel pattern must cancel
+    assert fit.gain_e_adu == pytest.approx(g, rel=0.015)
+    assert abs(fit.gain_e_adu - g) < 4 * fit.gain_err_e_adu + 0.002
+    # without the scaling of the second flat, its 6% lower level leaves the 2% pattern in the
+    # difference: (0.06 * 0.02 * 24000 ADU)^2 ~ 830 ADU^2 beside ~10000: the gain 8% low
+    unscaled = gain.PairStatistics.concatenate(
+        [
+            gain.pair_statistics(flats[i], flats[i + 1], reference=master_bias, scale=False)
+            for i in range(0, 8, 2)
+        ]
+    )
+    assert gain.fit_gain(unscaled, read_variance_adu2=sigma_adu**2).gain_e_adu < 0.95 * g
+
+
+def test_the_sky_of_lights_with_stars_masked_gives_the_gain():
+    rng = np.random.default_rng(2)
+    g, rn, size = 1.7, 9.0, 256
+    flat, bias = _detector(rng, size)
+    lights = []
+    for k in range(8):
+        stars = _stars(np.random.default_rng(3), size, 120, shift=(1.5 * k, 0.7 * k))
+        sky_e = (900.0 + 20.0 * k) * g
+        lights.append(
+            _expose(rng, (sky_e + stars) * flat, gain_e_adu=g, read_noise_e=rn, bias=bias)
+        )
+    pairs = [(i, i + 1) for i in range(0, 8, 2)]
+    masked = gain.PairStatistics.concatenate(
+        [
+            gain.pair_statistics(lights[a], lights[b], reference=bias, mask_sources=True)
+            for a, b in pairs
+        ]
+    )
+    fit = gain.fit_gain(masked, read_variance_adu2=(rn / g) ** 2)
+    # 120 stars on 256^2 px: ~240 boxes at 4.4% each (measured 0.6% low: wings left), within 3%
+    assert fit.gain_e_adu == pytest.approx(g, rel=0.03)
+    # the stars' own photon noise, left in, makes the sky look noisier: the gain 17% low
+    bare = gain.PairStatistics.concatenate(
+        [gain.pair_statistics(lights[a], lights[b], reference=bias) for a, b in pairs]
+    )
+    assert gain.fit_gain(bare, read_variance_adu2=(rn / g) ** 2).gain_e_adu < 0.92 * g
+
+
+def test_unknown_bias_the_slope_of_variance_against_level():
+    rng = np.random.default_rng(4)
+    g, rn, size = 2.0, 8.0, 256
+    flat, bias = _detector(rng, size)  # vignetting: the sky from 0.7 to 1.0 of its centre
+    lights = [
+        _expose(rng, 1500.0 * g * flat * (1 + 0.3 * k), gain_e_adu=g, read_noise_e=rn, bias=bias)
+        for k in range(4)
+        for _ in range(2)
+    ]
+    stats = gain.PairStatistics.concatenate(
+        [gain.pair_statistics(lights[i], lights[i + 1]) for i in range(0, 8, 2)]
+    )
+    fit = gain.fit_gain(stats, bias_known=False)
+    assert fit.ok and fit.method == "slope"
+    assert np.isnan(fit.read_variance_adu2)  # read noise and bias not separable
+    # levels 1500-3000 ADU across 256 boxes of 4.4%: the slope to ~2%
+    assert fit.gain_e_adu == pytest.approx(g, rel=0.05)
+    # one level only (a pair, vignetting alone): too little span for the slope, refused
+    one = gain.pair_statistics(
+        *[_expose(rng, 1500.0 * g, gain_e_adu=g, read_noise_e=rn, bias=bias) for _ in range(2)]
+    )
+    refused = gain.fit_gain(one, bias_known=False)
+    assert not refused.ok and "span too little" in refused.reason
+
+
+def test_source_mask_takes_stars_not_noise():
+    rng = np.random.default_rng(5)
+    noise = rng.normal(1000.0, 30.0, (256, 256))
+    # pure noise crosses the 4-sigma cut of the smoothed image in ~3e-5 of the pixels (each
+    # grown to 7x7): under 0.5% masked
+    assert gain.source_mask(noise).mean() < 0.005
+    stars = _stars(np.random.default_rng(6), 256, 30, (0.0, 0.0))
+    mask = gain.source_mask(noise + stars)
+    peaks = stars > 150.0  # 5 sigma of the pixel noise
+    assert mask[peaks].all()
+
+
+def test_header_judged_against_the_estimate():
+    assert gain.gain_consistent(2.07, 2.04)
+    assert gain.gain_consistent(4.95, 3.67)  # 26% off: not grossly wrong
+    assert not gain.gain_consistent(1.0, 2.3)
+    assert not gain.gain_consistent(100.0, 1.5)  # a gain setting, not e-/ADU
+    assert gain.gain_consistent(np.nan, 1.5)
+
+
+def test_pair_statistics_bad_input():
+    with pytest.raises(ValueError, match="two 2-D frames of one shape"):
+        gain.pair_statistics(np.zeros((10, 10)), np.zeros((10, 12)))
+    with pytest.raises(ValueError, match="box_px"):
+        gain.pair_statistics(np.zeros((10, 10)), np.zeros((10, 10)), box_px=2)
+
+
+def _lightcurves(rng, model_scale: float) -> tuple[xr.Dataset, pd.DataFrame]:
+    """Stars whose flux scatters as the CCD equation says (sky 400 ADU^2, gain 2), and whose
+    recorded error is ``model_scale`` times that."""
+    n_src, n_frames = 60, 50
+    flux = np.exp(rng.uniform(np.log(1e3), np.log(5e5), n_src))[:, None] * np.ones(n_frames)
+    sigma = np.sqrt(400.0 + flux / 2.0)
+    measured = flux + sigma * rng.standard_normal(flux.shape)
+    ds = xr.Dataset(
+        {
+            "flux": (("source", "frame"), measured),
+            "flux_err": (("source", "frame"), model_scale * sigma),
+            "rel_flux": (("source", "frame"), measured / flux),
+            "rel_flux_err": (("source", "frame"), model_scale * sigma / flux),
+            "flags": (("source", "frame"), np.zeros(flux.shape, np.int32)),
+        },
+        coords={"source_id": ("source", np.arange(n_src))},
+    )
+    sources = pd.DataFrame({"source_id": np.arange(n_src), "kind": "stable", "is_target": False})
+    return ds, sources
+
+
+def test_photon_fraction_and_the_noise_model_check():
+    rng = np.random.default_rng(7)
+    ds, sources = _lightcurves(rng, 1.0)
+    fraction = gain.photon_fraction(ds["flux"].values, ds["flux_err"].values)
+    flux = ds["flux"].values
+    truth = (flux / 2.0) / (400.0 + flux / 2.0)
+    # the line fitted on 60 stars, and the flux measured (noisy) where the error is the truth's
+    np.testing.assert_allclose(fraction, truth, atol=0.05)
+    check = gain.noise_model_check(ds, sources)
+    # stars with flux > 800 ADU... those above half photon noise: ~50 stars of 50 points, each
+    # scatter to ~17% (MAD of differences): the median ratio to ~5%
+    assert check["n_stars"] > 30
+    assert check["ratio"] == pytest.approx(1.0, abs=0.08)
+    assert gain.noise_model_check(*_lightcurves(rng, 1.5))["ratio"] == pytest.approx(
+        1 / 1.5, abs=0.06
+    )
+    sources.loc[:, "kind"] = "variable"
+    assert gain.noise_model_check(ds, sources) == {
+        "n_stars": 0,
+        "ratio": None,
+        "selection": check["selection"],
+    }
