@@ -277,6 +277,18 @@ def test_a_second_calibration_judges_the_headers_not_the_estimate(flats_night):
     # the cube's gain_e_adu now holds the estimate; it is not taken for a header's value
     assert again["header_gain_e_adu"] is None and again["gain_source"] == "flats"
     assert again["gain_e_adu"] == first["noise"]["gain_e_adu"]
+    # a light appended to the calibrated cube (no gain in its header) gets the same estimate,
+    # without measuring again
+    store = base / "run" / "cube.zarr"
+    last = _lights(open_cube(store))[-1:]
+    cube_io.set_frame_values(store, "gain_e_adu", last, [np.nan])
+    cube_io.set_frame_values(store, "gain_source", last, [""])
+    cube_io.consolidate(store)
+    summary = calibrate_cube(store, frames=last)
+    appended = summary["noise"]
+    assert appended["gain_source"] == "flats" and "gain" not in summary["timings_s"]
+    assert open_cube(store)["gain_e_adu"].values[last[0]] == first["noise"]["gain_e_adu"]
+    assert appended["estimate"] == again["estimate"]
 
 
 def test_a_grossly_wrong_header_gain_is_replaced_and_said(flats_night, tmp_path, caplog):
