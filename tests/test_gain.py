@@ -458,3 +458,14 @@ def test_xo1b_flats_give_the_gain_the_headers_lack(tmp_path):
     # its gain rests on a small excess over the read noise: 1.54, 15% above the flats'
     sky = _sky_gain(tmp_path / "run", estimate["read_noise_adu"])
     assert sky.gain_e_adu == pytest.approx(flats, rel=0.2)
+
+
+def test_every_other_box_is_the_same_boxes():
+    rng = np.random.default_rng(8)
+    flat, bias = _detector(rng, 256)
+    a, b = (_expose(rng, 5000.0 * flat, gain_e_adu=2.0, read_noise_e=5.0, bias=bias) for _ in "ab")
+    full = gain.pair_statistics(a, b, reference=bias)  # 8 x 8 boxes of 32 px
+    half = gain.pair_statistics(a, b, reference=bias, box_step=2)
+    even = (np.arange(64).reshape(8, 8)[::2, ::2]).ravel()
+    np.testing.assert_allclose(half.level, full.level[even])
+    np.testing.assert_allclose(half.variance, full.variance[even])

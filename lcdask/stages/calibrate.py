@@ -769,7 +769,8 @@ def _pair_statistics_task(
     scale: bool,
     mask_sources: bool,
 ) -> gain_kernels.PairStatistics:
-    """`gain.pair_statistics` of two frames read here."""
+    """`gain.pair_statistics` of two frames read here (every other box of frames over 2048 px:
+    ~1000 boxes or more, a quarter of the work)."""
     a, b = raw[pair[0]], raw[pair[1]]
     return gain_kernels.pair_statistics(
         a,
@@ -779,6 +780,7 @@ def _pair_statistics_task(
         saturate_adu=saturate_adu,
         scale=scale,
         mask_sources=mask_sources,
+        box_step=max(1, min(a.shape) // 1024),
     )
 
 
