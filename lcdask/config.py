@@ -46,6 +46,9 @@ _COMBINE = ("median", "sigma_clip")
 _CLEAN = ("interpolate", "median", "mask", "none")
 
 
+_NOISE_ESTIMATE = ("auto", "off")
+
+
 @dataclass(frozen=True)
 class CalibrationConfig:
     """Options of Level 1 calibration; every field has a default that suits ordinary data.
@@ -87,6 +90,16 @@ class CalibrationConfig:
         without flat-fielding and a note says so.
     saturate_adu : float or None
         Saturation level overriding the frames' ``saturate_adu`` coordinate.
+    noise_estimate : {"auto", "off"}
+        Gain and read noise from the frames (`lcdask.gain`): "auto" measures them (photon
+        transfer from pairs of flats, else from the sky of pairs of lights; read noise from pairs
+        of bias frames), uses them where the headers give none and in place of a header value
+        the data contradict grossly (more than 1.5x for the gain, 2x for the read noise); "off"
+        keeps the headers' values (1 e-/ADU where there is none).
+    gain_e_adu : float or None
+        The detector's gain (e-/ADU) for every frame, in place of the headers' and the estimate.
+    rdnoise_e : float or None
+        The detector's read noise (e-) for every frame, likewise.
     """
 
     combine: str = "sigma_clip"
@@ -104,9 +117,13 @@ class CalibrationConfig:
     clean_size_px: int = 5
     require_flat: bool = False
     saturate_adu: float | None = None
+    noise_estimate: str = "auto"
+    gain_e_adu: float | None = None
+    rdnoise_e: float | None = None
 
     def __post_init__(self) -> None:
         _check_choice("combine", self.combine, _COMBINE)
+        _check_choice("noise_estimate", self.noise_estimate, _NOISE_ESTIMATE)
         _check_choice("clean", self.clean, _CLEAN)
         for name in ("clip_sigma", "reject_sigma", "hot_sigma", "clean_sigma_px"):
             _check_positive(name, getattr(self, name))
@@ -129,8 +146,9 @@ class CalibrationConfig:
                 raise ValueError(
                     f"CalibrationConfig.{name} must be an odd integer >= 3, got {value!r}"
                 )
-        if self.saturate_adu is not None:
-            _check_positive("saturate_adu", self.saturate_adu)
+        for name in ("saturate_adu", "gain_e_adu", "rdnoise_e"):
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name))
 
 
 def _check_choice(name: str, value: object, allowed: Sequence[str]) -> None:

@@ -114,6 +114,9 @@ class SimConfig:
         Light frames are ``{file_stem}_NNNN.fits``.
     imagetyp_key, header_wcs
         Write IMAGETYP; write the (mount-pointing) header WCS.
+    gain_keys
+        Write the gain and read noise (GAIN, EGAIN, RDNOISE); many small cameras' software
+        writes neither.
     scale_keyword
         ``""``: XPIXSZ only (no scale in the header); ``"PIXSCALE"``: PIXSCALE (arcsec/px) only;
         ``"FOCALLEN"``: XPIXSZ (um) and FOCALLEN (mm).
@@ -220,6 +223,7 @@ class SimConfig:
     file_stem: str = "light"
     imagetyp_key: bool = True
     header_wcs: bool = True
+    gain_keys: bool = True
     scale_keyword: str = ""
     pointing_keys: str = "both"
     date_obs_utc_offset_h: float = 0.0

@@ -119,9 +119,10 @@ def base_header(cfg: SimConfig, kind: str, date_obs: str, exptime_s: float) -> f
         h["FOCALLEN"] = (round(focal_mm, 1), "focal length [mm]")
     h["CCD-TEMP"] = (float(cfg.ccd_temp_c), "CCD temperature [C]")
     h["SET-TEMP"] = (float(cfg.ccd_temp_c), "cooler set point [C]")
-    h["GAIN"] = (float(cfg.gain_e_adu), "electrons per ADU")
-    h["EGAIN"] = (float(cfg.gain_e_adu), "electrons per ADU")
-    h["RDNOISE"] = (float(cfg.read_noise_e), "read noise [e-]")
+    if cfg.gain_keys:
+        h["GAIN"] = (float(cfg.gain_e_adu), "electrons per ADU")
+        h["EGAIN"] = (float(cfg.gain_e_adu), "electrons per ADU")
+        h["RDNOISE"] = (float(cfg.read_noise_e), "read noise [e-]")
     h["SATURATE"] = (float(cfg.saturate_adu), "linearity limit [ADU]")
     h["OBSERVAT"] = (cfg.observatory, "observatory")
     h["SITELAT"] = (_sexagesimal(cfg.site_lat_deg, hours=False, sign=True), "site latitude [deg]")

@@ -40,6 +40,7 @@ from zarr.codecs import BloscCodec
 
 from lcdask import __version__
 from lcdask import calibrate as cal
+from lcdask import gain as gain_kernels
 from lcdask.calibrate import CalibrationConfig, PixelFlag
 from lcdask.errors import LcdaskError
 from lcdask.flags import FrameFlag
@@ -223,12 +224,14 @@ def calibrate_cube(
     run = _prepare(cube_path, client=client, config=config, frames=frames)
     rejected, used = _reject_calibration_frames(run)
     masters = _make_masters(run, used)
+    noise = _gain_and_read_noise(run, masters, used)
     missing: list[str] = []
     n_calibrated = 0
     if persist_calibrated:
         missing = _calibrate_lights(run, masters, persist_variance=persist_variance)
         n_calibrated = len(run.todo)
     summary = _summary(run, masters, used, rejected, missing, n_calibrated)
+    summary["noise"] = noise
     run.timings["total"] = time.perf_counter() - start_all
     _flag_rejected(run.store, run.ds, rejected)
     cube_io.set_attrs(run.store, calibration=json.dumps(summary, default=str))
@@ -252,6 +255,7 @@ class _Calibration:
     notes: list[str]
     timings: dict[str, float]
     writer: _Writer
+    previous: dict[str, Any] = field(default_factory=dict)
     written: list[str] = field(default_factory=list)
 
 
@@ -294,6 +298,7 @@ def _prepare(cube_path, *, client, config: CalibrationConfig, frames) -> _Calibr
         notes.append("some lights have no saturation level (float data): not flagged as saturated")
     todo = lights if frames is None else np.intersect1d(lights, np.asarray(frames, int))
     in_place = ("calibrated", "pixel_flags", "variance") if frames is not None else ()
+    previous = json.loads(ds.attrs.get("calibration", "{}")) if frames is not None else {}
     _start(store, keep=in_place)
     # one graph key for the raw zarr.Array that every task reads from (building a task that
     # holds the array itself walks its fields, ~1 ms each)
@@ -314,6 +319,7 @@ def _prepare(cube_path, *, client, config: CalibrationConfig, frames) -> _Calibr
         notes=notes,
         timings=timings,
         writer=_Writer(store),
+        previous=previous,
     )
 
 
@@ -695,6 +701,400 @@ def _calibrate_light(
 
 
 # ---------------------------------------------------------------------------------------------
+# Gain and read noise: from the headers, checked against (or else taken from) the data
+# ---------------------------------------------------------------------------------------------
+# `lcdask.gain` measures them from pairs of frames; the calibration writes the values Level 3 is
+# to use into the cube's per-frame ``gain_e_adu``/``rdnoise_e`` and where each came from into
+# ``gain_source``/``rdnoise_source`` ("header", "flats", "lights", "bias", "darks", "config", or ""
+# for none). An earlier calibration's estimates are recognised by those sources and set aside, so
+# that a calibration run again judges the headers' own values.
+
+_NOISE_PAIRS = {"read": 4, "flat": 4, "light": 8, "light_check": 3}
+"""At most this many pairs of frames of each kind: bias (or dark) pairs for the read noise,
+flats, lights when the headers lack a gain, lights when only the headers' value is checked (a
+pair of 2048^2 lights costs ~2 s: the sky's gain to ~1% from 3 pairs)."""
+
+_GAIN_FACTOR, _RDNOISE_FACTOR = 1.5, 2.0
+"""A header's gain (read noise) is replaced only when the data's estimate differs by more than
+this factor either way: grossly wrong (another camera's value, a gain setting), not the few
+percent by which a camera's nominal gain can differ from its own."""
+
+_ESTIMATED = ("flats", "lights", "bias", "darks", "config")
+
+
+def _per_frame(ds: xr.Dataset, name: str, fill: Any) -> np.ndarray:
+    """The per-frame values of ``name``, or ``fill`` for every frame when the cube has none."""
+    if name in ds.variables:
+        return ds[name].values
+    return np.full(ds.sizes["frame"], fill, dtype=object if isinstance(fill, str) else float)
+
+
+def _header_values(ds: xr.Dataset, name: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """The headers' per-frame values of ``name`` (an earlier calibration's estimates removed)
+    and the sources recorded before (empty strings when none)."""
+    values = _per_frame(ds, name, np.nan).astype(np.float64).copy()
+    if source in ds.variables:
+        sources = np.array([str(v) for v in ds[source].values], dtype=object)
+        values[np.isin(sources, _ESTIMATED)] = np.nan
+    else:
+        sources = np.full(values.size, "", dtype=object)
+    return values, sources
+
+
+def _consecutive_pairs(
+    frames: np.ndarray, times: np.ndarray, n_max: int, same: np.ndarray | None = None
+) -> list[tuple[int, int]]:
+    """Disjoint pairs of frames adjacent in time (that share ``same``), at most ``n_max``,
+    spread over the sequence."""
+    order = np.asarray(frames, int)[np.argsort(times[np.asarray(frames, int)], kind="stable")]
+    pairs, i = [], 0
+    while i + 1 < order.size:
+        a, b = int(order[i]), int(order[i + 1])
+        if same is None or same[a] == same[b]:
+            pairs.append((a, b))
+            i += 2
+        else:
+            i += 1
+    if len(pairs) > n_max:
+        pairs = [pairs[k] for k in np.linspace(0, len(pairs) - 1, n_max).round().astype(int)]
+    return pairs
+
+
+def _pair_statistics_task(
+    raw: zarr.Array,
+    pair: tuple[int, int],
+    reference: np.ndarray | None,
+    bad_pixels: np.ndarray | None,
+    saturate_adu: float,
+    scale: bool,
+    mask_sources: bool,
+) -> gain_kernels.PairStatistics:
+    """`gain.pair_statistics` of two frames read here (every other box of frames over 2048 px:
+    ~1000 boxes or more, a quarter of the work)."""
+    a, b = raw[pair[0]], raw[pair[1]]
+    return gain_kernels.pair_statistics(
+        a,
+        b,
+        reference=reference,
+        mask=None if bad_pixels is None else bad_pixels != 0,
+        saturate_adu=saturate_adu,
+        scale=scale,
+        mask_sources=mask_sources,
+        box_step=max(1, min(a.shape) // 1024),
+    )
+
+
+@dataclass
+class _PairPlan:
+    """Pairs of one kind of frame and how they are measured."""
+
+    pairs: list[tuple[int, int]]
+    reference: str | None  # the master subtracted, or None
+    scale: bool
+    mask_sources: bool
+
+
+def _measure_pairs(run: _Calibration, plans: dict[str, _PairPlan]) -> dict:
+    """Each plan's pairs measured (one task per pair), concatenated per plan."""
+    yx = ("y", "x")
+    store, task = run.store, _task
+    bad = _frame_chunks(_stored(store, "bad_pixels", yx).data)(0)
+    refs = {
+        name: _frame_chunks(_stored(store, name, yx).data)(0)
+        for name in {p.reference for p in plans.values()} - {None}
+    }
+    saturate = cal.saturation_level(run.raw, run.saturate)
+    saturate = np.broadcast_to(
+        np.asarray(getattr(saturate, "values", saturate), np.float64), (run.raw.shape[0],)
+    )
+    tasks, keys = [], []
+    for key, plan in plans.items():
+        for pair in plan.pairs:
+            level = float(min(saturate[pair[0]], saturate[pair[1]]))
+            tasks.append(
+                task(_pair_statistics_task)(
+                    run.raw_array,
+                    pair,
+                    refs.get(plan.reference),
+                    bad,
+                    level,
+                    plan.scale,
+                    plan.mask_sources,
+                )
+            )
+            keys.append(key)
+    results = compute(run.client, *tasks, label="calibrate: gain") if tasks else []
+    return {
+        key: gain_kernels.PairStatistics.concatenate(
+            [r for r, k in zip(results, keys, strict=True) if k == key]
+        )
+        for key in plans
+    }
+
+
+def _measure_noise(
+    run: _Calibration, masters: _Masters, used: dict[str, np.ndarray], *, need_gain: bool
+) -> dict[str, Any]:
+    """Gain (e-/ADU) and read noise (ADU) measured on the night's frames, and how.
+
+    Read noise from pairs of bias frames (else of darks at the lights' exposure: with their
+    dark current's noise in it); gain by photon transfer from pairs of flats of one filter, else
+    from the sky of pairs of consecutive lights (`lcdask.gain`).
+    """
+    ds = run.ds
+    times = _per_frame(ds, "time_mjd", np.nan).astype(np.float64)
+    exptimes = ds["exptime_s"].values.astype(np.float64)
+    filters = np.array([str(f) for f in ds["filter"].values], dtype=object)
+    choice = masters.choice
+    read_from, read_pairs = "bias", _consecutive_pairs(used["bias"], times, _NOISE_PAIRS["read"])
+    if not read_pairs and choice.strategy == "matching":
+        darks = np.asarray(choice.frames, int)
+        read_from = "darks"
+        read_pairs = _consecutive_pairs(darks, times, _NOISE_PAIRS["read"], same=exptimes)
+    flat_pairs: list[tuple[int, int]] = []
+    for name in masters.flat_filters:
+        frames = used["flat"][filters[used["flat"]] == name]
+        flat_pairs += _consecutive_pairs(frames, times, _NOISE_PAIRS["flat"])
+    flat_pairs = flat_pairs[: _NOISE_PAIRS["flat"]]
+    bias_ref = "master_bias" if masters.has_bias else None
+    stats = _measure_pairs(
+        run,
+        {
+            "read": _PairPlan(read_pairs, None, scale=False, mask_sources=False),
+            "flat": _PairPlan(flat_pairs, bias_ref, scale=True, mask_sources=False),
+        },
+    )
+    read_adu, read_err = gain_kernels.read_noise_adu(stats["read"])
+    out: dict[str, Any] = {
+        "read_noise_adu": _round(read_adu, 3),
+        "read_noise_err_adu": _round(read_err, 3),
+        "read_noise_from": f"{len(read_pairs)} pair(s) of {read_from}" if read_pairs else "",
+        "assumed": [],
+    }
+    if read_from == "darks" and read_pairs:
+        out["assumed"].append("no bias frames: read noise from darks (their dark current in it)")
+    read_var = {read_from: read_adu**2} if np.isfinite(read_adu) else {}
+    fit = None
+    if flat_pairs:
+        fit = gain_kernels.fit_gain(
+            stats["flat"], read_variance_adu2=read_var.get("bias"), bias_known=masters.has_bias
+        )
+        out["gain_from"] = f"{len(flat_pairs)} pair(s) of flats"
+        out["reference"] = "master bias" if masters.has_bias else "none (bias level unknown)"
+    if fit is None or not fit.ok:
+        if fit is not None:
+            out["flats_fit"] = fit.as_record()
+        fit, how = _measure_lights(run, masters, read_var, need_gain=need_gain, times=times)
+        out |= how | {"assumed": out["assumed"] + how.pop("assumed", [])}
+    if fit is not None:
+        out["fit"] = fit.as_record()
+        out["gain_e_adu"] = _round(fit.gain_e_adu if fit.ok else np.nan, 4)
+        out["gain_err_e_adu"] = _round(fit.gain_err_e_adu if fit.ok else np.nan, 4)
+        intercept = fit.read_variance_adu2
+        if fit.ok and fit.method == "slope" and np.isfinite(intercept) and not read_var:
+            if intercept > 0:
+                out["read_noise_adu"] = _round(math.sqrt(intercept), 3)
+                out["read_noise_from"] = "the intercept of the lights' photon transfer"
+    return out
+
+
+def _measure_lights(
+    run: _Calibration,
+    masters: _Masters,
+    read_var: dict[str, float],
+    *,
+    need_gain: bool,
+    times: np.ndarray,
+) -> tuple[gain_kernels.GainFit | None, dict[str, Any]]:
+    """The gain from the sky of pairs of consecutive lights (stars and cosmic rays masked), with
+    the master bias (or the master dark of their exposure) subtracted when there is one."""
+    ds = run.ds
+    same = np.array(
+        [f"{e:.3f}|{f}" for e, f in zip(ds["exptime_s"].values, ds["filter"].values, strict=True)],
+        dtype=object,
+    )
+    n_max = _NOISE_PAIRS["light" if need_gain else "light_check"]
+    pairs = _consecutive_pairs(run.lights, times, n_max, same=same)
+    overscan = any(str(v) for v in _per_frame(ds, "biassec", "")[run.lights])
+    if masters.has_bias:
+        reference, name, bias_known, var = "master_bias", "master bias", True, read_var.get("bias")
+    elif masters.choice.strategy == "matching":
+        reference, name, bias_known = "master_dark", "master dark of their exposure", True
+        var = read_var.get("darks")
+    elif overscan:
+        reference, name, bias_known, var = None, "overscan (removed at ingest)", True, None
+    else:
+        reference, name, bias_known, var = None, "none (bias level unknown)", False, None
+    how: dict[str, Any] = {"gain_from": f"{len(pairs)} pair(s) of lights", "reference": name}
+    if not pairs:
+        how["why"] = "no two consecutive lights of one exposure and filter"
+        return None, how
+    plan = _PairPlan(pairs, reference, scale=True, mask_sources=True)
+    fit = gain_kernels.fit_gain(
+        _measure_pairs(run, {"light": plan})["light"], read_variance_adu2=var, bias_known=bias_known
+    )
+    if not bias_known:
+        how["assumed"] = [
+            "no bias, darks or overscan: the gain from the slope of the sky's variance against "
+            "its level (the unknown bias cancels); the read noise is not measured"
+        ]
+    return fit, how
+
+
+def _round(value: float, digits: int) -> float | None:
+    return round(float(value), digits) if np.isfinite(value) else None
+
+
+def _choose(
+    header: np.ndarray, estimate: float, how: str, *, factor: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per frame: the header's value, else the estimate; the estimate also where the header's
+    is grossly inconsistent with it. Returns the values, their sources and the frames whose
+    header value was replaced."""
+    values = header.copy()
+    sources = np.where(np.isfinite(header), "header", "").astype(object)
+    replaced = np.zeros(header.size, bool)
+    if np.isfinite(estimate):
+        replaced = np.array(
+            [
+                np.isfinite(h) and not gain_kernels.gain_consistent(h, estimate, factor=factor)
+                for h in header
+            ],
+            bool,
+        )
+        take = ~np.isfinite(header) | replaced
+        values[take] = estimate
+        sources[take] = how
+    return values, sources, replaced
+
+
+def _gain_and_read_noise(
+    run: _Calibration, masters: _Masters, used: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """The gain and read noise Level 3 is to use for the lights, written into the cube.
+
+    The headers' values are kept unless the data contradict them grossly (`_GAIN_FACTOR`,
+    `_RDNOISE_FACTOR`; one warning says so); where the headers have none, the estimate
+    (`_measure_noise`) is used; `CalibrationConfig.gain_e_adu`/``rdnoise_e`` override both.
+    Frames appended to a calibrated cube get the earlier calibration's estimate.
+    """
+    ds, config, todo = run.ds, run.config, run.todo
+    gain_h, gain_src = _header_values(ds, "gain_e_adu", "gain_source")
+    rn_h, rn_src = _header_values(ds, "rdnoise_e", "rdnoise_source")
+    record: dict[str, Any] = {
+        "header_gain_e_adu": _round(np.nanmedian(gain_h[todo]), 4)
+        if np.isfinite(gain_h[todo]).any()
+        else None,
+        "header_rdnoise_e": _round(np.nanmedian(rn_h[todo]), 3)
+        if np.isfinite(rn_h[todo]).any()
+        else None,
+    }
+    need_gain = not np.isfinite(gain_h[todo]).all()
+    estimate: dict[str, Any] = {}
+    if run.previous:  # frames appended: the earlier calibration's estimate
+        estimate = dict(run.previous.get("noise", {}).get("estimate", {}))
+    elif config.noise_estimate == "auto" and None in (config.gain_e_adu, config.rdnoise_e):
+        t0 = time.perf_counter()
+        estimate = _measure_noise(run, masters, used, need_gain=need_gain)
+        run.timings["gain"] = time.perf_counter() - t0
+    est_gain = _nan(estimate.get("gain_e_adu"))
+    if estimate and "rdnoise_e" not in estimate:  # with the estimated gain
+        estimate["rdnoise_e"] = _round(_nan(estimate.get("read_noise_adu")) * est_gain, 3)
+    record["estimate"] = estimate
+    how = "flats" if "flats" in str(estimate.get("gain_from", "")) else "lights"
+    gain, g_src, g_replaced = _choose(gain_h[todo], est_gain, how, factor=_GAIN_FACTOR)
+    if config.gain_e_adu is not None:
+        gain[:], g_src[:] = config.gain_e_adu, "config"
+    # the read noise in e-: the estimate in ADU times the gain each frame is given
+    read_from = str(estimate.get("read_noise_from", ""))
+    rn_how = "bias" if "bias" in read_from else ("darks" if "darks" in read_from else "lights")
+    est_rn = _nan(estimate.get("read_noise_adu")) * np.where(np.isfinite(gain), gain, np.nan)
+    rn = rn_h[todo].copy()
+    rn_s = np.where(np.isfinite(rn), "header", "").astype(object)
+    rn_replaced = np.zeros(rn.size, bool)
+    for i, value in enumerate(est_rn):
+        rn_i, src_i, rep_i = _choose(rn[i : i + 1], float(value), rn_how, factor=_RDNOISE_FACTOR)
+        rn[i], rn_s[i], rn_replaced[i] = rn_i[0], src_i[0], rep_i[0]
+    if config.rdnoise_e is not None:
+        rn[:], rn_s[:] = config.rdnoise_e, "config"
+    gain_from = str(estimate.get("gain_from", ""))
+    _say_replaced(run, "gain", gain_h[todo], g_replaced, est_gain, "e-/ADU", gain_from)
+    rn_median = float(np.nanmedian(est_rn)) if np.isfinite(est_rn).any() else np.nan
+    _say_replaced(run, "read noise", rn_h[todo], rn_replaced, rn_median, "e-", read_from)
+    if not np.isfinite(gain).all():
+        run.notes.append(
+            "some lights have no gain in their headers and none could be measured: Level 3 "
+            "takes 1 e-/ADU for them (set [calibration] gain_e_adu)"
+        )
+    _write_noise(run, gain, g_src, rn, rn_s, gain_src, rn_src)
+    record |= {
+        "gain_e_adu": _round(np.nanmedian(gain), 4) if np.isfinite(gain).any() else None,
+        "gain_source": _sources(g_src),
+        "rdnoise_e": _round(np.nanmedian(rn), 3) if np.isfinite(rn).any() else None,
+        "rdnoise_source": _sources(rn_s),
+        "n_gain_replaced": int(g_replaced.sum()),
+        "n_rdnoise_replaced": int(rn_replaced.sum()),
+    }
+    return record
+
+
+def _nan(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _sources(sources: np.ndarray) -> str:
+    """The sources of the lights' values, as one word or a count of each."""
+    counts = Counter(str(s) or "none" for s in sources)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+
+
+def _say_replaced(run, what, header, replaced, estimate, unit, how: str) -> None:
+    """One warning for the header values the data contradict."""
+    if not replaced.any():
+        return
+    values = sorted({round(float(v), 3) for v in header[replaced]})
+    line = (
+        f"{run.store}: the headers' {what} ({', '.join(f'{v:g}' for v in values)} {unit}) is "
+        f"inconsistent with the data's ({estimate:.3g} {unit} from {how}): "
+        f"the data's is used for {int(replaced.sum())} light(s)"
+    )
+    log.warning("%s", line)
+    run.notes.append(line)
+
+
+def _write_noise(run, gain, g_src, rn, rn_s, gain_src_all, rn_src_all) -> None:
+    """The lights' values into ``gain_e_adu``/``rdnoise_e`` and their sources into
+    ``gain_source``/``rdnoise_source`` (sources first: a crash between leaves estimates that the
+    next calibration recognises)."""
+    store, todo, ds = run.store, run.todo, run.ds
+    for name, values, sources in (
+        ("gain_source", g_src, gain_src_all),
+        ("rdnoise_source", rn_s, rn_src_all),
+    ):
+        full = sources.copy()
+        header_name = "gain_e_adu" if name == "gain_source" else "rdnoise_e"
+        fresh = full == ""
+        header = _per_frame(ds, header_name, np.nan).astype(np.float64)
+        full[fresh] = np.where(np.isfinite(header[fresh]), "header", "")
+        full[todo] = values
+        run.writer.write(name, np.array(full, dtype=object), ("frame",), fill_value="")
+    run.written += run.writer.commit()
+    for name, values in (("gain_e_adu", gain), ("rdnoise_e", rn)):
+        full = _per_frame(ds, name, np.nan).astype(np.float64).copy()
+        changed = ~((full[todo] == values) | (np.isnan(full[todo]) & np.isnan(values)))
+        full[todo] = values
+        if name not in ds.variables:
+            run.writer.write(name, full, ("frame",), fill_value=np.nan)
+            run.written += run.writer.commit()
+        elif changed.any():
+            cube_io.set_frame_values(store, name, todo[changed], values[changed])
+        run.raw = run.raw.assign_coords({name: ("frame", full)})
+    cube_io.consolidate(store)
+
+
+# ---------------------------------------------------------------------------------------------
 # Masters: plain numpy tasks that read the raw rows straight from zarr
 # ---------------------------------------------------------------------------------------------
 # The same operations, in the same float types and order, as the lazy xarray functions of
@@ -880,7 +1280,7 @@ def _flag_rejected(store: Path, ds: xr.Dataset, rejected: dict[int, str]) -> Non
         cube_io.set_frame_values(store, "flag_reason", changed, new_reasons[changed])
 
 
-_RECORDED = ("dark_strategy", "n_hot_pixels", "n_dead_pixels", "n_bad_columns", "notes")
+_RECORDED = ("dark_strategy", "n_hot_pixels", "n_dead_pixels", "n_bad_columns", "notes", "noise")
 
 
 def run_calibrate(ctx: RunContext) -> dict:

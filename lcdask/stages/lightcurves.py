@@ -15,6 +15,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from lcdask.classify import classify_sources, find_artefacts, flag_near_movers, link_tracks
+from lcdask.gain import noise_model_check
 from lcdask.io import cube as cube_io
 from lcdask.io.atomic import atomic_path
 from lcdask.lightcurves import (
@@ -138,6 +139,7 @@ def run_lightcurves(ctx: RunContext) -> dict:
         "ensemble_note": ensemble.note,
         "star_flat": star_flat,
         "dip_search": sources.attrs.get("dip_search", {}),
+        "noise_model": noise_model_check(ds, sources),
         **forced,
         **({} if target_photometry is None else {"target_photometry": target_photometry}),
     }
