@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DETREND_TERMS",
     "STAR_FLAT_MODES",
     "AstrometryConfig",
     "CalibrationConfig",
@@ -29,7 +30,6 @@ __all__ = [
     "ClusterConfig",
     "Config",
     "ConfigError",
-    "DETREND_TERMS",
     "Level2Config",
     "LightCurvesConfig",
     "TransitConfig",

@@ -47,12 +47,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
+from scipy.linalg import solve_triangular
 from scipy.optimize import least_squares
 
 from lcdask.config import DETREND_TERMS, TransitConfig
@@ -65,26 +66,22 @@ from lcdask.transit.model import (
     total_duration_d,
     u_to_q,
 )
+from lcdask.transit.noise import NoiseModel, binned_scatter, fit_noise_model, red_noise_beta
 from lcdask.transit.planet import PlanetParameters
+from lcdask.transit.results import (
+    MIN_BASELINE_POINTS,
+    MIN_CONTACT_POINTS,
+    UNITS,
+    ChainSummary,
+    Coverage,
+    ParameterEstimate,
+    TransitFit,
+)
 
-__all__ = [
-    "ChainSummary",
-    "Coverage",
-    "ParameterEstimate",
-    "TransitFit",
-    "binned_scatter",
-    "fit_transit",
-    "red_noise_beta",
-]
+__all__ = ["LINEAR_TERMS", "fit_transit"]
 
 SAMPLED = ("t0", "rp_rs", "a_rs", "b", "q1", "q2")
 """The transit parameters the sampler may vary (each free or fixed: `Coverage`)."""
-
-MIN_CONTACT_POINTS = 3
-"""Points needed in ingress and in egress for a/Rs and b to be fitted."""
-
-MIN_BASELINE_POINTS = 5
-"""Points needed out of transit for Rp/Rs to be fitted."""
 
 LINEAR_TERMS = ("time", "airmass", "x", "y", "fwhm", "sky")
 """The terms ``detrend = "auto"`` always includes (when available and not collinear); the BIC
@@ -96,299 +93,6 @@ extinction and seeing, 60% of the mid-times within 1 sigma and 93% within 3, aga
 BIC_MIN_DROP = 2.0
 """A detrending term is added when it lowers the BIC by more than this ("positive" evidence,
 Kass & Raftery 1995)."""
-
-_UNITS = {
-    "t0": "BJD_TDB", "rp_rs": "", "a_rs": "", "b": "", "q1": "", "q2": "", "inc_deg": "deg",
-    "depth": "", "t14_h": "h", "u1": "", "u2": "", "o_minus_c_min": "min",
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ParameterEstimate:
-    """One parameter: the posterior median and its 1-sigma interval, or a fixed value.
-
-    Attributes
-    ----------
-    name : str
-    value : float
-        Posterior median (or the fixed value).
-    minus, plus : float
-        Median minus the 16th percentile, 84th percentile minus the median (0 when fixed).
-    status : {"free", "fixed", "derived"}
-        Sampled, fixed, or computed from the sampled ones.
-    unit : str
-    note : str
-        Why it is fixed, or its prior.
-    """
-
-    name: str
-    value: float
-    minus: float = 0.0
-    plus: float = 0.0
-    status: str = "free"
-    unit: str = ""
-    note: str = ""
-
-    @property
-    def error(self) -> float:
-        """The mean of the two sides."""
-        return 0.5 * (self.minus + self.plus)
-
-
-@dataclass(frozen=True)
-class Coverage:
-    """Which parts of the transit the night's points cover (counts of fitted points).
-
-    Attributes
-    ----------
-    n_before, n_ingress, n_bottom, n_egress, n_after : int
-        Points before first contact, between first and second, between second and third,
-        between third and fourth, after fourth.
-    """
-
-    n_before: int
-    n_ingress: int
-    n_bottom: int
-    n_egress: int
-    n_after: int
-
-    @property
-    def has_ingress(self) -> bool:
-        return self.n_ingress >= MIN_CONTACT_POINTS
-
-    @property
-    def has_egress(self) -> bool:
-        return self.n_egress >= MIN_CONTACT_POINTS
-
-    @property
-    def has_baseline(self) -> bool:
-        return self.n_before + self.n_after >= MIN_BASELINE_POINTS
-
-    @property
-    def full(self) -> bool:
-        """Both contacts pairs and a baseline: every shape parameter can be fitted."""
-        return self.has_ingress and self.has_egress and self.has_baseline
-
-    def describe(self) -> str:
-        """One line: what was observed."""
-        parts = [
-            f"{self.n_before} points before ingress",
-            f"{self.n_ingress} in ingress",
-            f"{self.n_bottom} on the bottom",
-            f"{self.n_egress} in egress",
-            f"{self.n_after} after egress",
-        ]
-        return ("full transit: " if self.full else "partial transit: ") + ", ".join(parts)
-
-
-@dataclass(frozen=True)
-class ChainSummary:
-    """How the posterior was sampled.
-
-    Attributes
-    ----------
-    walkers, steps, burn, thin, n_samples : int
-        Walkers, steps run, steps discarded, thinning, samples kept (all walkers).
-    tau : dict
-        Integrated autocorrelation time of each sampled parameter (steps).
-    converged : bool
-        Steps above ``autocorr_factor`` times every tau, the estimate stable to 1%.
-    autocorr_factor : float
-        The factor required.
-    acceptance : float
-        Mean acceptance fraction.
-    """
-
-    walkers: int
-    steps: int
-    burn: int
-    thin: int
-    n_samples: int
-    tau: dict[str, float]
-    converged: bool
-    autocorr_factor: float
-    acceptance: float
-
-
-@dataclass(frozen=True)
-class TransitFit:
-    """A fitted transit: parameters with errors, the detrending, the points and the chain.
-
-    Attributes
-    ----------
-    planet : PlanetParameters
-        What was known beforehand.
-    parameters : dict of str to ParameterEstimate
-        t0 (BJD_TDB), rp_rs, a_rs, b, inc_deg, q1, q2, u1, u2, depth ((Rp/Rs)^2), t14_h and,
-        with an ephemeris, o_minus_c_min.
-    detrend : dict of str to ParameterEstimate
-        ``c0`` (the normalisation) and one coefficient per chosen term (relative flux per
-        standard deviation of the term over the fitted points).
-    detrend_terms : tuple of str
-        The chosen terms.
-    detrend_selection : list of dict
-        The BIC of each step of the selection (``terms``, ``bic``).
-    fixed : dict of str to str
-        Fixed parameters and why.
-    coverage : Coverage
-    epoch : int
-        Transits since the ephemeris's t0.
-    t_predicted, t_predicted_err : float
-        The ephemeris's mid-time for this epoch (BJD_TDB) and its error (days, NaN if unknown).
-    rms : float
-        Residual scatter per point (relative flux, fitted points).
-    rms_10min : float
-        Scatter of the residuals binned in 10-minute bins (NaN with fewer than 3 bins).
-    rms_10min_white : float
-        What white noise of scatter ``rms`` would give in those bins.
-    error_scale : float
-        Factor applied to the given errors to match the residual scatter.
-    beta : float
-        Red-noise factor applied on top.
-    chi2_red : float
-        Reduced chi-square of the least-squares fit with the given errors.
-    n_points, n_flagged, n_clipped, n_missing : int
-        Points fitted, left out for the run's flags, clipped as outliers, not finite.
-    chain : ChainSummary
-    points : pandas.DataFrame
-        One row per input point: ``time``, ``flux``, ``flux_err``, ``err_used``, ``status``
-        ("used", "flagged", "clipped", "missing"), ``transit``, ``systematics``, ``model``,
-        ``detrended`` (flux / systematics), ``residual`` (flux - model), and the detrending
-        quantities given.
-    samples : pandas.DataFrame
-        The posterior samples of every parameter (sampled and derived).
-    notes : list of str
-        Anything the user should know (terms not available, the chain not converged...).
-    """
-
-    planet: PlanetParameters
-    parameters: dict[str, ParameterEstimate]
-    detrend: dict[str, ParameterEstimate]
-    detrend_terms: tuple[str, ...]
-    detrend_selection: list[dict[str, Any]]
-    fixed: dict[str, str]
-    coverage: Coverage
-    epoch: int
-    t_predicted: float
-    t_predicted_err: float
-    rms: float
-    rms_10min: float
-    rms_10min_white: float
-    error_scale: float
-    beta: float
-    chi2_red: float
-    n_points: int
-    n_flagged: int
-    n_clipped: int
-    n_missing: int
-    chain: ChainSummary
-    points: pd.DataFrame = field(repr=False)
-    samples: pd.DataFrame = field(repr=False)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def t0(self) -> float:
-        """The fitted mid-time (BJD_TDB)."""
-        return self.parameters["t0"].value
-
-    @property
-    def t0_err(self) -> float:
-        """Its 1-sigma error (days; the mean of the two sides)."""
-        return self.parameters["t0"].error
-
-    def as_record(self) -> dict[str, Any]:
-        """Plain data for JSON (without the points and samples)."""
-        return {
-            "planet": self.planet.as_record(),
-            "parameters": {k: asdict(v) for k, v in self.parameters.items()},
-            "detrend": {k: asdict(v) for k, v in self.detrend.items()},
-            "detrend_terms": list(self.detrend_terms),
-            "detrend_selection": self.detrend_selection,
-            "fixed": self.fixed,
-            "coverage": {**asdict(self.coverage), "summary": self.coverage.describe()},
-            "epoch": self.epoch,
-            "t_predicted": self.t_predicted,
-            "t_predicted_err": _finite_or_none(self.t_predicted_err),
-            "rms": self.rms,
-            "rms_10min": _finite_or_none(self.rms_10min),
-            "rms_10min_white": _finite_or_none(self.rms_10min_white),
-            "error_scale": self.error_scale,
-            "beta": self.beta,
-            "chi2_red": self.chi2_red,
-            "n_points": self.n_points,
-            "n_flagged": self.n_flagged,
-            "n_clipped": self.n_clipped,
-            "n_missing": self.n_missing,
-            "chain": asdict(self.chain),
-            "notes": list(self.notes),
-            "time_scale": "BJD_TDB",
-        }
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
-
-
-# ---------------------------------------------------------------------------------------------
-# noise
-
-
-def binned_scatter(
-    time: ArrayLike, residual: ArrayLike, *, bin_minutes: float
-) -> tuple[float, float, int]:
-    """The scatter of residuals averaged in bins of ``bin_minutes``, and white noise's.
-
-    Parameters
-    ----------
-    time : array_like
-        Times (days).
-    residual : array_like
-        Residuals (finite).
-    bin_minutes : float
-        Bin width.
-
-    Returns
-    -------
-    measured : float
-        Standard deviation of the bin means (bins of 2 points or more); NaN with fewer than 3.
-    white : float
-        What uncorrelated noise would give: ``std(residual) / sqrt(N) * sqrt(M / (M - 1))``
-        (N the mean points per bin, M the bins; Winn et al. 2008, eq. 11).
-    n_bins : int
-        M.
-    """
-    t = np.asarray(time, float)
-    r = np.asarray(residual, float)
-    if t.size < 4:
-        return math.nan, math.nan, 0
-    index = np.floor((t - t.min()) * 1440.0 / bin_minutes).astype(int)
-    counts = np.bincount(index)
-    sums = np.bincount(index, weights=r)
-    keep = counts >= 2
-    n_bins = int(keep.sum())
-    if n_bins < 3:
-        return math.nan, math.nan, n_bins
-    means = sums[keep] / counts[keep]
-    n_mean = float(counts[keep].mean())
-    white = float(np.std(r) / math.sqrt(n_mean) * math.sqrt(n_bins / (n_bins - 1)))
-    return float(np.std(means)), white, n_bins
-
-
-def red_noise_beta(
-    time: ArrayLike, residual: ArrayLike, *, bin_minutes: tuple[float, ...] = (10, 15, 20, 30, 45, 60)
-) -> float:
-    """The red-noise factor beta of the time-averaging method (module docstring, step 4).
-
-    The median, over the bin sizes with at least 4 bins, of the binned scatter over its
-    white-noise expectation (`binned_scatter`); 1 when no size has enough bins, never below 1.
-    """
-    ratios = []
-    for minutes in bin_minutes:
-        measured, white, n_bins = binned_scatter(time, residual, bin_minutes=minutes)
-        if n_bins >= 4 and white > 0:
-            ratios.append(measured / white)
-    return max(1.0, float(np.median(ratios))) if ratios else 1.0
-
 
 # ---------------------------------------------------------------------------------------------
 # the model's pieces
@@ -409,6 +113,7 @@ class _Problem:
     w_deg: float
     fit_ld: bool
     u_fixed: tuple[float, float]
+    cov: np.ndarray | None = None  # covariance of ln flux; None: diagonal (sigma / flux)^2
 
     def full(self, theta: np.ndarray) -> dict[str, float]:
         values = dict(self.fixed_values)
@@ -433,18 +138,30 @@ class _Problem:
 
     def __post_init__(self) -> None:
         self._orbit = (1.0 - self.ecc**2) / (1.0 + self.ecc * math.sin(math.radians(self.w_deg)))
-        self._sigma_ln = self.sigma / self.flux  # errors of ln(flux)
         self._ln_flux = np.log(self.flux)
-        self._q, self._r = np.linalg.qr(self.design / self._sigma_ln[:, None])
+        if self.cov is None:
+            self._w_diag = self.flux / self.sigma  # 1 / sigma of ln flux
+            self._w = None
+        else:  # whitening by the inverse Cholesky factor: K^-1 = W^T W
+            chol = np.linalg.cholesky(self.cov)
+            self._w = solve_triangular(chol, np.eye(chol.shape[0]), lower=True)
+            self._w_diag = None
+        self._q, self._r = np.linalg.qr(self.whiten(self.design))
+
+    def whiten(self, values: np.ndarray) -> np.ndarray:
+        """``W v`` for a vector or the columns of a matrix."""
+        if self._w is not None:
+            return self._w @ values
+        return values * (self._w_diag[:, None] if values.ndim == 2 else self._w_diag)
 
     def linear(self, transit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The detrending at this transit: (coefficients, weighted residuals of ln flux, R).
+        """The detrending at this transit: (coefficients, whitened residuals of ln flux, R).
 
         The model is linear in the coefficients in ln flux, ``ln f = ln T + X c``, so they are
-        a weighted linear least-squares solution, ``A = X / sigma_ln = Q R``; their
-        covariance is ``R^-1 R^-T`` whatever the transit.
+        a generalised least-squares solution, ``W X = Q R``; their covariance is
+        ``R^-1 R^-T`` whatever the transit.
         """
-        r = (self._ln_flux - np.log(transit)) / self._sigma_ln
+        r = self.whiten(self._ln_flux - np.log(transit))
         proj = self._q.T @ r
         coef = np.linalg.solve(self._r, proj)
         return coef, r - self._q @ proj, self._r
@@ -462,7 +179,7 @@ class _Problem:
         else:
             u1, u2 = self.u_fixed
         transit = self.curve(values["t0"], values["rp_rs"], values["a_rs"], inc, u1, u2)
-        r = (self._ln_flux - np.log(transit)) / self._sigma_ln
+        r = self.whiten(self._ln_flux - np.log(transit))
         proj = self._q.T @ r
         return -0.5 * float(r @ r - proj @ proj)
 
@@ -684,6 +401,61 @@ def fit_transit(
     time : array_like
         BJD_TDB of each point.
     flux, flux_err : array_like
+        Relative flux and its error; non-finite or non-positive points are left out (status
+        "missing").
+    planet : PlanetParameters
+        The ephemeris (t0, period) and the shape to start from or to fix.
+    regressors : mapping, optional
+        Per-point detrending quantities by name: ``airmass``, ``x``, ``y``, ``fwhm``, ``sky``
+        (time is always available).
+    flagged : array_like of bool, optional
+        Points the run flagged, left out (status "flagged").
+    options : TransitConfig, optional
+        Detrending terms, clipping, limb darkening, the chain.
+
+    Returns
+    -------
+    TransitFit
+
+    Raises
+    ------
+    ValueError
+        With too few usable points, or none near the predicted transit.
+    PlanetError
+        When the planet's parameters are incomplete.
+
+    Notes
+    -----
+    Runs on one thread: the linear algebra is on matrices of a few hundred rows, where a
+    multi-threaded BLAS on a busy machine was 300 times slower (a 253-point Cholesky: 100 ms
+    against 0.3 ms).
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _fit_transit(
+            time, flux, flux_err, planet=planet, regressors=regressors, flagged=flagged,
+            options=options,
+        )  # fmt: skip
+
+
+def _fit_transit(
+    time: ArrayLike,
+    flux: ArrayLike,
+    flux_err: ArrayLike,
+    *,
+    planet: PlanetParameters,
+    regressors: Mapping[str, ArrayLike] | None = None,
+    flagged: ArrayLike | None = None,
+    options: TransitConfig = TransitConfig(),
+) -> TransitFit:
+    """Fit a transit and its detrending, and sample the posterior (module docstring).
+
+    Parameters
+    ----------
+    time : array_like
+        BJD_TDB of each point.
+    flux, flux_err : array_like
         Relative flux and its error; non-finite points are left out (status "missing").
     planet : PlanetParameters
         The ephemeris (t0, period) and the shape to start from or to fix.
@@ -726,7 +498,7 @@ def fit_transit(
 
     shape = planet.shape()
     period = shape.period_d
-    epoch = int(round((float(np.median(t[used])) - float(planet.t0)) / period))
+    epoch = round((float(np.median(t[used])) - float(planet.t0)) / period)
     t_pred = float(planet.t0) + epoch * period
     t_pred_err = math.nan
     if planet.t0_err is not None:
@@ -773,7 +545,9 @@ def fit_transit(
     notes += term_notes
     collinear: list[str] = []
     if options.detrend == "auto":
-        terms, collinear = _independent({k: v[used] for k, v in columns.items()}, list(LINEAR_TERMS))
+        terms, collinear = _independent(
+            {k: v[used] for k, v in columns.items()}, list(LINEAR_TERMS)
+        )
     elif options.detrend == "bic":
         terms = [c for c in ("time",) if c in columns]
     elif options.detrend == "none":
@@ -834,21 +608,27 @@ def fit_transit(
         used, terms = new_used, new_terms
     notes += collinear
     problem = problem_for(used, terms, free, e)
-    values = problem.full(x)
-    transit_ls = problem.transit(values)
-    _, wresid, _ = problem.linear(transit_ls)
-    n_used = int(used.sum())
-    dof = max(n_used - len(free) - problem.design.shape[1], 1)
+    _, wresid, _ = problem.linear(problem.transit(problem.full(x)))
+    dof = max(int(used.sum()) - len(free) - problem.design.shape[1], 1)
     chi2_red = float(wresid @ wresid / dof)
-    error_scale = math.sqrt(chi2_red)
-    resid_ls = wresid * problem._sigma_ln  # ln-flux residuals: relative flux
-    beta = red_noise_beta(t[used], resid_ls)
-    sigma = e * error_scale * beta
+    beta = red_noise_beta(t[used], wresid * e[used] / f[used])
 
-    # 4. the posterior
-    problem = problem_for(used, terms, free, sigma)
-    samples, chain, chain_notes = _sample(problem, x, cov * (error_scale * beta) ** 2, options)
+    # 4. the noise model, jointly with the transit (alternately), then the posterior
+    noise = NoiseModel(math.sqrt(chi2_red), 0.0, 10.0)
+    for _ in range(2):
+        simple = _design(
+            {k: v[used] for k, v in columns.items()}, [c for c in ("time",) if c in columns],
+            int(used.sum()),
+        )  # fmt: skip
+        resid_ln = np.log(f[used]) - np.log(problem.transit(problem.full(x)))
+        noise = fit_noise_model(resid_ln, simple, e[used] / f[used], t[used])
+        cov_ln = noise.covariance(t[used], e[used] / f[used])
+        problem = replace(problem, cov=cov_ln)
+        x, cov = _least_squares(problem, problem.full(x))
+    samples, chain, chain_notes = _sample(problem, x, cov, options)
     notes += chain_notes
+    sigma = np.full(n, np.nan)
+    sigma[used] = np.sqrt(np.diagonal(cov_ln)) * f[used]
     return _summarise(
         problem=problem,
         samples=samples,
@@ -866,7 +646,7 @@ def fit_transit(
         arrays={"t": t, "f": f, "e": e, "dt": dt, "sigma": sigma, "columns": columns},
         masks={"used": used, "missing": missing, "flagged": bad},
         regressors=regressors,
-        error_scale=error_scale,
+        noise=noise,
         beta=beta,
         chi2_red=chi2_red,
         notes=notes,
@@ -949,7 +729,7 @@ def _estimate(name: str, draws: np.ndarray, status: str, note: str = "") -> Para
         minus=float(mid - low),
         plus=float(high - mid),
         status=status,
-        unit=_UNITS.get(name, ""),
+        unit=UNITS.get(name, ""),
         note=note,
     )
 
@@ -972,7 +752,7 @@ def _summarise(
     arrays,
     masks,
     regressors,
-    error_scale,
+    noise,
     beta,
     chi2_red,
     notes,
@@ -1027,7 +807,7 @@ def _summarise(
         else:
             value = float(np.median(draws[name]))
             parameters[name] = ParameterEstimate(
-                name, value, status="fixed", unit=_UNITS.get(name, ""), note=fixed.get(name, "")
+                name, value, status="fixed", unit=UNITS.get(name, ""), note=fixed.get(name, "")
             )
     if np.isfinite(t_pred_err):
         oc = parameters["o_minus_c_min"]
@@ -1103,7 +883,7 @@ def _summarise(
         rms=rms,
         rms_10min=rms_10,
         rms_10min_white=white_10,
-        error_scale=error_scale,
+        noise=noise,
         beta=beta,
         chi2_red=chi2_red,
         n_points=int(used.sum()),

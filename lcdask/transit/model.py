@@ -29,11 +29,11 @@ __all__ = [
     "TRANSIT_BAD",
     "TransitCurve",
     "TransitShape",
+    "full_duration_d",
     "impact_parameter",
     "inclination_deg",
     "q_to_u",
     "total_duration_d",
-    "full_duration_d",
     "transit_model",
     "u_to_q",
 ]

@@ -245,7 +245,9 @@ def _archive_query(name: str, *, timeout_s: float) -> tuple[dict[str, Any], str]
     if len(rows) > 1:
         names = ", ".join(str(r.get("pl_name")) for r in rows)
         raise PlanetError(f"{name!r} has several planets in the archive ({names}): name one")
-    row = {k: (_number(v) if k not in ("pl_name", "hostname") else str(v)) for k, v in rows[0].items()}
+    row = {
+        k: (_number(v) if k not in ("pl_name", "hostname") else str(v)) for k, v in rows[0].items()
+    }
     return row, str(query)
 
 

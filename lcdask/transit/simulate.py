@@ -105,13 +105,20 @@ def simulated_transit_night(
     cadence = (cadence_s or rng.uniform(60.0, 120.0)) / 86400.0
     t_mid = 2460000.5 + rng.uniform(0.0, 300.0)
     if coverage == "full":
-        start, end = t_mid - 0.5 * t14 - rng.uniform(0.04, 0.08), t_mid + 0.5 * t14 + rng.uniform(
-            0.04, 0.08
+        start, end = (
+            t_mid - 0.5 * t14 - rng.uniform(0.04, 0.08),
+            t_mid + 0.5 * t14 + rng.uniform(0.04, 0.08),
         )
     elif coverage == "ingress":
-        start, end = t_mid - 0.5 * t14 - rng.uniform(0.04, 0.08), t_mid + rng.uniform(0.0, 0.2) * t14
+        start, end = (
+            t_mid - 0.5 * t14 - rng.uniform(0.04, 0.08),
+            t_mid + rng.uniform(0.0, 0.2) * t14,
+        )
     else:
-        start, end = t_mid - rng.uniform(0.0, 0.2) * t14, t_mid + 0.5 * t14 + rng.uniform(0.04, 0.08)
+        start, end = (
+            t_mid - rng.uniform(0.0, 0.2) * t14,
+            t_mid + 0.5 * t14 + rng.uniform(0.04, 0.08),
+        )
     if n_points is not None:
         length = (n_points - 1) * cadence
         centre = 0.5 * (start + end)

@@ -31,6 +31,7 @@ from lcdask.transit.model import TRANSIT_BAD, TransitShape, transit_model
 
 __all__ = ["TransitTimeFit", "fit_run_transit", "fit_transit_time"]
 
+
 @dataclass(frozen=True)
 class TransitTimeFit:
     """The fitted mid-transit time.
