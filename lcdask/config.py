@@ -497,7 +497,7 @@ class TransitConfig:
         The chain runs at least this many steps.
     autocorr_factor : float
         Converged when the chain is longer than this many autocorrelation times of every
-        parameter (emcee's advice: 50) and the estimate changed by less than 1% in the last
+        parameter (emcee's advice: 50) and the estimate changed by less than 5% since the last
         check.
     seed : int
         Seed of the sampler (the same seed gives the same chain).

@@ -36,7 +36,7 @@ the target's x and y, FWHM, sky, time and its square). `fit_transit`:
    analytically (flat priors: the log-likelihood is ``-chi2_min / 2 - log det(A^T A) / 2``),
    and their posterior drawn afterwards from the Gaussian conditional of each sample. The chain
    runs until it is longer than ``autocorr_factor`` integrated autocorrelation times of every
-   parameter and the estimate is stable to 1% (or ``max_steps``); the first two autocorrelation
+   parameter and the estimate is stable to 5% (or ``max_steps``); the first two autocorrelation
    times are discarded as burn-in.
 
 Results are posterior medians with the 16th and 84th percentiles (`ParameterEstimate`); derived
@@ -339,6 +339,27 @@ def _free_parameters(coverage: Coverage, *, fit_ld: bool) -> tuple[list[str], di
     return free, fixed
 
 
+def _detrend_plan(
+    detrend: str, coverage: Coverage, columns: Mapping[str, np.ndarray]
+) -> tuple[list[str], list[str] | None]:
+    """The detrending terms to start from, and those the BIC may add (None: no selection).
+
+    "auto": every linear term, the BIC deciding on time2; without an out-of-transit baseline
+    none, the BIC deciding on each (a trend there is the transit's ingress or egress). "bic":
+    time, the BIC deciding on the rest. "none": the normalisation only. A list: those terms.
+    """
+    if detrend == "auto" and coverage.has_baseline:
+        return list(LINEAR_TERMS), ["time2"]
+    if detrend == "auto":
+        return [], list(DETREND_TERMS)
+    if detrend == "bic":
+        return ["time"], list(DETREND_TERMS)
+    if detrend == "none":
+        return [], None
+    asked = [s.strip() for s in detrend.split(",") if s.strip()]
+    return [c for c in asked if c in columns], None
+
+
 def _scan_t0(problem: _Problem, start: dict[str, float], window: float) -> float:
     """The mid-time of the best chi-square on a grid across the window, the shape as given."""
     best, best_dt0 = np.inf, 0.0
@@ -543,18 +564,6 @@ def _fit_transit(
     }
     columns, term_notes = _term_columns(dt, regressors, used)
     notes += term_notes
-    collinear: list[str] = []
-    if options.detrend == "auto":
-        terms, collinear = _independent(
-            {k: v[used] for k, v in columns.items()}, list(LINEAR_TERMS)
-        )
-    elif options.detrend == "bic":
-        terms = [c for c in ("time",) if c in columns]
-    elif options.detrend == "none":
-        terms = []
-    else:
-        asked = [s.strip() for s in options.detrend.split(",") if s.strip()]
-        terms = [c for c in asked if c in columns]
 
     def problem_for(mask: np.ndarray, terms: list[str], free: list[str], sigma: np.ndarray):
         fixed_values = {k: v for k, v in start.items() if k not in free}
@@ -572,11 +581,18 @@ def _fit_transit(
             u_fixed=tuple(u_given or shape.u),
         )
 
-    # 1. place the transit, then judge what the points cover
-    scan = problem_for(used, terms, ["t0"], e)
-    start["t0"] = _scan_t0(scan, start, window)
+    # 1. place the transit (with a constant and a linear trend), then judge what is covered
+    simple = [c for c in ("time",) if c in columns]
+    start["t0"] = _scan_t0(problem_for(used, simple, ["t0"], e), start, window)
     coverage = _coverage(dt[used] - start["t0"], t14, t23)
     free, fixed = _free_parameters(coverage, fit_ld=fit_ld)
+    base, others = _detrend_plan(options.detrend, coverage, columns)
+    if options.detrend == "auto" and not coverage.has_baseline:
+        notes.append(
+            "no out-of-transit baseline: any detrending term trades against the transit, so "
+            "terms enter only when they lower the BIC by more than 2"
+        )
+    terms, collinear = _independent({k: v[used] for k, v in columns.items()}, base)
 
     # 2-3. least squares, clipping and the detrending terms, until nothing changes
     selection: list[dict[str, Any]] = []
@@ -593,15 +609,12 @@ def _fit_transit(
         model[~missing] = evaluate.transit(values) * np.exp(evaluate.design @ coef)
         new_used = _clip(f, model, used, candidates, options.clip_sigma)
         new_terms = terms
-        if options.detrend in ("auto", "bic"):
+        if others is not None:
             problem = problem_for(new_used, terms, free, e)
             at_used = {k: v[new_used] for k, v in columns.items()}
-            base, others = (["time"], list(DETREND_TERMS))
-            if options.detrend == "auto":
-                base, others = list(LINEAR_TERMS), ["time2"]
-            base, collinear = _independent(at_used, base)
+            chosen, collinear = _independent(at_used, base)
             new_terms, selection, x = _select_terms(
-                problem, values, at_used, chosen=base, candidates=others
+                problem, values, at_used, chosen=chosen, candidates=others
             )
         if np.array_equal(new_used, used) and new_terms == terms:
             break
@@ -687,7 +700,7 @@ def _sample(
         if steps % check_every:
             continue
         tau = sampler.get_autocorr_time(tol=0)
-        stable = np.all(np.abs(old_tau - tau) < 0.01 * tau)
+        stable = np.all(np.abs(old_tau - tau) < 0.05 * tau)
         long_enough = np.all(options.autocorr_factor * tau < steps)
         old_tau = tau
         if steps >= options.min_steps and long_enough and stable:

@@ -114,7 +114,7 @@ class NoiseModel:
         return cov
 
 
-TAU_MIN_MIN = 10.0
+TAU_MIN_MIN = 3.0
 """Shortest correlation time of the red noise (minutes, or 10 cadences if longer): shorter
 correlations act as white noise at a cadence of 1-2 minutes, and a short fitted time left the
 slow wander to the detrending terms, with depths 3-4 sigma off on simulated nights."""
@@ -176,7 +176,7 @@ def fit_noise_model(
     bounds = [
         (math.log(0.2), math.log(5.0)),
         (math.log(1e-3 * typical), math.log(5.0 * typical)),
-        (math.log(max(10 * cadence, TAU_MIN_MIN / 1440)), math.log(max(0.5 * span, 20 * cadence))),
+        (math.log(max(3 * cadence, TAU_MIN_MIN / 1440)), math.log(max(0.5 * span, 20 * cadence))),
     ]
     best = None
     for amp, tau in ((0.3, 15.0), (1.0, 60.0), (0.05, 5.0)):

@@ -350,10 +350,17 @@ def resolve_planet(
     PlanetError
         When the lookup fails, or values are still missing.
     """
+    given_all = all(getattr(options, n) is not None for n in _OPTION_FIELDS if "err" not in n)
     if options.planet:
-        base = query_planet(
-            options.planet, cache_dir=cache_dir, offline=options.offline, timeout_s=timeout_s
-        )
+        try:
+            base = query_planet(
+                options.planet, cache_dir=cache_dir, offline=options.offline, timeout_s=timeout_s
+            )
+        except PlanetError:
+            if not given_all:
+                raise
+            # every value is given: the name is only a name
+            base = PlanetParameters(name=archive_name(options.planet), source="options")
     else:
         base = PlanetParameters(source="options")
     given = {n: getattr(options, n) for n in _OPTION_FIELDS if getattr(options, n) is not None}
@@ -370,7 +377,7 @@ def resolve_planet(
         if value in given and error not in given:
             given[error] = None
     source = base.source
-    if given and options.planet:
+    if given and base.source in ("archive", "cache"):
         source = f"{base.source}+options"
     planet = replace(base, **given, source=source)
     planet.check()

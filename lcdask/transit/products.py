@@ -78,12 +78,15 @@ def aavso_filter(band: str) -> str:
 
 
 def round_to_error(value: float, error: float | None = None) -> str:
-    """``value`` rounded to the decimal of the error's second significant figure (the error
-    itself when it is not given), as the AAVSO reports quote values."""
+    """``value`` as the AAVSO reports quote it: to the decimal of the second significant figure
+    of ``error`` when that is below 1, else to two decimals; without an error, the value's own
+    size decides the same way."""
     ref = value if error is None else error
-    if ref is None or not math.isfinite(ref) or ref == 0:
+    if ref is None or not math.isfinite(ref):
         return f"{value:.6g}"
-    decimals = max(0, 1 - math.floor(math.log10(abs(ref))))
+    if ref == 0 or abs(ref) >= 1:
+        return f"{value:.2f}"
+    decimals = 1 - math.floor(math.log10(abs(ref)))
     return f"{value:.{decimals}f}"
 
 
@@ -108,8 +111,6 @@ def posterior_table(fit: TransitFit) -> pd.DataFrame:
 
 def _pm(fit: TransitFit, name: str) -> str:
     est = fit.parameters[name]
-    if est.status == "fixed":
-        return round_to_error(est.value)
     return f"{round_to_error(est.value, est.error)} +/- {round_to_error(est.error)}"
 
 
@@ -169,8 +170,8 @@ def aavso_report(
     def prior(value, error):
         if value is None:
             return "na"
-        if not error:
-            return f"{round_to_error(value)} +/- 0"
+        if error is None:
+            return f"{round_to_error(value)} +/- na"
         return f"{round_to_error(value, error)} +/- {round_to_error(error)}"
 
     u1, u2 = (p["u1"].value, p["u2"].value)
@@ -197,8 +198,9 @@ def aavso_report(
         "limb_darkening": {"law": "quadratic", "u1": u1, "u2": u2, "fitted": p["q1"].status},
         "source": planet.source,
     }
-    results = [f"Tc={_pm(fit, 't0')}", f"Rp/R*={_pm(fit, 'rp_rs')}", f"a/R*={_pm(fit, 'a_rs')}"]
-    results += [f"inc={_pm(fit, 'inc_deg')}"]
+    labels = {"t0": "Tc", "rp_rs": "Rp/R*", "a_rs": "a/R*", "inc_deg": "inc", "depth": "Depth"}
+    labels.update(b="b", t14_h="Duration_h", u1="u1", u2="u2")
+    results = [f"{labels[k]}={_pm(fit, k)}" for k in labels if p[k].status != "fixed"]
     for name, est in fit.detrend.items():
         label = "Am1" if name == "norm" else f"DT_{name.upper()}"
         results.append(
@@ -225,10 +227,12 @@ def aavso_report(
         "coefficients": coefficients,
     }
     terms = ", ".join(fit.detrend_terms) or "none"
+    fixed = ", ".join(k for k in ("rp_rs", "a_rs", "inc_deg", "u1") if p[k].status == "fixed")
     note = (
         f"{notes + ' ' if notes else ''}lcdask transit fit: quadratic limb darkening (batman) "
         f"times exp(linear detrending in: {terms}); correlated noise modelled; "
-        f"{fit.coverage.describe()}; DETREND_2 is the fitted detrending function"
+        f"{fit.coverage.describe()}; fixed to the priors: {fixed or 'none'}; "
+        f"DETREND_2 is the fitted detrending function"
     )
     lines = [
         "#TYPE=EXOPLANET",
@@ -274,6 +278,12 @@ def aavso_report(
 def _run_catalog_cache(run_dir: Path, record: Mapping[str, Any]) -> Path:
     configured = record.get("config", {}).get("catalog", {}).get("cache_dir", "")
     return Path(configured) if configured else run_dir / "catalog-cache"
+
+
+def _host_of(planet_name: str) -> str:
+    """ "XO-1 b" -> "XO-1" (a planet's name is its star's and a letter)."""
+    head, _, letter = planet_name.rpartition(" ")
+    return head if head and len(letter) == 1 and letter.isalpha() else ""
 
 
 def _safe(name: str) -> str:
@@ -358,7 +368,8 @@ def fit_run_transit_full(
     out = run_dir / TRANSIT_DIR
     out.mkdir(parents=True, exist_ok=True)
     planet_name = planet.name or options.planet or "planet"
-    star_name = planet.host or run_record.get("target", {}).get("given", "") or "target"
+    given_target = run_record.get("target", {}).get("given", "")
+    star_name = planet.host or _host_of(planet.name) or given_target
     t_first = float(np.nanmin(bjd))
     obs_date = _bjd_date(t_first)
     band = str(run_record.get("stages", {}).get("level2", {}).get("band", ""))
@@ -502,6 +513,7 @@ def transit_figure(points: pd.DataFrame, record: Mapping[str, Any]) -> Figure:
         hours[used], detrended[used], err[used], fmt=".", color="0.6", ms=3, lw=0.5,
         label="data (detrended)",
     )  # fmt: skip
+    bottom.plot(hours[used], residual[used], ".", color="0.6", ms=3)
     for kind, colour in (("flagged", "tab:orange"), ("clipped", "tab:red")):
         sel = status == kind
         if sel.any():
