@@ -164,6 +164,13 @@ def fit_noise_model(
         Three starts (correlation times of 5, 15 and 60 minutes), L-BFGS-B in log parameters;
         the red amplitude at its floor (1e-3 of the typical error) is reported as 0.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):  # small matrices: one thread (see `fit_transit`)
+        return _fit_noise_model(residual, design, sigma_ln, time)
+
+
+def _fit_noise_model(residual, design, sigma_ln, time) -> NoiseModel:
     resid = np.asarray(residual, float)
     design = np.asarray(design, float)
     sigma_ln = np.asarray(sigma_ln, float)
