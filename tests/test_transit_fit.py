@@ -28,11 +28,15 @@ from lcdask.transit import (
     archive_name,
     fit_noise_model,
     fit_transit,
+    plot_run_transit,
     posterior_table,
     query_planet,
+    read_transit,
     resolve_planet,
     total_duration_d,
     transit_figure,
+    transit_section,
+    write_transit_products,
 )
 from lcdask.transit.products import round_to_error
 from lcdask.transit.simulate import simulated_transit_night
@@ -384,3 +388,30 @@ def test_posterior_table_and_figure(one_fit, tmp_path):
     top, bottom = fig.axes[:2]
     assert "Sim-1 b" in top.get_title() and bottom.get_xlabel() == "hours from mid-transit"
     json.dumps(fit.as_record())  # plain data
+
+
+def test_products_written_and_read_back_for_the_report(one_fit, tmp_path):
+    night, fit = one_fit
+    folder = tmp_path / "run" / "transit"
+    record = write_transit_products(
+        fit, folder, planet_name="Sim-1 b", star_name="Sim-1", band="r (from the frames' filter)",
+        exposure_s=90.0, extra_columns={"frame": np.arange(night.time.size)},
+    )  # fmt: skip
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [*record["files"].values(), "transit.json"]
+    )
+    assert record["files"]["aavso"].startswith("AAVSO_Sim-1b_")
+    points, saved = read_transit(tmp_path / "run")
+    assert list(points["frame"]) == list(range(night.time.size))
+    assert (points["status"] == "used").sum() == fit.n_points
+    np.testing.assert_allclose(points["time"], fit.points["time"], rtol=0, atol=1e-9)
+    assert saved["parameters"]["t0"]["value"] == fit.t0
+    section = transit_section(tmp_path / "run")
+    assert section["planet_name"] == "Sim-1 b"
+    assert section["files"]["figure"] == "transit/transit.png"
+    assert section["rms"] == pytest.approx(fit.rms) and section["n_points"] == fit.n_points
+    assert section["parameters"]["depth"]["status"] == "derived"
+    png = plot_run_transit(tmp_path / "run", tmp_path / "again.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert transit_section(tmp_path / "nothing") is None
+    assert plot_run_transit(tmp_path / "nothing", tmp_path / "x.png") is None

@@ -106,8 +106,8 @@ def test_full_transit_fit_with_the_literature_shape(xo1_run):
     The night has no out-of-transit baseline and no egress, so Rp/Rs, a/Rs and i stay at the
     literature's and only the mid-time (and the normalisation) is fitted; the residuals are
     correlated (0.5% on ~8 minutes, the noise model says), which the error includes. Measured:
-    2460828.73583 -0.00520 +0.00426 BJD_TDB, O-C -3.4 +- 6.8 min (the mid-time-only fit with a
-    linear baseline and the prayer bead: 2460828.7378 +- 0.0049).
+    2460828.73575 -0.00693 +0.00415 BJD_TDB, O-C -3.5 -10.0 +6.0 min (the mid-time-only fit
+    with a linear baseline and the prayer bead: 2460828.7378 +- 0.0049).
     """
     out, _ = xo1_run
     code = main(

@@ -51,6 +51,7 @@ from lcdask.transit.products import (
     read_transit,
     transit_figure,
     transit_section,
+    write_transit_products,
 )
 from lcdask.transit.results import ChainSummary, Coverage, ParameterEstimate, TransitFit
 from lcdask.transit.timing import TransitTimeFit, fit_run_transit, fit_transit_time
@@ -94,4 +95,5 @@ __all__ = [
     "transit_model",
     "transit_section",
     "u_to_q",
+    "write_transit_products",
 ]

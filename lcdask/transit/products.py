@@ -58,6 +58,7 @@ __all__ = [
     "round_to_error",
     "transit_figure",
     "transit_section",
+    "write_transit_products",
 ]
 
 TRANSIT_DIR = "transit"
@@ -323,7 +324,6 @@ def fit_run_transit_full(
     """
     from lcdask.errors import LcdaskError
     from lcdask.export import read_run
-    from lcdask.io.atomic import atomic_path, write_json_atomic
 
     run_dir = Path(run_dir)
     run = read_run(run_dir)
@@ -365,16 +365,70 @@ def fit_run_transit_full(
         options=options,
     )
 
-    out = run_dir / TRANSIT_DIR
-    out.mkdir(parents=True, exist_ok=True)
     planet_name = planet.name or options.planet or "planet"
     given_target = run_record.get("target", {}).get("given", "")
-    star_name = planet.host or _host_of(planet.name) or given_target
-    t_first = float(np.nanmin(bjd))
-    obs_date = _bjd_date(t_first)
-    band = str(run_record.get("stages", {}).get("level2", {}).get("band", ""))
     exptime = frames["exptime_s"].reindex(frame_ids) if "exptime_s" in frames else None
-    exposure = float(np.nanmedian(exptime)) if exptime is not None else float("nan")
+    is_comparison = run.sources["is_comparison"].to_numpy(bool)
+    record = write_transit_products(
+        fit,
+        run_dir / TRANSIT_DIR,
+        planet_name=planet_name,
+        star_name=planet.host or _host_of(planet.name) or given_target,
+        band=str(run_record.get("stages", {}).get("level2", {}).get("band", "")),
+        exposure_s=float(np.nanmedian(exptime)) if exptime is not None else float("nan"),
+        extra_columns={"frame": frame_ids, "flags": flags},
+        comparison={
+            "comparison_ids": [int(i) for i in run.sources.loc[is_comparison, "source_id"]],
+            "target_source_id": sid,
+        },
+        options=options,
+    )
+    return fit, record
+
+
+def write_transit_products(
+    fit: TransitFit,
+    out: str | Path,
+    *,
+    planet_name: str,
+    star_name: str,
+    band: str = "",
+    exposure_s: float = float("nan"),
+    extra_columns: Mapping[str, Any] | None = None,
+    comparison: Mapping[str, Any] | None = None,
+    options: TransitConfig = TransitConfig(),
+) -> dict[str, Any]:
+    """Write a fit's products into the folder ``out`` (module docstring's table).
+
+    Parameters
+    ----------
+    fit : TransitFit
+    out : str or Path
+        The folder (``RUN/transit``), made if needed.
+    planet_name, star_name : str
+    band : str, optional
+        The frames' band (its first word gives the AAVSO filter code).
+    exposure_s : float, optional
+    extra_columns : mapping, optional
+        Per-point columns added to ``points.ecsv`` (the run's frame numbers and flags).
+    comparison : mapping, optional
+        The AAVSO report's ``#COMP_STAR-XC``.
+    options : TransitConfig, optional
+        Recorded in ``transit.json``; ``obscode`` goes into the AAVSO report.
+
+    Returns
+    -------
+    dict
+        What ``transit.json`` holds.
+    """
+    from dataclasses import asdict
+
+    from lcdask.io.atomic import atomic_path, write_json_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    finite = fit.points["time"].to_numpy(float)
+    obs_date = _bjd_date(float(np.nanmin(finite)))
     files = {
         "posterior_ecsv": "posterior.ecsv",
         "posterior_csv": "posterior.csv",
@@ -387,20 +441,15 @@ def fit_run_transit_full(
     with atomic_path(out / files["posterior_csv"]) as tmp:
         table.to_csv(tmp, index=False)
     points = fit.points.copy()
-    points.insert(0, "frame", frame_ids)
-    points["flags"] = flags
+    for position, (name, values) in enumerate((extra_columns or {}).items()):
+        points.insert(position, name, np.asarray(values))
     _write_ecsv(points, out / files["points"])
-    is_comparison = run.sources["is_comparison"].to_numpy(bool)
-    comparison = {
-        "comparison_ids": [int(i) for i in run.sources.loc[is_comparison, "source_id"]],
-        "target_source_id": sid,
-    }
     text = aavso_report(
         fit,
         star_name=star_name,
         planet_name=planet_name,
         filter_code=aavso_filter(band),
-        exposure_s=exposure,
+        exposure_s=exposure_s,
         obscode=options.obscode,
         obs_date=obs_date,
         comparison=comparison,
@@ -409,25 +458,19 @@ def fit_run_transit_full(
         tmp.write_text(text)
     record = {
         **fit.as_record(),
-        "source_id": sid,
         "star_name": star_name,
         "planet_name": planet_name,
         "band": band,
-        "exposure_s": exposure if np.isfinite(exposure) else None,
+        "exposure_s": exposure_s if np.isfinite(exposure_s) else None,
         "obs_date": obs_date,
-        "options": _options_record(options),
+        "comparison": dict(comparison or {}),
+        "options": asdict(options),
         "files": files,
         "fitted_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     write_json_atomic(out / "transit.json", record)
     plot_transit(points, record, out / files["figure"])
-    return fit, record
-
-
-def _options_record(options: TransitConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(options)
+    return record
 
 
 def _bjd_date(bjd: float) -> str:
