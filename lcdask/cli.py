@@ -109,20 +109,44 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-source", action="store_true", help="one file per source")
 
     p = sub.add_parser(
-        "transit", help="fit the target's mid-transit time with the transit's shape fixed"
+        "transit",
+        help="fit the target's transit with its detrending and errors (RUN/transit/)",
+        description=(
+            "Fit the target's transit: a limb-darkened model times a detrending, least squares "
+            "then emcee; writes RUN/transit/ (posterior table, points, figure, AAVSO report, "
+            "JSON). The planet comes from --planet (NASA Exoplanet Archive, cached), the "
+            "[transit] section of --config, or the options below, which win one by one."
+        ),
     )
     p.add_argument("run", type=Path)
-    p.add_argument("--t0", type=float, required=True, help="predicted mid-time, BJD_TDB")
-    p.add_argument("--period", type=float, required=True, help="orbital period, days")
-    p.add_argument("--rp-rs", type=float, required=True, help="radius ratio Rp/Rs")
-    p.add_argument("--a-rs", type=float, required=True, help="semi-major axis a/Rs")
-    p.add_argument("--inc", type=float, required=True, help="inclination, degrees")
+    p.add_argument("--planet", help="planet name in the NASA Exoplanet Archive, e.g. 'XO-1 b'")
+    p.add_argument("--config", type=Path, help="a TOML file with a [transit] section")
+    p.add_argument("--t0", type=float, help="a reference mid-transit time, BJD_TDB")
+    p.add_argument("--t0-err", type=float, help="its error, days")
+    p.add_argument("--period", type=float, help="orbital period, days")
+    p.add_argument("--period-err", type=float, help="its error, days")
+    p.add_argument("--rp-rs", type=float, help="radius ratio Rp/Rs")
+    p.add_argument("--a-rs", type=float, help="semi-major axis a/Rs")
+    p.add_argument("--inc", type=float, help="inclination, degrees")
     p.add_argument(
-        "--u", type=float, nargs=2, required=True, metavar=("U1", "U2"),
-        help="quadratic limb darkening in the frames' band",
+        "--u", type=float, nargs=2, metavar=("U1", "U2"),
+        help="quadratic limb darkening in the frames' band (else fitted)",
     )  # fmt: skip
-    p.add_argument("--baseline-order", type=int, default=1, help="polynomial order in time")
-    p.add_argument("--airmass", action="store_true", help="an airmass term in the baseline")
+    p.add_argument("--fit-ld", action="store_true", help="fit the limb darkening even if given")
+    p.add_argument("--detrend", help="auto, bic, none, or terms: airmass,x,y,fwhm,sky,time,time2")
+    p.add_argument("--clip-sigma", type=float, help="robust clip of the residuals (sigma)")
+    p.add_argument("--walkers", type=int, help="emcee walkers")
+    p.add_argument("--max-steps", type=int, help="longest chain")
+    p.add_argument("--min-steps", type=int, help="shortest chain")
+    p.add_argument("--seed", type=int, help="the sampler's seed")
+    p.add_argument("--obscode", help="AAVSO observer code for the report")
+    p.add_argument("--offline", action="store_true", help="never reach the archive")
+    p.add_argument(
+        "--time-only", action="store_true",
+        help="the earlier fit: mid-time only, shape fixed, prayer-bead errors (RUN/transit.json)",
+    )  # fmt: skip
+    p.add_argument("--baseline-order", type=int, default=1, help="--time-only: polynomial order")
+    p.add_argument("--airmass", action="store_true", help="--time-only: an airmass term")
 
     sub.add_parser("config", help="print the default configuration as a commented TOML file")
 
@@ -258,9 +282,75 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transit_options(args: argparse.Namespace):
+    from lcdask.config import load_config
+
+    given = {
+        "planet": args.planet,
+        "t0": args.t0,
+        "t0_err": args.t0_err,
+        "period_d": args.period,
+        "period_err": args.period_err,
+        "rp_rs": args.rp_rs,
+        "a_rs": args.a_rs,
+        "inc_deg": args.inc,
+        "u1": args.u[0] if args.u else None,
+        "u2": args.u[1] if args.u else None,
+        "fit_limb_darkening": True if args.fit_ld else None,
+        "detrend": args.detrend,
+        "clip_sigma": args.clip_sigma,
+        "walkers": args.walkers,
+        "max_steps": args.max_steps,
+        "min_steps": args.min_steps,
+        "seed": args.seed,
+        "obscode": args.obscode,
+        "offline": True if args.offline else None,
+    }
+    return load_config(args.config, transit=given).transit
+
+
 def _transit(args: argparse.Namespace) -> int:
+    if args.time_only:
+        return _transit_time_only(args)
+    from lcdask.transit import fit_run_transit_full
+
+    fit, record = fit_run_transit_full(args.run, options=_transit_options(args))
+    p = fit.parameters
+    t0, oc = p["t0"], p["o_minus_c_min"]
+    print(
+        f"{record['planet_name']}: mid-transit {t0.value:.5f} -{t0.minus:.5f} +{t0.plus:.5f} "
+        f"BJD_TDB (O-C {oc.value:+.2f} +- {oc.error:.2f} min); "
+        f"Rp/Rs {p['rp_rs'].value:.4f}"
+        + (" (fixed)" if p["rp_rs"].status == "fixed" else f" +- {p['rp_rs'].error:.4f}")
+        + f", depth {100 * p['depth'].value:.3f}%"
+    )
+    print(
+        f"{fit.coverage.describe()}; detrending: {', '.join(fit.detrend_terms) or 'none'}; "
+        f"{fit.n_points} points, {fit.n_flagged} flagged, {fit.n_clipped} clipped; "
+        f"rms {100 * fit.rms:.2f}% per point"
+    )
+    for name, why in fit.fixed.items():
+        if name in ("a_rs", "rp_rs", "q1"):
+            print(f"fixed {name}: {why}")
+    for note in fit.notes:
+        print(f"note: {note}")
+    print(f"written: {args.run / 'transit'}/ ({', '.join(record['files'].values())})")
+    return 0
+
+
+def _transit_time_only(args: argparse.Namespace) -> int:
     from lcdask.transit import TransitShape, fit_run_transit
 
+    missing = [
+        flag
+        for flag, value in (
+            ("--t0", args.t0), ("--period", args.period), ("--rp-rs", args.rp_rs),
+            ("--a-rs", args.a_rs), ("--inc", args.inc), ("--u", args.u),
+        )
+        if value is None
+    ]  # fmt: skip
+    if missing:
+        raise LcdaskError(f"lcdask transit --time-only needs {' '.join(missing)}")
     shape = TransitShape(
         period_d=args.period,
         rp_rs=args.rp_rs,

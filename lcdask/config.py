@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DETREND_TERMS",
     "STAR_FLAT_MODES",
     "AstrometryConfig",
     "CalibrationConfig",
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigError",
     "Level2Config",
     "LightCurvesConfig",
+    "TransitConfig",
     "default_toml",
     "load_config",
 ]
@@ -456,6 +458,134 @@ class CatalogConfig:
             raise ConfigError('catalog.path: give the file when catalog.source = "file"')
 
 
+DETREND_TERMS = ("airmass", "x", "y", "fwhm", "sky", "time", "time2")
+"""Terms a transit fit's detrending may use (``[transit] detrend``): per-frame airmass, the
+target's x and y on the detector, the frame's FWHM and sky, and a time polynomial (``time2`` is
+the square)."""
+
+
+@dataclass(frozen=True)
+class TransitConfig:
+    """Options of the transit fit (``lcdask transit RUN``); the command line overrides them.
+
+    Attributes
+    ----------
+    planet : str
+        The planet's name in the NASA Exoplanet Archive (e.g. "XO-1 b"): its period, reference
+        mid-time, Rp/Rs, a/Rs and inclination are read from the archive's pscomppars table
+        (cached in the run's catalog cache); the options below override them one by one.
+    t0 : float or None
+        A reference mid-transit time, BJD_TDB, of any epoch: the ephemeris that predicts the
+        night's mid-time (O-C is measured against it).
+    t0_err : float or None
+        Its error (days).
+    period_d : float or None
+        Orbital period (days).
+    period_err : float or None
+        Its error (days).
+    rp_rs : float or None
+        Planet-to-star radius ratio: the start of the fit, or its value when the night has no
+        out-of-transit baseline.
+    a_rs : float or None
+        Semi-major axis in stellar radii: the start, or the value when ingress or egress is
+        missing.
+    inc_deg : float or None
+        Inclination (degrees): as a_rs.
+    u1 : float or None
+        First quadratic limb-darkening coefficient in the frames' band (u1 and u2 fixed when
+        both are given).
+    u2 : float or None
+        Second quadratic limb-darkening coefficient.
+    ecc : float
+        Eccentricity (fixed).
+    w_deg : float
+        Argument of periastron, degrees (fixed).
+    fit_limb_darkening : bool
+        Fit the limb darkening (Kipping 2013's q1, q2 with uniform priors on [0, 1]) even when
+        u1 and u2 are given; without u1 and u2 it is always fitted.
+    detrend : str
+        The detrending model multiplying the transit (linear in ln flux): "auto" takes every
+        linear term available (time, airmass, x, y, fwhm, sky; one that follows the others is
+        dropped) and adds time2 when it lowers the Bayesian information criterion by more
+        than 2; "bic" starts from time and adds any term while the BIC falls by more than 2
+        (fewer terms, errors that ignore the terms left out); a comma-separated list imposes
+        the terms (e.g. "airmass,time"); "none" keeps only the normalisation.
+    clip_sigma : float
+        Points whose residual from the fitted model exceeds this many robust standard
+        deviations are left out of the fit (kept in the outputs, marked "clipped").
+    walkers : int
+        emcee walkers (raised to twice the free parameters plus two when fewer).
+    max_steps : int
+        The chain stops at this many steps even if it has not converged (said in the result).
+    min_steps : int
+        The chain runs at least this many steps.
+    autocorr_factor : float
+        Converged when the chain is longer than this many autocorrelation times of every
+        parameter (emcee's advice: 50) and the estimate changed by less than 5% since the last
+        check.
+    seed : int
+        Seed of the sampler (the same seed gives the same chain).
+    obscode : str
+        AAVSO observer code for the Exoplanet Database report (#OBSCODE).
+    offline : bool
+        Never reach the network: the planet must be in the cache, or given by the options.
+    """
+
+    planet: str = ""
+    t0: float | None = None
+    t0_err: float | None = None
+    period_d: float | None = None
+    period_err: float | None = None
+    rp_rs: float | None = None
+    a_rs: float | None = None
+    inc_deg: float | None = None
+    u1: float | None = None
+    u2: float | None = None
+    ecc: float = 0.0
+    w_deg: float = 90.0
+    fit_limb_darkening: bool = False
+    detrend: str = "auto"
+    clip_sigma: float = 4.0
+    walkers: int = 32
+    max_steps: int = 20000
+    min_steps: int = 2000
+    autocorr_factor: float = 50.0
+    seed: int = 0
+    obscode: str = ""
+    offline: bool = False
+
+    def __post_init__(self) -> None:
+        terms = [t.strip() for t in self.detrend.split(",") if t.strip()]
+        if self.detrend not in ("auto", "bic", "none") and (
+            not terms or any(t not in DETREND_TERMS for t in terms)
+        ):
+            raise ConfigError(
+                f"transit.detrend must be 'auto', 'bic', 'none' or a comma-separated list of "
+                f"{', '.join(DETREND_TERMS)}, not {self.detrend!r}"
+            )
+        for name in ("clip_sigma", "autocorr_factor", "period_d", "rp_rs", "a_rs"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"transit.{name} must be a positive number, not {value!r}")
+        for name in ("t0_err", "period_err"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"transit.{name} must be 0 or more, not {value!r}")
+        if self.inc_deg is not None and not 0 < self.inc_deg <= 90:
+            raise ConfigError(f"transit.inc_deg must be in (0, 90], not {self.inc_deg!r}")
+        if (self.u1 is None) != (self.u2 is None):
+            raise ConfigError("transit.u1 and transit.u2: give both limb-darkening coefficients")
+        if not 0 <= self.ecc < 1:
+            raise ConfigError(f"transit.ecc must be in [0, 1), not {self.ecc!r}")
+        if self.walkers < 4:
+            raise ConfigError(f"transit.walkers must be 4 or more, not {self.walkers}")
+        if not 100 <= self.min_steps <= self.max_steps:
+            raise ConfigError(
+                f"transit.min_steps ({self.min_steps}) must be 100 or more and at most "
+                f"transit.max_steps ({self.max_steps})"
+            )
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole run's configuration: one section per stage."""
@@ -466,6 +596,7 @@ class Config:
     astrometry: AstrometryConfig = field(default_factory=AstrometryConfig)
     lightcurves: LightCurvesConfig = field(default_factory=LightCurvesConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    transit: TransitConfig = field(default_factory=TransitConfig)
 
     def as_dict(self) -> dict[str, Any]:
         """The configuration as plain data (for run.json; an astrometry.net API key left out)."""

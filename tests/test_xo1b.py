@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from conftest import shared_data
 
+from lcdask.cli import main
 from lcdask.run import run
 from lcdask.transit import TransitShape, fit_run_transit, fit_transit_time, transit_model
 
@@ -159,3 +160,46 @@ def test_the_target_photometry_chosen_on_the_night(xo1_run):
     weight = dict(zip(chosen["comparison_ids"], chosen["weights"], strict=True))
     assert weight.get(1, 0.0) < 0.5 * weight[2]
     assert abs(after.t0 - PREDICTED) < 3 * after.t0_err
+
+
+def test_full_transit_fit_with_the_literature_shape(xo1_run):
+    """`lcdask transit` on the real night: the mid-time with its error, everything else fixed.
+
+    The night has no out-of-transit baseline and no egress, so Rp/Rs, a/Rs and i stay at the
+    literature's and only the mid-time (and the normalisation) is fitted; the residuals are
+    correlated (0.5% on ~8 minutes, the noise model says), which the error includes. Measured:
+    2460828.73575 -0.00693 +0.00415 BJD_TDB, O-C -3.5 -10.0 +6.0 min (the mid-time-only fit
+    with a linear baseline and the prayer bead: 2460828.7378 +- 0.0049).
+    """
+    out, _ = xo1_run
+    code = main(
+        [
+            "transit", str(out), "--planet", "XO-1 b", "--t0", "2455385.51978",
+            "--t0-err", "0.00005", "--period", "3.941505", "--period-err", "0.000002",
+            "--rp-rs", "0.1326", "--a-rs", "11.55", "--inc", "88.8", "--u", "0.25", "0.30",
+            "--offline",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    folder = out / "transit"
+    record = json.loads((folder / "transit.json").read_text())
+    t0 = record["parameters"]["t0"]
+    err = 0.5 * (t0["minus"] + t0["plus"])
+    # within 2 sigma of the prediction (its own error, 4 min, is in the O-C's note), and
+    # timed to better than 10 minutes
+    assert abs(t0["value"] - PREDICTED) < 2 * err
+    assert err * 1440 < 10
+    assert record["parameters"]["o_minus_c_min"]["value"] == pytest.approx(
+        (t0["value"] - PREDICTED) * 1440, abs=0.05
+    )  # the ephemeris's epoch 1381
+    for name in ("rp_rs", "a_rs", "inc_deg"):
+        assert record["parameters"][name]["status"] == "fixed"
+    assert "no egress" in record["fixed"]["a_rs"]
+    assert "without a baseline" in record["fixed"]["rp_rs"]
+    assert record["n_points"] >= 70 and record["rms"] < 0.01
+    for name in record["files"].values():
+        assert (folder / name).is_file(), name
+    aavso = (folder / record["files"]["aavso"]).read_text().splitlines()
+    assert aavso[0] == "#TYPE=EXOPLANET"
+    assert "#EXOPLANET_NAME=XO-1 b" in aavso and "#STAR_NAME=XO-1" in aavso
+    assert "#FILTER=SZ" in aavso and "#EXPOSURE_TIME=60" in aavso

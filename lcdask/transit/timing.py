@@ -1,5 +1,8 @@
 """A transit's mid-time with its shape fixed: a limb-darkened model times a baseline, fitted.
 
+(The first transit fit of lcdask, kept for its prayer-bead errors; `lcdask.transit.fit` fits
+the shape and the detrending too, with a sampler.)
+
 The night of a small telescope often covers only part of a transit (the XO-1 b night in
 ``../shared/data`` starts after ingress and ends before egress): its depth and shape cannot be
 measured from it, but its time can, against the shape the literature gives. `fit_transit_time`
@@ -24,83 +27,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import least_squares
 
-from lcdask.lightcurves import BAD_FOR_FLUX, LightCurveFlag
+from lcdask.transit.model import TRANSIT_BAD, TransitShape, transit_model
 
-TRANSIT_BAD = BAD_FOR_FLUX & ~LightCurveFlag.MASKED
-"""Flags that keep a point out of a transit fit: those bad for flux (blended, saturated, at the
-edge, a cosmic ray, an artefact), but not MASKED, which also marks a calibration-repaired pixel
-(a hot pixel interpolated from its neighbours) in the aperture: on the real XO-1 night 16 of 80
-points carried it, the frames of the end of ingress, and leaving them out moved the fitted time
-by 25 minutes (the ingress is what times a transit seen without its egress)."""
-
-__all__ = [
-    "TRANSIT_BAD",
-    "TransitShape",
-    "TransitTimeFit",
-    "fit_run_transit",
-    "fit_transit_time",
-    "transit_model",
-]
-
-
-@dataclass(frozen=True)
-class TransitShape:
-    """A transit's fixed shape.
-
-    Attributes
-    ----------
-    period_d : float
-        Orbital period (days).
-    rp_rs : float
-        Planet-to-star radius ratio.
-    a_rs : float
-        Semi-major axis in stellar radii.
-    inc_deg : float
-        Inclination (degrees).
-    u : tuple of float
-        Quadratic limb-darkening coefficients ``(u1, u2)`` in the band of the frames.
-    ecc, w_deg : float
-        Eccentricity and argument of periastron (circular by default).
-    """
-
-    period_d: float
-    rp_rs: float
-    a_rs: float
-    inc_deg: float
-    u: tuple[float, float]
-    ecc: float = 0.0
-    w_deg: float = 90.0
-
-
-def transit_model(time: ArrayLike, t0: float, shape: TransitShape) -> np.ndarray:
-    """The relative flux of the star (1 out of transit) at ``time`` (same days as ``t0``).
-
-    Parameters
-    ----------
-    time : array_like
-        Times (e.g. BJD_TDB).
-    t0 : float
-        Mid-transit time, on the same scale.
-    shape : TransitShape
-
-    Returns
-    -------
-    numpy.ndarray
-    """
-    import batman
-
-    params = batman.TransitParams()
-    params.t0 = 0.0  # times relative to t0: keeps batman's float arithmetic away from 2.46e6
-    params.per = shape.period_d
-    params.rp = shape.rp_rs
-    params.a = shape.a_rs
-    params.inc = shape.inc_deg
-    params.ecc = shape.ecc
-    params.w = shape.w_deg
-    params.limb_dark = "quadratic"
-    params.u = list(shape.u)
-    t = np.asarray(time, float) - t0
-    return batman.TransitModel(params, t).light_curve(params)
+__all__ = ["TransitTimeFit", "fit_run_transit", "fit_transit_time"]
 
 
 @dataclass(frozen=True)
