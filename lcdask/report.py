@@ -199,6 +199,46 @@ def _target_photometry_line(record: dict) -> str:
     )
 
 
+def _transit_fit_section(run_dir: Path) -> list:
+    """The fitted transit (`lcdask transit RUN`, `lcdask.transit.transit_section`): a table of
+    the parameters with their errors and status, the residual scatter; nothing without a fit."""
+    from bokeh.models import Div
+
+    from lcdask.transit import transit_section
+
+    section = transit_section(run_dir)
+    if section is None:
+        return []
+    rows = []
+    for name, p in (section.get("parameters") or {}).items():
+        value, minus, plus = p.get("value"), p.get("minus"), p.get("plus")
+        if value is None:
+            continue
+        error = f"-{minus:.6g} +{plus:.6g}" if minus is not None and plus is not None else ""
+        note = p.get("note") or ""
+        rows.append(
+            f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(name)}</th>"
+            f"<td>{value:.8g} {html.escape(str(p.get('unit') or ''))}</td>"
+            f"<td>{html.escape(error)}</td><td>{html.escape(str(p.get('status', '')))}</td>"
+            f"<td>{html.escape(str(note))}</td></tr>"
+        )
+    rms, rms10 = section.get("rms"), section.get("rms_10min")
+    scatter = (
+        f"residual scatter {100 * rms:.3f}% per frame, {100 * rms10:.3f}% per 10 minutes"
+        if rms is not None and rms10 is not None
+        else ""
+    )
+    figure = (section.get("files") or {}).get("figure", "")
+    text = (
+        f"<p>{html.escape(str(section.get('planet_name') or ''))}: "
+        f"{section.get('n_points', 0)} points fitted, {section.get('n_flagged', 0)} flagged, "
+        f"{section.get('n_clipped', 0)} clipped; {html.escape(scatter)}"
+        + (f"; figure <code>{html.escape(figure)}</code>" if figure else "")
+        + f"</p><table id='transit-table'>{''.join(rows)}</table>"
+    )
+    return [_heading("Transit fit"), Div(text=text, name="transit_fit", width=_WIDTH)]
+
+
 def _target_absent(record: dict) -> str:
     """What the report says when no source is the target: none given, or why not found."""
     given = record.get("target") or {}
@@ -664,6 +704,7 @@ def build_report(
         _summary(run, ds),
         _heading("Target"),
         _target_section(ds, run.sources, run.record, n_comparison=n_comparison, n_bins=n_bins),
+        *_transit_fit_section(run.run_dir),
         _heading("Variable sources"),
         _variables_section(ds, run.sources, max_variables=max_variables),
         _heading("Moving sources"),

@@ -203,3 +203,9 @@ def test_full_transit_fit_with_the_literature_shape(xo1_run):
     assert aavso[0] == "#TYPE=EXOPLANET"
     assert "#EXOPLANET_NAME=XO-1 b" in aavso and "#STAR_NAME=XO-1" in aavso
     assert "#FILTER=SZ" in aavso and "#EXPOSURE_TIME=60" in aavso
+    # the report, written again, shows the fit: its parameters and their errors
+    from lcdask.report import write_report
+
+    page = write_report(out, out=out / "report-with-transit.html").read_text()
+    assert "id='transit-table'" in page and ">t0<" in page
+    assert f"{t0['value']:.8g}" in page
