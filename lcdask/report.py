@@ -199,6 +199,11 @@ def _target_photometry_line(record: dict) -> str:
     )
 
 
+def _number(value: float) -> str:
+    """A parameter's value: times (BJD) to 1e-6 d (0.09 s), the others to 6 digits."""
+    return f"{value:.6f}" if abs(value) >= 1000 else f"{value:.6g}"
+
+
 def _transit_fit_section(run_dir: Path) -> list:
     """The fitted transit (`lcdask transit RUN`, `lcdask.transit.transit_section`): a table of
     the parameters with their errors and status, the residual scatter; nothing without a fit."""
@@ -218,7 +223,7 @@ def _transit_fit_section(run_dir: Path) -> list:
         note = p.get("note") or ""
         rows.append(
             f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(name)}</th>"
-            f"<td>{value:.8g} {html.escape(str(p.get('unit') or ''))}</td>"
+            f"<td>{_number(value)} {html.escape(str(p.get('unit') or ''))}</td>"
             f"<td>{html.escape(error)}</td><td>{html.escape(str(p.get('status', '')))}</td>"
             f"<td>{html.escape(str(note))}</td></tr>"
         )

@@ -208,4 +208,4 @@ def test_full_transit_fit_with_the_literature_shape(xo1_run):
 
     page = write_report(out, out=out / "report-with-transit.html").read_text()
     assert "id='transit-table'" in page and "&gt;t0&lt;" in page  # bokeh escapes the Div
-    assert f"{t0['value']:.8g}" in page
+    assert f"{t0['value']:.6f}" in page
