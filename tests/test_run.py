@@ -477,6 +477,7 @@ def test_slurm_cluster_run_equals_local(slurm, local_run, night, tmp_path):
         text=True,
         timeout=900,
         env=env,
+        cwd=tmp_path,  # the batch jobs' output files (slurm-<job>.out) land here
     )
     assert result.returncode == 0, result.stderr
     assert "slurm cluster" in result.stderr  # the run said where it ran
