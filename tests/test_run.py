@@ -113,6 +113,17 @@ def test_products_and_record(local_run, night):
     assert np.isfinite(cube["zero_point"].values[lights]).all()  # per-frame results in the cube
 
 
+def test_the_cube_keeps_its_attributes_through_the_run(local_run):
+    """The calibration's marker and summary and ingest's skipped and typed files survive the
+    later stages' writes into the cube (xarray's ``to_zarr(mode="a")`` of the per-frame Level 2
+    results replaced the group's attributes with none: every run lost them)."""
+    cube = open_cube(local_run)
+    summary = json.loads(cube.attrs["calibration"])
+    assert summary["complete"] and summary["n_lights"] == 24
+    assert json.loads(cube.attrs["skipped"]) == [] and json.loads(cube.attrs["typed"]) == []
+    assert "fwhm_px" in cube  # Level 2's per-frame results were written
+
+
 def test_movers_and_target_against_truth(local_run, night):
     truth = load_truth(night)
     sources = _matched_truth(pd.read_parquet(local_run / "sources.parquet"), truth.stars)
@@ -524,6 +535,7 @@ def test_frames_added_later_are_appended_alone(night, local_run, tmp_path, sessi
         assert record["stages"][stage]["appended"] == 6, record["stages"][stage]
     assert not any(s.get("reused") for s in record["stages"].values())
     cube = open_cube(out)
+    assert json.loads(cube.attrs["calibration"])["complete"]  # kept through the append
     names = [Path(p).name for p in cube["path"].values]
     assert len(names) == len(set(names)) == len(open_cube(local_run)["path"])  # none twice
     assert np.all(np.diff(cube["time_mjd"].values[cube["frame_type"].values == "light"]) > 0)

@@ -22,10 +22,12 @@ from zarr.codecs import BloscCodec
 
 __all__ = [
     "FRAME_WRITE_CONFIG",
+    "add_variables",
     "append_frames",
     "consolidate",
     "create_cube",
     "open_cube",
+    "set_attrs",
     "set_frame_values",
     "write_frame",
 ]
@@ -168,6 +170,21 @@ def consolidate(path: str | Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
+def _group_attrs(path: str | Path) -> dict[str, Any]:
+    """The store's group attributes as written (not the consolidated copy)."""
+    return dict(zarr.open_group(str(path), mode="r", use_consolidated=False).attrs)
+
+
+def add_variables(path: str | Path, ds: xr.Dataset) -> None:
+    """Write ``ds``'s variables into the cube (new ones, or whole ones replaced), then consolidate.
+
+    xarray's ``to_zarr(mode="a")`` replaces the group's attributes with ``ds.attrs``; the cube's
+    own (``calibration``, ``skipped``, ``typed``) are kept here.
+    """
+    ds.assign_attrs(_group_attrs(path)).to_zarr(path, mode="a", zarr_format=3, consolidated=False)
+    consolidate(path)
+
+
 def set_attrs(path: str | Path, **attrs: str) -> None:
     """Set attributes of the store's group, with its metadata consolidated before and after.
 
@@ -256,7 +273,8 @@ def append_frames(path: str | Path, frames: pd.DataFrame) -> range:
             values = da.full((n_new, *var.shape[1:]), _fill(dtype), dtype=dtype, chunks=chunks)
         target = coords if name in ds.coords else data_vars
         target[name] = (var.dims, values)
-    new = xr.Dataset(data_vars, coords=coords)
+    # xarray writes the dataset's attributes over the group's: the cube's own kept
+    new = xr.Dataset(data_vars, coords=coords, attrs=_group_attrs(path))
     new.to_zarr(path, append_dim="frame", compute=False, consolidated=False)
     consolidate(path)
     return range(n_old, n_old + n_new)

@@ -1516,7 +1516,7 @@ def _store_frame_results(cube_path: Path, cube, frames: pd.DataFrame) -> None:
     wcs = np.full(n, "", dtype=object)
     wcs[index] = frames["wcs_solved"].to_numpy()
     variables["wcs_solved"] = ("frame", wcs)
-    xr.Dataset(variables).to_zarr(cube_path, mode="a", zarr_format=3, consolidated=False)
+    cube_io.add_variables(cube_path, xr.Dataset(variables))
     flags = cube["flags"].values.copy()
     reasons = np.array([str(r) for r in cube["flag_reason"].values], dtype=object)
     redone = (flags[index] & LEVEL2_FLAGS) != 0
