@@ -1,0 +1,573 @@
+"""Scale model of `lcdask run`: what each frame costs the driver, the scheduler and the workers.
+
+`lcdask run` (its defaults, `lcdask.run.run` on a LocalCluster as `bench_pipeline.py` runs it)
+goes over the first N lights of one simulated night, N = 50, 200, 1000 by default, of small
+frames (512x512: the per-frame costs of the driver and the scheduler are per task and per
+table row, not per pixel, and 1000 frames of 512x512 run in minutes on 2 cores; at 256x256 a
+frame holds too few stars to plate-solve and to build an ensemble like a real night does).
+Per stage (`lcdask.run.STAGE_TABLE`, each stage wrapped to take readings before and after) it
+measures
+
+- the tasks submitted and finished, per key prefix (`TaskCounter`, a scheduler plugin that
+  counts the tasks of every ``update_graph`` and every transition to memory);
+- the bytes through the scheduler (`CommBytes`: every TCP message the run's process reads or
+  writes, split into the scheduler's own comms and the driver's comms to the scheduler; with
+  distributed's default ``direct_to_workers=False`` every gathered result and every scattered
+  table passes through the scheduler);
+- the CPU of the run's process by thread (`ThreadCPU`): the main thread is the driver's serial
+  work (the stages' own Python: tables, matching, light curves), the ``IO loop`` thread runs
+  the scheduler *and* the client's comms (a LocalCluster, like dask-jobqueue's Slurm/PBS
+  clusters, runs the scheduler in the driver's process), the ``Dask-Offload`` thread
+  (de)serialises large messages;
+- the workers' CPU (``psutil`` in each worker, before and after).
+
+Per-frame worker CPU at full size comes from two runs of 2048x2048 frames (``--big 10 30``:
+the difference of the two runs per stage, so that fixed costs such as the masters, the co-add and
+the report drop out). From these the model
+
+    T(W, N) = sum over stages of  fixed_s + N * max(worker_cpu_per_frame / W,
+                                                     driver_main_per_frame(N),
+                                                     driver_process_per_frame(N))
+    frames/s = N / T
+
+projects 10,000 frames on 16, 64 and 256 workers and names the limit that binds first. The
+driver's per-frame costs are taken at the largest N measured (the marginal cost between the two
+largest N: a stage whose cost per frame grows with N shows it there) and scaled from 512x512 to
+2048x2048 by the detections per frame where they are per detection (the light-curve stage).
+
+    python benchmarks/bench_scale.py [--frames 50 200 1000] [--size 512] [--big 10 30]
+                                     [--workers 2] [--out DIR]
+
+Writes ``benchmarks/results/scale.json`` and prints tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import json
+import platform
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.utils import key_split
+
+__all__ = [
+    "CommBytes",
+    "TaskCounter",
+    "ThreadCPU",
+    "instrumented_run",
+    "project",
+    "worker_cpu_s",
+]
+
+PLUGIN_NAME = "lcdask-bench-task-counter"
+
+
+class TaskCounter(SchedulerPlugin):
+    """Counts, per key prefix, the tasks submitted to the scheduler and those that finished.
+
+    ``submitted`` counts the new tasks of every ``update_graph`` (what clients sent; a task
+    already known, given again as another task's dependency, counts once); ``memory``
+    the transitions to memory (tasks computed, with ``nbytes`` the sizes of their results);
+    ``erred`` the transitions to error. The prefix is distributed's `key_split` of the key
+    (``lcdask-detections-1f3a...`` -> ``lcdask-detections``).
+    """
+
+    name = PLUGIN_NAME
+
+    def __init__(self) -> None:
+        self.scheduler = None
+        self.submitted: collections.Counter = collections.Counter()
+        self.memory: collections.Counter = collections.Counter()
+        self.nbytes: collections.Counter = collections.Counter()
+        self.erred: collections.Counter = collections.Counter()
+        self._known: set = set()  # keys submitted and not yet forgotten
+
+    async def start(self, scheduler) -> None:
+        self.scheduler = scheduler
+
+    def update_graph(self, scheduler, *, tasks=(), **kwargs) -> None:
+        for key in tasks:
+            if key not in self._known:
+                self._known.add(key)
+                self.submitted[key_split(key)] += 1
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if finish == "memory":
+            prefix = key_split(key)
+            self.memory[prefix] += 1
+            task = self.scheduler.tasks.get(key) if self.scheduler is not None else None
+            if task is not None and task.nbytes > 0:
+                self.nbytes[prefix] += task.nbytes
+        elif finish == "erred":
+            self.erred[key_split(key)] += 1
+        elif finish == "forgotten":
+            self._known.discard(key)
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """The counts so far (copies)."""
+        return {
+            "submitted": dict(self.submitted),
+            "memory": dict(self.memory),
+            "nbytes": dict(self.nbytes),
+            "erred": dict(self.erred),
+        }
+
+
+def _plugin_snapshot(dask_scheduler=None) -> dict[str, dict[str, int]]:
+    return dask_scheduler.plugins[PLUGIN_NAME].snapshot()
+
+
+def _loop_thread_id() -> int:
+    return threading.get_native_id()
+
+
+class CommBytes:
+    """Bytes of every TCP message the run's process reads or writes, by side of the scheduler.
+
+    In force inside ``with``: distributed's TCP comm's ``write`` (which returns the bytes it
+    wrote) and the reads of its frames are wrapped. A comm whose local port is the scheduler's
+    is one the scheduler accepted (from clients and workers); one whose peer is the scheduler's
+    port is the driver's (the client, and the LocalCluster's nannies) to the scheduler; any
+    other is one this process opened to a worker: the scheduler's (to gather results for the
+    client) and the nannies'.
+
+    Attributes
+    ----------
+    counts : collections.Counter
+        ``scheduler_read``, ``scheduler_written``, ``driver_read``, ``driver_written``,
+        ``outgoing_read``, ``outgoing_written`` (bytes).
+    """
+
+    def __init__(self, scheduler_address: str) -> None:
+        self.port = int(scheduler_address.rsplit(":", 1)[1])
+        self.counts: collections.Counter = collections.Counter()
+        self._sides: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _side(self, stream) -> str:
+        side = self._sides.get(stream)
+        if side is None:
+            try:
+                local, peer = stream.socket.getsockname()[1], stream.socket.getpeername()[1]
+            except (OSError, AttributeError):  # closed meanwhile
+                return "outgoing"
+            side = (
+                "scheduler" if local == self.port else "driver" if peer == self.port else "outgoing"
+            )
+            self._sides[stream] = side
+        return side
+
+    def snapshot(self) -> dict[str, int]:
+        """The bytes so far, and ``through_scheduler``: all the scheduler's, both ways."""
+        counts = dict(self.counts)
+        counts["through_scheduler"] = sum(
+            counts.get(f"{side}_{way}", 0)
+            for side in ("scheduler", "outgoing")
+            for way in ("read", "written")
+        )
+        return counts
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[CommBytes]:
+        from distributed.comm import tcp
+
+        write, read_bytes_rw = tcp.TCP.write, tcp.read_bytes_rw
+        counter = self
+
+        async def counted_write(comm, *args, **kwargs):
+            n = await write(comm, *args, **kwargs)
+            if comm.stream is not None:
+                counter.counts[counter._side(comm.stream) + "_written"] += int(n or 0)
+            return n
+
+        async def counted_read_bytes_rw(stream, n):
+            counter.counts[counter._side(stream) + "_read"] += int(n)
+            return await read_bytes_rw(stream, n)
+
+        tcp.TCP.write, tcp.read_bytes_rw = counted_write, counted_read_bytes_rw
+        try:
+            yield self
+        finally:
+            tcp.TCP.write, tcp.read_bytes_rw = write, read_bytes_rw
+
+
+class ThreadCPU:
+    """CPU seconds of this process's threads, as ``main``, ``loop`` (scheduler and client),
+    ``offload`` and ``other``."""
+
+    def __init__(self, loop_thread: int) -> None:
+        self.loop_thread = loop_thread
+        self.main_thread = threading.main_thread().native_id
+
+    def snapshot(self) -> dict[str, float]:
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        out = {"main": 0.0, "loop": 0.0, "offload": 0.0, "other": 0.0}
+        for thread in psutil.Process().threads():
+            if thread.id == self.main_thread:
+                kind = "main"
+            elif thread.id == self.loop_thread:
+                kind = "loop"
+            elif "Offload" in names.get(thread.id, ""):
+                kind = "offload"
+            else:
+                kind = "other"
+            out[kind] += thread.user_time + thread.system_time
+        out["process"] = sum(psutil.Process().cpu_times()[:2])  # with threads gone since
+        return out
+
+
+def _own_cpu_s() -> float:
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+def worker_cpu_s(client) -> float:
+    """The CPU seconds (user + system) of every worker process so far, summed."""
+    return float(sum(client.run(_own_cpu_s).values()))
+
+
+def _diff(after: dict, before: dict) -> dict:
+    """``after - before`` key by key, recursively (counts missing before are 0)."""
+    out = {}
+    for key, value in after.items():
+        if isinstance(value, dict):
+            out[key] = _diff(value, before.get(key, {}))
+        else:
+            out[key] = value - before.get(key, 0)
+    return {k: v for k, v in out.items() if v != 0 or not isinstance(v, int)}
+
+
+@dataclasses.dataclass
+class _Probe:
+    client: Any
+    comm: CommBytes
+    threads: ThreadCPU
+
+    def reading(self) -> dict[str, Any]:
+        return {
+            "wall_s": time.perf_counter(),
+            "driver_cpu_s": self.threads.snapshot(),
+            "worker_cpu_s": worker_cpu_s(self.client),
+            "bytes": self.comm.snapshot(),
+            "tasks": self.client.run_on_scheduler(_plugin_snapshot),
+        }
+
+
+@contextlib.contextmanager
+def _stages_measured(probe: _Probe, stages: dict[str, dict]) -> Iterator[None]:
+    """`lcdask.run.STAGE_TABLE` with each stage's ``run`` between two probe readings."""
+    import lcdask.run as run_module
+
+    table = run_module.STAGE_TABLE
+
+    def wrap(stage):
+        def measured(ctx):
+            before = probe.reading()
+            try:
+                return stage.run(ctx)
+            finally:
+                stages[stage.name] = _diff(probe.reading(), before)
+
+        return dataclasses.replace(stage, run=measured)
+
+    run_module.STAGE_TABLE = tuple(wrap(stage) for stage in table)
+    try:
+        yield
+    finally:
+        run_module.STAGE_TABLE = table
+
+
+def instrumented_run(inputs, run_dir: Path, *, client, catalog=None, config=None) -> dict:
+    """`lcdask.run.run` with per-stage readings of tasks, bytes and CPU.
+
+    Parameters
+    ----------
+    inputs : list of Path
+        The run's input files.
+    run_dir : Path
+        The run directory (emptied first: a run found there would be resumed).
+    client : distributed.Client
+        Of a LocalCluster (the scheduler in this process).
+    catalog : Path, optional
+        The reference catalog.
+    config : lcdask.config.Config, optional
+
+    Returns
+    -------
+    dict
+        ``stages``: per stage ``wall_s``, ``driver_cpu_s`` (by thread), ``worker_cpu_s``,
+        ``bytes`` and ``tasks`` (per prefix: submitted, memory, nbytes, erred); ``record``:
+        run.json's stages.
+    """
+    from lcdask.run import run
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if PLUGIN_NAME not in client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins):
+        client.register_plugin(TaskCounter())
+    probe = _Probe(
+        client,
+        CommBytes(client.scheduler.address),
+        ThreadCPU(client.run_on_scheduler(_loop_thread_id)),
+    )
+    stages: dict[str, dict] = {}
+    with probe.comm.counting(), _stages_measured(probe, stages):
+        record = run(inputs, run_dir, catalog=catalog, client=client, config=config)
+    return {"stages": stages, "record": record["stages"]}
+
+
+# --------------------------------------------------------------------------------- the model
+
+
+def _n_detections(run_dir: Path) -> int:
+    import pandas as pd
+
+    return len(pd.read_parquet(run_dir / "detections.parquet", columns=["frame"]))
+
+
+def _per_stage_rows(measured: dict) -> dict[str, dict[str, float]]:
+    """Per stage: wall, driver main/loop/process CPU, worker CPU, tasks, bytes (totals)."""
+    rows = {}
+    for name, stage in measured["stages"].items():
+        cpu = stage["driver_cpu_s"]
+        tasks = stage["tasks"]
+        rows[name] = {
+            "wall_s": stage["wall_s"],
+            "driver_main_s": cpu["main"],
+            "driver_loop_s": cpu["loop"] + cpu["offload"],
+            "driver_process_s": cpu["process"],
+            "worker_cpu_s": stage["worker_cpu_s"],
+            "tasks": sum(tasks.get("submitted", {}).values()),
+            "bytes_scheduler": stage["bytes"].get("through_scheduler", 0),
+            "bytes_to_driver": stage["bytes"].get("driver_read", 0),
+            "bytes_from_driver": stage["bytes"].get("driver_written", 0),
+        }
+    return rows
+
+
+def _marginal(small: dict[int, dict], key: str, stage: str) -> tuple[float, float, float]:
+    """(fixed, per frame at the largest N, per frame between the two smallest N) of a quantity."""
+    ns = sorted(small)
+    values = [small[n]["rows"][stage][key] for n in ns]
+    slope_hi = (values[-1] - values[-2]) / (ns[-1] - ns[-2])
+    slope_lo = (values[1] - values[0]) / (ns[1] - ns[0]) if len(ns) > 2 else slope_hi
+    fixed = max(values[-1] - slope_hi * ns[-1], 0.0)
+    return fixed, max(slope_hi, 0.0), slope_lo
+
+
+def project(
+    small: dict[int, dict],
+    big: dict[int, dict],
+    *,
+    n_frames: int = 10_000,
+    workers: tuple[int, ...] = (16, 64, 256),
+) -> dict[str, Any]:
+    """Projected frames/s of ``n_frames`` 2048x2048 frames on each number of workers.
+
+    Parameters
+    ----------
+    small : dict
+        N -> measurement of the small-frame runs (``rows`` per stage, ``detections_per_frame``).
+    big : dict
+        N -> measurement of the 2048x2048 runs (two N: worker CPU per frame by difference).
+
+    Returns
+    -------
+    dict
+        ``per_stage`` (the model's inputs), ``projection`` (per W: frames/s, each stage's
+        seconds and its binding limit) and ``first_limit`` (which limit binds first as W grows).
+    """
+    ns_big = sorted(big)
+    stages = list(small[max(small)]["rows"])
+    det_ratio = big[ns_big[-1]]["detections_per_frame"] / small[max(small)]["detections_per_frame"]
+    per_stage = {}
+    for stage in stages:
+        b_lo, b_hi = (big[n]["rows"][stage] for n in ns_big)
+        worker_pf = max((b_hi["worker_cpu_s"] - b_lo["worker_cpu_s"]) / (ns_big[1] - ns_big[0]), 0)
+        worker_fixed = max(b_hi["worker_cpu_s"] - worker_pf * ns_big[1], 0.0)
+        main_fixed, main_pf, main_pf_lo = _marginal(small, "driver_main_s", stage)
+        proc_fixed, proc_pf, proc_pf_lo = _marginal(small, "driver_process_s", stage)
+        loop_fixed, loop_pf, _ = _marginal(small, "driver_loop_s", stage)
+        _, tasks_pf, _ = _marginal(small, "tasks", stage)
+        _, bytes_pf, _ = _marginal(small, "bytes_scheduler", stage)
+        # the light-curve stage's driver work is per detection: scaled to 2048^2 frames' count
+        scale = det_ratio if stage == "lightcurves" else 1.0
+        per_stage[stage] = {
+            "worker_cpu_per_frame_s": worker_pf,
+            "worker_fixed_s": worker_fixed,
+            "driver_main_per_frame_s": main_pf * scale,
+            "driver_main_per_frame_s_small_n": main_pf_lo * scale,
+            "driver_process_per_frame_s": proc_pf * scale,
+            "driver_process_per_frame_s_small_n": proc_pf_lo * scale,
+            "scheduler_loop_per_frame_s": loop_pf,
+            "driver_fixed_s": max(main_fixed, proc_fixed, loop_fixed),
+            "tasks_per_frame": tasks_pf,
+            "scheduler_bytes_per_frame": bytes_pf * (det_ratio if stage != "ingest" else 1.0),
+            "detection_scale": scale,
+        }
+    projection = {}
+    for w in workers:
+        total, by_stage = 0.0, {}
+        for stage, p in per_stage.items():
+            # the driver's main thread and the scheduler's IO loop share one process and its GIL
+            limits = {
+                "workers": p["worker_cpu_per_frame_s"] / w,
+                "driver process": p["driver_process_per_frame_s"],
+            }
+            kind = max(limits, key=limits.get)
+            binding = kind
+            if kind == "driver process":
+                main, loop = p["driver_main_per_frame_s"], p["scheduler_loop_per_frame_s"]
+                binding += ": driver main thread" if main >= loop else ": scheduler IO loop"
+            fixed = max(p["driver_fixed_s"], p["worker_fixed_s"] / w)
+            seconds = fixed + n_frames * limits[kind]
+            by_stage[stage] = {"seconds": seconds, "limit": binding, "per_frame_s": limits}
+            total += seconds
+        projection[w] = {"frames_per_s": n_frames / total, "seconds": total, "stages": by_stage}
+    first = None
+    for w in sorted(projection):
+        serial = [
+            (s, v["seconds"]) for s, v in projection[w]["stages"].items() if v["limit"] != "workers"
+        ]
+        if serial:
+            stage, _ = max(serial, key=lambda item: item[1])
+            first = {"workers": w, "stage": stage, "limit": projection[w]["stages"][stage]["limit"]}
+            break
+    return {"per_stage": per_stage, "projection": projection, "first_limit": first}
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+def _night(scratch: Path, n: int, size: int) -> Path:
+    from lcdask.simulate import SimConfig, simulate_night
+
+    night = scratch / f"night-{size}-{n}"
+    if not (night / "truth" / "frames.parquet").exists():
+        simulate_night(night, SimConfig(n_frames=n, size=size, seed=5), n_workers=2)
+    return night
+
+
+def _inputs(night: Path, n: int) -> list[Path]:
+    """The night's calibration frames and its first ``n`` lights."""
+    raw = sorted((night / "raw").glob("*.fits"))
+    lights = [p for p in raw if p.name.startswith("light_")]
+    return [p for p in raw if not p.name.startswith("light_")] + lights[:n]
+
+
+def measure(night: Path, n: int, run_dir: Path, *, workers: int) -> dict[str, Any]:
+    """One instrumented run of the first ``n`` lights of ``night`` on a fresh LocalCluster."""
+    from lcdask.cluster import dask_client
+
+    with dask_client(n_workers=workers, dashboard=False) as client:
+        client.run(lambda: None)
+        measured = instrumented_run(
+            _inputs(night, n), run_dir, client=client, catalog=night / "refcat.parquet"
+        )
+    measured["rows"] = _per_stage_rows(measured)
+    measured["detections_per_frame"] = _n_detections(run_dir) / n
+    measured["frames"] = n
+    return measured
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in psutil.getloadavg())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, nargs="+", default=[50, 200, 1000])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--big", type=int, nargs=2, default=[10, 30], help="N of 2048^2 runs")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="scratch folder (default: temp)")
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "scale.json"
+    )
+    args = parser.parse_args()
+
+    scratch = Path(args.out or tempfile.mkdtemp(prefix="bench-scale-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"benchmark": "scale", "size": args.size, "workers": args.workers}
+    small, big = {}, {}
+    night = _night(scratch, max(args.frames), args.size)
+    for n in sorted(args.frames):
+        load = _load()
+        small[n] = measure(night, n, scratch / f"run-{args.size}-{n}", workers=args.workers)
+        small[n]["load"] = load
+        _print_rows(f"{n} lights of {args.size}x{args.size} (load {load})", small[n])
+    night_big = _night(scratch, max(args.big), 2048)
+    for n in sorted(args.big):
+        load = _load()
+        big[n] = measure(night_big, n, scratch / f"run-2048-{n}", workers=args.workers)
+        big[n]["load"] = load
+        _print_rows(f"{n} lights of 2048x2048 (load {load})", big[n])
+    model = project(small, big)
+    _print_model(model)
+    for runs in (small, big):
+        for m in runs.values():
+            m.pop("record", None)
+    results.update(
+        {
+            "small": {str(n): m for n, m in small.items()},
+            "big": {str(n): m for n, m in big.items()},
+            "model": model,
+            "machine": platform.platform(),
+        }
+    )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    if args.out is None:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _print_rows(title: str, measured: dict) -> None:
+    n = measured["frames"]
+    print(f"\n{title}: {measured['detections_per_frame']:.0f} detections/frame; per frame:")
+    print(
+        f"{'stage':12s} {'wall ms':>8s} {'main ms':>8s} {'loop ms':>8s} {'proc ms':>8s} "
+        f"{'wkr ms':>8s} {'tasks':>6s} {'sched kB':>9s} {'->drv kB':>9s} {'drv-> kB':>9s}"
+    )
+    for stage, row in measured["rows"].items():
+        print(
+            f"{stage:12s} {1e3 * row['wall_s'] / n:8.1f} {1e3 * row['driver_main_s'] / n:8.1f} "
+            f"{1e3 * row['driver_loop_s'] / n:8.1f} {1e3 * row['driver_process_s'] / n:8.1f} "
+            f"{1e3 * row['worker_cpu_s'] / n:8.1f} {row['tasks'] / n:6.2f} "
+            f"{row['bytes_scheduler'] / n / 1e3:9.1f} {row['bytes_to_driver'] / n / 1e3:9.1f} "
+            f"{row['bytes_from_driver'] / n / 1e3:9.1f}"
+        )
+    for stage, data in measured["stages"].items():
+        print(f"  {stage} tasks: {data['tasks'].get('submitted', {})}")
+
+
+def _print_model(model: dict) -> None:
+    print("\nmodel inputs per frame of 2048x2048 (s):")
+    for stage, p in model["per_stage"].items():
+        print(
+            f"  {stage:12s} workers {p['worker_cpu_per_frame_s']:.3f} (fixed "
+            f"{p['worker_fixed_s']:.1f}); driver main {p['driver_main_per_frame_s']:.4f} "
+            f"(at small N {p['driver_main_per_frame_s_small_n']:.4f}), process "
+            f"{p['driver_process_per_frame_s']:.4f}, IO loop {p['scheduler_loop_per_frame_s']:.4f};"
+            f" fixed {p['driver_fixed_s']:.1f}; tasks {p['tasks_per_frame']:.2f}"
+        )
+    print("\nprojected, 10,000 frames of 2048x2048:")
+    for w, p in model["projection"].items():
+        limits = ", ".join(
+            f"{s} {v['seconds']:.0f} s ({v['limit']})" for s, v in p["stages"].items()
+        )
+        print(f"  {w:4d} workers: {p['frames_per_s']:6.2f} frames/s; {limits}")
+    print(f"first limit: {model['first_limit']}")
+
+
+if __name__ == "__main__":
+    main()
