@@ -36,7 +36,7 @@ largest N: a stage whose cost per frame grows with N shows it there) and scaled 
 2048x2048 by the detections per frame where they are per detection (the light-curve stage).
 
     python benchmarks/bench_scale.py [--frames 50 200 1000] [--size 512] [--big 10 30]
-                                     [--workers 2] [--out DIR]
+                                     [--workers 2] [--out DIR [--reuse]]
 
 Writes ``benchmarks/results/scale.json`` and prints tables.
 """
@@ -127,6 +127,10 @@ class TaskCounter(SchedulerPlugin):
 
 def _plugin_snapshot(dask_scheduler=None) -> dict[str, dict[str, int]]:
     return dask_scheduler.plugins[PLUGIN_NAME].snapshot()
+
+
+def _plugin_names(dask_scheduler=None) -> list[str]:
+    return list(dask_scheduler.plugins)
 
 
 def _loop_thread_id() -> int:
@@ -313,7 +317,7 @@ def instrumented_run(inputs, run_dir: Path, *, client, catalog=None, config=None
     from lcdask.run import run
 
     shutil.rmtree(run_dir, ignore_errors=True)
-    if PLUGIN_NAME not in client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins):
+    if PLUGIN_NAME not in client.run_on_scheduler(_plugin_names):
         client.register_plugin(TaskCounter())
     probe = _Probe(
         client,
@@ -453,9 +457,17 @@ def _night(scratch: Path, n: int, size: int) -> Path:
     from lcdask.simulate import SimConfig, simulate_night
 
     night = scratch / f"night-{size}-{n}"
+    config = SimConfig(n_frames=n, size=size, seed=5)
+    cadence_s = config.exptime_s + config.readout_s
+    if n * cadence_s > _NIGHT_S:  # the frames of a longer sequence would run into daylight
+        config = dataclasses.replace(config, exptime_s=_NIGHT_S / n - config.readout_s)
     if not (night / "truth" / "frames.parquet").exists():
-        simulate_night(night, SimConfig(n_frames=n, size=size, seed=5), n_workers=2)
+        simulate_night(night, config, n_workers=2)
     return night
+
+
+_NIGHT_S = 6 * 3600.0
+"""The longest simulated sequence (1000 frames: 17.6 s exposures and 4 s readouts)."""
 
 
 def _inputs(night: Path, n: int) -> list[Path]:
@@ -490,6 +502,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--big", type=int, nargs=2, default=[10, 30], help="N of 2048^2 runs")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--reuse", action="store_true", help="take the measurements saved in --out by a run before"
+    )
     parser.add_argument("--out", type=Path, default=None, help="scratch folder (default: temp)")
     parser.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results" / "scale.json"
@@ -500,23 +515,21 @@ def main() -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"benchmark": "scale", "size": args.size, "workers": args.workers}
     small, big = {}, {}
-    night = _night(scratch, max(args.frames), args.size)
-    for n in sorted(args.frames):
-        load = _load()
-        small[n] = measure(night, n, scratch / f"run-{args.size}-{n}", workers=args.workers)
-        small[n]["load"] = load
-        _print_rows(f"{n} lights of {args.size}x{args.size} (load {load})", small[n])
-    night_big = _night(scratch, max(args.big), 2048)
-    for n in sorted(args.big):
-        load = _load()
-        big[n] = measure(night_big, n, scratch / f"run-2048-{n}", workers=args.workers)
-        big[n]["load"] = load
-        _print_rows(f"{n} lights of 2048x2048 (load {load})", big[n])
+    for runs, size, ns in ((small, args.size, args.frames), (big, 2048, args.big)):
+        night = _night(scratch, max(ns), size)
+        for n in sorted(ns):
+            saved = scratch / f"measured-{size}-{n}.json"
+            if args.reuse and saved.exists():
+                runs[n] = json.loads(saved.read_text())
+            else:
+                load = _load()
+                runs[n] = measure(night, n, scratch / f"run-{size}-{n}", workers=args.workers)
+                runs[n]["load"] = load
+                runs[n].pop("record", None)
+                saved.write_text(json.dumps(runs[n], default=float) + "\n")
+            _print_rows(f"{n} lights of {size}x{size} (load {runs[n]['load']})", runs[n])
     model = project(small, big)
     _print_model(model)
-    for runs in (small, big):
-        for m in runs.values():
-            m.pop("record", None)
     results.update(
         {
             "small": {str(n): m for n, m in small.items()},
