@@ -58,6 +58,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import key_split
@@ -359,14 +360,37 @@ def _per_stage_rows(measured: dict) -> dict[str, dict[str, float]]:
     return rows
 
 
-def _marginal(small: dict[int, dict], key: str, stage: str) -> tuple[float, float, float]:
-    """(fixed, per frame at the largest N, per frame between the two smallest N) of a quantity."""
-    ns = sorted(small)
-    values = [small[n]["rows"][stage][key] for n in ns]
-    slope_hi = (values[-1] - values[-2]) / (ns[-1] - ns[-2])
-    slope_lo = (values[1] - values[0]) / (ns[1] - ns[0]) if len(ns) > 2 else slope_hi
-    fixed = max(values[-1] - slope_hi * ns[-1], 0.0)
-    return fixed, max(slope_hi, 0.0), slope_lo
+def _slopes(runs: dict, key: str, stage: str) -> tuple[float, float, float]:
+    """(intercept, per frame between the two largest N, per frame between the two smallest N)."""
+    ns = sorted(runs)
+    values = [runs[n]["rows"][stage][key] for n in ns]
+    hi = (values[-1] - values[-2]) / (ns[-1] - ns[-2])
+    lo = (values[1] - values[0]) / (ns[1] - ns[0])
+    return values[-1] - hi * ns[-1], hi, lo
+
+
+def scheduler_costs(runs: list[dict]) -> dict[str, float]:
+    """The IO loop's CPU as ``a * wall + b * tasks + c * bytes``, fitted over every stage of
+    every run (non-negative least squares).
+
+    The loop thread runs the scheduler, the client's comms and the LocalCluster's nannies; part
+    of its work is per second (heartbeats, the nannies' memory polls, work stealing's and the
+    system monitor's periodic callbacks), part per task (the scheduler's transitions, the graph
+    submitted) and part per byte (results and arguments through the scheduler).
+
+    Returns
+    -------
+    dict
+        ``per_wall_s`` (a), ``per_task_s`` (b), ``per_mb_s`` (c, per 1e6 bytes), ``rms_s``.
+    """
+    from scipy.optimize import nnls
+
+    rows = [r for run in runs for r in run["rows"].values()]
+    design = np.array([[r["wall_s"], r["tasks"], r["bytes_scheduler"] / 1e6] for r in rows])
+    loop = np.array([r["driver_loop_s"] for r in rows])
+    coef, _ = nnls(design, loop)
+    rms = float(np.sqrt(np.mean((design @ coef - loop) ** 2)))
+    return {"per_wall_s": coef[0], "per_task_s": coef[1], "per_mb_s": coef[2], "rms_s": rms}
 
 
 def project(
@@ -378,52 +402,64 @@ def project(
 ) -> dict[str, Any]:
     """Projected frames/s of ``n_frames`` 2048x2048 frames on each number of workers.
 
+    Per stage and per frame of 2048x2048: the workers' CPU and the bytes through the scheduler
+    are the differences of the two 2048x2048 runs (their fixed costs drop out); the driver's
+    main-thread CPU is theirs too, times its growth with N on the small frames (the per-frame
+    cost between the two largest N over that between the two smallest: a stage whose work per
+    frame grows with the night shows it there); the tasks per frame come from the small frames
+    (they do not depend on the frame's size); the scheduler's CPU per frame is
+    `scheduler_costs`' per task and per byte. The driver's main thread and the IO loop share
+    one process and its GIL: the driver process's bound is their sum, over the share of a core
+    the loop's per-second work leaves. Then, per stage,
+
+        seconds = fixed + N * max(worker_cpu / W, driver process)
+
+    with ``fixed`` the stage's wall time at N = 0 on 2 workers (the 2048x2048 runs' intercept).
+
     Parameters
     ----------
     small : dict
-        N -> measurement of the small-frame runs (``rows`` per stage, ``detections_per_frame``).
+        N -> measurement of the small-frame runs (three N or more).
     big : dict
-        N -> measurement of the 2048x2048 runs (two N: worker CPU per frame by difference).
+        N -> measurement of the 2048x2048 runs (two N).
 
     Returns
     -------
     dict
-        ``per_stage`` (the model's inputs), ``projection`` (per W: frames/s, each stage's
-        seconds and its binding limit) and ``first_limit`` (which limit binds first as W grows).
+        ``scheduler`` (`scheduler_costs`), ``per_stage`` (the model's inputs), ``projection``
+        (per W: frames/s, each stage's seconds and binding limit), ``crossover`` (per stage,
+        the workers beyond which the driver process binds) and ``first_limit``.
     """
-    ns_big = sorted(big)
-    stages = list(small[max(small)]["rows"])
-    det_ratio = big[ns_big[-1]]["detections_per_frame"] / small[max(small)]["detections_per_frame"]
+    sched = scheduler_costs([*small.values(), *big.values()])
+    free = max(1.0 - sched["per_wall_s"], 0.05)  # the loop's per-second work takes this share
     per_stage = {}
-    for stage in stages:
-        b_lo, b_hi = (big[n]["rows"][stage] for n in ns_big)
-        worker_pf = max((b_hi["worker_cpu_s"] - b_lo["worker_cpu_s"]) / (ns_big[1] - ns_big[0]), 0)
-        worker_fixed = max(b_hi["worker_cpu_s"] - worker_pf * ns_big[1], 0.0)
-        main_fixed, main_pf, main_pf_lo = _marginal(small, "driver_main_s", stage)
-        proc_fixed, proc_pf, proc_pf_lo = _marginal(small, "driver_process_s", stage)
-        loop_fixed, loop_pf, _ = _marginal(small, "driver_loop_s", stage)
-        _, tasks_pf, _ = _marginal(small, "tasks", stage)
-        _, bytes_pf, _ = _marginal(small, "bytes_scheduler", stage)
-        # the light-curve stage's driver work is per detection: scaled to 2048^2 frames' count
-        scale = det_ratio if stage == "lightcurves" else 1.0
+    for stage in small[max(small)]["rows"]:
+        _, worker_pf, _ = _slopes(big, "worker_cpu_s", stage)
+        fixed, _, _ = _slopes(big, "wall_s", stage)
+        _, main_big, _ = _slopes(big, "driver_main_s", stage)
+        _, main_hi, main_lo = _slopes(small, "driver_main_s", stage)
+        growth = main_hi / main_lo if main_lo > 0 and main_hi > 0 else 1.0
+        _, tasks_pf, _ = _slopes(small, "tasks", stage)
+        _, bytes_pf, _ = _slopes(big, "bytes_scheduler", stage)
+        main_pf = max(main_big, 0.0) * max(growth, 1.0)
+        sched_pf = (
+            sched["per_task_s"] * max(tasks_pf, 0) + sched["per_mb_s"] * max(bytes_pf, 0) / 1e6
+        )
         per_stage[stage] = {
-            "worker_cpu_per_frame_s": worker_pf,
-            "worker_fixed_s": worker_fixed,
-            "driver_main_per_frame_s": main_pf * scale,
-            "driver_main_per_frame_s_small_n": main_pf_lo * scale,
-            "driver_process_per_frame_s": proc_pf * scale,
-            "driver_process_per_frame_s_small_n": proc_pf_lo * scale,
-            "scheduler_loop_per_frame_s": loop_pf,
-            "driver_fixed_s": max(main_fixed, proc_fixed, loop_fixed),
+            "worker_cpu_per_frame_s": max(worker_pf, 0.0),
+            "driver_main_per_frame_s": main_pf,
+            "driver_main_per_frame_s_2048_n30": main_big,
+            "driver_main_growth_with_n": growth,
+            "scheduler_per_frame_s": sched_pf,
+            "driver_process_per_frame_s": (main_pf + sched_pf) / free,
             "tasks_per_frame": tasks_pf,
-            "scheduler_bytes_per_frame": bytes_pf * (det_ratio if stage != "ingest" else 1.0),
-            "detection_scale": scale,
+            "scheduler_bytes_per_frame": bytes_pf,
+            "fixed_s": max(fixed, 0.0),
         }
     projection = {}
     for w in workers:
         total, by_stage = 0.0, {}
         for stage, p in per_stage.items():
-            # the driver's main thread and the scheduler's IO loop share one process and its GIL
             limits = {
                 "workers": p["worker_cpu_per_frame_s"] / w,
                 "driver process": p["driver_process_per_frame_s"],
@@ -431,23 +467,34 @@ def project(
             kind = max(limits, key=limits.get)
             binding = kind
             if kind == "driver process":
-                main, loop = p["driver_main_per_frame_s"], p["scheduler_loop_per_frame_s"]
-                binding += ": driver main thread" if main >= loop else ": scheduler IO loop"
-            fixed = max(p["driver_fixed_s"], p["worker_fixed_s"] / w)
-            seconds = fixed + n_frames * limits[kind]
-            by_stage[stage] = {"seconds": seconds, "limit": binding, "per_frame_s": limits}
+                main, loop = p["driver_main_per_frame_s"], p["scheduler_per_frame_s"]
+                binding += ": driver main thread" if main >= loop else ": scheduler"
+            seconds = p["fixed_s"] + n_frames * limits[kind]
+            by_stage[stage] = {"seconds": seconds, "limit": binding}
             total += seconds
         projection[w] = {"frames_per_s": n_frames / total, "seconds": total, "stages": by_stage}
-    first = None
-    for w in sorted(projection):
-        serial = [
-            (s, v["seconds"]) for s, v in projection[w]["stages"].items() if v["limit"] != "workers"
-        ]
-        if serial:
-            stage, _ = max(serial, key=lambda item: item[1])
-            first = {"workers": w, "stage": stage, "limit": projection[w]["stages"][stage]["limit"]}
-            break
-    return {"per_stage": per_stage, "projection": projection, "first_limit": first}
+    crossover = {
+        stage: p["worker_cpu_per_frame_s"] / p["driver_process_per_frame_s"]
+        for stage, p in per_stage.items()
+        if p["driver_process_per_frame_s"] > 0
+    }
+    stage = min(crossover, key=crossover.get)
+    p = per_stage[stage]
+    first = {
+        "stage": stage,
+        "workers": crossover[stage],
+        "limit": "driver main thread"
+        if p["driver_main_per_frame_s"] >= p["scheduler_per_frame_s"]
+        else "scheduler",
+    }
+    return {
+        "scheduler": sched,
+        "per_stage": per_stage,
+        "projection": projection,
+        "crossover_workers": crossover,
+        "first_limit": first,
+        "frames": n_frames,
+    }
 
 
 # ------------------------------------------------------------------------------------ running
@@ -467,7 +514,7 @@ def _night(scratch: Path, n: int, size: int) -> Path:
 
 
 _NIGHT_S = 6 * 3600.0
-"""The longest simulated sequence (1000 frames: 17.6 s exposures and 4 s readouts)."""
+"""The longest simulated sequence (1000 frames: 11.6 s exposures, 10 s readouts)."""
 
 
 def _inputs(night: Path, n: int) -> list[Path]:
@@ -564,22 +611,35 @@ def _print_rows(title: str, measured: dict) -> None:
 
 
 def _print_model(model: dict) -> None:
-    print("\nmodel inputs per frame of 2048x2048 (s):")
+    sched = model["scheduler"]
+    print(
+        f"\nIO loop (scheduler, comms, nannies): {1e3 * sched['per_wall_s']:.1f} ms per s of wall, "
+        f"{1e3 * sched['per_task_s']:.2f} ms per task, {1e3 * sched['per_mb_s']:.1f} ms per MB "
+        f"(fit rms {sched['rms_s']:.2f} s)"
+    )
+    print("model inputs, per frame of 2048x2048 (ms):")
+    print(
+        f"{'stage':12s} {'workers':>8s} {'main':>7s} {'growth':>7s} {'sched':>7s} "
+        f"{'process':>8s} {'tasks':>6s} {'kB':>7s} {'fixed s':>8s} {'W*':>6s}"
+    )
     for stage, p in model["per_stage"].items():
         print(
-            f"  {stage:12s} workers {p['worker_cpu_per_frame_s']:.3f} (fixed "
-            f"{p['worker_fixed_s']:.1f}); driver main {p['driver_main_per_frame_s']:.4f} "
-            f"(at small N {p['driver_main_per_frame_s_small_n']:.4f}), process "
-            f"{p['driver_process_per_frame_s']:.4f}, IO loop {p['scheduler_loop_per_frame_s']:.4f};"
-            f" fixed {p['driver_fixed_s']:.1f}; tasks {p['tasks_per_frame']:.2f}"
+            f"{stage:12s} {1e3 * p['worker_cpu_per_frame_s']:8.1f} "
+            f"{1e3 * p['driver_main_per_frame_s']:7.1f} {p['driver_main_growth_with_n']:7.2f} "
+            f"{1e3 * p['scheduler_per_frame_s']:7.1f} {1e3 * p['driver_process_per_frame_s']:8.1f} "
+            f"{p['tasks_per_frame']:6.2f} {p['scheduler_bytes_per_frame'] / 1e3:7.0f} "
+            f"{p['fixed_s']:8.1f} {model['crossover_workers'].get(stage, np.inf):6.0f}"
         )
-    print("\nprojected, 10,000 frames of 2048x2048:")
+    print(f"projected, {model['frames']} frames of 2048x2048:")
     for w, p in model["projection"].items():
         limits = ", ".join(
             f"{s} {v['seconds']:.0f} s ({v['limit']})" for s, v in p["stages"].items()
         )
         print(f"  {w:4d} workers: {p['frames_per_s']:6.2f} frames/s; {limits}")
-    print(f"first limit: {model['first_limit']}")
+    first = model["first_limit"]
+    print(
+        f"first limit: {first['limit']} in {first['stage']}, beyond {first['workers']:.0f} workers"
+    )
 
 
 if __name__ == "__main__":
