@@ -23,17 +23,25 @@ measures
 
 Per-frame worker CPU at full size comes from two runs of 2048x2048 frames (``--big 10 30``:
 the difference of the two runs per stage, so that fixed costs such as the masters, the co-add and
-the report drop out). From these the model
+the report drop out); so do the driver's main-thread CPU and the bytes through the scheduler per
+frame of that size (they grow with the detections per frame: ~30 on 512x512, ~1000 on
+2048x2048). The IO loop's CPU is fitted over every stage of every run as per second of wall
+(heartbeats, the nannies' polls, periodic callbacks) + per task + per MB (`scheduler_costs`).
+The model (`project`) is, per stage,
 
-    T(W, N) = sum over stages of  fixed_s + N * max(worker_cpu_per_frame / W,
-                                                     driver_main_per_frame(N),
-                                                     driver_process_per_frame(N))
-    frames/s = N / T
+    seconds = fixed + N * max(worker_cpu_per_frame / W, driver_process_per_frame)
 
-projects 10,000 frames on 16, 64 and 256 workers and names the limit that binds first. The
-driver's per-frame costs are taken at the largest N measured (the marginal cost between the two
-largest N: a stage whose cost per frame grows with N shows it there) and scaled from 512x512 to
-2048x2048 by the detections per frame where they are per detection (the light-curve stage).
+    driver_process_per_frame = (driver_main_per_frame * growth + tasks_per_frame * per_task
+                                + MB_per_frame * per_MB) / (1 - loop share per second)
+
+(the driver's main thread and the scheduler share one process and its GIL; ``growth`` is how
+the main thread's cost per frame grows with N on the small frames, 200->1000 over 50->200), and
+frames/s = N / sum of the stages' seconds, for 10,000 frames on 16, 64 and 256 workers. It
+names the stage and limit that binds first: the fewest workers beyond which a stage's driver
+process, not its workers, sets its pace.
+
+Run it with the checkout's lcdask first on the path (``PYTHONPATH=.``); the machine's load
+average is recorded with every run.
 
     python benchmarks/bench_scale.py [--frames 50 200 1000] [--size 512] [--big 10 30]
                                      [--workers 2] [--out DIR [--reuse]]
