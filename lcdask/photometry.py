@@ -318,19 +318,22 @@ def annulus_sky(
     # 1-D takes (2-3x faster than 2-D indexing); pixels off the image read any valid pixel
     # (mode="clip") and are then left out as not inside
     flat = yi * nx + xi
-    vals = np.ravel(data).take(flat, mode="clip").astype(np.float32)
+    vals = np.ravel(data).take(flat, mode="clip").astype(np.float32, copy=False)
     good = inside & np.isfinite(vals)
     if mask is not None:
         good &= ~np.ravel(np.asarray(mask, dtype=bool)).take(flat, mode="clip")
     # clipping on rows sorted once: the kept pixels are always a contiguous run [lo, hi) of the
     # sorted row, so every pass is a median look-up and a window sum from cumulative sums
-    vals = np.where(good, vals, np.inf)
+    vals[~good] = np.inf
     vals.sort(axis=1)
     vals = vals.astype(np.float64)
     n_good = good.sum(axis=1)
     finite = np.where(np.isfinite(vals), vals, 0.0)
-    csum = np.concatenate([np.zeros((len(vals), 1)), np.cumsum(finite, axis=1)], axis=1)
-    csq = np.concatenate([np.zeros((len(vals), 1)), np.cumsum(finite**2, axis=1)], axis=1)
+    # cumulative sums with a leading 0 per row, written in place (no concatenated copies)
+    csum = np.zeros((len(vals), vals.shape[1] + 1))
+    np.cumsum(finite, axis=1, out=csum[:, 1:])
+    csq = np.zeros_like(csum)
+    np.cumsum(np.square(finite, out=finite), axis=1, out=csq[:, 1:])
     rows = np.arange(len(vals))
     lo = np.zeros(len(vals), dtype=np.int64)
     hi = n_good.astype(np.int64)
