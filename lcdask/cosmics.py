@@ -82,6 +82,7 @@ __all__ = [
 
 COSMIC_METHODS = ("fast", "psf", "astroscrappy", "tiles")
 _EIGHT = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=np.float64) / 8.0
+_EIGHT32 = _EIGHT.astype(np.float32)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -92,12 +93,19 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 
 def _excess(data: np.ndarray, gain: float, read_noise_e: float) -> tuple[np.ndarray, np.ndarray]:
-    """``I - mean8`` and its noise (image units)."""
-    mean8 = ndimage.convolve(data, _EIGHT.astype(np.float32), mode="nearest")
+    """``I - mean8`` and its noise (image units).
+
+    The noise is computed in place in the buffer of ``mean8`` (each whole-frame temporary of a
+    2048^2 frame costs its allocation and page faults): the same float32 operations, in the
+    same order, as ``sqrt(max(mean8, 0) / gain + (rn / gain)^2) * sqrt(9/8)``.
+    """
+    mean8 = ndimage.convolve(data, _EIGHT32, mode="nearest")
     lap = data - mean8
-    sigma = np.sqrt(np.maximum(mean8, 0.0) / gain + (read_noise_e / gain) ** 2) * np.float32(
-        np.sqrt(9.0 / 8.0)
-    )
+    sigma = np.maximum(mean8, 0.0, out=mean8)
+    sigma /= gain
+    sigma += (read_noise_e / gain) ** 2
+    np.sqrt(sigma, out=sigma)
+    sigma *= np.float32(np.sqrt(9.0 / 8.0))
     return lap, sigma
 
 
@@ -190,7 +198,7 @@ def detect_cosmics(
         bad |= mask
     if bad.any():
         data = data.copy()
-        data[bad] = np.median(data[~bad]) if (~bad).any() else 0.0
+        data[bad] = _median_of_good(data, bad) if not bad.all() else 0.0
     if method == "psf":
         limits = psf if isinstance(psf, np.ndarray) else psf_sharpness_limits(psf, fwhm_px)
         return _psf(data, bad, limits, gain, read_noise_e, sigclip, sigfrac, saturation)
@@ -205,33 +213,88 @@ def detect_cosmics(
     )
 
 
+def _median_of_good(data: np.ndarray, bad: np.ndarray, *, step: int = 97) -> float:
+    """``np.median(data[~bad])`` (the same value; non-finite pixels among the bad ones), without
+    sorting a whole frame.
+
+    A sample of every ``step``-th good pixel brackets the median; only the pixels within the
+    bracket are partitioned (``np.median`` of a 2048^2 frame takes ~50 ms, this ~8 ms). Falls
+    back to ``np.median`` when the bracket misses.
+    """
+    n = data.size - int(np.count_nonzero(bad))
+    flat, bad_flat = data.ravel(), bad.ravel()
+    sample = flat[::step][~bad_flat[::step]]
+    if n < 1000 or sample.size < 100:
+        return np.median(flat[~bad_flat])
+    sample = np.sort(sample)
+    half = 4.0 * np.sqrt(sample.size)  # 4 sigma of the sample's rank of the median
+    lo = sample[max(int(sample.size / 2 - half), 0)]
+    hi = sample[min(int(sample.size / 2 + half), sample.size - 1)]
+    k = [(n - 1) // 2, n // 2]  # ranks of the middle value(s), as np.median takes them
+    bad_values = flat[bad_flat]
+    below = int(np.count_nonzero(flat < lo)) - int(np.count_nonzero(bad_values < lo))
+    inside = (flat >= lo) & (flat <= hi)
+    inside &= ~bad_flat
+    middle = flat[inside]
+    if not (below <= k[0] and k[1] < below + middle.size):
+        return np.median(flat[~bad_flat])
+    middle.partition([k[0] - below, k[1] - below])
+    return np.mean(middle[[k[0] - below, k[1] - below]] if k[0] != k[1] else middle[[k[0] - below]])
+
+
 # pixel offsets of a twice-dilated 4-connected cross (within 2 steps) and of the 3x3 box
 CROSS_2 = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if abs(dy) + abs(dx) <= 2]
 _BOX_3 = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 _BOX_7 = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)]
 
 
-def _dilated(mask: np.ndarray, offsets: list[tuple[int, int]]) -> np.ndarray:
-    """``mask`` dilated by the structuring element of ``offsets``, from its set pixels only.
+def _nonzero(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a 2-D mask, the same indices in the same order: from the flat indices
+    (``np.nonzero`` of a sparse 2048^2 mask takes 7-8 ms, ``np.flatnonzero`` 0.2 ms)."""
+    return np.divmod(np.flatnonzero(mask), mask.shape[1])
 
-    Equal to `scipy.ndimage.binary_dilation` with that element (which sweeps the whole frame,
-    45-220 ms per 2048^2 frame) for the sparse masks here: saturated cores, cosmic rays. An
-    offset that leaves the frame is clipped onto it, to a pixel nearer the set one and so in
-    the dilation anyway.
+
+def _mark(target: np.ndarray, iy: np.ndarray, ix: np.ndarray, offsets) -> None:
+    """Set ``target`` (in place) at the pixels ``offsets`` away from each ``(iy, ix)``.
+
+    An offset that leaves the frame is clipped onto it, to a pixel nearer the set one and so in
+    the dilation anyway: marked from a mask's set pixels, this is the mask dilated by the
+    structuring element of ``offsets`` (`scipy.ndimage.binary_dilation` sweeps the whole frame,
+    45-220 ms per 2048^2 frame, for the sparse masks here: saturated cores, cosmic rays).
     """
-    iy, ix = np.nonzero(mask)
-    out = mask.copy()
-    ny, nx = mask.shape
+    ny, nx = target.shape
     for dy, dx in offsets:
-        out[np.clip(iy + dy, 0, ny - 1), np.clip(ix + dx, 0, nx - 1)] = True
+        target[np.clip(iy + dy, 0, ny - 1), np.clip(ix + dx, 0, nx - 1)] = True
+
+
+def _dilated(mask: np.ndarray, offsets: list[tuple[int, int]]) -> np.ndarray:
+    """``mask`` dilated by the structuring element of ``offsets``, from its set pixels only
+    (`_mark`)."""
+    out = mask.copy()
+    _mark(out, *_nonzero(mask), offsets)
     return out
+
+
+def _ring(crs: np.ndarray, index: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The pixels next to the set ones (``index``, flat indices of ``crs``' set pixels), neither
+    set nor ``exclude``: ``np.nonzero(_dilated(crs, _BOX_3) & ~crs & ~exclude)``, from the set
+    pixels alone instead of three passes over the frame."""
+    ny, nx = crs.shape
+    iy, ix = np.divmod(index, nx)
+    near = np.unique(
+        np.concatenate(
+            [np.clip(iy + dy, 0, ny - 1) * nx + np.clip(ix + dx, 0, nx - 1) for dy, dx in _BOX_3]
+        )
+    )
+    near = near[~(crs.ravel()[near] | exclude.ravel()[near])]
+    return np.divmod(near, nx)
 
 
 def _protected(data: np.ndarray, bad: np.ndarray, saturation: float | None) -> np.ndarray:
     """Pixels never taken for cosmic rays: bad ones, and saturated ones with two around them."""
     protect = bad.copy()
     if saturation is not None:
-        protect |= _dilated(data >= saturation, CROSS_2)
+        _mark(protect, *_nonzero(data >= saturation), CROSS_2)
     return protect
 
 
@@ -247,10 +310,10 @@ def _fast(
     n_grow: int = 2,
 ) -> np.ndarray:
     lap, sigma = _excess(data, gain, read_noise_e)
-    signif = lap / sigma
     protect = _protected(data, bad, saturation)
-    cand = (signif > sigclip) & ~protect
-    iy, ix = np.nonzero(cand)
+    ny, nx = data.shape
+    cand = np.flatnonzero(np.divide(lap, sigma) > sigclip)
+    iy, ix = np.divmod(cand[~protect.ravel()[cand]], nx)
     crs = np.zeros(data.shape, dtype=bool)
     if iy.size == 0:
         return crs
@@ -267,14 +330,12 @@ def _fast(
     peak = np.flatnonzero(~keep & (fine > 0.5 * lap[iy, ix]))
     top = _gather(data, iy[peak], ix[peak], 2).reshape(peak.size, -1).max(axis=1)
     peak = peak[data[iy[peak], ix[peak]] >= top]
-    stars = np.zeros(data.shape, dtype=bool)
-    stars[iy[peak], ix[peak]] = True
-    no_growth = protect | _dilated(stars, _BOX_7)
-    ny, nx = data.shape
+    no_growth = protect  # protect is not used again: marked in place
+    _mark(no_growth, iy[peak], ix[peak], _BOX_7)
     o = np.arange(-3, 4)
+    index = iy[keep] * nx + ix[keep]  # the set pixels of crs, as the growth adds them
     for _ in range(n_grow):
-        ring = _dilated(crs, _BOX_3) & ~crs & ~no_growth
-        ry, rx = np.nonzero(ring)
+        ry, rx = _ring(crs, index, no_growth)
         if ry.size == 0:
             break
         yy = np.clip(ry[:, None, None] + o[None, :, None], 0, ny - 1)
@@ -286,6 +347,7 @@ def _fast(
         if not add.any():
             break
         crs[ry[add], rx[add]] = True
+        index = np.concatenate([index, ry[add] * nx + rx[add]])
     return crs
 
 
@@ -461,7 +523,9 @@ def _psf(
 ) -> np.ndarray:
     lap, sigma = _excess(data, gain, read_noise_e)
     protect = _protected(data, bad, saturation)
-    iy, ix = np.nonzero((lap > sigclip * sigma) & ~protect)
+    sigma *= sigclip  # in place: sigma is not used again
+    cand = np.flatnonzero(lap > sigma)
+    iy, ix = np.divmod(cand[~protect.ravel()[cand]], data.shape[1])
     crs = np.zeros(data.shape, dtype=bool)
     if iy.size == 0:
         return crs
@@ -480,9 +544,9 @@ def _psf(
     # growth: neighbours above the sky by sigfrac * sigclip that also break the PSF's limits
     # by as much (a track's faint end; a star's pixels next to a cosmic ray keep within them)
     low = sigfrac * sigclip
+    index = iy[keep] * data.shape[1] + ix[keep]
     for _ in range(n_grow):
-        ring = _dilated(crs, _BOX_3) & ~crs & ~protect
-        ry, rx = np.nonzero(ring)
+        ry, rx = _ring(crs, index, protect)
         if ry.size == 0:
             break
         signif, above = _psf_excess(
@@ -499,6 +563,7 @@ def _psf(
         if not add.any():
             break
         crs[ry[add], rx[add]] = True
+        index = np.concatenate([index, ry[add] * data.shape[1] + rx[add]])
     return crs
 
 
@@ -542,7 +607,7 @@ def _tiles(
 ) -> np.ndarray:
     ny, nx = data.shape
     crs = np.zeros(data.shape, dtype=bool)
-    ty, tx = np.nonzero(candidates)
+    ty, tx = _nonzero(candidates)
     tiles = set(zip((ty // tile_size).tolist(), (tx // tile_size).tolist(), strict=True))
     margin = 16
     for j, i in tiles:
@@ -602,15 +667,12 @@ def clean_cosmics(
     cr = np.asarray(cosmic_mask, dtype=bool)
     if cr.shape != out.shape:
         raise ValueError(f"clean_cosmics: mask shape {cr.shape} differs from {out.shape}")
-    iy, ix = np.nonzero(cr)
+    iy, ix = _nonzero(cr)
     if iy.size == 0:
         return out
     if method == "mask":
         out[iy, ix] = np.nan
         return out
-    bad = cr | ~np.isfinite(out)
-    if bad_mask is not None:
-        bad |= np.asarray(bad_mask, dtype=bool)
     ny, nx = out.shape
     o = np.arange(-radius, radius + 1)
     oy, ox = np.meshgrid(o, o, indexing="ij")
@@ -619,9 +681,15 @@ def clean_cosmics(
     xx = ix[:, None] + ox.ravel()[None, :]
     inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
     yy, xx = np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)
-    good = inside & ~bad[yy, xx]
+    # the bad neighbours (cosmic rays, non-finite, ``bad_mask``) looked up at the neighbours
+    # only, not as a whole-frame mask
+    vals = out[yy, xx]
+    bad = cr[yy, xx] | ~np.isfinite(vals)
+    if bad_mask is not None:
+        bad |= np.asarray(bad_mask, dtype=bool)[yy, xx]
+    good = inside & ~bad
     w = np.where(good, w0[None, :], 0.0)
-    vals = np.where(good, out[yy, xx], 0.0)
+    vals = np.where(good, vals, 0.0)
     wsum = w.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         out[iy, ix] = np.where(wsum > 0, (w * vals).sum(axis=1) / wsum, np.nan)

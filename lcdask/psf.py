@@ -772,7 +772,9 @@ def _wing_stamps(
         )
         keep = inside_b & (outer > h)
         at, hit = stamps.on_stamps((yb * nx + xb)[keep])  # wings matter on stamps only
-        p_wing = psf.evaluate(xb - x[sel][:, None], yb - y[sel][:, None])[keep][hit]
+        # the PSF at those pixels alone (it is evaluated pixel by pixel: the same values as
+        # on the whole square, of which the stamps hold a few percent)
+        p_wing = psf.evaluate((xb - x[sel][:, None])[keep][hit], (yb - y[sel][:, None])[keep][hit])
         row_b = np.broadcast_to(np.arange(sel.size)[:, None], keep.shape)[keep][hit]
         wings.append((sel, at[hit], row_b, p_wing))
     return wings

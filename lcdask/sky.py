@@ -55,9 +55,6 @@ def _prepare(image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np
                 f"subtract_sky: mask shape {mask.shape} differs from image shape {data.shape}"
             )
         bad |= mask
-    if bad.any():
-        data = data.copy()
-        data[bad] = 0.0
     return data, bad
 
 
@@ -108,6 +105,8 @@ def subtract_sky(
     if backend == "sep":
         import sep
 
+        # the bad pixels are sep's mask, and sep leaves masked pixels out whatever they hold
+        # (NaN included; tests/test_sky.py): no copy of the frame with them zeroed
         bkg = sep.Background(
             data,
             mask=bad if bad.any() else None,
@@ -123,6 +122,8 @@ def subtract_sky(
         from astropy.stats import SigmaClip
         from photutils.background import Background2D, SExtractorBackground, StdBackgroundRMS
 
+        if bad.any():  # photutils warns of non-finite values even where they are masked
+            data = np.where(bad, np.float32(0.0), data)
         bkg2 = Background2D(
             data,
             box_size,

@@ -27,7 +27,7 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} and {b.shape}")
     if a.dtype.kind not in "fiub" or b.dtype.kind not in "fiub":
-        return 0.0 if np.array_equal(a.astype(str), b.astype(str)) else np.inf
+        return 0.0 if np.array_equal(a.astype(object), b.astype(object)) else np.inf
     a, b = a.astype(np.float64), b.astype(np.float64)
     if not np.array_equal(np.isnan(a), np.isnan(b)):
         return np.inf

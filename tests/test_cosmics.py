@@ -13,6 +13,8 @@ from lcdask.cosmics import (
     _BOX_3,
     CROSS_2,
     _dilated,
+    _median_of_good,
+    _ring,
     clean_cosmics,
     detect_cosmics,
     psf_sharpness_limits,
@@ -266,6 +268,38 @@ def test_sparse_dilation_equals_scipy():
         box = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool))
         assert np.array_equal(_dilated(mask, CROSS_2), cross)
         assert np.array_equal(_dilated(mask, _BOX_3), box)
+
+
+def test_ring_equals_the_whole_frame_masks():
+    """The growth's ring from the set pixels alone is the dilation less the set and excluded
+    pixels, in np.nonzero's order (the whole-frame expression it replaced)."""
+    rng = np.random.default_rng(4)
+    for fraction in (0.0005, 0.01, 0.2):
+        crs = rng.random((60, 45)) < fraction
+        exclude = rng.random(crs.shape) < 0.1
+        expected = np.nonzero(_dilated(crs, _BOX_3) & ~crs & ~exclude)
+        got = _ring(crs, np.flatnonzero(crs), exclude)
+        assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_median_of_good_is_numpys_median():
+    """The bracketed median (the value bad pixels get before the tests) is np.median's, bit for
+    bit: even and odd counts, ties, flat frames, NaN among the bad pixels, the fallbacks."""
+    rng = np.random.default_rng(5)
+    draws = (
+        lambda n: rng.normal(600.0, 20.0, n),
+        lambda n: rng.integers(0, 5, n),  # ties across the bracket
+        lambda n: rng.exponential(10.0, n),
+        lambda n: np.full(n, 3.0),
+    )
+    for trial in range(40):
+        n = int(rng.integers(200, 120_000))
+        data = draws[trial % 4](n).astype(np.float32)
+        data[rng.integers(0, n, 3)] = np.nan
+        bad = ~np.isfinite(data) | (rng.random(n) < (0.0, 0.001, 0.4)[trial % 3])
+        expected = np.median(data[~bad])
+        got = _median_of_good(data.reshape(1, -1), bad.reshape(1, -1))
+        assert got == expected and np.asarray(got).dtype == expected.dtype, (trial, got, expected)
 
 
 def test_growth_never_eats_a_bright_star_beside_a_cosmic_ray():

@@ -226,7 +226,7 @@ def frame_detections(
     if pixel_flags is not None and len(detections):
         # A detection whose core touches a saturated raw pixel is flagged saturated.
         hit = _near_flagged(
-            (pixel_flags & PixelFlag.SATURATED) != 0,
+            (pixel_flags & _SATURATED) != 0,
             detections["x"].to_numpy(),
             detections["y"].to_numpy(),
         )
@@ -253,6 +253,19 @@ def _near_flagged(flagged: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
     return hit
 
 
+# The pixel flags' bits as uint8: an IntFlag operand makes numpy promote a whole frame of flags
+# to int64 (15-18 ms per operation on 2048^2, against 0.5 ms)
+_STATIC_BAD = np.uint8(PixelFlag.HOT | PixelFlag.DEAD | PixelFlag.BAD_COLUMN)
+_INTERPOLATED = np.uint8(PixelFlag.INTERPOLATED)
+_SATURATED = np.uint8(PixelFlag.SATURATED)
+
+
+def _writable_float32(image: np.ndarray) -> np.ndarray:
+    """``image`` as a float32 array this task may change in place (a copy only when needed)."""
+    image = np.asarray(image, dtype=np.float32)
+    return image if image.flags.writeable and image.flags.c_contiguous else image.copy()
+
+
 def prepared_frame(
     cube_path: str | Path,
     index: int,
@@ -268,24 +281,25 @@ def prepared_frame(
     ``cosmic_pixels`` (flat indices that an earlier call found), those are cleaned instead of
     detecting cosmic rays again: the same frame comes out, without the detection's cost.
     """
-    image = cube_io.read_item(cube_path, "calibrated", index).astype(np.float32)
+    image = _writable_float32(cube_io.read_item(cube_path, "calibrated", index))
     mask = ~np.isfinite(image)
     repaired = np.zeros(image.shape, bool)
     saturation = None  # the lowest calibrated value of a saturated pixel: no cosmic ray above
     flags = cube_io.read_item(cube_path, "pixel_flags", index)
     if flags is not None:  # bad pixels that cleaning did not replace
-        bad = (flags & (PixelFlag.HOT | PixelFlag.DEAD | PixelFlag.BAD_COLUMN)) != 0
-        mask |= bad & ((flags & PixelFlag.INTERPOLATED) == 0)
-        repaired = (flags & PixelFlag.INTERPOLATED) != 0  # values guessed by the cleaning
-        saturated = ((flags & PixelFlag.SATURATED) != 0) & np.isfinite(image)
-        if saturated.any():
-            saturation = float(image[saturated].min())
+        mask |= ((flags & _STATIC_BAD) != 0) & ((flags & _INTERPOLATED) == 0)
+        repaired = (flags & _INTERPOLATED) != 0  # values guessed by the cleaning
+        saturated = image.ravel()[np.flatnonzero((flags & _SATURATED) != 0)]
+        saturated = saturated[np.isfinite(saturated)]
+        if saturated.size:
+            saturation = float(saturated.min())
     gain, read_noise = (cube_io.read_item(cube_path, k, index) for k in ("gain_e_adu", "rdnoise_e"))
     gain = np.nan if gain is None else float(gain)
     read_noise = np.nan if read_noise is None else float(read_noise)
     gain = gain if np.isfinite(gain) and gain > 0 else 1.0
     read_noise = read_noise if np.isfinite(read_noise) and read_noise > 0 else 10.0
-    image = np.where(mask, 0.0, image).astype(np.float32)
+    if mask.any():
+        image[mask] = 0.0
     cosmic = np.zeros(image.shape, bool)
     method = config.cosmics
     sharp = np.isfinite(fwhm_px) and fwhm_px >= 2.0
