@@ -51,6 +51,9 @@ _CLEAN = ("interpolate", "median", "mask", "none")
 _NOISE_ESTIMATE = ("auto", "off")
 
 
+_CALIBRATED_STORAGE = ("quantised", "float32")
+
+
 @dataclass(frozen=True)
 class CalibrationConfig:
     """Options of Level 1 calibration; every field has a default that suits ordinary data.
@@ -102,6 +105,17 @@ class CalibrationConfig:
         The detector's gain (e-/ADU) for every frame, in place of the headers' and the estimate.
     rdnoise_e : float or None
         The detector's read noise (e-) for every frame, likewise.
+    calibrated_storage : {"quantised", "float32"}
+        How the cube stores ``calibrated``: "quantised" as fpack stores float images (each
+        frame's values on a grid of a fixed fraction of its own sky noise, dithered, then
+        compressed: `lcdask.io.codecs.NoiseQuantize`), about 0.8 bytes a pixel against 2.8 as
+        float32, and the photometry the same within 0.02 of its errors; "float32" keeps every
+        bit (4 bytes a pixel before compression). ``raw`` is always stored losslessly.
+    quantise_level : float
+        Steps per noise sigma of "quantised" (fpack's ``-q``): the step is the frame's sky
+        noise / this; the error it adds is uniform within +-step/2, with no bias, and adds
+        1 / (level sqrt 12) of the noise in quadrature (0.018 sigma at 16, 0.016% more noise);
+        each doubling costs ~1 bit a pixel. At least 1.
     """
 
     combine: str = "sigma_clip"
@@ -122,9 +136,18 @@ class CalibrationConfig:
     noise_estimate: str = "auto"
     gain_e_adu: float | None = None
     rdnoise_e: float | None = None
+    calibrated_storage: str = "quantised"
+    quantise_level: float = 16.0
 
     def __post_init__(self) -> None:
         _check_choice("combine", self.combine, _COMBINE)
+        _check_choice("calibrated_storage", self.calibrated_storage, _CALIBRATED_STORAGE)
+        _check_positive("quantise_level", self.quantise_level)
+        if self.quantise_level < 1:
+            raise ValueError(
+                "CalibrationConfig.quantise_level must be at least 1 (steps per noise sigma; "
+                f"16 by default), got {self.quantise_level!r}"
+            )
         _check_choice("noise_estimate", self.noise_estimate, _NOISE_ESTIMATE)
         _check_choice("clean", self.clean, _CLEAN)
         for name in ("clip_sigma", "reject_sigma", "hot_sigma", "clean_sigma_px"):
