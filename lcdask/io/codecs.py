@@ -60,6 +60,7 @@ __all__ = [
     "dither_values",
     "encode_chunk",
     "noise_sigma",
+    "read_header",
 ]
 
 CODEC_NAME = "lcdask.noise_quantize"
@@ -298,6 +299,36 @@ def _lossless(flat: np.ndarray) -> np.ndarray:
     header = _HEADER.pack(_MAGIC, _VERSION, _LOSSLESS, flat.dtype.itemsize, 0, 0.0, 0.0, 0)
     payload = flat.astype(flat.dtype.newbyteorder("<"), copy=False).view(np.uint8)
     return np.concatenate([np.frombuffer(header, dtype=np.uint8), payload])
+
+
+def read_header(data: np.ndarray | bytes) -> dict[str, Any]:
+    """The header of one encoded chunk (`encode_chunk`; before the compressor after it).
+
+    Parameters
+    ----------
+    data : numpy.ndarray or bytes
+        The encoded chunk.
+
+    Returns
+    -------
+    dict
+        ``version``, ``mode`` ("quantised" or "lossless"), ``itemsize``, ``nonfinite`` (NaN or
+        infinities stored as reserved values), ``step``, ``zero`` and ``seed``.
+    """
+    magic, version, mode, itemsize, flags, step, zero, seed = _HEADER.unpack_from(
+        np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+    )
+    if magic != _MAGIC:
+        raise ValueError(f"{CODEC_NAME}: not a chunk of this codec (magic {magic!r})")
+    return {
+        "version": version,
+        "mode": "quantised" if mode == _QUANTISED else "lossless",
+        "itemsize": itemsize,
+        "nonfinite": bool(flags & _HAS_NONFINITE),
+        "step": step,
+        "zero": zero,
+        "seed": seed,
+    }
 
 
 def decode_chunk(data: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

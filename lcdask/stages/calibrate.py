@@ -186,7 +186,7 @@ def calibrate_cube(
     ``master_flat`` (flat_filter, y, x; dark-subtracted, median 1) with the ``flat_filter``
     coordinate, ``bad_pixels`` (y, x) uint8 `PixelFlag` bits, and when ``persist_calibrated``
     ``calibrated`` (frame, y, x) float32 (stored as ``config.calibrated_storage`` says: by
-    default quantised to 1/16 of each frame's noise, `lcdask.io.codecs.NoiseQuantize`) and
+    default quantised to 1/32 of each frame's noise, `lcdask.io.codecs.NoiseQuantize`) and
     ``pixel_flags`` (frame, y, x) uint8 -- full length
     along ``frame`` so they align with ``raw``, filled for lights and NaN / 0 for other frames
     (whose chunks are never written, so they cost no space); with ``persist_variance`` also
