@@ -288,6 +288,21 @@ def test_calibrated_cube_quantised_by_default_and_smaller(night_both_ways):
     assert np.array_equal(raw_q[:], raw_f[:])
 
 
+def test_two_calibrations_of_a_night_store_identical_bytes(night_both_ways, tmp_path):
+    from lcdask.stages.calibrate import calibrate_cube
+
+    out = night_both_ways
+    shutil.copytree(out / "f32", tmp_path / "again")
+    calibrate_cube(tmp_path / "again")  # the default: quantised
+
+    def chunks(run: Path) -> dict[str, bytes]:
+        root = run / "cube.zarr" / "calibrated" / "c"
+        return {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()}
+
+    first, second = chunks(out / "q"), chunks(tmp_path / "again")
+    assert len(first) == 5 and first == second
+
+
 def test_photometry_unchanged_within_two_hundredths_of_its_error(night_both_ways):
     """Level 3 per frame (the pipeline's `prepared_frame` and `photometer_frame`) on the
     quantised and the float32 frames, at the same positions, FWHM and ePSF.
@@ -344,5 +359,5 @@ def test_photometry_unchanged_within_two_hundredths_of_its_error(night_both_ways
     z = np.concatenate(z)
     z = z[np.isfinite(z)]
     assert z.size > 500
-    assert np.sqrt(np.mean(z**2)) <= 0.02
-    assert abs(z.mean()) <= 0.005
+    assert np.sqrt(np.mean(z**2)) <= 0.02  # measured 0.0141 (1,610 values)
+    assert abs(z.mean()) <= 0.005  # measured -0.0001
