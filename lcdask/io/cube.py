@@ -61,7 +61,7 @@ and the file write together (zarr 3.1).
 """
 
 
-def frame_codecs(storage: str = "float32", *, level: float = 16.0) -> dict[str, Any]:
+def frame_codecs(storage: str = "float32", *, level: float = 32.0) -> dict[str, Any]:
     """zarr's ``serializer`` and ``compressors`` for a float array of frames (one per chunk).
 
     Parameters
