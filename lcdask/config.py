@@ -51,6 +51,9 @@ _CLEAN = ("interpolate", "median", "mask", "none")
 _NOISE_ESTIMATE = ("auto", "off")
 
 
+_CALIBRATED_STORAGE = ("quantised", "float32")
+
+
 @dataclass(frozen=True)
 class CalibrationConfig:
     """Options of Level 1 calibration; every field has a default that suits ordinary data.
@@ -102,6 +105,19 @@ class CalibrationConfig:
         The detector's gain (e-/ADU) for every frame, in place of the headers' and the estimate.
     rdnoise_e : float or None
         The detector's read noise (e-) for every frame, likewise.
+    calibrated_storage : {"quantised", "float32"}
+        How the cube stores ``calibrated`` (and ``variance``): "quantised" as fpack stores
+        float images (each frame's values on a grid of a fixed fraction of its own sky noise,
+        dithered, then compressed: `lcdask.io.codecs.NoiseQuantize`), about 1 byte a pixel
+        against 2.8 as float32, the photometry the same within 0.02 of its errors; "float32"
+        keeps every bit. ``raw`` is always stored losslessly.
+    quantise_level : float
+        Steps per noise sigma of "quantised" (fpack's ``-q``): the step is the frame's noise
+        / this. The error it adds is uniform within +-step/2, without bias: 1 / (level sqrt 12)
+        of the noise in quadrature per pixel (0.009 at 32); the sky estimates (medians, modes:
+        order statistics) move by more than that share of their own error, which sets the
+        default: aperture fluxes move by 0.014 of their errors at 32, 0.022 at 16 (measured).
+        Each doubling costs ~1 bit a pixel. At least 1.
     """
 
     combine: str = "sigma_clip"
@@ -122,9 +138,18 @@ class CalibrationConfig:
     noise_estimate: str = "auto"
     gain_e_adu: float | None = None
     rdnoise_e: float | None = None
+    calibrated_storage: str = "quantised"
+    quantise_level: float = 32.0
 
     def __post_init__(self) -> None:
         _check_choice("combine", self.combine, _COMBINE)
+        _check_choice("calibrated_storage", self.calibrated_storage, _CALIBRATED_STORAGE)
+        _check_positive("quantise_level", self.quantise_level)
+        if self.quantise_level < 1:
+            raise ValueError(
+                "CalibrationConfig.quantise_level must be at least 1 (steps per noise sigma; "
+                f"32 by default), got {self.quantise_level!r}"
+            )
         _check_choice("noise_estimate", self.noise_estimate, _NOISE_ESTIMATE)
         _check_choice("clean", self.clean, _CLEAN)
         for name in ("clip_sigma", "reject_sigma", "hot_sigma", "clean_sigma_px"):

@@ -35,6 +35,9 @@ def test_values_are_read_and_overrides_win(tmp_path):
         ("[calibration]\nclen = 'x'\n", r"\[calibration\] has no option 'clen'"),
         ("[calibration]\nclean = 'smear'\n", "clean.*interpolate"),
         ("[calibration]\nhot_sigma = 'high'\n", "calibration.hot_sigma must be a number"),
+        ("[calibration]\ncalibrated_storage = 'fpack'\n", "calibrated_storage.*'quantised'"),
+        ("[calibration]\nquantise_level = 0.5\n", "quantise_level must be at least 1"),
+        ("[calibration]\nquantise_level = -4\n", "quantise_level must be a positive number"),
         ("[cluster]\nworkers = -1\n", "cluster.workers must be 0 or more"),
         ("[cluster]\nkind = 'scheduler'\n", "cluster.scheduler"),
         ("[catalog]\nsource = 'file'\n", "catalog.path"),
@@ -77,3 +80,21 @@ def test_loading_a_configuration_imports_no_stage():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
     assert found == ["lcdask", "lcdask.config"]
+
+
+def test_calibrated_storage_quantised_by_default_float32_on_request(tmp_path):
+    from lcdask.io.codecs import NoiseQuantize
+    from lcdask.io.cube import frame_codecs
+
+    config = load_config(None)
+    assert config.calibration.calibrated_storage == "quantised"
+    assert config.calibration.quantise_level == 32.0
+    assert 'calibrated_storage = "quantised"' in default_toml()
+    assert "quantise_level = 32.0" in default_toml()
+    path = tmp_path / "f32.toml"
+    path.write_text('[calibration]\ncalibrated_storage = "float32"\nquantise_level = 64\n')
+    config = load_config(path)
+    assert config.calibration.calibrated_storage == "float32"
+    assert config.calibration.quantise_level == 64.0
+    assert frame_codecs("float32")["serializer"] == "auto"
+    assert frame_codecs("quantised", level=64)["serializer"] == NoiseQuantize(level=64)

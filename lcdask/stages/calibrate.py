@@ -124,6 +124,7 @@ class _Writer:
         chunks: tuple[int, ...] | None = None,
         fill_value: Any = 0,
         attrs: dict | None = None,
+        codecs: dict[str, Any] | None = None,
     ) -> zarr.Array:
         tmp = f"tmp_{name}_{uuid.uuid4().hex[:8]}"
         array = zarr.create_array(
@@ -132,7 +133,7 @@ class _Writer:
             shape=shape,
             dtype=dtype,
             chunks=chunks or shape,
-            compressors=_compressors(dtype),
+            **(codecs or {"compressors": _compressors(dtype)}),
             fill_value=fill_value,
             dimension_names=dims,
             attributes=attrs or {},
@@ -184,7 +185,9 @@ def calibrate_cube(
     subtracted from the lights), ``master_dark_flat`` (what is subtracted from the flats),
     ``master_flat`` (flat_filter, y, x; dark-subtracted, median 1) with the ``flat_filter``
     coordinate, ``bad_pixels`` (y, x) uint8 `PixelFlag` bits, and when ``persist_calibrated``
-    ``calibrated`` (frame, y, x) float32 and ``pixel_flags`` (frame, y, x) uint8 -- full length
+    ``calibrated`` (frame, y, x) float32 (stored as ``config.calibrated_storage`` says: by
+    default quantised to 1/32 of each frame's noise, `lcdask.io.codecs.NoiseQuantize`) and
+    ``pixel_flags`` (frame, y, x) uint8 -- full length
     along ``frame`` so they align with ``raw``, filled for lights and NaN / 0 for other frames
     (whose chunks are never written, so they cost no space); with ``persist_variance`` also
     ``variance`` (frame, y, x) float32 in ADU^2. Calibration frames left out of the masters as
@@ -582,6 +585,11 @@ def _calibrate_lights(run: _Calibration, masters: _Masters, *, persist_variance:
         if not np.isfinite(gain).all():
             notes.append("some lights have no gain: variance uses 1 e-/ADU for them")
     shape = raw.shape
+    # raw stays lossless; the calibrated frames (and their variance, whose own noise sets its
+    # step likewise) as the configuration says: quantised to a fraction of each frame's noise
+    # by default
+    float_codecs = cube_io.frame_codecs(config.calibrated_storage, level=config.quantise_level)
+    codecs = {"calibrated": float_codecs, "variance": float_codecs}
     targets = {}
     for name in names:
         dtype = np.dtype(np.uint8 if name == "pixel_flags" else np.float32)
@@ -591,7 +599,13 @@ def _calibrate_lights(run: _Calibration, masters: _Masters, *, persist_variance:
             targets[name] = target.with_config(cube_io.FRAME_WRITE_CONFIG)
         else:
             targets[name] = writer.create(
-                name, shape, dtype, ("frame", "y", "x"), chunks=(1, *shape[1:]), fill_value=fill
+                name,
+                shape,
+                dtype,
+                ("frame", "y", "x"),
+                chunks=(1, *shape[1:]),
+                fill_value=fill,
+                codecs=codecs.get(name),
             )
     # one task per light (read, calibrate, flag, clean, write); every input is a chunk of a
     # lazy array whose key all tasks share, so each master is read from the store once
