@@ -36,7 +36,8 @@ Usage::
     python benchmarks/validate_transit_nights.py [--nights 50] [--first 0] [--frames 60]
         [--size 512] [--work DIR] [--refit] [--out benchmarks/results/transit_nights.json]
 
-``--refit`` reuses the runs already in ``--work`` (only the fit is done again).
+``--refit`` reuses the runs already in ``--work`` (only the fit is done again); with
+``--replay-target`` the target's photometry is chosen again first (`replay_target_photometry`).
 """
 
 from __future__ import annotations
@@ -159,6 +160,37 @@ def _toward(est, truth: float) -> float:
     return est.minus if est.value > truth else est.plus
 
 
+def photon_share(ds, used: np.ndarray) -> float:
+    """The median share of the target's relative-flux error variance that is its own photon
+    noise (`lcdask.gain.photon_fraction` at the aperture of its curve), on the fitted points."""
+    from lcdask.gain import photon_fraction
+
+    k = int(ds.attrs.get("target_aperture", 0))
+    if k and "flux_ap" in ds:
+        flux = ds["flux_ap"].sel(aperture=k).to_numpy().astype(float)
+        err = ds["flux_ap_err"].sel(aperture=k).to_numpy().astype(float)
+    else:
+        flux = ds["flux"].to_numpy().astype(float)
+        err = ds["flux_err"].to_numpy().astype(float)
+    ti = int(np.flatnonzero(ds["source_id"].to_numpy() == int(ds.attrs["target_source_id"]))[0])
+    frac = photon_fraction(flux, err)[ti]
+    photon_var = frac * (err[ti] / flux[ti]) ** 2
+    rel = ds["rel_flux"].to_numpy()[ti].astype(float)
+    rel_err = ds["rel_flux_err"].to_numpy()[ti].astype(float)
+    with np.errstate(all="ignore"):
+        share = photon_var / (rel_err / rel) ** 2
+    share = share[used & np.isfinite(share)]
+    return float(np.median(share)) if share.size else math.nan
+
+
+def shot_share(record: dict, relative_err: float) -> float:
+    """The share of the target's relative-flux error variance that is shot noise (the target's
+    and the comparison stars' photon, sky and read noise): 1 less the excess white noise's
+    share (`lcdask.target_photometry`, step 7; none before it was measured)."""
+    excess = [record.get(k) or 0.0 for k in ("excess_noise_pct", "excess_noise_comparison_pct")]
+    return float(1.0 - sum((v / 100.0) ** 2 for v in excess) / relative_err**2)
+
+
 def measure(fit, truth: dict, run_dir: Path) -> dict:
     """The numbers of one night from its fit (module docstring)."""
     import xarray as xr
@@ -172,12 +204,11 @@ def measure(fit, truth: dict, run_dir: Path) -> dict:
     resid = pts["residual"].to_numpy(float)[used]
     err = pts["flux_err"].to_numpy(float)[used]
     flux = pts["flux"].to_numpy(float)[used]
-    attrs = {}
-    try:
-        ds = xr.open_zarr(run_dir / "lightcurves.zarr")
-        attrs = {k: v for k, v in ds.attrs.items() if k.startswith("target_")}
-    except Exception:  # the attributes are for the record only
-        pass
+    ds = xr.open_zarr(run_dir / "lightcurves.zarr")
+    attrs = {k: v for k, v in ds.attrs.items() if k.startswith("target_")}
+    share = photon_share(ds, used)
+    tp_record = json.loads((run_dir / "run.json").read_text())["stages"]["lightcurves"]
+    tp_record = tp_record.get("target_photometry", {})
     return {
         "t0_fit": t0.value,
         "t0_minus": t0.minus,
@@ -209,6 +240,10 @@ def measure(fit, truth: dict, run_dir: Path) -> dict:
         "noise": fit.noise.__dict__ if hasattr(fit.noise, "__dict__") else str(fit.noise),
         "chain_converged": fit.chain.converged,
         "chain_steps": fit.chain.steps,
+        "own_photon_share": share,
+        "shot_share": shot_share(tp_record, float(np.median(err / flux))),
+        "excess_noise_pct": tp_record.get("excess_noise_pct"),
+        "excess_noise_comparison_pct": tp_record.get("excess_noise_comparison_pct"),
         "target_photometry": {
             k: (v.item() if hasattr(v, "item") else v)
             for k, v in attrs.items()
@@ -217,7 +252,63 @@ def measure(fit, truth: dict, run_dir: Path) -> dict:
     }
 
 
-def do_night(plan: dict, work: Path, client, *, refit: bool) -> dict:
+def replay_target_photometry(run_dir: Path) -> None:
+    """Choose the target's photometry again on a finished run (the light-curve stage's last
+    steps: the run-wide ensemble's rejected stars, `choose_target_photometry`,
+    `apply_target_photometry`) with the code as it is now, after restoring the target's run-wide
+    relative flux; ``lightcurves.zarr`` and ``run.json`` rewritten. For ``--refit
+    --replay-target``: a change to `lcdask.target_photometry` judged without running the
+    pipeline again."""
+    import shutil
+
+    import pandas as pd
+    import xarray as xr
+
+    from lcdask.io import cube as cube_io
+    from lcdask.lightcurves import LightCurveFlag, ensemble_photometry
+    from lcdask.target_photometry import (
+        apply_target_photometry,
+        choose_target_photometry,
+        comparison_candidates,
+    )
+
+    path = run_dir / "lightcurves.zarr"
+    ds = xr.open_zarr(path).load()
+    record = json.loads((run_dir / "run.json").read_text())
+    target_id = int(ds.attrs["target_source_id"])
+    sid = ds["source_id"].to_numpy()
+    ti = int(np.flatnonzero(sid == target_id)[0])
+    rel, rel_err = ds["rel_flux"].to_numpy().copy(), ds["rel_flux_err"].to_numpy().copy()
+    rel[ti] = ds["target_rel_flux_default"].to_numpy()
+    rel_err[ti] = ds["target_rel_flux_default_err"].to_numpy()
+    flags = ds["flags"].to_numpy().copy()
+    flags[ti] &= ~np.asarray(int(LightCurveFlag.OUTLIER), flags.dtype)
+    ds["rel_flux"] = ds["rel_flux"].copy(data=rel)
+    ds["rel_flux_err"] = ds["rel_flux_err"].copy(data=rel_err)
+    ds["flags"] = ds["flags"].copy(data=flags)
+    ds = ds.drop_vars(
+        ["target_rel_flux_default", "target_rel_flux_default_err", "target_comparison_weight"]
+    )
+    sources = pd.read_parquet(run_dir / "sources.parquet")
+    not_comparison = np.append(
+        sources.loc[sources["kind"] == "moving", "source_id"].to_numpy(), target_id
+    )
+    ensemble = ensemble_photometry(ds, exclude_ids=not_comparison)
+    exclude = np.concatenate([not_comparison, ensemble.rejected_ids])
+    candidates = comparison_candidates(ds, target_id, exclude_ids=exclude)
+    result = choose_target_photometry(ds, target_id, candidates=candidates)
+    out = apply_target_photometry(ds, result)
+    tmp = run_dir / "lightcurves.replay.zarr"
+    shutil.rmtree(tmp, ignore_errors=True)
+    out.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False)
+    cube_io.consolidate(tmp)
+    shutil.rmtree(path)
+    tmp.rename(path)
+    record["stages"]["lightcurves"]["target_photometry"] = result.as_record()
+    (run_dir / "run.json").write_text(json.dumps(record, indent=2, default=_plain))
+
+
+def do_night(plan: dict, work: Path, client, *, refit: bool, replay_target: bool = False) -> dict:
     """Simulate, run and fit one night; the row of the table (the error when a step fails)."""
     from lcdask.config import load_config
     from lcdask.run import run
@@ -245,6 +336,9 @@ def do_night(plan: dict, work: Path, client, *, refit: bool) -> dict:
                 target=(cfg.target_ra_deg, cfg.target_dec_deg),
                 client=client,
             )
+        if replay_target:
+            step = "replay target photometry"
+            replay_target_photometry(base / "run")
         row["seconds_run"] = time.perf_counter() - t_start
         step = "fit"
         t_start = time.perf_counter()
@@ -296,6 +390,15 @@ def summarise(rows: list[dict]) -> dict:
         "scatter_within_1p1": frac(ratio, 1.1, n),
         "chi_ratio_median": float(np.median(chi)) if chi.size else math.nan,
         "t0_sigma_min_median": float(np.median([r["t0_sigma_min"] for r in ok])) if ok else None,
+        "t0_z_median": float(np.median([r["t0_z"] for r in ok])) if ok else None,
+        "t0_z_rms": float(np.sqrt(np.mean(z_t0**2))) if ok else None,
+        "depth_ratio_median": float(np.median([r["depth_fit"] / r["depth_true"] for r in ok]))
+        if ok
+        else None,
+        "depth_z_median": float(np.median([r["depth_z"] for r in depth_rows]))
+        if depth_rows
+        else None,
+        "photon_limited": _photon_limited_summary(ok),
         "by_coverage": by_cov,
         "goals": {
             "t0_within_1sigma": 0.60,
@@ -303,6 +406,19 @@ def summarise(rows: list[dict]) -> dict:
             "depth_within_2sigma": 0.90,
             "scatter_ratio": 1.1,
         },
+    }
+
+
+def _photon_limited_summary(ok: list[dict]) -> dict:
+    """The scatter ratio on the photon-limited nights: shot noise (photon, sky, read) at least
+    half the target's error variance (`shot_share`; as `lcdask.gain.noise_model_check` selects
+    stars by their photon noise's share)."""
+    sub = [r for r in ok if r.get("shot_share", 0.0) >= 0.5]
+    ratio = np.array([r["scatter_ratio"] for r in sub])
+    return {
+        "n": len(sub),
+        "scatter_ratio_median": float(np.median(ratio)) if ratio.size else None,
+        "scatter_within_1p1": float(np.mean(ratio <= 1.1)) if ratio.size else None,
     }
 
 
@@ -346,6 +462,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--work", type=Path, default=Path("/tmp/lcdask_transit_nights"))
     parser.add_argument("--refit", action="store_true")
+    parser.add_argument("--replay-target", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "transit_nights.json")
     args = parser.parse_args()
 
@@ -359,7 +476,9 @@ def main() -> None:
     with dask_client(n_workers=2, dashboard=False) as client:
         for seed in seeds:
             plan = night_plan(seed, n_frames=args.frames, size=args.size)
-            row = do_night(plan, args.work, client, refit=args.refit)
+            row = do_night(
+                plan, args.work, client, refit=args.refit, replay_target=args.replay_target
+            )
             rows.append(row)
             status = (
                 f"t0 {row['t0_diff_min']:+.2f} min ({row['t0_z']:+.2f} sigma), depth "
