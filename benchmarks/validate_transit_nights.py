@@ -59,8 +59,9 @@ NIGHT_HOURS = 4.5
 MIN_BASELINE_H = 0.75
 
 
-def night_plan(seed: int, *, n_frames: int, size: int) -> dict:
-    """The injected transit and the night of ``seed`` (module docstring)."""
+def night_plan(seed: int, *, n_frames: int, size: int, night_hours: float = NIGHT_HOURS) -> dict:
+    """The injected transit and the night of ``seed`` (module docstring); the night lasts
+    ``night_hours``."""
     from lcdask.transit.model import inclination_deg
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 17]))
@@ -76,7 +77,7 @@ def night_plan(seed: int, *, n_frames: int, size: int) -> dict:
     a_rs = math.sqrt(a_rs**2 + b**2)  # a sin i = sqrt(a^2 - b^2) exactly
     u1, u2 = float(rng.uniform(0.3, 0.5)), float(rng.uniform(0.1, 0.3))
     frac = float(rng.uniform(0.0, 0.25))
-    half = 0.5 * NIGHT_HOURS
+    half = 0.5 * night_hours
     if coverage == "full":
         room = max(0.0, half - 0.5 * t14_h - MIN_BASELINE_H)
         offset_h = float(rng.uniform(-room, room))
@@ -85,7 +86,7 @@ def night_plan(seed: int, *, n_frames: int, size: int) -> dict:
     else:
         offset_h = -(half - frac * t14_h)
     ephemeris_off_min = float(rng.uniform(-5.0, 5.0))
-    cadence_s = NIGHT_HOURS * 3600.0 / n_frames
+    cadence_s = night_hours * 3600.0 / n_frames
     return {
         "seed": seed,
         "coverage_planned": coverage,
