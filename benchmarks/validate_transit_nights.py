@@ -36,6 +36,7 @@ Usage::
     python benchmarks/validate_transit_nights.py [--nights 50] [--first 0] [--frames 60]
         [--size 512] [--work DIR] [--refit] [--out benchmarks/results/transit_nights.json]
 
+``--merge A.json B.json`` combines result files by seed (e.g. nights run by two processes).
 ``--refit`` reuses the runs already in ``--work`` (only the fit is done again); with
 ``--replay-target`` the target's photometry is chosen again first (`replay_target_photometry`).
 """
@@ -465,7 +466,17 @@ def main() -> None:
     parser.add_argument("--refit", action="store_true")
     parser.add_argument("--replay-target", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "transit_nights.json")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="combine the nights of these result files (a later file's night replaces an "
+        "earlier one's) into --out, and print the table; nothing is run",
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
 
     from lcdask.cluster import dask_client
 
@@ -506,6 +517,31 @@ def main() -> None:
             }
             args.out.write_text(json.dumps(result, indent=1, default=_plain) + "\n")
     print_table(rows, summarise(rows))
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """One result file from several runs of this script (module docstring), by seed."""
+    by_seed: dict[int, dict] = {}
+    parts = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        parts.append({"file": path.name, "settings": data["settings"], "seconds": data["seconds"]})
+        for row in data["nights"]:
+            by_seed[int(row["seed"])] = {**row, "result_file": path.name}
+    rows = [by_seed[k] for k in sorted(by_seed)]
+    summary = summarise(rows)
+    result = {
+        "description": __doc__.split("\n\n")[0],
+        "settings": {**parts[-1]["settings"], "seeds": [min(by_seed), max(by_seed)]},
+        "merged_from": parts,
+        "machine": {"python": platform.python_version(), "cpus": 2},
+        "seconds": sum(p["seconds"] for p in parts),
+        "summary": summary,
+        "nights": rows,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=_plain) + "\n")
+    print_table(rows, summary)
 
 
 def _plain(value):
