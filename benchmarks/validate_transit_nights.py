@@ -188,8 +188,12 @@ def photon_share(ds, used: np.ndarray) -> float:
 def shot_share(record: dict, relative_err: float) -> float:
     """The share of the target's relative-flux error variance that is shot noise (the target's
     and the comparison stars' photon, sky and read noise): 1 less the excess white noise's
-    share (`lcdask.target_photometry`, step 7; none before it was measured)."""
-    excess = [record.get(k) or 0.0 for k in ("excess_noise_pct", "excess_noise_comparison_pct")]
+    share (`lcdask.target_photometry`, step 7); NaN when the run did not measure it (before
+    step 7, or when the run-wide curve was kept without it)."""
+    keys = ("excess_noise_pct", "excess_noise_comparison_pct")
+    if all(record.get(k) is None for k in keys):
+        return math.nan
+    excess = [record.get(k) or 0.0 for k in keys]
     return float(1.0 - sum((v / 100.0) ** 2 for v in excess) / relative_err**2)
 
 
@@ -415,7 +419,7 @@ def _photon_limited_summary(ok: list[dict]) -> dict:
     """The scatter ratio on the photon-limited nights: shot noise (photon, sky, read) at least
     half the target's error variance (`shot_share`; as `lcdask.gain.noise_model_check` selects
     stars by their photon noise's share)."""
-    sub = [r for r in ok if r.get("shot_share", 0.0) >= 0.5]
+    sub = [r for r in ok if (r.get("shot_share") or 0.0) >= 0.5]
     ratio = np.array([r["scatter_ratio"] for r in sub])
     return {
         "n": len(sub),
