@@ -19,6 +19,7 @@ from lcdask.simulate import (
     truth_light_image,
 )
 from lcdask.simulate.conditions import frame_conditions, night_geometry, start_mjd
+from lcdask.simulate.field import LIMB_DARKENED_COLUMNS as LD_COLUMNS
 from lcdask.simulate.field import luminosity_function_sample, make_stars
 from lcdask.simulate.night import night_rng
 from lcdask.simulate.psf import Moffat, render_stars
@@ -521,3 +522,79 @@ def test_truth_light_image_errors(night, tmp_path):
         truth_light_image(night.out_dir, CFG.n_frames)
     with pytest.raises(FileNotFoundError, match="not a night"):
         load_truth(tmp_path)
+
+
+# --- the limb-darkened transit (issue 17's simulated transit nights) --------------------------
+
+
+def test_limb_darkened_transit_rendered_and_its_truth_written(night, tmp_path):
+    """``transit_shape = "limb-darkened"``: the target's flux is batman's transit of the given
+    shape, placed ``transit_offset_h`` from the middle of the frames, its truth in
+    truth/transit.json; every other draw of the night is that of the trapezoid night."""
+    from lcdask.io.headers import bjd_tdb
+    from lcdask.simulate.render import source_positions_fluxes
+    from lcdask.transit.model import TransitShape, inclination_deg, transit_model
+
+    cfg = dataclasses.replace(
+        CFG,
+        n_frames=24,
+        readout_s=300.0,  # 24 frames over 2.4 h
+        transit_shape="limb-darkened",
+        transit_rp_rs=0.12,
+        transit_a_rs=9.0,
+        transit_b=0.4,
+        transit_u1=0.45,
+        transit_u2=0.2,
+        transit_period_d=2.5,
+        transit_offset_h=-0.9,
+        n_darks=0, n_darkflats=0, n_flats=0, n_bias=0,
+    )  # fmt: skip
+    ld = simulate_night(tmp_path / "ld", cfg, n_workers=1)
+    truth = ld.truth.transit()
+    assert night.truth.transit() is None  # the default night has no transit.json
+    assert truth["shape"] == "limb-darkened"
+    target = ld.stars[ld.stars["is_target"]].iloc[0]
+    t = ld.frames["time_mjd"].to_numpy()
+    # the mid-time: 0.9 h before the middle of the frames (to float64's rounding of an MJD)
+    assert truth["offset_h"] == pytest.approx(-0.9, abs=1e-6)
+    assert truth["t0_mjd"] == pytest.approx(0.5 * (t[0] + t[-1]) - 0.9 / 24, abs=1e-9)
+    expected_bjd = bjd_tdb(truth["t0_mjd"], target["ra"], target["dec"], 31.96, -111.60, 2096.0)
+    assert truth["t0_bjd_tdb"] == pytest.approx(expected_bjd, abs=1e-9)
+    # the geometry given, and batman's curve rendered at every frame
+    assert truth["depth"] == pytest.approx(0.12**2) and truth["b"] == pytest.approx(0.4)
+    assert truth["inc_deg"] == pytest.approx(float(inclination_deg(9.0, 0.4)))
+    shape = TransitShape(2.5, 0.12, 9.0, truth["inc_deg"], (0.45, 0.2))
+    model = transit_model(t, truth["t0_mjd"], shape)
+    np.testing.assert_allclose(flux_factor(target, t), model, rtol=1e-12)
+    assert truth["min_flux"] < 1 - 0.12**2  # limb darkening: deeper than (Rp/Rs)^2 at centre
+    for i in (0, 8, 16):
+        ids, _, _, flux = source_positions_fluxes(ld.frames.iloc[i], ld.stars, ld.movers)
+        frame = ld.frames.iloc[i]
+        plain = catalog_flux_adu(
+            target["mag"], frame["zero_point"], frame["slope"], frame["exptime_s"]
+        )
+        assert flux[ids == target["star_id"]][0] == pytest.approx(plain * model[i], rel=1e-12)
+    # the frames see the egress only (mid-transit 0.9 h before the middle of 2.4 h)
+    cov = truth["coverage"]
+    assert cov["kind"] == "egress" and cov["n_egress"] >= 2 and cov["n_after"] >= 5
+    assert sum(v for k, v in cov.items() if k != "kind") == cfg.n_frames
+    # the rest of the night is the trapezoid night's: same geometry and field
+    trap = dataclasses.replace(cfg, transit_shape="trapezoid")
+    geom = night_geometry(trap, night_rng(trap.seed, "geometry"))
+    frames = frame_conditions(trap, geom, night_rng(trap.seed, "conditions"))
+    stars, _ = make_stars(trap, geom, frames["time_mjd"].to_numpy(), night_rng(trap.seed, "stars"))
+    assert list(stars.columns) == [c for c in ld.stars.columns if c not in LD_COLUMNS]
+    np.testing.assert_array_equal(stars["ra"], ld.stars["ra"])
+    np.testing.assert_array_equal(stars["mag"], ld.stars["mag"])
+    assert stars.loc[stars["is_target"], "t0_mjd"].iloc[0] == truth["t0_mjd"]
+
+
+def test_transit_options_are_checked():
+    with pytest.raises(ValueError, match="transit_shape"):
+        SimConfig(transit_shape="box")
+    with pytest.raises(ValueError, match="transit_b"):
+        SimConfig(transit_b=2.0)
+    from lcdask.simulate.field import limb_darkened_columns
+
+    with pytest.raises(ValueError, match="never crosses"):  # b > 1 + Rp/Rs: no transit
+        limb_darkened_columns(SimConfig(transit_shape="limb-darkened", transit_b=1.4), 3.0)

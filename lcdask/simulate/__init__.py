@@ -11,7 +11,9 @@
     OUT/refcat.parquet           SDSS-like catalog: objid, ra, dec, g, g_err, r, r_err
     OUT/truth/                   config.json, stars, movers, frames, bad_pixels, cosmic_rays,
                                  calib_frames, refcat_truth (Parquet); flat.fits (true response,
-                                 mean exactly 1), dark_current.fits (e-/s/px), bias.fits (ADU)
+                                 mean exactly 1), dark_current.fits (e-/s/px), bias.fits (ADU);
+                                 transit.json (a limb-darkened target transit only:
+                                 ``SimConfig.transit_shape``, `SimTruth.transit`)
 
 Photometric truth
 -----------------

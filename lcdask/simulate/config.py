@@ -65,6 +65,22 @@ class SimConfig:
     target_mag, transit_depth, transit_duration_h
         The target's catalog mag and its planetary transit (fractional depth, total duration;
         shortened to half the sequence when the sequence is shorter than twice the duration).
+    transit_shape
+        ``"trapezoid"`` (the default): a trapezoid of ``transit_depth`` and
+        ``transit_duration_h`` with ingress and egress 12% of the duration each;
+        ``"limb-darkened"``: Mandel & Agol's quadratically limb-darkened transit (batman,
+        `lcdask.transit.model.transit_model`) of ``transit_rp_rs``, ``transit_a_rs``,
+        ``transit_b``, ``transit_u1``, ``transit_u2`` and ``transit_period_d`` (the duration
+        follows from them; ``transit_duration_h`` is not used), its truth in
+        ``truth/transit.json`` (`lcdask.simulate.variability.transit_truth`).
+    transit_rp_rs, transit_a_rs, transit_b, transit_u1, transit_u2
+        The limb-darkened transit's Rp/Rs (``None``: ``sqrt(transit_depth)``), a/Rs, impact
+        parameter and quadratic limb darkening in the frames' band.
+    transit_period_d
+        The orbital period (days); ``None``: drawn in 2-5 d from the seed (as always).
+    transit_offset_h
+        Mid-transit minus the middle of the sequence (hours; either shape): a transit seen in
+        part (ingress only, egress only) or missed altogether.
     eclipse_depth, pulsator_amplitude
         Primary eclipse depth of the eclipsing binary, semi-amplitude of the pulsator (fractions
         of the flux).
@@ -177,6 +193,14 @@ class SimConfig:
     target_mag: float = 14.8
     transit_depth: float = 0.01
     transit_duration_h: float = 2.0
+    transit_shape: str = "trapezoid"
+    transit_rp_rs: float | None = None
+    transit_a_rs: float = 10.0
+    transit_b: float = 0.3
+    transit_u1: float = 0.40
+    transit_u2: float = 0.25
+    transit_period_d: float | None = None
+    transit_offset_h: float = 0.0
     eclipse_depth: float = 0.3
     pulsator_amplitude: float = 0.05
     variable_mag_shift: float = 0.0
@@ -256,7 +280,17 @@ class SimConfig:
         _check_range(self, "dead_pixel_fraction", 0.0, 0.1)
         _check_range(self, "saturate_adu", 1000.0, 65535.0)
         _check_range(self, "date_obs_utc_offset_h", -14.0, 14.0)
+        _check_range(self, "transit_a_rs", 1.5, 500.0)
+        _check_range(self, "transit_b", 0.0, 1.5)
+        _check_range(self, "transit_u1", -1.0, 2.0)
+        _check_range(self, "transit_u2", -1.0, 2.0)
+        _check_range(self, "transit_offset_h", -1000.0, 1000.0)
+        if self.transit_rp_rs is not None:
+            _check_range(self, "transit_rp_rs", 0.001, 0.9)
+        if self.transit_period_d is not None:
+            _check_range(self, "transit_period_d", 0.05, 10000.0)
         choices = {
+            "transit_shape": ("trapezoid", "limb-darkened"),
             "sky_catalog": ("synthetic", "tycho2"),
             "scale_keyword": ("", "PIXSCALE", "FOCALLEN"),
             "pointing_keys": ("both", "RA/DEC", "OBJCTRA/OBJCTDEC"),

@@ -54,6 +54,9 @@ STAR_COLUMNS = (
     "ingress_d",
     "amplitude",
 )
+LIMB_DARKENED_COLUMNS = ("rp_rs", "a_rs", "inc_deg", "u1", "u2")
+"""Columns of ``stars.parquet`` only when the target's transit is limb-darkened
+(``SimConfig.transit_shape``): its shape, NaN for every other star."""
 MOVER_COLUMNS = (
     "star_id",
     "ra0",
@@ -250,26 +253,54 @@ def _add_target(
                 catalog, cat_x, cat_y = catalog[keep], cat_x[keep], cat_y[keep]
     else:
         x, y = layout.place(0.4, 0.6)
-    layout.add(
-        x,
-        y,
-        target_mag,
-        float(draw_colours(rng, 1)[0]),
-        "target",
-        {
-            "var_type": "transit",
-            "period_d": float(rng.uniform(2.0, 5.0)),
-            "t0_mjd": layout.t_mid,
-            "depth": cfg.transit_depth,
-            "depth2": 0.0,
-            "duration_d": duration,
-            "ingress_d": 0.12 * duration,
-            "amplitude": 0.0,
-        },
-        kind="variable",
-        target=True,
-    )
+    colour = float(draw_colours(rng, 1)[0])
+    period = float(rng.uniform(2.0, 5.0))  # drawn even when given: the stream stays the same
+    if cfg.transit_period_d is not None:
+        period = float(cfg.transit_period_d)
+    var: dict[str, object] = {
+        "var_type": "transit",
+        "period_d": period,
+        "t0_mjd": layout.t_mid + cfg.transit_offset_h / 24.0,
+        "depth": cfg.transit_depth,
+        "depth2": 0.0,
+        "duration_d": duration,
+        "ingress_d": 0.12 * duration,
+        "amplitude": 0.0,
+    }
+    if cfg.transit_shape == "limb-darkened":
+        var.update(limb_darkened_columns(cfg, period))
+    layout.add(x, y, target_mag, colour, "target", var, kind="variable", target=True)
     return catalog, cat_x, cat_y
+
+
+def limb_darkened_columns(cfg: SimConfig, period_d: float) -> dict[str, float]:
+    """The target's truth columns of a limb-darkened transit (``transit_shape``).
+
+    ``depth`` is (Rp/Rs)^2 (the fits' depth; the flux at mid-transit is lower, by the limb
+    darkening), ``duration_d`` is T14 and ``ingress_d`` (T14 - T23) / 2 (Winn 2010), and
+    `LIMB_DARKENED_COLUMNS` hold the shape that `lcdask.simulate.variability.flux_factor`
+    renders.
+    """
+    from lcdask.transit.model import full_duration_d, inclination_deg, total_duration_d
+
+    rp = cfg.transit_rp_rs if cfg.transit_rp_rs is not None else np.sqrt(cfg.transit_depth)
+    t14 = float(total_duration_d(period_d, rp, cfg.transit_a_rs, cfg.transit_b))
+    t23 = float(full_duration_d(period_d, rp, cfg.transit_a_rs, cfg.transit_b))
+    if not t14 > 0:
+        raise ValueError(
+            f"SimConfig: a transit of Rp/Rs {rp:.4f}, a/Rs {cfg.transit_a_rs} and impact "
+            f"parameter {cfg.transit_b} never crosses the star; lower transit_b"
+        )
+    return {
+        "depth": float(rp) ** 2,
+        "duration_d": t14,
+        "ingress_d": 0.5 * (t14 - t23),
+        "rp_rs": float(rp),
+        "a_rs": float(cfg.transit_a_rs),
+        "inc_deg": float(inclination_deg(cfg.transit_a_rs, cfg.transit_b)),
+        "u1": float(cfg.transit_u1),
+        "u2": float(cfg.transit_u2),
+    }
 
 
 def _add_eclipsing_binary(layout: _FieldLayout) -> None:
@@ -468,7 +499,8 @@ def _star_and_mover_tables(
         }
     )
     stars = pd.concat([stars, mover_stars], ignore_index=True) if len(movers) else stars
-    stars = stars[list(STAR_COLUMNS)].astype(
+    columns = list(STAR_COLUMNS) + [c for c in LIMB_DARKENED_COLUMNS if c in stars.columns]
+    stars = stars[columns].astype(
         {"star_id": np.int64, "pair_id": np.int64, "is_target": bool, "kind": str, "role": str}
     )
     return stars.reset_index(drop=True), movers[list(MOVER_COLUMNS)].reset_index(drop=True)

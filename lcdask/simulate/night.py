@@ -12,6 +12,7 @@ Workers never receive image data: each loads the night's truth (tables and maps)
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import multiprocessing
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from lcdask.simulate.detector import (
 from lcdask.simulate.field import field_margin_px, make_stars
 from lcdask.simulate.refcat import make_refcat
 from lcdask.simulate.render import truth_image
+from lcdask.simulate.variability import transit_truth
 from lcdask.simulate.writer import (
     IMAGETYP,
     calib_header,
@@ -112,6 +114,13 @@ class SimTruth:
     def bias(self) -> np.ndarray:
         """True bias (ADU)."""
         return fits.getdata(self.out_dir / "truth" / "bias.fits")
+
+    def transit(self) -> dict | None:
+        """The target's transit (``truth/transit.json``, written by
+        `lcdask.simulate.variability.transit_truth`), or None for a night without it (the
+        default trapezoid)."""
+        path = self.out_dir / "truth" / "transit.json"
+        return json.loads(path.read_text()) if path.exists() else None
 
 
 @dataclass(frozen=True)
@@ -284,6 +293,10 @@ def _write_truth(out_dir: Path, cfg: SimConfig) -> tuple[pd.DataFrame, ...]:
     )
     write_fits_atomic(truth / "bias.fits", bias, truth_map_header("bias level", "adu"))
     write_parquet_atomic(out_dir / "refcat.parquet", refcat)
+    if cfg.transit_shape == "limb-darkened":
+        site = (cfg.site_lat_deg, cfg.site_lon_deg, cfg.site_elev_m)
+        truth_transit = transit_truth(stars, frames["time_mjd"].to_numpy(float), site=site)
+        write_text_atomic(truth / "transit.json", json.dumps(truth_transit, indent=2) + "\n")
     return frames, calib, refcat
 
 

@@ -17,7 +17,11 @@ the target's x and y, FWHM, sky, time and its square). `fit_transit`:
    hold at least 3 points (with one contact pair missing the duration trades against the
    mid-time); Rp/Rs unless there are at least 5 points out of transit (with no baseline the depth
    trades against the normalisation). The limb darkening is fixed when given, else fitted as
-   Kipping (2013)'s q1, q2 with uniform priors on [0, 1].
+   Kipping (2013)'s q1, q2 with uniform priors on [0, 1]. The coverage is judged again at the
+   mid-time the least squares of step 2 find, and when that changes what is free the fit is
+   done again from there (a noisy night's scan can misplace the transit by part of T14: on a
+   simulated night it put 3 points in ingress and egress that the transit never had, and a/Rs
+   and b were freed on an egress seen alone).
 2. **Least squares and outliers.** The free transit parameters are fitted by least squares
    (`scipy.optimize.least_squares`) with the detrending coefficients solved linearly inside
    (variable projection). Points flagged by the run never enter; points further than
@@ -512,30 +516,53 @@ def fit_transit(
     terms, collinear = _independent({k: v[used] for k, v in columns.items()}, base)
 
     # 2-3. least squares, clipping and the detrending terms, until nothing changes
-    selection: list[dict[str, Any]] = []
-    x = np.array([start[k] for k in free])
     candidates = ~missing & ~bad
-    for _ in range(5):
-        problem = problem_for(used, terms, free, e)
-        x, cov = _least_squares(problem, {**start, **dict(zip(free, x, strict=True))})
-        values = problem.full(x)
-        transit = problem.transit(values)
-        coef = problem.linear(transit)[0]
-        evaluate = problem_for(~missing, terms, free, np.where(missing, 1.0, e))
-        model = np.full(n, np.nan)
-        model[~missing] = evaluate.transit(values) * np.exp(evaluate.design @ coef)
-        new_used = _clip(f, model, used, candidates, options.clip_sigma)
-        new_terms = terms
-        if others is not None:
-            problem = problem_for(new_used, terms, free, e)
-            at_used = {k: v[new_used] for k, v in columns.items()}
-            chosen, collinear = _independent(at_used, base)
-            new_terms, selection, x = _select_terms(
-                problem, values, at_used, chosen=chosen, candidates=others
-            )
-        if np.array_equal(new_used, used) and new_terms == terms:
-            break
-        used, terms = new_used, new_terms
+
+    def fit_steps(free, base, others, terms, collinear, used):
+        selection: list[dict[str, Any]] = []
+        x = np.array([start[k] for k in free])
+        for _ in range(5):
+            problem = problem_for(used, terms, free, e)
+            x, _ = _least_squares(problem, {**start, **dict(zip(free, x, strict=True))})
+            values = problem.full(x)
+            transit = problem.transit(values)
+            coef = problem.linear(transit)[0]
+            evaluate = problem_for(~missing, terms, free, np.where(missing, 1.0, e))
+            model = np.full(n, np.nan)
+            model[~missing] = evaluate.transit(values) * np.exp(evaluate.design @ coef)
+            new_used = _clip(f, model, used, candidates, options.clip_sigma)
+            new_terms = terms
+            if others is not None:
+                problem = problem_for(new_used, terms, free, e)
+                at_used = {k: v[new_used] for k, v in columns.items()}
+                chosen, collinear = _independent(at_used, base)
+                new_terms, selection, x = _select_terms(
+                    problem, values, at_used, chosen=chosen, candidates=others
+                )
+            if np.array_equal(new_used, used) and new_terms == terms:
+                break
+            used, terms = new_used, new_terms
+        return x, used, terms, selection, collinear
+
+    first_used = used
+    x, used, terms, selection, collinear = fit_steps(free, base, others, terms, collinear, used)
+    # the coverage judged again at the fitted mid-time: the scan's grid (step 1) may place the
+    # transit wrongly by a part of T14 on a noisy night, and what is then freed or fixed is wrong
+    t0_fitted = float(problem_for(used, terms, free, e).full(x)["t0"])
+    again = _coverage(dt[first_used] - t0_fitted, t14, t23)
+    again_free, again_fixed = _free_parameters(again, fit_ld=fit_ld)
+    if again_free != free:
+        notes.append(
+            f"the coverage judged at the scanned mid-time ({coverage.describe()}) changed at the "
+            f"fitted one ({again.describe()}): fitted again with {', '.join(again_free)} free"
+        )
+        coverage, free, fixed = again, again_free, again_fixed
+        start["t0"] = t0_fitted
+        base, others = _detrend_plan(options.detrend, coverage, columns)
+        terms, collinear = _independent({k: v[first_used] for k, v in columns.items()}, base)
+        x, used, terms, selection, collinear = fit_steps(
+            free, base, others, terms, collinear, first_used
+        )
     notes += collinear
     problem = problem_for(used, terms, free, e)
     _, wresid, _ = problem.linear(problem.transit(problem.full(x)))
