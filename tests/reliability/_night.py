@@ -52,6 +52,14 @@ CONFIG_TOML = """\
 # the run's skeleton -- ingest, calibration, plate solving, zero points, matching, light curves,
 # products, faults. Level 3 photometry (cosmic rays, apertures, the ePSF) has its own tests; on
 # these small frames its ePSF build alone takes minutes (photutils' missing-data interpolation).
+# The calibrated frames are kept as float32: the suite asserts that a fault changes nothing
+# beyond the frame it hits, exactly, and a quantised frame that a fault touched is put on a
+# grid of its own (its noise estimate, its dither seed), a change of 0.01 sigma in every pixel
+# that then reaches the night's astrometric catalog and ensemble. The quantised default is
+# tested whole (runs, resume after a kill) in tests/test_run.py and tests/test_codecs.py.
+[calibration]
+calibrated_storage = "float32"
+
 [level2]
 flux = "detection"
 """
