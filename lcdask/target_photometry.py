@@ -51,7 +51,7 @@ Method (`choose_target_photometry`)
    the pixels' response (1% rms on the simulated small telescope) under the stars' jitter and
    drift adds 0.2-0.5% per point to a star of 0.3% photon noise: on simulated transit nights
    (benchmarks/validate_transit_nights.py, 60 frames of 512 px) the target's residual scatter
-   about the transit fit was a median 1.37 times the photon-only error (22 nights), and 1.00
+   about the transit fit was a median 1.34 times the photon-only error (27 nights), and 1.00
    times this one (the same nights and more); on one night with a perfect flat (``prnu = 0``)
    0.93 times the photon-only error. Both excesses are in the record (``excess_noise_pct``,
    ``excess_noise_comparison_pct``); the run-wide error is kept as
