@@ -219,7 +219,10 @@ class NoiseQuantize(ArrayBytesCodec):
             )
 
     def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
-        raise NotImplementedError  # variable: depends on the data
+        # zarr's protocol for codecs whose output size depends on the data (its own BloscCodec
+        # and ZstdCodec answer the same): zarr then never asks for a fixed size (sharding
+        # indexes only), and this codec's chunks are written and read whole
+        raise NotImplementedError(f"{CODEC_NAME}: the encoded size depends on the data")
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         data = encode_chunk(np.asarray(chunk_array.as_numpy_array()), level=self.level)
