@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -32,6 +33,16 @@ def pytest_collection_modifyitems(config, items):
         path = Path(item.path)
         group = "reliability" if path.parent.name == "reliability" else path.name
         item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(path.name, group)))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail on any real connection (the online code paths are tested on recorded answers)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def shared_data(name: str) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +45,7 @@ SDSS_EMPTY_BODY = DATA / "sdss_dr17_sql_response_empty.csv"
 GAIA_BODY = DATA / "gaia_dr3_sync_response.vot"
 CENTRE = (150.05, 2.21)
 
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Fail on any real connection."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a test tried to open a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")  # tests/conftest.py
 
 
 @pytest.fixture

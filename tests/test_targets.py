@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -28,15 +27,7 @@ SYNC_BODY = DATA / "simbad_tap_sync_vega.vot"
 CAPABILITIES = DATA / "simbad_tap_capabilities.xml"
 VEGA = (279.23473479166665, 38.78368894444444)  # SIMBAD: 18 36 56.33635 +38 47 01.2802 (ICRS)
 
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Fail on any real connection."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a test tried to open a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")  # tests/conftest.py
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,6 +47,8 @@ TAP_TABLES = DATA / "nasa_exoplanet_archive_tap_tables.vot"
 # short chains for the many simulated nights: 16 walkers, 300-400 steps; every chain is checked
 # to be longer than 15 autocorrelation times (tau 8-27 steps on these nights)
 SHORT = TransitConfig(walkers=16, min_steps=300, max_steps=400, autocorr_factor=15.0)
+
+pytestmark = pytest.mark.usefixtures("no_network")  # tests/conftest.py
 
 
 def _given(truth: PlanetParameters) -> PlanetParameters:
@@ -210,16 +211,6 @@ def test_too_few_points_and_a_missed_transit():
 
 # --------------------------------------------------------------------------------------------
 # the planet
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Fail on any real connection."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a test tried to open a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 @pytest.fixture
